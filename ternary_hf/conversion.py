@@ -1,0 +1,88 @@
+"""Model surgery: swap ``nn.Linear`` / ``nn.Embedding`` for their ternary counterparts, and back.
+
+Used by the quantizer on the meta-device skeleton before weights load (so no float copy of the
+model is ever built) and by :func:`dequantize_model` to give back a plain float model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .config import TernaryConfig
+from .modules import QuantizedEmbedding, TernaryLinear
+
+__all__ = ["is_skipped", "replace_with_ternary", "dequantize_model", "ternary_modules"]
+
+logger = logging.getLogger(__name__)
+
+
+def is_skipped(name: str, skip: list[str]) -> bool:
+    """True if the qualified module ``name`` matches a ``modules_to_not_convert`` entry.
+
+    An entry matches the module itself, any module under it, or any module whose dotted name contains
+    it as whole components (``"pooler"`` matches ``pooler.dense``; ``"attention.output"`` matches
+    ``encoder.layer.0.attention.output.dense``).
+    """
+    padded = f".{name}."
+    return any(f".{entry}." in padded for entry in skip)
+
+
+def replace_with_ternary(model: nn.Module, config: TernaryConfig, skip: list[str]) -> tuple[int, int]:
+    """Replace, in place, the model's linear layers (and embedding tables if configured).
+
+    Returns ``(n_linear, n_embedding)`` converted. Works on the meta device (new modules are created
+    on the device of the module they replace).
+    """
+    n_linear = n_embedding = 0
+    for name, module in list(model.named_modules()):
+        if not name or is_skipped(name, skip):
+            continue
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if type(module) is nn.Linear:
+            new = TernaryLinear(
+                module.in_features,
+                module.out_features,
+                bias=module.bias is not None,
+                threshold_method=config.threshold_method,
+                granularity=config.granularity,
+                quantize_activations=config.quantize_activations,
+                device=module.weight.device,
+                dtype=module.weight.dtype,
+            )
+            n_linear += 1
+        elif type(module) is nn.Embedding and config.embedding_storage is not None:
+            new = QuantizedEmbedding(
+                module.num_embeddings,
+                module.embedding_dim,
+                storage=config.embedding_storage,
+                padding_idx=module.padding_idx,
+                compute_dtype=module.weight.dtype,
+                device=module.weight.device,
+            )
+            n_embedding += 1
+        else:
+            continue
+        new.requires_grad_(False)
+        setattr(parent, child_name, new)
+    return n_linear, n_embedding
+
+
+def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's ternary / quantized modules by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (TernaryLinear, QuantizedEmbedding))}
+
+
+def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """Replace every ternary module by the float module it stands for (in place; returns ``model``)."""
+    for name, module in ternary_modules(model).items():
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(module, TernaryLinear):
+            setattr(parent, child_name, module.to_linear(dtype))
+        else:
+            setattr(parent, child_name, module.to_embedding(dtype))
+    return model

@@ -1,0 +1,100 @@
+"""``TernaryHfQuantizer``: the thin glue between transformers' loading machinery and ternary-hf.
+
+Before weights load it swaps ``nn.Linear`` (and, if configured, ``nn.Embedding``) for the ternary
+modules on the meta-device skeleton. On the fly, transformers then streams each float weight through
+:class:`TernaryQuantize` (layer by layer, so the float model never exists in memory); a pre-quantized
+checkpoint loads its packed tensors as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+from transformers.core_model_loading import ConversionOps
+from transformers.quantizers.base import HfQuantizer
+from transformers.quantizers.quantizers_utils import get_module_from_name
+
+from .config import TernaryConfig
+from .conversion import dequantize_model, replace_with_ternary
+from .modules import QuantizedEmbedding, TernaryLinear
+from .remote_code import attach_autoload_on_save, detach_autoload_on_save
+
+__all__ = ["TernaryHfQuantizer", "TernaryQuantize"]
+
+logger = logging.getLogger(__name__)
+
+
+class TernaryQuantize(ConversionOps):
+    """Conversion op: one float ``...weight`` in, the module's stored tensors out (``weight``, ``weight_scale``)."""
+
+    def __init__(self, hf_quantizer: TernaryHfQuantizer) -> None:
+        self.hf_quantizer = hf_quantizer
+
+    @torch.no_grad()
+    def convert(self, input_dict: dict[str, Any], model: Any = None, **kwargs: Any) -> dict[str, torch.Tensor]:
+        result: dict[str, torch.Tensor] = {}
+        for key, value in input_dict.items():
+            tensor = value[0] if isinstance(value, list) else value
+            module, tensor_name = get_module_from_name(model, key)
+            if tensor_name != "weight" or not isinstance(module, (TernaryLinear, QuantizedEmbedding)):
+                result[key] = tensor
+                continue
+            prefix = key[: -len(tensor_name)]
+            for name, stored in module.quantize_weight(tensor).items():
+                result[prefix + name] = stored
+        return result
+
+
+class TernaryHfQuantizer(HfQuantizer):
+    """Ternary weights (-1/0/+1 x per-channel scale), quantized on the fly or loaded pre-quantized."""
+
+    requires_calibration = False
+    quantization_config: TernaryConfig
+
+    def validate_environment(self, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(self.quantization_config, TernaryConfig):
+            raise TypeError(
+                f"the ternary quantizer needs a ternary_hf.TernaryConfig, got {type(self.quantization_config).__name__}"
+            )
+
+    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
+        if self.pre_quantized:
+            return False
+        module, tensor_name = get_module_from_name(model, param_name)
+        return tensor_name == "weight" and isinstance(module, (TernaryLinear, QuantizedEmbedding))
+
+    def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> None:
+        skip = self.quantization_config.skipped_modules() + list(getattr(model, "_keep_in_fp32_modules", None) or [])
+        self.modules_to_not_convert = skip
+        n_linear, n_embedding = replace_with_ternary(model, self.quantization_config, skip)
+        if n_linear == 0:
+            warnings.warn(
+                f"{type(model).__name__} has no nn.Linear layer to ternarize (skipped: {skip}); the model is "
+                "unchanged apart from embeddings. Check modules_to_not_convert, or whether this architecture "
+                "uses another linear class (e.g. Conv1D).",
+                stacklevel=2,
+            )
+        logger.info("ternary-hf: converted %d linear layers and %d embedding tables", n_linear, n_embedding)
+
+    def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        attach_autoload_on_save(model)
+        return model
+
+    def is_serializable(self, safe_serialization: Any = None) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        # Packed weights have no gradient; train with ternary_hf.distill (latent weights + STE) instead.
+        return False
+
+    def get_quantize_ops(self) -> TernaryQuantize:
+        return TernaryQuantize(self)
+
+    def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:
+        dequantize_model(model, dtype)
+        detach_autoload_on_save(model)
+        return model
