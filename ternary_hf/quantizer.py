@@ -17,6 +17,7 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.base import HfQuantizer
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
+from .checkpoint import read_safetensors_header, validate_ternary_checkpoint
 from .config import TernaryConfig
 from .conversion import dequantize_model, replace_with_ternary
 from .modules import QuantizedEmbedding, TernaryLinear
@@ -78,6 +79,13 @@ class TernaryHfQuantizer(HfQuantizer):
                 stacklevel=2,
             )
         logger.info("ternary-hf: converted %d linear layers and %d embedding tables", n_linear, n_embedding)
+        files = kwargs.get("checkpoint_files") or []
+        if self.pre_quantized:
+            validate_ternary_checkpoint(files, model, getattr(model, "base_model_prefix", ""))
+        else:
+            for path in files:
+                if str(path).endswith(".safetensors"):
+                    read_safetensors_header(path)
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         attach_autoload_on_save(model)
