@@ -1,0 +1,166 @@
+"""Fast CPU inference for ternary linear layers: the public kernel API used by ``TernaryLinear``.
+
+Why a separate kernel layout: the on-disk format (:mod:`ternary_hf.packing`) is row-major 2-bit
+codes, good for storage and interchange; the AVX2 kernel wants 16-column panels in which one shift
+and one mask yield the ``vpmaddubsw`` operand directly. :func:`prepare_weight` converts once at load
+time (same 2 bits per weight, padded to multiples of 16), the on-disk format never changes.
+
+Call sequence (what ``TernaryLinear`` does)::
+
+    if cpu_kernel_available():                       # builds/loads once, never raises
+        prepared = prepare_weight(packed, in_features)   # once, at load
+        y = ternary_linear_cpu(x2d, prepared, weight_scale, bias, in_features, out_features)
+
+Numerics: activations are quantized per token to int8 with exactly the rule of
+:func:`ternary_hf.functional.quantize_activations_int8`; the int32 accumulators ``q(x) @ T.T`` are
+bit-identical to the reference path (tests check this through :func:`kernel_accumulators`). The float
+epilogue ``acc * s_x * s_w + b`` is computed in the same order in float32; ``s_x = amax / 127`` may
+differ from torch's division in the last bit, so outputs agree within ``rtol=1e-6, atol=1e-6 * max|y|``
+(measured max relative error is a few ulp).
+
+Devices: CUDA (or any non-CPU) tensors, and CPUs without the kernel, go through the plain torch
+reference path (:func:`ternary_hf.functional.ternary_linear_reference`); a GPU kernel (e.g. a W2A8
+Triton/BitBLAS kernel reading the same prepared panels) would plug in at :func:`ternary_linear_cpu`'s
+device dispatch below.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..functional import ternary_linear_reference
+from ..packing import unpack_ternary
+from ._build import kernel_disabled, kernel_status, load_kernel_module
+
+__all__ = [
+    "cpu_kernel_available",
+    "prepare_weight",
+    "ternary_linear_cpu",
+    "kernel_accumulators",
+    "prepared_to_ternary",
+    "kernel_status",
+]
+
+#: Columns per weight panel and k values per block of the kernel layout (must match the .cpp).
+PANEL_COLS = 16
+BLOCK_K = 16
+
+
+def cpu_kernel_available() -> bool:
+    """Whether the AVX2 kernel can run here; builds or loads it on the first call (then cached).
+
+    Returns False without raising when ``TERNARY_HF_DISABLE_KERNEL=1`` is set, or (after ONE
+    ``RuntimeWarning`` that says how to fix it) when the CPU lacks AVX2/FMA, no compiler or ``ninja``
+    is installed, or the build fails.
+    """
+    if kernel_disabled():
+        return False
+    return load_kernel_module() is not None
+
+
+def prepare_weight(packed: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Convert on-disk packed weights to the kernel's panel layout (done once, at load time).
+
+    Args:
+        packed: ``uint8`` ``(out_features, ceil(in_features / 4))`` in the layout of
+            :mod:`ternary_hf.packing`.
+        in_features: unpadded input width.
+
+    Returns:
+        A contiguous CPU ``uint8`` tensor of shape ``(ceil(N/16), ceil(K/16), 64)``: byte
+        ``(p, kb, 32*v + 4*j + i)`` holds at bits ``2*s`` the code of output ``16p + 8v + j`` and input
+        ``16kb + 4s + i``; padding holds the code of zero. Still 2 bits per weight.
+
+    Raises:
+        ValueError: on a wrong dtype/shape or a corrupt code (from :func:`unpack_ternary`).
+    """
+    ternary = unpack_ternary(packed.detach().cpu(), in_features, torch.int8)
+    out_features = ternary.shape[0]
+    n_pan = -(-out_features // PANEL_COLS)
+    n_kb = -(-in_features // BLOCK_K)
+    codes = torch.ones((n_pan * PANEL_COLS, n_kb * BLOCK_K), dtype=torch.uint8)
+    codes[:out_features, :in_features] = (ternary + 1).to(torch.uint8)
+    # n = 16p + 8v + j ; k = 16kb + 4s + i  ->  order (p, kb, v, j, i) with s packed into bits.
+    codes = codes.view(n_pan, 2, 8, n_kb, 4, 4).permute(0, 3, 1, 2, 5, 4)
+    out = codes[..., 0].clone()
+    for s in range(1, 4):
+        out |= codes[..., s] << (2 * s)
+    return out.reshape(n_pan, n_kb, 2 * 8 * 4).contiguous()
+
+
+def prepared_to_ternary(prepared: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
+    """Inverse of :func:`prepare_weight`: the ``(out_features, in_features)`` float32 ternary matrix."""
+    n_pan, n_kb, _ = prepared.shape
+    bytes_ = prepared.view(n_pan, n_kb, 2, 8, 4)
+    codes = torch.stack([(bytes_ >> (2 * s)) & 3 for s in range(4)], dim=-1)  # (p, kb, v, j, i, s)
+    codes = codes.permute(0, 2, 3, 1, 5, 4).reshape(n_pan * PANEL_COLS, n_kb * BLOCK_K)
+    return codes[:out_features, :in_features].to(torch.float32) - 1.0
+
+
+def _check_prepared(prepared: torch.Tensor, in_features: int, out_features: int) -> None:
+    expected = (-(-out_features // PANEL_COLS), -(-in_features // BLOCK_K), 64)
+    if prepared.dtype != torch.uint8 or tuple(prepared.shape) != expected:
+        raise ValueError(
+            f"prepared weight has dtype {prepared.dtype} and shape {tuple(prepared.shape)}, expected uint8 "
+            f"{expected} for in_features={in_features}, out_features={out_features}; build it with "
+            f"ternary_hf.kernels.prepare_weight(packed, in_features)"
+        )
+
+
+def ternary_linear_cpu(
+    x: torch.Tensor,
+    prepared: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    out_features: int,
+) -> torch.Tensor:
+    """``y = (q(x) @ T.T) * s_x * s_w + b`` with per-token int8 ``q`` fused in, int32 accumulation.
+
+    Args:
+        x: float32 ``(M, in_features)`` (made contiguous if needed).
+        prepared: output of :func:`prepare_weight`.
+        weight_scale: float32 ``(out_features,)`` or ``(1,)``.
+        bias: optional float32 ``(out_features,)``.
+        in_features, out_features: the layer's unpadded shape.
+
+    Returns:
+        float32 ``(M, out_features)``. On a non-CPU device, or where the kernel is unavailable, the
+        result comes from the reference torch path (same integers, same rule); that fallback decodes
+        the weights on every call, so callers should prefer their own reference path there.
+    """
+    _check_prepared(prepared, in_features, out_features)
+    if x.dim() != 2 or x.shape[1] != in_features:
+        raise ValueError(f"x must have shape (M, {in_features}), got {tuple(x.shape)}")
+    if x.device.type != "cpu" or not cpu_kernel_available():
+        # Device-agnostic path (CUDA and friends): plain torch ops. A GPU kernel would go here.
+        ternary = prepared_to_ternary(prepared, in_features, out_features).to(x.device)
+        return ternary_linear_reference(
+            x.to(torch.float32), prepared, weight_scale, bias, in_features, True, ternary_weight=ternary
+        )
+    module = load_kernel_module()
+    assert module is not None
+    return module.ternary_linear(
+        x.to(torch.float32).contiguous(),
+        prepared.contiguous(),
+        weight_scale.detach().to(torch.float32).reshape(-1).contiguous(),
+        None if bias is None else bias.detach().to(torch.float32).contiguous(),
+        int(in_features),
+        int(out_features),
+    )
+
+
+def kernel_accumulators(x: torch.Tensor, prepared: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
+    """Debug entry: the kernel's exact int32 ``q(x) @ T.T`` (before any float scaling).
+
+    Raises:
+        RuntimeError: if the kernel is not available (tests use this to check exactness).
+    """
+    _check_prepared(prepared, in_features, out_features)
+    if not cpu_kernel_available():
+        raise RuntimeError(f"the ternary CPU kernel is not available: {kernel_status()}")
+    module = load_kernel_module()
+    assert module is not None
+    return module.ternary_accumulators(
+        x.to(torch.float32).contiguous(), prepared.contiguous(), in_features, out_features
+    )

@@ -1,0 +1,162 @@
+"""Build-on-first-use loader for the AVX2 ternary kernel (``ternary_cpu.cpp``).
+
+Why build on first use: a ternary layer's speed comes from AVX2 integer instructions, but wheels
+built for one CPU and one torch ABI break on the next; compiling the single small source file on the
+user's machine the first time a ternary layer runs (about a minute, then cached) works for every
+torch version ``pip install ternary-hf[kernel]`` can resolve, and needs only a C++ compiler plus
+``ninja`` (the ``kernel`` extra).
+
+* Cache: ``$TERNARY_HF_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/ternary_hf/kernels`` (default
+  ``~/.cache/ternary_hf/kernels``), one folder per hash of (source, flags, torch version, Python
+  version), so upgrading torch or the package rebuilds instead of loading a stale binary.
+* Concurrency: a file lock around the build, so parallel test processes build once and the others
+  wait, then load the finished module.
+* Failure never raises: no compiler, no ninja, a CPU without AVX2/FMA or a failed build give ONE
+  warning naming the fix, and the caller falls back to the reference torch path.
+* ``TERNARY_HF_DISABLE_KERNEL=1`` skips all of this (checked on every call, not cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+__all__ = ["SOURCE", "CFLAGS", "kernel_disabled", "cache_root", "load_kernel_module", "kernel_status"]
+
+SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+DISABLE_ENV = "TERNARY_HF_DISABLE_KERNEL"
+CACHE_ENV = "TERNARY_HF_KERNEL_CACHE"
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def kernel_disabled() -> bool:
+    """True when the user forced the reference path with ``TERNARY_HF_DISABLE_KERNEL=1``."""
+    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def cache_root() -> Path:
+    """Folder holding compiled kernels (see the module docstring for the lookup order)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ternary_hf" / "kernels"
+
+
+def _build_name() -> str:
+    h = hashlib.sha256()
+    h.update(SOURCE.read_bytes())
+    h.update(" ".join(CFLAGS + LDFLAGS).encode())
+    h.update(torch.__version__.encode())
+    h.update(f"{sys.version_info[0]}.{sys.version_info[1]}".encode())
+    return f"ternary_hf_cpu_{h.hexdigest()[:16]}"
+
+
+def _cpu_problem() -> str | None:
+    """Why this CPU cannot run the kernel, or None if it can."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the CPU architecture is {platform.machine()} (the kernel needs x86-64 with AVX2)"
+    capability = torch.backends.cpu.get_cpu_capability()
+    # torch reports "AVX2" only when both AVX2 and FMA are present; AVX512 CPUs also have both.
+    if not (capability.startswith("AVX2") or capability.startswith("AVX512")):
+        return f"the CPU lacks AVX2/FMA (torch reports capability {capability!r})"
+    return None
+
+
+def _toolchain_problem() -> str | None:
+    from torch.utils import cpp_extension
+
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler found ({cxx!r} is not on PATH); install one, e.g. `apt install g++`"
+    if not cpp_extension.is_ninja_available():
+        return "`ninja` is not installed; run `pip install 'ternary-hf[kernel]'`"
+    return None
+
+
+def _import_built(name: str, so_path: Path) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader(name, str(so_path))
+    spec = importlib.util.spec_from_file_location(name, str(so_path), loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def _build(name: str) -> ModuleType:
+    from torch.utils import cpp_extension
+
+    build_dir = cache_root() / name
+    so_path = build_dir / f"{name}.so"
+    if so_path.exists():
+        return _import_built(name, so_path)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = build_dir.parent / f"{name}.lock"
+    with open(lock_path, "w") as lock_file:
+        try:
+            import fcntl
+
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        except ImportError:  # not POSIX: torch's own FileBaton in build_dir still serialises builds
+            pass
+        if so_path.exists():
+            return _import_built(name, so_path)
+        return cpp_extension.load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=CFLAGS,
+            extra_ldflags=LDFLAGS,
+            build_directory=str(build_dir),
+            verbose=os.environ.get("TERNARY_HF_KERNEL_VERBOSE", "") not in ("", "0"),
+        )
+
+
+def load_kernel_module() -> ModuleType | None:
+    """The compiled kernel module, building it on first call; None (after one warning) if impossible."""
+    with _lock:
+        if "module" in _state:
+            return _state["module"]  # type: ignore[return-value]
+        module: ModuleType | None = None
+        problem = _cpu_problem() or _toolchain_problem()
+        if problem is None:
+            try:
+                module = _build(_build_name())
+            except Exception as exc:  # noqa: BLE001 - any build failure means "use the fallback"
+                problem = (
+                    f"building the AVX2 kernel failed ({type(exc).__name__}: {str(exc)[-500:]}); "
+                    f"set TERNARY_HF_KERNEL_VERBOSE=1 to see the compiler output"
+                )
+        if problem is not None:
+            warnings.warn(
+                f"ternary_hf: fast CPU kernel unavailable because {problem}. Ternary layers fall back to "
+                f"the slower reference torch path (same results). Set {DISABLE_ENV}=1 to silence this.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        _state["module"] = module
+        _state["problem"] = problem
+        return module
+
+
+def kernel_status() -> str:
+    """One line for bug reports and benchmark headers: built/loaded, disabled, or why not."""
+    if kernel_disabled():
+        return f"disabled by {DISABLE_ENV}"
+    module = load_kernel_module()
+    if module is None:
+        return f"unavailable: {_state.get('problem')}"
+    return f"AVX2 kernel {module.__name__} from {cache_root()}"

@@ -1,0 +1,339 @@
+// AVX2 ternary x int8 GEMM for ternary_hf (CPU inference path of TernaryLinear).
+//
+// Why this file exists: a ternary layer stores 2 bits per weight; the fast way to use it on an
+// AVX2 CPU without VNNI is to keep the weights as unsigned codes c = t + 1 in {0, 1, 2}, quantize
+// activations per token to int8, and let `vpmaddubsw` multiply unsigned codes by signed int8
+// activations (x . t = x . c - sum(x)).  Nothing here materialises a float weight matrix.
+//
+// Exactness: the per-token rule is the one of ternary_hf/functional.py, bit for bit:
+//   amax = max|x|;  safe = amax > 0 ? amax : 1;  inv = (1 / safe) * 127   (torch computes
+//   `127 / tensor` as `tensor.reciprocal() * 127`);  q = clamp(nearbyint(x * inv), -127, 127);
+//   s_x = safe / 127.
+// Accumulation is int32 and exact.  Saturation bounds: a `vpmaddubsw` pair is at most
+// 2*127 + 2*127 = 508 in magnitude; each int16 lane receives one pair per 4 k, and is widened to
+// int32 (`vpmaddwd` with ones) after at most 64 additions (256 k): 64 * 508 = 32512 < 32767.
+//
+// Kernel weight layout (built by prepare_weight in __init__.py, once at load time):
+//   uint8 [N16 = ceil(N/16)][KB = ceil(K/16)][64]; byte (p, kb, 32*v + 4*j + i) holds, at bits 2*s,
+//   the code of column n = 16p + 8v + j and input k = 16kb + 4s + i (padding: code 1).
+//   So `(load(block + 32v) >> 2s) & 3` is directly the `vpmaddubsw` operand for 8 columns x 4 k.
+//
+// Build: compiled on first use by torch.utils.cpp_extension with -O3 -mavx2 -mfma -fopenmp.  The
+// caller checks AVX2+FMA at run time before loading this module.  Only AVX2/FMA intrinsics are used
+// (no AVX-512 encodings: tests check the object code).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMR = 6;         // rows per register tile
+constexpr int64_t kNR = 16;        // columns per register tile (= per weight panel)
+constexpr int64_t kKB = 16;        // k values per weight block
+constexpr int64_t kBlockBytes = 64;
+constexpr int64_t kWidenBlocks = 16;  // 16 blocks * 16 k = 256 k per int16 accumulation (see top)
+constexpr int64_t kRowBlock = 48;   // rows sharing one pass over the weights (q block stays in L2)
+constexpr int64_t kColBlock = 64;   // columns per parallel work unit
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ---------------------------------------------------------------------------------------------
+// Activation quantization: one row of x (K floats) -> int8 codes padded with zeros to kp, returns
+// sum(q) and writes s_x.
+int32_t quantize_row(const float* x, int64_t k, int64_t kp, int8_t* q, float* sx) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 vmax = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float amax = 0.0f;
+  for (int l = 0; l < 8; ++l) amax = std::max(amax, lanes[l]);
+  for (; i < k; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float safe = amax > 0.0f ? amax : 1.0f;
+  const float inv = (1.0f / safe) * 127.0f;
+  *sx = safe / 127.0f;
+
+  const __m256 vinv = _mm256_set1_ps(inv);
+  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+  const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  __m256i vsum = _mm256_setzero_si256();
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  i = 0;
+  for (; i + 32 <= k; i += 32) {
+    __m256i v[4];
+    for (int u = 0; u < 4; ++u) {
+      __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * u), vinv);
+      y = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      y = _mm256_min_ps(_mm256_max_ps(y, lo), hi);
+      v[u] = _mm256_cvtps_epi32(y);
+    }
+    __m256i p01 = _mm256_packs_epi32(v[0], v[1]);   // int16, lane-interleaved
+    __m256i p23 = _mm256_packs_epi32(v[2], v[3]);
+    vsum = _mm256_add_epi32(vsum, _mm256_madd_epi16(p01, ones16));
+    vsum = _mm256_add_epi32(vsum, _mm256_madd_epi16(p23, ones16));
+    __m256i b = _mm256_packs_epi16(p01, p23);
+    b = _mm256_permutevar8x32_epi32(b, perm);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), b);
+  }
+  alignas(32) int32_t sl[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(sl), vsum);
+  int32_t sum = 0;
+  for (int l = 0; l < 8; ++l) sum += sl[l];
+  for (; i < k; ++i) {
+    float y = std::nearbyint(x[i] * inv);
+    y = std::min(std::max(y, -127.0f), 127.0f);
+    const int32_t qi = static_cast<int32_t>(y);
+    q[i] = static_cast<int8_t>(qi);
+    sum += qi;
+  }
+  for (; i < kp; ++i) q[i] = 0;
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register-tiled micro kernel: R rows (R <= 6) x 16 columns over all k; writes int32 sums of
+// q * code (without the row-sum correction) to out[R][16].
+//
+// Register budget (16 ymm): 12 int16 accumulators + 2 decoded weight vectors + 1 broadcast
+// activation + 1 product; the 0x03 mask comes from memory.  The int32 totals live in `out` (L1)
+// and are updated once per 256 k.  The empty asm statements pin each accumulator update in place:
+// without them GCC reassociates the add chains, computes all products first and spills them
+// (measured 73 vs 138 GMAC/s on one Zen 3 core).
+#define TERNARY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+template <int R>
+void micro_kernel(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t kblocks, int32_t* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i mask = _mm256_set1_epi8(3);
+  for (int i = 0; i < R * kNR; ++i) out[i] = 0;
+  for (int64_t kb0 = 0; kb0 < kblocks; kb0 += kWidenBlocks) {
+    const int64_t kb1 = std::min(kblocks, kb0 + kWidenBlocks);
+#define TERNARY_ZERO(r) __m256i c##r##0 = _mm256_setzero_si256(), c##r##1 = _mm256_setzero_si256();
+    TERNARY_ROWS(TERNARY_ZERO)
+#undef TERNARY_ZERO
+    const uint8_t* wb = w + kb0 * kBlockBytes;
+    const int8_t* qk = q + kb0 * kKB;
+    for (int64_t kb = kb0; kb < kb1; ++kb, wb += kBlockBytes, qk += kKB) {
+      const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb));
+      const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32));
+#define TERNARY_ROWSTEP(r)                                                       \
+  if (R > r) {                                                                   \
+    int32_t a4;                                                                  \
+    std::memcpy(&a4, qk + r * ldq + 4 * S, 4);                                   \
+    const __m256i av = _mm256_set1_epi32(a4);                                    \
+    c##r##0 = _mm256_add_epi16(c##r##0, _mm256_maddubs_epi16(w0, av));          \
+    c##r##1 = _mm256_add_epi16(c##r##1, _mm256_maddubs_epi16(w1, av));          \
+    __asm__("" : "+x"(c##r##0), "+x"(c##r##1));                                  \
+  }
+#define TERNARY_STEP(SS)                                                         \
+  {                                                                              \
+    constexpr int S = SS;                                                        \
+    const __m256i w0 = _mm256_and_si256(_mm256_srli_epi16(p0, 2 * S), mask);    \
+    const __m256i w1 = _mm256_and_si256(_mm256_srli_epi16(p1, 2 * S), mask);    \
+    TERNARY_ROWS(TERNARY_ROWSTEP)                                                \
+  }
+      TERNARY_STEP(0)
+      TERNARY_STEP(1)
+      TERNARY_STEP(2)
+      TERNARY_STEP(3)
+#undef TERNARY_STEP
+#undef TERNARY_ROWSTEP
+    }
+#define TERNARY_WIDEN(r)                                                                                  \
+  if (R > r) {                                                                                            \
+    __m256i* o = reinterpret_cast<__m256i*>(out + r * kNR);                                               \
+    _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), _mm256_madd_epi16(c##r##0, ones)));     \
+    _mm256_storeu_si256(o + 1, _mm256_add_epi32(_mm256_loadu_si256(o + 1), _mm256_madd_epi16(c##r##1, ones))); \
+  }
+    TERNARY_ROWS(TERNARY_WIDEN)
+#undef TERNARY_WIDEN
+  }
+}
+#undef TERNARY_ROWS
+
+using MicroFn = void (*)(const int8_t*, int64_t, const uint8_t*, int64_t, int32_t*);
+constexpr MicroFn kMicro[kMR + 1] = {nullptr,          micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,
+                                     micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
+
+struct Problem {
+  const int8_t* q;        // [M][kp]
+  const int32_t* qsum;    // [M]
+  const float* sx;        // [M]
+  const uint8_t* w;       // prepared
+  const float* sw;        // [N] or [1]
+  bool sw_per_channel;
+  const float* bias;      // [N] or nullptr
+  int64_t m, n, kp, kblocks;
+  float* y;               // [M][N] float output, or nullptr
+  int32_t* acc;           // [M][N] int32 output (debug), or nullptr
+};
+
+// One work unit: rows [m0, m1) x columns [n0, n1) (n0 multiple of 16).
+void run_tile_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  alignas(32) int32_t tile[kMR * kNR];
+  const int64_t panel_bytes = P.kblocks * kBlockBytes;
+  for (int64_t nb = n0; nb < n1; nb += kNR) {
+    const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
+    const int64_t ncols = std::min(kNR, P.n - nb);
+    for (int64_t mb = m0; mb < m1; mb += kMR) {
+      const int64_t rows = std::min(kMR, m1 - mb);
+      kMicro[rows](P.q + mb * P.kp, P.kp, wp, P.kblocks, tile);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t m = mb + r;
+        const int32_t rs = P.qsum[m];
+        const int32_t* t = tile + r * kNR;
+        if (P.acc != nullptr) {
+          for (int64_t j = 0; j < ncols; ++j) P.acc[m * P.n + nb + j] = t[j] - rs;
+          continue;
+        }
+        float* yr = P.y + m * P.n + nb;
+        const float sxm = P.sx[m];
+        if (ncols == kNR) {
+          const __m256i vrs = _mm256_set1_epi32(rs);
+          const __m256 vsx = _mm256_set1_ps(sxm);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i a = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(t + 8 * h)), vrs);
+            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), vsx);
+            v = _mm256_mul_ps(v, P.sw_per_channel ? _mm256_loadu_ps(P.sw + nb + 8 * h) : _mm256_set1_ps(P.sw[0]));
+            if (P.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(P.bias + nb + 8 * h));
+            _mm256_storeu_ps(yr + 8 * h, v);
+          }
+        } else {
+          for (int64_t j = 0; j < ncols; ++j) {
+            float v = static_cast<float>(t[j] - rs) * sxm;
+            v = v * (P.sw_per_channel ? P.sw[nb + j] : P.sw[0]);
+            if (P.bias != nullptr) v = v + P.bias[nb + j];
+            yr[j] = v;
+          }
+        }
+      }
+    }
+  }
+}
+
+// Per-thread scratch for quantized activations: grow-only, so repeated calls do not page-fault.
+struct Scratch {
+  std::vector<int8_t> q;
+  std::vector<int32_t> qsum;
+  std::vector<float> sx;
+};
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
+// Minimum multiply-accumulates per thread before a second thread is worth waking (with other
+// processes on the box, a 2-thread call with little work can stall for milliseconds).
+constexpr int64_t kMinMacsPerThread = int64_t(1) << 22;
+
+void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+         const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features, float* y,
+         int32_t* acc) {
+  const int64_t m = x.size(0);
+  const int64_t k = in_features;
+  const int64_t n = out_features;
+  const int64_t kblocks = ceil_div(k, kKB);
+  const int64_t kp = kblocks * kKB;
+  Scratch& s = scratch();
+  if (static_cast<int64_t>(s.q.size()) < m * kp) s.q.resize(m * kp);
+  if (static_cast<int64_t>(s.qsum.size()) < m) {
+    s.qsum.resize(m);
+    s.sx.resize(m);
+  }
+  const float* xp = x.data_ptr<float>();
+  int8_t* qp = s.q.data();
+  int32_t* qs = s.qsum.data();
+  float* sxp = s.sx.data();
+
+  const int64_t nthreads_max = at::get_num_threads();
+  const int64_t macs = m * n * kp;
+  const int64_t nthreads = std::max<int64_t>(1, std::min(nthreads_max, macs / kMinMacsPerThread));
+
+  // 1) quantize activations (rows in parallel when there is enough work).
+  auto quant = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) qs[i] = quantize_row(xp + i * k, k, kp, qp + i * kp, sxp + i);
+  };
+  if (nthreads > 1 && m >= 2 * nthreads) {
+    at::parallel_for(0, m, ceil_div(m, nthreads), quant);
+  } else {
+    quant(0, m);
+  }
+
+  // 2) GEMM over (row block x column block) units, row-major so a thread's units share rows.
+  Problem P{qp, qs, sxp, prepared.data_ptr<uint8_t>(), weight_scale.data_ptr<float>(), weight_scale.numel() > 1,
+            bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, kp, kblocks, y, acc};
+  const int64_t row_block = std::min<int64_t>(kRowBlock, m);
+  const int64_t n_rb = ceil_div(m, row_block);
+  const int64_t n_cb = ceil_div(n, kColBlock);
+  const int64_t units = n_rb * n_cb;
+  auto body = [&](int64_t b, int64_t e) {
+    for (int64_t u = b; u < e; ++u) {
+      const int64_t rb = u / n_cb, cb = u % n_cb;
+      run_tile_block(P, rb * row_block, std::min(m, (rb + 1) * row_block), cb * kColBlock,
+                     std::min(n, (cb + 1) * kColBlock));
+    }
+  };
+  if (nthreads > 1 && units > 1) {
+    at::parallel_for(0, units, ceil_div(units, nthreads), body);
+  } else {
+    body(0, units);
+  }
+}
+
+void check_inputs(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                  const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+              "ternary kernel: x must be a contiguous 2-D float32 CPU tensor");
+  TORCH_CHECK(x.size(1) == in_features, "ternary kernel: x has ", x.size(1), " features, layer expects ",
+              in_features);
+  TORCH_CHECK(prepared.scalar_type() == torch::kUInt8 && prepared.is_contiguous() &&
+                  prepared.numel() == ceil_div(out_features, kNR) * ceil_div(in_features, kKB) * kBlockBytes,
+              "ternary kernel: prepared weight does not match (in_features, out_features); build it with "
+              "ternary_hf.kernels.prepare_weight");
+  TORCH_CHECK(weight_scale.scalar_type() == torch::kFloat32 && weight_scale.is_contiguous() &&
+                  (weight_scale.numel() == 1 || weight_scale.numel() == out_features),
+              "ternary kernel: weight_scale must be float32 of shape (out_features,) or (1,)");
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == out_features,
+                "ternary kernel: bias must be float32 of shape (out_features,)");
+  }
+}
+
+torch::Tensor ternary_linear(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                             const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
+  check_inputs(x, prepared, weight_scale, bias, in_features, out_features);
+  auto y = torch::empty({x.size(0), out_features}, x.options());
+  if (x.size(0) > 0 && out_features > 0) {
+    run(x, prepared, weight_scale, bias, in_features, out_features, y.data_ptr<float>(), nullptr);
+  }
+  return y;
+}
+
+// Debug/test entry: the exact int32 accumulators q(x) @ T.T of the fused path.
+torch::Tensor ternary_accumulators(const torch::Tensor& x, const torch::Tensor& prepared, int64_t in_features,
+                                   int64_t out_features) {
+  auto ones = torch::ones({1}, x.options());
+  check_inputs(x, prepared, ones, c10::nullopt, in_features, out_features);
+  auto acc = torch::empty({x.size(0), out_features}, x.options().dtype(torch::kInt32));
+  if (x.size(0) > 0 && out_features > 0) {
+    run(x, prepared, ones, c10::nullopt, in_features, out_features, nullptr, acc.data_ptr<int32_t>());
+  }
+  return acc;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "AVX2 ternary-weight x int8-activation linear layer (ternary_hf)";
+  m.def("ternary_linear", &ternary_linear, "y = (q(x) @ T.T) * s_x * s_w + b, fused int8 quantization",
+        py::arg("x"), py::arg("prepared"), py::arg("weight_scale"), py::arg("bias"), py::arg("in_features"),
+        py::arg("out_features"));
+  m.def("ternary_accumulators", &ternary_accumulators, "int32 q(x) @ T.T (for tests)", py::arg("x"),
+        py::arg("prepared"), py::arg("in_features"), py::arg("out_features"));
+}

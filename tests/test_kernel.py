@@ -1,0 +1,219 @@
+"""Tests of the AVX2 ternary kernel against the reference path of ternary_hf.functional.
+
+The integer part must be bit-exact (checked through ``kernel_accumulators``); the float output may
+differ only by float32 rounding of the epilogue (tolerance documented in ternary_hf.kernels).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import warnings
+
+import pytest
+import torch
+
+from ternary_hf import kernels
+from ternary_hf.functional import quantize_activations_int8, ternary_linear_reference
+from ternary_hf.kernels import _build
+from ternary_hf.packing import pack_ternary
+
+RTOL = 1e-6
+
+
+def _toolchain_present() -> bool:
+    from torch.utils import cpp_extension
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    return (
+        shutil.which("c++") is not None
+        and cpp_extension.is_ninja_available()
+        and (cap.startswith("AVX2") or cap.startswith("AVX512"))
+    )
+
+
+@pytest.fixture(scope="module")
+def kernel_ready() -> None:
+    if not kernels.cpu_kernel_available():
+        if _toolchain_present() and not _build.kernel_disabled():
+            pytest.fail(
+                f"a compiler, ninja and AVX2 are present but the kernel did not build: {kernels.kernel_status()}"
+            )
+        pytest.skip(f"kernel cannot build here: {kernels.kernel_status()}")
+
+
+@pytest.fixture(params=[1, 2], ids=["threads1", "threads2"])
+def threads(request: pytest.FixtureRequest):
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+def _layer(out_features: int, in_features: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ternary = torch.randint(-1, 2, (out_features, in_features), generator=g).to(torch.float32)
+    return ternary, pack_ternary(ternary)
+
+
+def _inputs(m: int, k: int, seed: int) -> torch.Tensor:
+    """Random rows plus the hard cases: an all-zero row, huge and tiny magnitudes, exact .5 ties."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g) * 3.0
+    if m >= 2:
+        x[1] = 0.0
+    if m >= 3:
+        x[2] = x[2] * 1e30
+    if m >= 4:
+        x[3] = x[3] * 1e-30
+    if m >= 5 and k >= 2:
+        # amax 127 makes the scale exactly 1, so k + 0.5 values are true round-half-to-even ties.
+        x[4] = torch.arange(k, dtype=torch.float32).remainder(120) + 0.5
+        x[4, 0] = 127.0
+    if m >= 6:
+        x[5] = torch.randint(-2, 3, (k,), generator=g).to(torch.float32) * 1e-3  # many repeats of amax
+    return x
+
+
+def _reference_accumulators(x: torch.Tensor, ternary: torch.Tensor) -> torch.Tensor:
+    q, _ = quantize_activations_int8(x)
+    return (q.double() @ ternary.double().t()).to(torch.int64)
+
+
+SHAPES = [  # (M, K, N): odd K (K % 4 != 0, K % 16 != 0), N not a multiple of 16, K > 256 (int16 widening)
+    (1, 384, 384),
+    (2, 5, 3),
+    (3, 37, 45),
+    (7, 1030, 100),
+    (64, 768, 97),
+    (257, 1536, 33),
+    (6, 3, 17),
+    (13, 257, 16),
+]
+
+
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES)
+def test_accumulators_match_reference_exactly(kernel_ready, threads, m: int, k: int, n: int) -> None:
+    ternary, packed = _layer(n, k, seed=m * 1000 + k)
+    x = _inputs(m, k, seed=n)
+    acc = kernels.kernel_accumulators(x, kernels.prepare_weight(packed, k), k, n)
+    assert acc.dtype == torch.int32
+    assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
+
+
+def test_accumulators_exact_at_extreme_codes(kernel_ready) -> None:
+    """All weights +1 and activations at +-127 hit the int16 saturation bound (508 per pair)."""
+    k, n = 1024 + 12, 20
+    ternary = torch.ones(n, k)
+    ternary[1::2] = -1.0
+    x = torch.full((7, k), 127.0)
+    x[1::2] = -127.0
+    acc = kernels.kernel_accumulators(x, kernels.prepare_weight(pack_ternary(ternary), k), k, n)
+    assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
+
+
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES)
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_output_matches_reference_within_tolerance(
+    kernel_ready, threads, m: int, k: int, n: int, per_channel: bool, with_bias: bool
+) -> None:
+    ternary, packed = _layer(n, k, seed=k + n)
+    x = _inputs(m, k, seed=m + 7)
+    g = torch.Generator().manual_seed(n)
+    scale = torch.rand(n if per_channel else 1, generator=g) + 0.01
+    bias = torch.randn(n, generator=g) if with_bias else None
+    y = kernels.ternary_linear_cpu(x, kernels.prepare_weight(packed, k), scale, bias, k, n)
+    ref = ternary_linear_reference(x, packed, scale, bias, k, quantize_activations=True)
+    assert y.shape == (m, n) and y.dtype == torch.float32
+    atol = RTOL * ref.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+    assert bool(((y - ref).abs() <= atol + RTOL * ref.abs()).all())
+
+
+def test_large_batch_4096_rows(kernel_ready, threads) -> None:
+    m, k, n = 4096, 384, 100
+    ternary, packed = _layer(n, k, seed=3)
+    x = _inputs(m, k, seed=4)
+    prepared = kernels.prepare_weight(packed, k)
+    acc = kernels.kernel_accumulators(x, prepared, k, n)
+    assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
+    scale = torch.rand(n) + 0.1
+    y = kernels.ternary_linear_cpu(x, prepared, scale, None, k, n)
+    ref = ternary_linear_reference(x, packed, scale, None, k, quantize_activations=True)
+    torch.testing.assert_close(y, ref, rtol=RTOL, atol=RTOL * float(ref.abs().max()))
+
+
+def test_prepare_weight_round_trips_and_keeps_two_bits_per_weight() -> None:
+    for n, k in [(1, 1), (17, 5), (45, 37), (384, 1030)]:
+        ternary, packed = _layer(n, k, seed=n * k)
+        prepared = kernels.prepare_weight(packed, k)
+        assert prepared.dtype == torch.uint8
+        assert prepared.shape == (-(-n // 16), -(-k // 16), 64)
+        assert torch.equal(kernels.prepared_to_ternary(prepared, k, n), ternary)
+        assert torch.equal(packed, pack_ternary(ternary))  # input untouched
+
+
+def test_wrong_prepared_weight_is_rejected_with_a_hint(kernel_ready) -> None:
+    _, packed = _layer(20, 40, seed=1)
+    prepared = kernels.prepare_weight(packed, 40)
+    with pytest.raises(ValueError, match="prepare_weight"):
+        kernels.ternary_linear_cpu(torch.randn(2, 40), prepared, torch.ones(20), None, 40, 33)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.ternary_linear_cpu(torch.randn(2, 41), prepared, torch.ones(20), None, 40, 20)
+
+
+def test_non_contiguous_input_is_accepted(kernel_ready) -> None:
+    ternary, packed = _layer(24, 40, seed=2)
+    x = torch.randn(40, 6).t()
+    y = kernels.ternary_linear_cpu(x, kernels.prepare_weight(packed, 40), torch.ones(24), None, 40, 24)
+    ref = ternary_linear_reference(x.contiguous(), packed, torch.ones(24), None, 40, quantize_activations=True)
+    torch.testing.assert_close(y, ref, rtol=RTOL, atol=RTOL * float(ref.abs().max()))
+
+
+def test_env_var_forces_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    assert kernels.cpu_kernel_available() is False
+    assert "disabled" in kernels.kernel_status()
+    ternary, packed = _layer(19, 23, seed=5)
+    x = _inputs(5, 23, seed=6)
+    scale = torch.rand(19) + 0.1
+    bias = torch.randn(19)
+    y = kernels.ternary_linear_cpu(x, kernels.prepare_weight(packed, 23), scale, bias, 23, 19)
+    ref = ternary_linear_reference(x, packed, scale, bias, 23, quantize_activations=True)
+    torch.testing.assert_close(y, ref, rtol=0, atol=0)
+
+
+def test_unavailable_kernel_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_build, "_state", {})
+    monkeypatch.setattr(_build, "_cpu_problem", lambda: "the CPU lacks AVX2/FMA (simulated)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert kernels.cpu_kernel_available() is False
+        assert kernels.cpu_kernel_available() is False
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "AVX2" in messages[0] and "reference" in messages[0]
+    ternary, packed = _layer(8, 12, seed=7)
+    x = torch.randn(3, 12)
+    y = kernels.ternary_linear_cpu(x, kernels.prepare_weight(packed, 12), torch.ones(1), None, 12, 8)
+    torch.testing.assert_close(y, ternary_linear_reference(x, packed, torch.ones(1), None, 12, True))
+
+
+def test_object_code_has_no_avx512_instructions(kernel_ready) -> None:
+    """The target CPUs have AVX2 only: any EVEX-encoded (AVX-512) instruction would be a SIGILL."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump not installed")
+    module = _build.load_kernel_module()
+    assert module is not None and module.__file__
+    listing = subprocess.run([objdump, "-d", module.__file__], capture_output=True, text=True, check=True).stdout
+    offenders = []
+    for line in listing.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3:
+            continue
+        code, asm = parts[1].split(), parts[2]
+        while code and code[0] in ("66", "67", "f2", "f3", "2e", "3e", "26", "36", "64", "65"):
+            code = code[1:]
+        if (code and code[0] == "62") or "zmm" in asm or "{%k" in asm:
+            offenders.append(line.strip())
+    assert not offenders, "AVX-512 encodings in the kernel:\n" + "\n".join(offenders[:10])
