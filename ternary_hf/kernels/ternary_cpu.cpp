@@ -26,6 +26,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -272,17 +273,23 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
   const int64_t n_rb = ceil_div(m, row_block);
   const int64_t n_cb = ceil_div(n, kColBlock);
   const int64_t units = n_rb * n_cb;
-  auto body = [&](int64_t b, int64_t e) {
-    for (int64_t u = b; u < e; ++u) {
-      const int64_t rb = u / n_cb, cb = u % n_cb;
-      run_tile_block(P, rb * row_block, std::min(m, (rb + 1) * row_block), cb * kColBlock,
-                     std::min(n, (cb + 1) * kColBlock));
-    }
+  auto unit = [&](int64_t u) {
+    const int64_t rb = u / n_cb, cb = u % n_cb;
+    run_tile_block(P, rb * row_block, std::min(m, (rb + 1) * row_block), cb * kColBlock,
+                   std::min(n, (cb + 1) * kColBlock));
   };
   if (nthreads > 1 && units > 1) {
-    at::parallel_for(0, units, ceil_div(units, nthreads), body);
+    // Dynamic claiming instead of static halves: on a shared machine one thread is often
+    // preempted; the other then keeps taking units instead of idling at the join.
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+      for (int64_t u = next.fetch_add(1, std::memory_order_relaxed); u < units;
+           u = next.fetch_add(1, std::memory_order_relaxed)) {
+        unit(u);
+      }
+    });
   } else {
-    body(0, units);
+    for (int64_t u = 0; u < units; ++u) unit(u);
   }
 }
 

@@ -1,0 +1,157 @@
+"""Per-layer benchmark of the ternary CPU kernel (issue 5, benchmark 1).
+
+Why this script: the kernel is only worth its build step if a ternary layer beats the FP32
+``nn.Linear`` it replaces. For the linear shapes of all-MiniLM-L6-v2 (384x384, 384x1536, 1536x384)
+and all-mpnet-base-v2 (768x768, 768x3072, 3072x768), at M = 1, 16, 256, 4096 tokens and 1 and 2
+threads, it times side by side, interleaved within one run (so a noisy, shared machine hits every
+method alike):
+
+* ``fp32``    - ``nn.Linear`` (MKL/oneDNN sgemm), the baseline of every ratio;
+* ``ours``    - :func:`ternary_hf.kernels.ternary_linear_cpu` (int8 activations x 2-bit weights);
+* ``unpack``  - the reference path that unpacks the 2-bit weights to float and calls ``F.linear``
+  on every forward (what transformers' BitNet integration does);
+* ``qdyn``    - ``torch.ao.quantization.quantize_dynamic`` int8 ``nn.Linear``.
+
+Each cell is the median over ``--reps`` interleaved rounds; ratios are ``time / fp32 time`` (lower
+is better; the issue's target for ``ours`` is <= 0.30 at M >= 256).
+
+Usage::
+
+    python benchmarks/bench_linear.py            # full grid (a few minutes on 2 cores)
+    python benchmarks/bench_linear.py --quick    # 3 shapes, M in {1, 256}, fewer rounds
+    python benchmarks/bench_linear.py --threads 1 --m 256 4096 --shapes 768x3072
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ternary_hf.functional import ternary_linear_reference
+from ternary_hf.kernels import cpu_kernel_available, kernel_status, prepare_weight, ternary_linear_cpu
+from ternary_hf.packing import pack_ternary
+
+SHAPES = ["384x384", "384x1536", "1536x384", "768x768", "768x3072", "3072x768"]  # in x out
+QUICK_SHAPES = ["384x1536", "768x768", "3072x768"]
+MS = [1, 16, 256, 4096]
+METHODS = ["fp32", "ours", "unpack", "qdyn"]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TWN-style per-row ternary weights (threshold 0.7 mean|W|) and their per-row scale."""
+    absw = weight.abs()
+    ternary = torch.sign(weight) * (absw > 0.7 * absw.mean(dim=1, keepdim=True))
+    mask = ternary != 0
+    scale = (absw * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+    return ternary, scale
+
+
+def time_call(fn: Callable[[], object], inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def bench_cell(in_f: int, out_f: int, m: int, reps: int, min_time: float) -> dict[str, float]:
+    torch.manual_seed(0)
+    linear = nn.Linear(in_f, out_f)
+    ternary, scale = ternarize(linear.weight.detach())
+    packed = pack_ternary(ternary)
+    prepared = prepare_weight(packed, in_f)
+    bias = linear.bias.detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notice
+        qdyn = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
+    x = torch.randn(m, in_f)
+    fns: dict[str, Callable[[], object]] = {
+        "fp32": lambda: linear(x),
+        "ours": lambda: ternary_linear_cpu(x, prepared, scale, bias, in_f, out_f),
+        "unpack": lambda: ternary_linear_reference(x, packed, scale, bias, in_f, quantize_activations=True),
+        "qdyn": lambda: qdyn(x),
+    }
+    with torch.inference_mode():
+        inner = {}
+        for name, fn in fns.items():  # warm up, then pick a repeat count giving >= min_time per sample
+            fn()
+            once = time_call(fn, 1)
+            inner[name] = max(1, min(1000, int(min_time / max(once, 1e-7))))
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(reps):
+            for name, fn in fns.items():
+                samples[name].append(time_call(fn, inner[name]))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 shapes, M in {1, 256}, 5 rounds")
+    parser.add_argument("--shapes", nargs="+", default=None, help="in x out, e.g. 768x3072")
+    parser.add_argument("--m", nargs="+", type=int, default=None, help="token counts (rows of x)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--reps", type=int, default=None, help="interleaved rounds per cell (median)")
+    parser.add_argument("--min-time", type=float, default=0.01, help="seconds per timing sample")
+    args = parser.parse_args(argv)
+    shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
+    ms = args.m or ([1, 256] if args.quick else MS)
+    reps = args.reps or (5 if args.quick else 7)
+
+    if not cpu_kernel_available():
+        raise SystemExit(f"the ternary CPU kernel is not available ({kernel_status()}); nothing to benchmark")
+    print(
+        f"# machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(f"# kernel: {kernel_status()}")
+    print(
+        f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {reps} interleaved rounds"
+    )
+    print("# ratio = time / fp32 time (lower is better)\n")
+    print("| layer (in x out) | M | threads | fp32 ms | ours ms | ours/fp32 | unpack/fp32 | qdyn/fp32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    summary: dict[int, list[float]] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for shape in shapes:
+            in_f, out_f = (int(v) for v in shape.lower().split("x"))
+            for m in ms:
+                t = bench_cell(in_f, out_f, m, reps, args.min_time)
+                ratio = {k: t[k] / t["fp32"] for k in METHODS}
+                if m >= 256:
+                    summary.setdefault(threads, []).append(ratio["ours"])
+                print(
+                    f"| {in_f}x{out_f} | {m} | {threads} | {t['fp32'] * 1e3:.3f} | {t['ours'] * 1e3:.3f} | "
+                    f"{ratio['ours']:.2f} | {ratio['unpack']:.2f} | {ratio['qdyn']:.2f} |",
+                    flush=True,
+                )
+    print()
+    for threads, ratios in summary.items():
+        geo = statistics.geometric_mean(ratios)
+        print(
+            f"# threads={threads}: ours/fp32 at M>=256: geometric mean {geo:.2f}, "
+            f"range {min(ratios):.2f}-{max(ratios):.2f} (target <= 0.30)"
+        )
+    print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
