@@ -30,7 +30,7 @@ import torch
 
 from ..functional import ternary_linear_reference
 from ..packing import unpack_ternary
-from ._build import kernel_disabled, kernel_status, load_kernel_module
+from ._build import kernel_module, kernel_status
 
 __all__ = [
     "cpu_kernel_available",
@@ -53,9 +53,7 @@ def cpu_kernel_available() -> bool:
     ``RuntimeWarning`` that says how to fix it) when the CPU lacks AVX2/FMA, no compiler or ``ninja``
     is installed, or the build fails.
     """
-    if kernel_disabled():
-        return False
-    return load_kernel_module() is not None
+    return kernel_module() is not None
 
 
 def prepare_weight(packed: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -129,25 +127,24 @@ def ternary_linear_cpu(
         result comes from the reference torch path (same integers, same rule); that fallback decodes
         the weights on every call, so callers should prefer their own reference path there.
     """
-    _check_prepared(prepared, in_features, out_features)
-    if x.dim() != 2 or x.shape[1] != in_features:
-        raise ValueError(f"x must have shape (M, {in_features}), got {tuple(x.shape)}")
-    if x.device.type != "cpu" or not cpu_kernel_available():
-        # Device-agnostic path (CUDA and friends): plain torch ops. A GPU kernel would go here.
+    module = kernel_module() if x.device.type == "cpu" else None
+    if module is None:
+        # Device-agnostic path (CUDA and friends, or no kernel): plain torch ops. A GPU kernel would go here.
+        _check_prepared(prepared, in_features, out_features)
+        if x.dim() != 2 or x.shape[1] != in_features:
+            raise ValueError(f"x must have shape (M, {in_features}), got {tuple(x.shape)}")
         ternary = prepared_to_ternary(prepared, in_features, out_features).to(x.device)
         return ternary_linear_reference(
             x.to(torch.float32), prepared, weight_scale, bias, in_features, True, ternary_weight=ternary
         )
-    module = load_kernel_module()
-    assert module is not None
-    return module.ternary_linear(
-        x.to(torch.float32).contiguous(),
-        prepared.contiguous(),
-        weight_scale.detach().to(torch.float32).reshape(-1).contiguous(),
-        None if bias is None else bias.detach().to(torch.float32).contiguous(),
-        int(in_features),
-        int(out_features),
-    )
+    # Hot path (runs per layer per forward): the C++ side validates shapes and dtypes (ValueError).
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        x = x.to(torch.float32).contiguous()
+    if weight_scale.dtype != torch.float32 or not weight_scale.is_contiguous():
+        weight_scale = weight_scale.to(torch.float32).contiguous()
+    if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
+        bias = bias.to(torch.float32).contiguous()
+    return module.ternary_linear(x, prepared, weight_scale, bias, in_features, out_features)
 
 
 def kernel_accumulators(x: torch.Tensor, prepared: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
@@ -157,10 +154,9 @@ def kernel_accumulators(x: torch.Tensor, prepared: torch.Tensor, in_features: in
         RuntimeError: if the kernel is not available (tests use this to check exactness).
     """
     _check_prepared(prepared, in_features, out_features)
-    if not cpu_kernel_available():
+    module = kernel_module()
+    if module is None:
         raise RuntimeError(f"the ternary CPU kernel is not available: {kernel_status()}")
-    module = load_kernel_module()
-    assert module is not None
     return module.ternary_accumulators(
         x.to(torch.float32).contiguous(), prepared.contiguous(), in_features, out_features
     )

@@ -32,7 +32,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["SOURCE", "CFLAGS", "kernel_disabled", "cache_root", "load_kernel_module", "kernel_status"]
+__all__ = ["SOURCE", "CFLAGS", "kernel_disabled", "cache_root", "kernel_module", "load_kernel_module", "kernel_status"]
 
 SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
@@ -123,6 +123,15 @@ def _build(name: str) -> ModuleType:
             build_directory=str(build_dir),
             verbose=os.environ.get("TERNARY_HF_KERNEL_VERBOSE", "") not in ("", "0"),
         )
+
+
+def kernel_module() -> ModuleType | None:
+    """Hot-path accessor: the loaded module, or None when disabled/unavailable (no lock once loaded)."""
+    if os.environ.get(DISABLE_ENV) and kernel_disabled():
+        return None
+    if "module" in _state:
+        return _state["module"]  # type: ignore[return-value]
+    return load_kernel_module()
 
 
 def load_kernel_module() -> ModuleType | None:

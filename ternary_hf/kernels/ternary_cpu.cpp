@@ -295,20 +295,27 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
 
 void check_inputs(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
                   const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
-              "ternary kernel: x must be a contiguous 2-D float32 CPU tensor");
-  TORCH_CHECK(x.size(1) == in_features, "ternary kernel: x has ", x.size(1), " features, layer expects ",
-              in_features);
-  TORCH_CHECK(prepared.scalar_type() == torch::kUInt8 && prepared.is_contiguous() &&
-                  prepared.numel() == ceil_div(out_features, kNR) * ceil_div(in_features, kKB) * kBlockBytes,
-              "ternary kernel: prepared weight does not match (in_features, out_features); build it with "
-              "ternary_hf.kernels.prepare_weight");
-  TORCH_CHECK(weight_scale.scalar_type() == torch::kFloat32 && weight_scale.is_contiguous() &&
-                  (weight_scale.numel() == 1 || weight_scale.numel() == out_features),
-              "ternary kernel: weight_scale must be float32 of shape (out_features,) or (1,)");
+  // ValueError in Python (TORCH_CHECK_VALUE), with what to do about it.
+  TORCH_CHECK_VALUE(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+                    "ternary kernel: x must be a contiguous 2-D float32 CPU tensor of shape (M, in_features)");
+  TORCH_CHECK_VALUE(x.size(1) == in_features, "ternary kernel: x has shape (", x.size(0), ", ", x.size(1),
+                    "), the layer expects in_features=", in_features);
+  TORCH_CHECK_VALUE(prepared.device().is_cpu() && prepared.scalar_type() == torch::kUInt8 && prepared.dim() == 3 &&
+                        prepared.size(0) == ceil_div(out_features, kNR) &&
+                        prepared.size(1) == ceil_div(in_features, kKB) && prepared.size(2) == kBlockBytes &&
+                        prepared.is_contiguous(),
+                    "ternary kernel: prepared weight of shape ", prepared.sizes(), " does not match in_features=",
+                    in_features, ", out_features=", out_features,
+                    "; build it with ternary_hf.kernels.prepare_weight(packed, in_features)");
+  TORCH_CHECK_VALUE(weight_scale.device().is_cpu() && weight_scale.scalar_type() == torch::kFloat32 &&
+                        weight_scale.is_contiguous() &&
+                        (weight_scale.numel() == 1 || weight_scale.numel() == out_features),
+                    "ternary kernel: weight_scale must be float32 with out_features (", out_features,
+                    ") or 1 elements");
   if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() && bias->numel() == out_features,
-                "ternary kernel: bias must be float32 of shape (out_features,)");
+    TORCH_CHECK_VALUE(bias->device().is_cpu() && bias->scalar_type() == torch::kFloat32 && bias->is_contiguous() &&
+                          bias->numel() == out_features,
+                      "ternary kernel: bias must be float32 of shape (out_features,) = (", out_features, ",)");
   }
 }
 
