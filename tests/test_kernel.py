@@ -131,16 +131,24 @@ def test_output_matches_reference_within_tolerance(
 
 
 def test_large_batch_4096_rows(kernel_ready, threads) -> None:
-    m, k, n = 4096, 384, 100
+    m, k, n = 4096, 384, 520  # float output of 8.5 MB: served by the kernel's output pool
     ternary, packed = _layer(n, k, seed=3)
     x = _inputs(m, k, seed=4)
     prepared = kernels.prepare_weight(packed, k)
     acc = kernels.kernel_accumulators(x, prepared, k, n)
     assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
     scale = torch.rand(n) + 0.1
-    y = kernels.ternary_linear_cpu(x, prepared, scale, None, k, n)
+    inputs = [x, -0.5 * x]
+    # pooled buffers are reused only after release: live outputs never alias
+    outputs = [kernels.ternary_linear_cpu(xi, prepared, scale, None, k, n) for xi in inputs]
+    assert outputs[0].data_ptr() != outputs[1].data_ptr()
+    for xi, y in zip(inputs, outputs, strict=True):
+        ref = ternary_linear_reference(xi, packed, scale, None, k, quantize_activations=True)
+        torch.testing.assert_close(y, ref, rtol=RTOL, atol=RTOL * float(ref.abs().max()))
+    del outputs
+    again = kernels.ternary_linear_cpu(x, prepared, scale, None, k, n)  # may reuse a released buffer
     ref = ternary_linear_reference(x, packed, scale, None, k, quantize_activations=True)
-    torch.testing.assert_close(y, ref, rtol=RTOL, atol=RTOL * float(ref.abs().max()))
+    torch.testing.assert_close(again, ref, rtol=RTOL, atol=RTOL * float(ref.abs().max()))
 
 
 def test_prepare_weight_round_trips_and_keeps_two_bits_per_weight() -> None:

@@ -27,6 +27,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -319,10 +321,69 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& prepared, const t
   }
 }
 
+// Large outputs: glibc serves allocations above 32 MB (its largest mmap threshold) with a fresh
+// mmap every time, so every call page-faults its whole output (measured: a 50 MB output took 60 ms
+// to fault in, more than the GEMM on 2 cores).  Outputs from kPoolMinBytes up are therefore taken
+// from a small pool of freed output buffers of the same size (at most kPoolMaxFreeBytes kept).
+constexpr size_t kPoolMinBytes = size_t(8) << 20;
+constexpr size_t kPoolMaxFreeBytes = size_t(128) << 20;
+
+class OutputPool {
+ public:
+  void* get(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      for (size_t i = free_.size(); i-- > 0;) {
+        if (free_[i].first == bytes) {
+          void* p = free_[i].second;
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          free_bytes_ -= bytes;
+          return p;
+        }
+      }
+    }
+    void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    TORCH_CHECK(p != nullptr, "ternary kernel: out of memory allocating ", bytes, " bytes for the output");
+    return p;
+  }
+  void put(void* p, size_t bytes) {
+    std::vector<void*> evicted;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      free_.emplace_back(bytes, p);
+      free_bytes_ += bytes;
+      while (free_bytes_ > kPoolMaxFreeBytes && !free_.empty()) {
+        evicted.push_back(free_.front().second);
+        free_bytes_ -= free_.front().first;
+        free_.erase(free_.begin());
+      }
+    }
+    for (void* e : evicted) std::free(e);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<size_t, void*>> free_;
+  size_t free_bytes_ = 0;
+};
+
+OutputPool& output_pool() {
+  static OutputPool* pool = new OutputPool();  // never destroyed: tensors may outlive static destructors
+  return *pool;
+}
+
+torch::Tensor new_output(int64_t m, int64_t n, const torch::TensorOptions& options) {
+  const size_t bytes = static_cast<size_t>(m) * static_cast<size_t>(n) * options.dtype().itemsize();
+  if (bytes < kPoolMinBytes) return torch::empty({m, n}, options);
+  void* p = output_pool().get(bytes);
+  return torch::from_blob(
+      p, {m, n}, [bytes](void* ptr) { output_pool().put(ptr, bytes); }, options);
+}
+
 torch::Tensor ternary_linear(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
                              const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
   check_inputs(x, prepared, weight_scale, bias, in_features, out_features);
-  auto y = torch::empty({x.size(0), out_features}, x.options());
+  auto y = new_output(x.size(0), out_features, x.options());
   if (x.size(0) > 0 && out_features > 0) {
     run(x, prepared, weight_scale, bias, in_features, out_features, y.data_ptr<float>(), nullptr);
   }
