@@ -1,0 +1,182 @@
+"""``ternary-hf search build|query``: a FAISS index over a text corpus from the command line.
+
+``build`` streams the corpus file (JSONL records or one text per line) through a model into a
+:class:`ternary_hf.search.SemanticIndex` folder; ``query`` loads such a folder and prints the top
+hits, encoding the query with the recorded model or ``--model`` (e.g. the ternary student querying
+an index built by its FP32 teacher). Ternary model folders load because importing ``ternary_hf``
+registers the quantizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("search", help="build and query FAISS indexes of a text corpus")
+    sub = parser.add_subparsers(dest="search_command", metavar="ACTION")
+
+    build = sub.add_parser("build", help="encode a corpus file and save an index folder")
+    build.add_argument("model", help="sentence-transformers model folder or name (ternary folders work)")
+    build.add_argument("corpus", help="JSONL file (one object per line) or text file (one document per line)")
+    build.add_argument("out", help="output folder for the index")
+    build.add_argument(
+        "--index", default="Flat",
+        help="FAISS index: Flat (exact), HNSW32, IVF256,PQ16, SQ8, binary, binary,HNSW32, or any "
+             "faiss.index_factory string supporting inner product (default: Flat)",
+    )
+    build.add_argument(
+        "--truncate-dim", type=int, default=None, help="keep the first N dimensions (Matryoshka)"
+    )
+    build.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+    build.add_argument(
+        "--id-field", default=None,
+        help="JSONL field holding the document id (default: the line number, starting at 1)",
+    )
+    build.add_argument(
+        "--rescore", default="auto", choices=["auto", "none", "int8", "float16", "float32"],
+        help="vectors kept to rescore candidates (auto: int8 for binary indexes, none otherwise)",
+    )
+    build.add_argument("--train-size", type=int, default=None, help="vectors used to train IVF/PQ/SQ indexes")
+    build.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default: 32)")
+    build.add_argument("--no-texts", action="store_true", help="do not store document texts in the index")
+    build.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    build.set_defaults(func=run_build)
+
+    query = sub.add_parser("query", help="search an index folder")
+    query.add_argument("index_dir", help="folder written by `ternary-hf search build`")
+    query.add_argument("queries", nargs="+", help="query text(s)")
+    query.add_argument(
+        "--model", default=None, help="query encoder (default: the model recorded in the index)"
+    )
+    query.add_argument("-k", type=int, default=10, help="number of results per query (default: 10)")
+    query.add_argument("--json", action="store_true", help="print one JSON object per query")
+    query.set_defaults(func=run_query)
+
+    parser.set_defaults(func=lambda args: _help(parser))
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _error(message: str) -> int:
+    print(f"ternary-hf search: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load_model(name: str) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    import ternary_hf  # noqa: F401 - registers the ternary quantizer so ternary folders load
+
+    try:
+        return SentenceTransformer(str(name), device="cpu")
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"could not load model {name!r} ({exc}); pass a local sentence-transformers folder, e.g. the "
+            "bundled one: python -c 'from ternary_hf.defaults import default_model_path as p; print(p())'"
+        ) from None
+
+
+def read_corpus(
+    path: str | Path, text_field: str = "text", id_field: str | None = None
+) -> Iterator[tuple[Any, str]]:
+    """Yield ``(id, text)`` from a JSONL file (``.jsonl`` / ``.json`` / ``.ndjson``) or a text file.
+
+    The file is read lazily. Ids are ``id_field`` values, or the 1-based line number. Blank lines
+    are skipped (line numbers still count them).
+    """
+    path = Path(path)
+    is_jsonl = path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            if not is_jsonl:
+                yield lineno, line.rstrip("\r\n")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line"
+                ) from None
+            if not isinstance(record, dict) or text_field not in record:
+                raise ValueError(
+                    f"{path}:{lineno}: no {text_field!r} field; choose the text field with --text-field"
+                )
+            if id_field is not None and id_field not in record:
+                raise ValueError(f"{path}:{lineno}: no {id_field!r} field; fix --id-field or drop it")
+            yield (record[id_field] if id_field is not None else lineno), str(record[text_field])
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from ..search import SemanticIndex
+
+    if not Path(args.corpus).is_file():
+        return _error(f"corpus file {args.corpus} not found")
+    try:
+        model = _load_model(args.model)
+        index = SemanticIndex.build(
+            model,
+            read_corpus(args.corpus, args.text_field, args.id_field),
+            index_factory=args.index,
+            truncate_dim=args.truncate_dim,
+            rescore=None if args.rescore == "none" else args.rescore,
+            train_size=args.train_size,
+            batch_size=args.batch_size,
+            store_texts=not args.no_texts,
+            show_progress_bar=not args.no_progress,
+            model_name=str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model),
+        )
+        out = index.save(args.out)
+    except (ValueError, TypeError) as exc:
+        return _error(str(exc))
+    sizes = index.nbytes()
+    print(
+        f"indexed {index.ntotal} documents with {args.model} into {out} "
+        f"({args.index}, dim {index.dim}, {sizes['index'] / index.ntotal:.1f} index bytes/vector"
+        + (f" + {sizes['rescore'] / index.ntotal:.1f} rescore bytes/vector" if sizes["rescore"] else "")
+        + ")"
+    )
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    from ..search import METADATA_FILE, SemanticIndex
+
+    meta_file = Path(args.index_dir) / METADATA_FILE
+    if not meta_file.is_file():
+        return _error(f"{args.index_dir} is not an index folder (no {METADATA_FILE}); create it with "
+                      "`ternary-hf search build`")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    model_name = args.model or meta.get("query_model_name") or meta.get("model_name")
+    if not model_name:
+        return _error("the index records no model; pass --model")
+    try:
+        model = _load_model(model_name)
+        index = SemanticIndex.load(args.index_dir, query_model=model)
+        results = index.search(args.queries, k=args.k)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        return _error(str(exc))
+    for query, hits in zip(args.queries, results, strict=True):
+        if args.json:
+            print(json.dumps({"query": query, "hits": [
+                {"rank": r, "id": h.id, "score": round(h.score, 6), "text": h.text}
+                for r, h in enumerate(hits, 1)
+            ]}, ensure_ascii=False))
+            continue
+        print(f"query: {query}")
+        for rank, hit in enumerate(hits, start=1):
+            text = "" if hit.text is None else " ".join(hit.text.split())
+            if len(text) > 100:
+                text = text[:97] + "..."
+            print(f"{rank:3d}. {hit.score:.4f}  [{hit.id}]  {text}")
+    return 0
