@@ -21,6 +21,8 @@ from .ternarize import dequantize_ternary, ternarize
 
 __all__ = ["TernaryLinear", "QuantizedEmbedding"]
 
+_ROW_CHUNK = 4096
+
 
 def _kernel():
     """The CPU kernel module if it is importable and usable here, else ``None`` (reference path)."""
@@ -192,7 +194,10 @@ class QuantizedEmbedding(nn.Module):
                 f"embedding of shape {tuple(weight.shape)} does not fit a QuantizedEmbedding "
                 f"({self.num_embeddings}, {self.embedding_dim})"
             )
-        return rowwise.quantize_rows(weight, self.storage)
+        # In row chunks: the float temporaries of a whole 30k-row table would cost ~4x its size at once.
+        parts = [rowwise.quantize_rows(weight[i : i + _ROW_CHUNK], self.storage)
+                 for i in range(0, max(self.num_embeddings, 1), _ROW_CHUNK)]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
     def _stored(self, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         stored = {"weight": self.weight}

@@ -8,7 +8,9 @@ checkpoint loads its packed tensors as they are.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import warnings
 from typing import Any
 
@@ -26,6 +28,26 @@ from .remote_code import attach_autoload_on_save, detach_autoload_on_save
 __all__ = ["TernaryHfQuantizer", "TernaryQuantize"]
 
 logger = logging.getLogger(__name__)
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS after each layer.
+
+    glibc keeps the float temporaries of one layer in its heap and reuses them only partly, so
+    without this the process grows with every layer converted (MPNet-base: peak 2.0 GB -> see README).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class TernaryQuantize(ConversionOps):
@@ -46,6 +68,8 @@ class TernaryQuantize(ConversionOps):
             prefix = key[: -len(tensor_name)]
             for name, stored in module.quantize_weight(tensor).items():
                 result[prefix + name] = stored
+        del input_dict, tensor
+        _release_freed_memory()
         return result
 
 

@@ -40,6 +40,7 @@ THRESHOLD_METHODS = ("twn", "absmean", "paper", "calibrated")
 SCALE_GRANULARITIES = ("channel", "tensor")
 _TWN_FACTOR = 0.7
 _EPS = 1e-12
+_ROW_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,11 @@ def ternarize(weight: torch.Tensor, method: str = "twn", granularity: str = "cha
         ValueError: on an unknown method/granularity, a non-2-D or non-float weight, NaN or inf.
     """
     _check(weight, method, granularity)
+    if granularity == "channel" and weight.shape[0] > _ROW_CHUNK:
+        # Rows are independent: chunking bounds the float temporaries (the calibrated rule sorts).
+        chunks = [ternarize(weight[i : i + _ROW_CHUNK], method, granularity)
+                  for i in range(0, weight.shape[0], _ROW_CHUNK)]
+        return TernaryWeight(torch.cat([c.values for c in chunks]), torch.cat([c.scale for c in chunks]))
     w = weight.detach().to(torch.float32)
     groups = w if granularity == "channel" else w.reshape(1, -1)
     mag = groups.abs()
