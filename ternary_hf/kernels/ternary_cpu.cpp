@@ -24,14 +24,19 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <string>
 #include <vector>
 
 namespace {
@@ -235,6 +240,57 @@ Scratch& scratch() {
 // processes on the box, a 2-thread call with little work can stall for milliseconds).
 constexpr int64_t kMinMacsPerThread = int64_t(1) << 22;
 
+// Work sharing that never waits for a thread which has not started.  An OpenMP region (and so
+// at::parallel_for) joins ALL its threads: on a shared machine one of them is often not scheduled
+// for a whole time slice (4-30 ms measured here), and the call stalls that long even if the other
+// thread could have done all the work.  Here the caller posts helpers to torch's inter-op pool
+// (at::launch), works through the units itself, and then waits only for units already claimed; a
+// helper that wakes late finds nothing left and returns without touching the caller's data.
+struct UnitJob {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  int64_t units = 0;
+  const std::function<void(int64_t)>* fn = nullptr;  // valid while a claimed unit is unfinished
+};
+
+void drain(UnitJob& job) {
+  for (int64_t u = job.next.fetch_add(1, std::memory_order_relaxed); u < job.units;
+       u = job.next.fetch_add(1, std::memory_order_relaxed)) {
+    (*job.fn)(u);
+    job.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+bool g_use_openmp = false;  // switchable for benchmarks (_set_parallel_backend)
+
+void run_units(int64_t units, int64_t nthreads, const std::function<void(int64_t)>& fn) {
+  if (nthreads <= 1 || units <= 1) {
+    for (int64_t u = 0; u < units; ++u) fn(u);
+    return;
+  }
+  // torch's inter-op pool has no threads in a forked child: share out with OpenMP there instead.
+  static const pid_t pool_pid = getpid();
+  if (g_use_openmp || getpid() != pool_pid) {
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+      for (int64_t u = next.fetch_add(1); u < units; u = next.fetch_add(1)) fn(u);
+    });
+    return;
+  }
+  auto job = std::make_shared<UnitJob>();
+  job->units = units;
+  job->fn = &fn;
+  for (int64_t t = 1; t < std::min(nthreads, units); ++t) at::launch([job]() { drain(*job); });
+  drain(*job);
+  for (int spins = 0; job->done.load(std::memory_order_acquire) < units; ++spins) {
+    if (spins < 2000) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
 void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
          const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features, float* y,
          int32_t* acc) {
@@ -258,41 +314,27 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
   const int64_t macs = m * n * kp;
   const int64_t nthreads = std::max<int64_t>(1, std::min(nthreads_max, macs / kMinMacsPerThread));
 
-  // 1) quantize activations (rows in parallel when there is enough work).
-  auto quant = [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) qs[i] = quantize_row(xp + i * k, k, kp, qp + i * kp, sxp + i);
+  // 1) quantize activations (row chunks shared out when there is enough work).
+  const int64_t qchunk = std::max<int64_t>(16, ceil_div(m, 4 * nthreads));
+  const std::function<void(int64_t)> quant = [&](int64_t c) {
+    for (int64_t i = c * qchunk; i < std::min(m, (c + 1) * qchunk); ++i) {
+      qs[i] = quantize_row(xp + i * k, k, kp, qp + i * kp, sxp + i);
+    }
   };
-  if (nthreads > 1 && m >= 2 * nthreads) {
-    at::parallel_for(0, m, ceil_div(m, nthreads), quant);
-  } else {
-    quant(0, m);
-  }
+  run_units(ceil_div(m, qchunk), nthreads, quant);
 
-  // 2) GEMM over (row block x column block) units, row-major so a thread's units share rows.
+  // 2) GEMM over (row block x column block) units, claimed dynamically in row-major order.
   Problem P{qp, qs, sxp, prepared.data_ptr<uint8_t>(), weight_scale.data_ptr<float>(), weight_scale.numel() > 1,
             bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, kp, kblocks, y, acc};
   const int64_t row_block = std::min<int64_t>(kRowBlock, m);
   const int64_t n_rb = ceil_div(m, row_block);
   const int64_t n_cb = ceil_div(n, kColBlock);
-  const int64_t units = n_rb * n_cb;
-  auto unit = [&](int64_t u) {
+  const std::function<void(int64_t)> unit = [&](int64_t u) {
     const int64_t rb = u / n_cb, cb = u % n_cb;
     run_tile_block(P, rb * row_block, std::min(m, (rb + 1) * row_block), cb * kColBlock,
                    std::min(n, (cb + 1) * kColBlock));
   };
-  if (nthreads > 1 && units > 1) {
-    // Dynamic claiming instead of static halves: on a shared machine one thread is often
-    // preempted; the other then keeps taking units instead of idling at the join.
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
-      for (int64_t u = next.fetch_add(1, std::memory_order_relaxed); u < units;
-           u = next.fetch_add(1, std::memory_order_relaxed)) {
-        unit(u);
-      }
-    });
-  } else {
-    for (int64_t u = 0; u < units; ++u) unit(u);
-  }
+  run_units(n_rb * n_cb, nthreads, unit);
 }
 
 void check_inputs(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
@@ -409,6 +451,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ternary_linear", &ternary_linear, "y = (q(x) @ T.T) * s_x * s_w + b, fused int8 quantization",
         py::arg("x"), py::arg("prepared"), py::arg("weight_scale"), py::arg("bias"), py::arg("in_features"),
         py::arg("out_features"));
+  m.def(
+      "_set_parallel_backend", [](const std::string& name) { g_use_openmp = (name == "openmp"); },
+      "benchmarks only: 'helpers' (default, at::launch work sharing) or 'openmp' (at::parallel_for)");
   m.def("ternary_accumulators", &ternary_accumulators, "int32 q(x) @ T.T (for tests)", py::arg("x"),
         py::arg("prepared"), py::arg("in_features"), py::arg("out_features"));
 }
