@@ -150,18 +150,37 @@ def _op_pull(step: dict[str, Any]) -> dict[str, Any]:
     if step.get("remote_code"):
         out["remote_code_equal"] = bool((remote_code_out == local_hidden).all())
 
-    sentences = step.get("sentences") or SENTENCES
-    local_st = SentenceTransformer(local, device="cpu").encode(sentences)
-    remote_st = SentenceTransformer(repo_id, revision=revision, device="cpu").encode(sentences)
-    out["st_equal"] = bool(np.array_equal(local_st, remote_st))
-    out["st_max_diff"] = float(np.abs(local_st - remote_st).max())
+    if step.get("st", True):
+        sentences = step.get("sentences") or SENTENCES
+        local_st = SentenceTransformer(local, device="cpu").encode(sentences)
+        remote_st = SentenceTransformer(repo_id, revision=revision, device="cpu").encode(sentences)
+        out["st_equal"] = bool(np.array_equal(local_st, remote_st))
+        out["st_max_diff"] = float(np.abs(local_st - remote_st).max())
 
     snapshot = snapshot_download(repo_id, revision=revision)
     remote_files = _folder_digest(snapshot)
     local_files = _folder_digest(local)
     out["same_files"] = all(remote_files.get(k) == v for k, v in local_files.items())
+    out["remote_files"] = sorted(remote_files)
     out["cache_under_hf_home"] = snapshot.startswith(os.environ["HF_HOME"])
     return out
+
+
+def _op_native_push(step: dict[str, Any]) -> dict[str, Any]:
+    """Push with the libraries' own ``push_to_hub`` (transformers model + tokenizer, or sentence-transformers)."""
+    import ternary_hf  # noqa: F401
+
+    token, repo_id, folder = step.get("token"), step["repo_id"], step["folder"]
+    if step["kind"] == "transformers":
+        from transformers import AutoModel, AutoTokenizer
+
+        info = AutoModel.from_pretrained(folder).push_to_hub(repo_id, token=token)
+        AutoTokenizer.from_pretrained(folder).push_to_hub(repo_id, token=token)
+        return {"commit": getattr(info, "oid", None)}
+    from sentence_transformers import SentenceTransformer
+
+    url = SentenceTransformer(folder, device="cpu").push_to_hub(repo_id, token=token, exist_ok=True)
+    return {"url": str(url)}
 
 
 def _hidden(model: Any, tokenizer: Any) -> Any:
@@ -173,6 +192,7 @@ def _hidden(model: Any, tokenizer: Any) -> Any:
 
 
 _OPS = {
+    "native_push": _op_native_push,
     "push": _op_push,
     "fail": _op_fail,
     "download": _op_download,
@@ -379,6 +399,24 @@ def _xet_flow(xet_server: HubServer, tiny_models: dict[str, Path], tmp: Path) ->
     steps = [
         # first, before anything imports ternary_hf: the auto_map shim must load the model on its own
         {"name": "pull", "op": "pull", "repo_id": XET_REPO, "folder": str(output / "model"), "remote_code": True},
+        {
+            "name": "tf_push",
+            "op": "native_push",
+            "kind": "transformers",
+            "folder": str(ternary),
+            "repo_id": "tester/tf-native",
+            "token": TOKEN,
+        },
+        {"name": "tf_pull", "op": "pull", "repo_id": "tester/tf-native", "folder": str(ternary), "st": False},
+        {
+            "name": "st_push",
+            "op": "native_push",
+            "kind": "sentence-transformers",
+            "folder": str(ternary),
+            "repo_id": "tester/st-native",
+            "token": TOKEN,
+        },
+        {"name": "st_pull", "op": "pull", "repo_id": "tester/st-native", "folder": str(ternary)},
         {"name": "no_token", "op": "push", "folder": plain, "repo_id": "tester/needs-auth"},
         {"name": "bad_token", "op": "push", "folder": plain, "repo_id": "tester/needs-auth", "token": "hf_wrong"},
         {"name": "first", "op": "push", "folder": life, "repo_id": "tester/life", "token": TOKEN},
@@ -452,6 +490,18 @@ def test_pull_in_fresh_env_gives_identical_embeddings_xet_mode(xet_run):
 def test_remote_code_shim_loads_through_the_hub(xet_run):
     pull = xet_run["pull"]
     assert pull["remote_code_quantized"] and pull["remote_code_equal"], pull
+
+
+def test_transformers_push_to_hub_round_trips_a_ternary_model(xet_run):
+    pull = xet_run["tf_pull"]
+    assert pull["quantized"] and pull["automodel_equal"], pull
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(pull["remote_files"])
+
+
+def test_sentence_transformers_push_to_hub_round_trips_a_ternary_model(xet_run):
+    pull = xet_run["st_pull"]
+    assert pull["quantized"] and pull["automodel_equal"] and pull["st_equal"], pull
+    assert {"modules.json", "model.safetensors", "README.md"} <= set(pull["remote_files"])
 
 
 def test_push_without_token_fails_with_clear_error(xet_run, xet_server):
