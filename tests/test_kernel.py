@@ -225,3 +225,21 @@ def test_object_code_has_no_avx512_instructions(kernel_ready) -> None:
         if (code and code[0] == "62") or "zmm" in asm or "{%k" in asm:
             offenders.append(line.strip())
     assert not offenders, "AVX-512 encodings in the kernel:\n" + "\n".join(offenders[:10])
+
+
+@pytest.mark.parametrize("backend", ["helpers", "openmp"])
+def test_both_work_sharing_backends_give_identical_results(kernel_ready, backend: str) -> None:
+    module = _build.kernel_module()
+    assert module is not None
+    m, k, n = 300, 520, 200  # enough work for 2 threads
+    ternary, packed = _layer(n, k, seed=11)
+    x = _inputs(m, k, seed=12)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    module._set_parallel_backend(backend)
+    try:
+        acc = kernels.kernel_accumulators(x, kernels.prepare_weight(packed, k), k, n)
+    finally:
+        module._set_parallel_backend("helpers")
+        torch.set_num_threads(old)
+    assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
