@@ -238,7 +238,8 @@ def test_streaming_build_from_a_generator_encodes_chunk_by_chunk(corpus):
 def test_streaming_ivf_trains_on_the_first_train_size_vectors(corpus):
     enc = FakeEncoder(corpus["table"])
     index = SemanticIndex(enc, "IVF16,Flat", train_size=400)
-    index.add(iter(corpus["texts"][:1000]), chunk_size=100, show_progress_bar=False)
+    with pytest.warns(UserWarning, match="on 400 vectors; FAISS recommends at least 624"):
+        index.add(iter(corpus["texts"][:1000]), chunk_size=100, show_progress_bar=False)
     assert index.is_trained and index.ntotal == 1000
     assert [h.position for h in index.search([corpus["texts"][999]], k=1)[0]] == [999]
     index.add(corpus["texts"][1000:1100], show_progress_bar=False)  # later adds go straight in
@@ -456,8 +457,8 @@ def test_cli_build_then_query_round_trip(minilm_path, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["hits"][0]["id"] == "s0" and result["hits"][0]["text"] == SENTENCES[0]
     assert len(result["hits"]) == 3
-    bad = ["search", "build", minilm_path, str(corpus), str(tmp_path / "x"), "--index", "Bogus", "--no-progress"]
-    rc = main(bad)
+    bad = ["search", "build", minilm_path, str(corpus), str(tmp_path / "x"), "--index", "Bogus"]
+    rc = main([*bad, "--no-progress"])
     assert rc == 2 and "Bogus" in capsys.readouterr().err
     lines = tmp_path / "lines.txt"
     lines.write_text("first line\n\nthird line about cats\n", encoding="utf-8")
