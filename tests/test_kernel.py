@@ -243,3 +243,15 @@ def test_both_work_sharing_backends_give_identical_results(kernel_ready, backend
         module._set_parallel_backend("helpers")
         torch.set_num_threads(old)
     assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
+
+
+def test_missing_toolchain_warns_once_but_a_cached_build_still_loads(
+    kernel_ready, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    monkeypatch.setattr(_build, "_toolchain_problem", lambda: "no C++ compiler found (simulated)")
+    monkeypatch.setattr(_build, "_state", {})
+    assert _build.load_kernel_module() is not None  # the default cache holds this build already
+    monkeypatch.setattr(_build, "_state", {})
+    monkeypatch.setenv("TERNARY_HF_KERNEL_CACHE", str(tmp_path))  # fresh machine: empty cache
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert kernels.cpu_kernel_available() is False

@@ -97,24 +97,31 @@ def _import_built(name: str, so_path: Path) -> ModuleType:
     return module
 
 
+class _Unavailable(Exception):
+    """The kernel cannot be built here; the message says why and what to do."""
+
+
 def _build(name: str) -> ModuleType:
     from torch.utils import cpp_extension
 
     build_dir = cache_root() / name
     so_path = build_dir / f"{name}.so"
-    if so_path.exists():
-        return _import_built(name, so_path)
     build_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = build_dir.parent / f"{name}.lock"
-    with open(lock_path, "w") as lock_file:
+    with open(build_dir.parent / f"{name}.lock", "w") as lock_file:
         try:
             import fcntl
 
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            fcntl.flock(lock_file, fcntl.LOCK_EX)  # another process may be building: wait for it
         except ImportError:  # not POSIX: torch's own FileBaton in build_dir still serialises builds
             pass
-        if so_path.exists():
-            return _import_built(name, so_path)
+        if so_path.exists():  # cached: needs neither compiler nor ninja
+            try:
+                return _import_built(name, so_path)
+            except ImportError:
+                so_path.unlink()  # a truncated or foreign file: rebuild it below
+        problem = _toolchain_problem()
+        if problem is not None:
+            raise _Unavailable(problem)
         return cpp_extension.load(
             name=name,
             sources=[str(SOURCE)],
@@ -140,10 +147,12 @@ def load_kernel_module() -> ModuleType | None:
         if "module" in _state:
             return _state["module"]  # type: ignore[return-value]
         module: ModuleType | None = None
-        problem = _cpu_problem() or _toolchain_problem()
+        problem = _cpu_problem()
         if problem is None:
             try:
                 module = _build(_build_name())
+            except _Unavailable as exc:
+                problem = str(exc)
             except Exception as exc:  # noqa: BLE001 - any build failure means "use the fallback"
                 problem = (
                     f"building the AVX2 kernel failed ({type(exc).__name__}: {str(exc)[-500:]}); "
