@@ -55,3 +55,33 @@ def minilm_path() -> str:
     from ternary_hf.defaults import default_model_path
 
     return default_model_path()
+
+
+_WORDS = (
+    "the a an of to in and is was for on with as by at from that this it be are were has have not or but "
+    "cat dog car city music film stock market price game team player water food school book phone night "
+    "good bad new old big small fast slow happy sad red blue green one two three run play read buy sell"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_st_dir(tiny_model_dirs, tmp_path_factory) -> str:
+    """A tiny sentence-transformers-loadable folder: the tiny BERT plus a word-level tokenizer."""
+    import shutil
+
+    from transformers import BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny_st") / "bert"
+    shutil.copytree(tiny_model_dirs["bert"], path)
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab), model_max_length=64).save_pretrained(path)
+    return str(path)
+
+
+def tiny_sentences(n: int, seed: int = 0) -> list[str]:
+    """Random short sentences over the tiny tokenizer's vocabulary."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(_WORDS, k=rng.randint(3, 12))) for _ in range(n)]

@@ -1,0 +1,412 @@
+"""Self-taught distillation: the float model teaches its own ternary copy (arXiv 2411.15438, extended).
+
+The student is the teacher with latent float weights behind a ternary forward (see
+:mod:`ternary_hf.training`): the same ternarization rule and activation rule as inference, gradients
+passed straight through. Losses (each weighted, 0 switches it off):
+
+* ``hidden_mse`` -- the paper's loss: MSE between last hidden states, here masked to real tokens
+  (padding carries nothing the user sees, and the paper's unmasked MSE spends capacity on it);
+* ``pooled_cosine`` -- ``1 - cos`` between the pooled sentence embeddings (what users search with);
+* ``pooled_mse`` -- MSE between pooled embeddings (keeps their norm, which cosine ignores);
+* ``layer_mse`` -- masked MSE averaged over every intermediate hidden state (TernaryBERT's recipe);
+* ``similarity`` -- matching the in-batch cosine-similarity matrices (ranking is what retrieval
+  needs). ``similarity_mode="mse"`` compares off-diagonal entries; ``"kl"`` compares row-wise
+  softmaxes at ``similarity_temperature`` with the diagonal masked (left in, it dominates every row).
+
+The loop runs on :class:`accelerate.Accelerator` (CPU, one GPU, or ``accelerate launch`` for many),
+checkpoints every ``save_every`` steps with ``save_state`` and resumes exactly where it stopped
+(same batches, same RNG): a resumed run ends with the same weights as an uninterrupted one.
+After training the latent weights are loaded through the quantizer into packed ternary form
+(:func:`finalize`), the same path as ``from_pretrained(..., quantization_config=...)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TernaryConfig
+from .training import build_student, to_float_model
+
+__all__ = ["DistillConfig", "DistillResult", "distill", "distillation_loss", "finalize", "load_texts"]
+
+logger = logging.getLogger(__name__)
+_CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class DistillConfig:
+    """Hyper-parameters of a distillation run (defaults measured on all-MiniLM-L6-v2, see README)."""
+
+    max_steps: int = 300
+    batch_size: int = 32
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    gradient_accumulation_steps: int = 1
+    max_length: int = 128
+    hidden_mse: float = 1.0
+    pooled_cosine: float = 1.0
+    pooled_mse: float = 0.0
+    layer_mse: float = 0.0
+    similarity: float = 1.0
+    similarity_mode: str = "mse"
+    similarity_temperature: float = 0.1
+    mask_padding: bool = True
+    seed: int = 0
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    mixed_precision: str = "no"
+    optimizer: str = "adamw"
+    num_threads: int | None = None
+    max_texts: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "save_every",
+                     "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DistillConfig: {name}={getattr(self, name)!r} must be >= 1")
+        for name in ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "similarity", "learning_rate"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"DistillConfig: {name}={getattr(self, name)!r} must be >= 0")
+        if self.hidden_mse + self.pooled_cosine + self.pooled_mse + self.layer_mse + self.similarity == 0:
+            raise ValueError("DistillConfig: every loss weight is 0; switch at least one loss on")
+        if self.similarity_mode not in ("mse", "kl"):
+            raise ValueError(f"DistillConfig: similarity_mode={self.similarity_mode!r}; choose 'mse' or 'kl'")
+        if self.optimizer not in ("adamw", "adamw8bit"):
+            raise ValueError(f"DistillConfig: optimizer={self.optimizer!r}; choose 'adamw' or 'adamw8bit'")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"DistillConfig: mixed_precision={self.mixed_precision!r}; choose no, fp16 or bf16")
+
+
+@dataclass
+class DistillResult:
+    output_dir: str
+    steps: int
+    seconds: float
+    final_loss: float
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- data
+def load_texts(source: str | Sequence[str] | Any | None = None, limit: int | None = None, seed: int = 0,
+               text_field: str = "text") -> list[str]:
+    """Distillation texts from a file (one per line; ``.jsonl`` with ``text_field``), a list, a
+    ``datasets.Dataset``, or ``None`` for the bundled real corpora (training splits only)."""
+    if source is None:
+        from .datasets import default_distillation_texts
+
+        texts = list(default_distillation_texts(limit=limit, seed=seed))
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"distillation data {path} does not exist (give a .txt or .jsonl file)")
+        if path.suffix == ".jsonl":
+            texts = []
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        record = json.loads(line)
+                        if text_field not in record:
+                            raise ValueError(f"{path}:{n} has no field {text_field!r} (pass text_field=...)")
+                        texts.append(str(record[text_field]))
+        else:
+            texts = [line.rstrip("\n") for line in open(path, encoding="utf-8")]
+    elif hasattr(source, "column_names"):  # a datasets.Dataset
+        if text_field not in source.column_names:
+            raise ValueError(f"dataset has no column {text_field!r}; columns: {source.column_names}")
+        texts = [str(t) for t in source[text_field]]
+    else:
+        texts = [str(t) for t in source]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ValueError("no distillation text: the source is empty")
+    if limit is not None and len(texts) > limit:
+        texts = random.Random(seed).sample(texts, limit)
+    return texts
+
+
+def _batch_order(lengths: list[int], batch_size: int, n_batches: int, seed: int) -> list[list[int]]:
+    """Seeded batches of similar length (less padding), in shuffled order, repeated as needed."""
+    rng = random.Random(seed)
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < n_batches:
+        idx = list(range(len(lengths)))
+        rng.shuffle(idx)
+        pool = batch_size * 32
+        epoch_batches = []
+        for start in range(0, len(idx), pool):
+            chunk = sorted(idx[start:start + pool], key=lambda i: lengths[i])
+            epoch_batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(epoch_batches)
+        batches += [b for b in epoch_batches if len(b) == batch_size] or epoch_batches
+        epoch += 1
+    return batches[:n_batches]
+
+
+class _Collate:
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                   return_tensors="pt"))
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return F.mse_loss(a, b)
+    m = mask.unsqueeze(-1).to(a.dtype)
+    return ((a - b) ** 2 * m).sum() / (m.sum() * a.shape[-1]).clamp(min=1)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def distillation_loss(student_out, teacher_out, attention_mask: torch.Tensor, cfg: DistillConfig
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the switched-on losses; returns ``(loss, {name: value})``."""
+    mask = attention_mask if cfg.mask_padding else None
+    s_last, t_last = student_out.last_hidden_state, teacher_out.last_hidden_state
+    parts: dict[str, torch.Tensor] = {}
+    if cfg.hidden_mse:
+        parts["hidden_mse"] = _masked_mse(s_last, t_last, mask)
+    if cfg.layer_mse:
+        pairs = list(zip(student_out.hidden_states[1:-1], teacher_out.hidden_states[1:-1], strict=True))
+        parts["layer_mse"] = sum(_masked_mse(s, t, mask) for s, t in pairs) / max(len(pairs), 1)
+    if cfg.pooled_cosine or cfg.pooled_mse or cfg.similarity:
+        s_pool, t_pool = mean_pool(s_last, attention_mask), mean_pool(t_last, attention_mask)
+        if cfg.pooled_cosine:
+            parts["pooled_cosine"] = (1 - F.cosine_similarity(s_pool, t_pool, dim=-1)).mean()
+        if cfg.pooled_mse:
+            parts["pooled_mse"] = F.mse_loss(s_pool, t_pool)
+        if cfg.similarity and s_pool.shape[0] > 1:
+            s_sim = F.normalize(s_pool, dim=-1) @ F.normalize(s_pool, dim=-1).t()
+            t_sim = F.normalize(t_pool, dim=-1) @ F.normalize(t_pool, dim=-1).t()
+            off = ~torch.eye(s_sim.shape[0], dtype=torch.bool, device=s_sim.device)
+            if cfg.similarity_mode == "mse":
+                parts["similarity"] = F.mse_loss(s_sim[off], t_sim[off])
+            else:
+                neg = torch.finfo(s_sim.dtype).min
+                s_log = F.log_softmax((s_sim / cfg.similarity_temperature).masked_fill(~off, neg), dim=-1)
+                t_prob = F.softmax((t_sim / cfg.similarity_temperature).masked_fill(~off, neg), dim=-1)
+                parts["similarity"] = F.kl_div(s_log, t_prob, reduction="batchmean")
+    loss = sum(getattr(cfg, name) * value for name, value in parts.items())
+    return loss, {name: float(value.detach()) for name, value in parts.items()}
+
+
+# ----------------------------------------------------------------------------------------------- model io
+def _load_teacher(teacher: str):
+    """``(sentence_transformer, hf_model, tokenizer)`` for a float teacher folder or repo id."""
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(teacher, device="cpu")
+    transformer = st[0]
+    model = transformer.auto_model
+    if getattr(model, "is_quantized", False):
+        raise ValueError(f"{teacher} is already quantized; distill from the full-precision model")
+    return st, model, transformer.tokenizer
+
+
+def finalize(student: nn.Module, teacher_st, output_dir: str | os.PathLike, config: TernaryConfig) -> str:
+    """Pack the trained student into a ternary sentence-transformers folder at ``output_dir``.
+
+    The latent weights are written as a float checkpoint of the teacher's architecture and loaded
+    back through the quantizer, so the packed model is what ``from_pretrained(...,
+    quantization_config=config)`` makes of them. Written to a temporary folder, renamed at the end.
+    """
+    import copy
+
+    from sentence_transformers import SentenceTransformer
+
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    float_st = copy.deepcopy(teacher_st)
+    float_st[0].auto_model.load_state_dict(to_float_model(student).state_dict())
+    with tempfile.TemporaryDirectory(dir=output_dir.parent) as tmp:
+        float_st.save(os.path.join(tmp, "float"))
+        packed = SentenceTransformer(os.path.join(tmp, "float"), device="cpu",
+                                     model_kwargs={"quantization_config": config})
+        staging = os.path.join(tmp, "packed")
+        packed.save(staging)
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    return str(output_dir)
+
+
+# ----------------------------------------------------------------------------------------------- loop
+def _checkpoints(work_dir: Path) -> list[Path]:
+    found = [p for p in work_dir.glob(f"{_CHECKPOINT_PREFIX}*") if p.name[len(_CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX):]))
+
+
+def _make_optimizer(params, cfg: DistillConfig):
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        except Exception as exc:  # not installed, or no supported device
+            logger.warning("8-bit AdamW unavailable (%s); using torch AdamW", exc)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def distill(
+    teacher: str,
+    output_dir: str | os.PathLike,
+    texts: Sequence[str] | str | Any | None = None,
+    ternary_config: TernaryConfig | None = None,
+    config: DistillConfig | None = None,
+    work_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    show_progress_bar: bool = True,
+    stop_after: int | None = None,
+) -> DistillResult:
+    """Distill ``teacher`` (a float sentence-transformers / transformers folder) into a packed ternary model.
+
+    Args:
+        teacher: the full-precision model (folder or repo id).
+        output_dir: where the finalized ternary sentence-transformers folder goes.
+        texts: training text (see :func:`load_texts`); ``None`` uses the bundled corpora.
+        ternary_config: the quantization the student trains for and is finalized with.
+        config: the run's :class:`DistillConfig`.
+        work_dir: checkpoints and ``metrics.csv`` (default: ``<output_dir>.work``); kept after the
+            run so a finished run can be inspected, and so a killed run resumes.
+        resume: continue from the newest checkpoint in ``work_dir`` if there is one.
+        stop_after: stop (after checkpointing) once this many steps are done, without finalizing;
+            for tests and for splitting a long run into sessions.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from tqdm.auto import tqdm
+
+    cfg = config or DistillConfig()
+    tcfg = ternary_config or TernaryConfig()
+    output_dir = Path(output_dir)
+    work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    # cpu=True on a machine without an accelerator lets accelerate see a torchrun/mpirun launch as
+    # multi-process CPU training (gloo); with a GPU, accelerate picks it as usual.
+    no_accelerator = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              mixed_precision=cfg.mixed_precision, cpu=no_accelerator,
+                              # the pooler (and any head) gets no gradient from an embedding loss
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    set_seed(cfg.seed)
+
+    teacher_st, teacher_model, tokenizer = _load_teacher(teacher)
+    corpus = load_texts(texts, limit=cfg.max_texts, seed=cfg.seed)
+    student = build_student(teacher_model, tcfg)
+    teacher_model.eval().requires_grad_(False)
+    student.train()
+    for module in student.modules():  # dropout off: we match a deterministic teacher
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+    # Every process gets its own share of the batches (accelerate shards the batch sampler).
+    total_batches = cfg.max_steps * cfg.gradient_accumulation_steps * accelerator.num_processes
+    order = _batch_order([len(t) for t in corpus], cfg.batch_size, total_batches, cfg.seed)
+    loader = torch.utils.data.DataLoader(corpus, batch_sampler=order, collate_fn=_Collate(tokenizer, cfg.max_length))
+    optimizer = _make_optimizer([p for p in student.parameters() if p.requires_grad], cfg)
+    warmup = int(cfg.warmup_ratio * cfg.max_steps)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        progress = (step - warmup) / max(cfg.max_steps - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
+    teacher_model.to(accelerator.device)
+
+    step = 0
+    work_dir.mkdir(parents=True, exist_ok=True)
+    existing = _checkpoints(work_dir)
+    if resume and existing:
+        accelerator.load_state(str(existing[-1]))
+        step = int(existing[-1].name[len(_CHECKPOINT_PREFIX):])
+        accelerator.print(f"resuming from {existing[-1]} (step {step}/{cfg.max_steps})")
+    batches = accelerator.skip_first_batches(loader, step * cfg.gradient_accumulation_steps) if step else loader
+    first_step = step
+
+    metrics_path = work_dir / "metrics.csv"
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="distilling", disable=not show_progress_bar
+               or not accelerator.is_local_main_process, unit="step")
+    started = time.time()
+    running, last_loss = None, float("nan")
+    micro = 0
+    for batch in batches:
+        if step >= cfg.max_steps or (stop_after is not None and step >= stop_after):
+            break
+        with accelerator.accumulate(student):
+            with torch.no_grad():
+                teacher_out = teacher_model(**batch, output_hidden_states=bool(cfg.layer_mse))
+            student_out = student(**batch, output_hidden_states=bool(cfg.layer_mse))
+            loss, parts = distillation_loss(student_out, teacher_out, batch["attention_mask"], cfg)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        micro += 1
+        if micro % cfg.gradient_accumulation_steps:
+            continue
+        step += 1
+        last_loss = float(loss.detach())
+        running = last_loss if running is None else 0.9 * running + 0.1 * last_loss
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", steps_per_s=f"{(step - first_step) / (time.time() - started):.2f}")
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            row = {"step": step, "loss": last_loss, **parts, "lr": scheduler.get_last_lr()[0],
+                   "elapsed_s": time.time() - started}
+            history.append(row)
+            if accelerator.is_main_process:
+                new = not metrics_path.exists()
+                with open(metrics_path, "a", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=list(row))
+                    if new:
+                        writer.writeheader()
+                    writer.writerow(row)
+        if step % cfg.save_every == 0 or step == cfg.max_steps or (stop_after is not None and step >= stop_after):
+            accelerator.save_state(str(work_dir / f"{_CHECKPOINT_PREFIX}{step}"))
+            if accelerator.is_main_process:
+                for old in _checkpoints(work_dir)[:-cfg.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
+    bar.close()
+    accelerator.wait_for_everyone()
+    seconds = time.time() - started
+    if step < cfg.max_steps:
+        return DistillResult(str(work_dir), step, seconds, last_loss, history)
+    if accelerator.is_main_process:
+        finalize(accelerator.unwrap_model(student), teacher_st, output_dir, tcfg)
+        with open(Path(output_dir) / "distillation.json", "w", encoding="utf-8") as f:
+            json.dump({"teacher": str(teacher), "steps": step, "seconds": seconds, "final_loss": last_loss,
+                       "config": asdict(cfg), "ternary_config": tcfg.to_dict(), "num_texts": len(corpus)}, f,
+                      indent=2)
+    accelerator.wait_for_everyone()
+    return DistillResult(str(output_dir), step, seconds, last_loss, history)

@@ -1,0 +1,125 @@
+"""Trainable stand-ins for the inference modules: latent float weights, ternary forward, straight-through gradient.
+
+The distillation student is the teacher with every converted ``nn.Linear`` swapped for
+:class:`FakeTernaryLinear` and every stored embedding table for :class:`FakeQuantEmbedding`. Both
+keep a float tensor named ``weight`` of the original shape, so the student's ``state_dict`` is a
+plain float checkpoint of the teacher's architecture: finalizing it means loading that checkpoint
+through the quantizer, which applies the very same :func:`~ternary_hf.ternarize.ternarize` rule (and,
+for activations, the same int8 rule from :mod:`ternary_hf.functional`) as the forward used in training.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import rowwise
+from .config import TernaryConfig
+from .conversion import is_skipped
+from .functional import quantize_activations_int8
+from .ternarize import ternarize
+
+__all__ = ["FakeTernaryLinear", "FakeQuantEmbedding", "build_student", "to_float_model", "fake_quantize_int8"]
+
+
+def fake_quantize_int8(x: torch.Tensor) -> torch.Tensor:
+    """Per-token int8 quantize-dequantize with a straight-through gradient (identity backward)."""
+    q, scale = quantize_activations_int8(x.detach())
+    return x + ((q * scale).to(x.dtype) - x).detach()
+
+
+class FakeTernaryLinear(nn.Module):
+    """``nn.Linear`` whose forward uses ``ternarize(weight)`` and whose backward updates the latent ``weight``."""
+
+    def __init__(self, linear: nn.Linear, threshold_method: str, granularity: str, quantize_activations: bool):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.threshold_method, self.granularity = threshold_method, granularity
+        self.quantize_activations = quantize_activations
+        self.weight = nn.Parameter(linear.weight.detach().clone())
+        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+
+    def quantized_weight(self) -> torch.Tensor:
+        with torch.no_grad():
+            return ternarize(self.weight, self.threshold_method, self.granularity).dequantize(self.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight + (self.quantized_weight() - self.weight).detach()
+        if self.quantize_activations:
+            x = fake_quantize_int8(x)
+        return F.linear(x, w, self.bias)
+
+    def to_linear(self) -> nn.Linear:
+        """The latent weights as a plain ``nn.Linear`` (what the quantizer then ternarizes)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+
+class FakeQuantEmbedding(nn.Module):
+    """Frozen embedding table whose looked-up rows go through the configured row-wise storage.
+
+    Row-wise quantization treats each row on its own, so quantizing the gathered rows gives exactly
+    what gathering from the stored table gives at inference.
+    """
+
+    def __init__(self, embedding: nn.Embedding, storage: str):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx, self.storage = embedding.padding_idx, storage
+        self.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(input_ids, self.weight).reshape(-1, self.embedding_dim)
+        stored = rowwise.quantize_rows(rows, self.storage)
+        out = rowwise.dequantize_rows(stored, self.storage, self.embedding_dim, self.weight.dtype)
+        return out.reshape(*input_ids.shape, self.embedding_dim)
+
+    def to_embedding(self) -> nn.Embedding:
+        embedding = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
+                                 device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            embedding.weight.copy_(self.weight)
+        return embedding
+
+
+def build_student(teacher: nn.Module, config: TernaryConfig) -> nn.Module:
+    """A trainable ternary copy of ``teacher`` (the teacher itself is not modified)."""
+    student = copy.deepcopy(teacher)
+    skip = config.skipped_modules() + list(getattr(teacher, "_keep_in_fp32_modules", None) or [])
+    n_linear = 0
+    for name, module in list(student.named_modules()):
+        if not name or is_skipped(name, skip):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        parent = student.get_submodule(parent_name) if parent_name else student
+        if type(module) is nn.Linear:
+            new = FakeTernaryLinear(module, config.threshold_method, config.granularity, config.quantize_activations)
+            n_linear += 1
+        elif type(module) is nn.Embedding and config.embedding_storage is not None:
+            new = FakeQuantEmbedding(module, config.embedding_storage)
+        else:
+            continue
+        setattr(parent, child, new)
+    if n_linear == 0:
+        raise ValueError(f"{type(teacher).__name__} has no nn.Linear layer to ternarize (skipped: {skip})")
+    return student
+
+
+def to_float_model(student: nn.Module) -> nn.Module:
+    """A copy of the student with plain float modules holding the latent weights."""
+    model = copy.deepcopy(student)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (FakeTernaryLinear, FakeQuantEmbedding)):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            new = module.to_linear() if isinstance(module, FakeTernaryLinear) else module.to_embedding()
+            setattr(parent, child, new)
+    return model

@@ -1,0 +1,151 @@
+"""Distillation trainer on a tiny BERT: losses, data, finalization equivalence, exact resume, 2-process gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import tiny_sentences
+from safetensors.torch import load_file
+from sentence_transformers import SentenceTransformer
+
+from ternary_hf import TernaryConfig, TernaryLinear
+from ternary_hf.distill import DistillConfig, distill, distillation_loss, finalize, load_texts, mean_pool
+from ternary_hf.training import FakeTernaryLinear, build_student, to_float_model
+
+FAST = dict(batch_size=8, save_every=3, log_every=1, num_threads=1)
+
+
+def test_student_trains_through_the_ternary_forward_with_straight_through_gradients(tiny_model_dirs):
+    from transformers import AutoModel
+
+    teacher = AutoModel.from_pretrained(tiny_model_dirs["bert"])
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = build_student(teacher, TernaryConfig())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()), "teacher must stay untouched"
+    layer = student.encoder.layer[0].intermediate.dense
+    assert isinstance(layer, FakeTernaryLinear)
+    x = torch.randn(4, layer.in_features, requires_grad=True)
+    out = layer(x)
+    # forward value: the int8/ternary math of inference
+    inference = TernaryLinear.from_linear(layer.to_linear(), "calibrated", "channel", quantize_activations=True)
+    assert torch.allclose(out, inference(x.detach()), atol=1e-5)
+    out.sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert set(to_float_model(student).state_dict()) == set(teacher.state_dict())
+
+
+def test_loss_terms_switch_on_and_off(tiny_model_dirs):
+    from transformers import AutoModel
+
+    teacher = AutoModel.from_pretrained(tiny_model_dirs["bert"]).eval()
+    student = build_student(teacher, TernaryConfig()).eval()
+    ids = torch.randint(5, 100, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    kw = dict(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    s_out, t_out = student(**kw), teacher(**kw)
+    only = {"hidden_mse": 0, "pooled_cosine": 0, "pooled_mse": 0, "layer_mse": 0, "similarity": 0}
+    for name in only:
+        cfg = DistillConfig(**dict(only, **{name: 1.0}))
+        loss, parts = distillation_loss(s_out, t_out, mask, cfg)
+        assert set(parts) == {name} and torch.isfinite(loss) and float(loss) > 0
+    loss, parts = distillation_loss(s_out, t_out, mask, DistillConfig(similarity_mode="kl"))
+    assert set(parts) == {"hidden_mse", "pooled_cosine", "similarity"}
+    # the teacher against itself has zero loss
+    zero, _ = distillation_loss(t_out, t_out, mask, DistillConfig(layer_mse=1.0, pooled_mse=1.0))
+    assert float(zero) == pytest.approx(0.0, abs=1e-7)
+    # masking: padding positions do not count
+    masked, _ = distillation_loss(s_out, t_out, mask, DistillConfig(**dict(only, hidden_mse=1.0)))
+    unmasked, _ = distillation_loss(s_out, t_out, mask, DistillConfig(**dict(only, hidden_mse=1.0),
+                                                                      mask_padding=False))
+    assert float(masked) != float(unmasked)
+
+
+def test_bad_config_and_data_errors(tmp_path):
+    with pytest.raises(ValueError, match="every loss weight is 0"):
+        DistillConfig(hidden_mse=0, pooled_cosine=0, similarity=0)
+    with pytest.raises(ValueError, match="similarity_mode"):
+        DistillConfig(similarity_mode="cosine")
+    with pytest.raises(ValueError, match="max_steps"):
+        DistillConfig(max_steps=0)
+    with pytest.raises(FileNotFoundError):
+        load_texts(str(tmp_path / "missing.txt"))
+    (tmp_path / "empty.txt").write_text("\n \n")
+    with pytest.raises(ValueError, match="empty"):
+        load_texts(str(tmp_path / "empty.txt"))
+    (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ValueError, match="no field 'text'"):
+        load_texts(str(tmp_path / "d.jsonl"))
+    assert load_texts(str(tmp_path / "d.jsonl"), text_field="body") == ["x"]
+    (tmp_path / "t.txt").write_text("one\ntwo\n\nthree\n")
+    assert load_texts(str(tmp_path / "t.txt")) == ["one", "two", "three"]
+    assert sorted(load_texts(["a", "b", "c"], limit=2, seed=1)) == sorted(load_texts(["a", "b", "c"], limit=2, seed=1))
+
+
+def test_finalized_model_matches_the_trained_student(tiny_st_dir, tmp_path):
+    teacher = SentenceTransformer(tiny_st_dir, device="cpu")
+    student = build_student(teacher[0].auto_model, TernaryConfig())
+    torch.manual_seed(3)
+    with torch.no_grad():  # stand-in for training: move every latent weight
+        for p in student.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.02)
+    student.eval()
+    out = tmp_path / "final"
+    finalize(student, teacher, out, TernaryConfig())
+    packed = SentenceTransformer(str(out), device="cpu")
+    sentences = tiny_sentences(6)
+    features = teacher.tokenize(sentences)
+    with torch.no_grad():
+        hidden = student(input_ids=features["input_ids"], attention_mask=features["attention_mask"]).last_hidden_state
+    expected = torch.nn.functional.normalize(mean_pool(hidden, features["attention_mask"]), dim=-1) \
+        if any(type(m).__name__ == "Normalize" for m in teacher) else mean_pool(hidden, features["attention_mask"])
+    got = packed.encode(sentences, convert_to_tensor=True)
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+    assert any(isinstance(m, TernaryLinear) for m in packed[0].auto_model.modules())
+
+
+def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path):
+    texts = tiny_sentences(120)
+    cfg = DistillConfig(max_steps=6, **FAST)
+    full = distill(tiny_st_dir, tmp_path / "full", texts=texts, config=cfg, show_progress_bar=False)
+    assert full.steps == 6 and len(full.losses) == 6
+    partial = distill(tiny_st_dir, tmp_path / "resumed", texts=texts, config=cfg, stop_after=3,
+                      show_progress_bar=False)
+    assert partial.steps == 3 and not (tmp_path / "resumed").exists()
+    resumed = distill(tiny_st_dir, tmp_path / "resumed", texts=texts, config=cfg, show_progress_bar=False)
+    assert resumed.steps == 6
+    a = load_file(str(tmp_path / "full" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the run moved the weights away from plain post-training ternarization
+    plain = SentenceTransformer(tiny_st_dir, device="cpu", model_kwargs={"quantization_config": TernaryConfig()})
+    plain_state = plain[0].auto_model.state_dict()
+    assert any(not torch.equal(plain_state[k], a[k]) for k in a if k.endswith("weight_scale"))
+    info = json.loads((tmp_path / "full" / "distillation.json").read_text())
+    assert info["steps"] == 6 and info["ternary_config"]["quant_method"] == "ternary"
+    assert (tmp_path / "full.work" / "metrics.csv").is_file()
+
+
+def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(tiny_sentences(80)))
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           "-m", "ternary_hf.cli", "distill", tiny_st_dir, str(out), "--data", str(data), "--steps", "4",
+           "--batch-size", "4", "--save-every", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("distilled 4 steps") == 1
+    model = SentenceTransformer(str(out), device="cpu")
+    assert model.encode(["the cat"]).shape == (1, 32)
+    assert sorted(p.name for p in (tmp_path / "ddp.work").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
