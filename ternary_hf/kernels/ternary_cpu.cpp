@@ -119,7 +119,9 @@ template <int R>
 void micro_kernel(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t kblocks, int32_t* out) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i mask = _mm256_set1_epi8(3);
-  for (int i = 0; i < R * kNR; ++i) out[i] = 0;
+  if (kblocks == 0) {
+    for (int i = 0; i < R * kNR; ++i) out[i] = 0;
+  }
   for (int64_t kb0 = 0; kb0 < kblocks; kb0 += kWidenBlocks) {
     const int64_t kb1 = std::min(kblocks, kb0 + kWidenBlocks);
 #define TERNARY_ZERO(r) __m256i c##r##0 = _mm256_setzero_si256(), c##r##1 = _mm256_setzero_si256();
@@ -156,8 +158,13 @@ void micro_kernel(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t kblock
 #define TERNARY_WIDEN(r)                                                                                  \
   if (R > r) {                                                                                            \
     __m256i* o = reinterpret_cast<__m256i*>(out + r * kNR);                                               \
-    _mm256_storeu_si256(o, _mm256_add_epi32(_mm256_loadu_si256(o), _mm256_madd_epi16(c##r##0, ones)));     \
-    _mm256_storeu_si256(o + 1, _mm256_add_epi32(_mm256_loadu_si256(o + 1), _mm256_madd_epi16(c##r##1, ones))); \
+    __m256i s0 = _mm256_madd_epi16(c##r##0, ones), s1 = _mm256_madd_epi16(c##r##1, ones);                 \
+    if (kb0 > 0) {                                                                                        \
+      s0 = _mm256_add_epi32(s0, _mm256_loadu_si256(o));                                                   \
+      s1 = _mm256_add_epi32(s1, _mm256_loadu_si256(o + 1));                                               \
+    }                                                                                                     \
+    _mm256_storeu_si256(o, s0);                                                                           \
+    _mm256_storeu_si256(o + 1, s1);                                                                       \
   }
     TERNARY_ROWS(TERNARY_WIDEN)
 #undef TERNARY_WIDEN
