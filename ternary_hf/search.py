@@ -29,9 +29,11 @@ module wraps ``faiss.index_factory`` (rather than inventing its own index menu) 
 Saved folder layout (``format_version`` 1):
 
 ``metadata.json``
-    ``format``, ``format_version``, ``model_name``, ``query_model_name``, ``model_dim`` (dimension the
-    document model produces), ``dim`` (dimension indexed, after truncation), ``truncate_dim``,
-    ``normalize``, ``metric`` (``"cosine"`` or ``"dot"``), ``index_factory`` (as given),
+    ``format``, ``format_version``, ``model_name``, ``query_model_name``, ``model_quantization`` and
+    ``query_model_quantization`` (the models' ``quantization_config``, e.g. ternary, or null),
+    ``model_dim`` (dimension the document model produces), ``dim`` (dimension indexed, after
+    truncation), ``truncate_dim``, ``normalize``, ``metric`` (``"cosine"`` or ``"dot"``),
+    ``train_size``, ``index_factory`` (as given),
     ``faiss_factory`` (as passed to FAISS), ``binary``, ``rescore`` (``null`` or the dtype of the
     rescoring vectors), ``rescore_multiplier``, ``search_params``, ``ntotal``, ``store_texts``,
     ``faiss_version``.
@@ -377,6 +379,25 @@ def _model_name(model: Any) -> str | None:
     return None
 
 
+def _model_quantization(model: Any) -> dict[str, Any] | None:
+    """The model's ``quantization_config`` as a dict (e.g. ``quant_method: ternary``), or None.
+
+    Recorded because a model quantized on the fly keeps the FP32 folder as its name: without this the
+    metadata would claim FP32 embeddings.
+    """
+    for get in (lambda m: m[0].auto_model.config, lambda m: m.config):
+        try:
+            config = get(model)
+        except Exception:  # noqa: BLE001
+            continue
+        q = getattr(config, "quantization_config", None)
+        if q is None:
+            return None
+        q = q.to_dict() if hasattr(q, "to_dict") else q
+        return json.loads(json.dumps(q, default=str)) if isinstance(q, dict) else {"repr": str(q)}
+    return None
+
+
 def _model_dim(model: Any) -> int | None:
     for attr in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
         fn = getattr(model, attr, None)
@@ -613,6 +634,8 @@ class SemanticIndex:
         self.store_texts = store_texts
         self.model_name = model_name or (_model_name(model) if model is not None else None)
         self.query_model_name = _model_name(query_model) if query_model is not None else None
+        self.model_quantization = _model_quantization(model) if model is not None else None
+        self.query_model_quantization = _model_quantization(query_model) if query_model is not None else None
         self.model_dim: int | None = None
         self.dim: int | None = None
         self.index: Any = None
@@ -1100,6 +1123,8 @@ class SemanticIndex:
             "format_version": FORMAT_VERSION,
             "model_name": self.model_name,
             "query_model_name": self.query_model_name,
+            "model_quantization": self.model_quantization,
+            "query_model_quantization": self.query_model_quantization,
             "model_dim": self.model_dim,
             "dim": self.dim,
             "truncate_dim": self.truncate_dim,
@@ -1181,6 +1206,8 @@ class SemanticIndex:
             model_name=meta["model_name"],
         )
         self.query_model_name = meta.get("query_model_name")
+        self.model_quantization = meta.get("model_quantization")
+        self.query_model_quantization = meta.get("query_model_quantization")
         self.model_dim, self.dim = meta["model_dim"], meta["dim"]
         reader = faiss.read_index_binary if meta["binary"] else faiss.read_index
         self.index = reader(str(folder / INDEX_FILE))
@@ -1204,6 +1231,7 @@ class SemanticIndex:
         self.model, self.query_model = model, query_model
         if query_model is not None:
             self.query_model_name = _model_name(query_model) or self.query_model_name
+            self.query_model_quantization = _model_quantization(query_model)
         return self
 
 

@@ -308,6 +308,20 @@ def test_asymmetric_search_uses_the_query_model(corpus):
     assert len(student.calls) == 2
 
 
+def test_metadata_records_a_quantized_model(corpus, tmp_path):
+    class Config:
+        _name_or_path = "/models/minilm"
+        quantization_config = {"quant_method": "ternary", "granularity": "channel"}
+
+    enc = FakeEncoder(corpus["table"])
+    enc.config = Config()
+    index = SemanticIndex.build(enc, corpus["texts"][:20], show_progress_bar=False)
+    meta = json.loads((index.save(tmp_path / "q") / "metadata.json").read_text())
+    assert meta["model_name"] == "/models/minilm"
+    assert meta["model_quantization"]["quant_method"] == "ternary"
+    assert SemanticIndex.load(tmp_path / "q").model_quantization == meta["model_quantization"]
+
+
 # ------------------------------------------------------------------------------------------- errors
 
 

@@ -163,6 +163,15 @@ def run_query(args: argparse.Namespace) -> int:
     try:
         model = _load_model(model_name)
         index = SemanticIndex.load(args.index_dir, query_model=model)
+        recorded = meta.get("query_model_quantization") or meta.get("model_quantization")
+        if not args.model and recorded and index.query_model_quantization is None:
+            method = recorded.get("quant_method", "quantized")
+            print(
+                f"ternary-hf search: note: the index was built with a {method} "
+                f"model quantized on the fly from {model_name}, which loaded as a plain model; pass --model "
+                "with the saved quantized folder to query with the same weights",
+                file=sys.stderr,
+            )
         results = index.search(args.queries, k=args.k)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         return _error(str(exc))
