@@ -111,23 +111,37 @@ def _root_cause(exc: BaseException) -> BaseException:
         exc = nxt
 
 
+def _find_http_error(exc: BaseException | None) -> HfHubHTTPError | None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _describe(exc: BaseException) -> str:
-    """One readable sentence for an upload failure, including the innermost cause."""
-    text = str(exc).strip() or type(exc).__name__
+    """One readable line for an upload failure: the HTTP answer, or the innermost network error."""
+    http = _find_http_error(exc)
+    if http is not None:
+        response = http.response
+        try:
+            where = f" from {response.request.method} {response.request.url}"
+        except RuntimeError:  # response built without a request
+            where = ""
+        message = "; ".join(line.strip() for line in (http.server_message or "").splitlines() if line.strip())
+        return f"HTTP {response.status_code}{where}: {message or response.reason_phrase}"
+    text = f"{type(exc).__name__}: {str(exc).strip()}"
     root = _root_cause(exc)
-    if root is not exc:
-        root_text = f"{type(root).__name__}: {str(root).strip()}"
-        if root_text not in text:
-            text = f"{text} (cause: {root_text})"
-    return f"{type(exc).__name__}: {text}"
+    if root is not exc and str(root).strip() not in text:
+        text += f" (cause: {type(root).__name__}: {str(root).strip()})"
+    return text
 
 
 def _status(exc: BaseException) -> int | None:
-    while exc is not None:
-        if isinstance(exc, HfHubHTTPError) and exc.response is not None:
-            return exc.response.status_code
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return None
+    http = _find_http_error(exc)
+    return http.response.status_code if http is not None else None
 
 
 def _hint(status: int | None, token_given: bool) -> str:
@@ -143,9 +157,9 @@ def _hint(status: int | None, token_given: bool) -> str:
     if status == 404:
         return "The repo or branch was not found: check the repo id (owner/name) and --revision."
     return (
-        "The upload was interrupted. Nothing in your local folder was changed or deleted; run the same push "
-        "again to retry (files that already reached the Hub are not uploaded twice, and an unchanged folder "
-        "makes no new commit)."
+        "The upload was interrupted. Your local folder is intact (a push only writes README.md, before "
+        "uploading); run the same push again to retry: files that already reached the Hub are not uploaded "
+        "twice, and an unchanged folder makes no new commit."
     )
 
 

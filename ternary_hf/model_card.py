@@ -369,8 +369,9 @@ def render_model_card(
     Args:
         folder: a folder written by ``save_pretrained`` (transformers or sentence-transformers).
         repo_id: the Hub repo the card is for (used in the usage snippet).
-        base_model: Hub id of the model this one was made from; found in ``quantization_config`` /
-            ``distillation.json`` when omitted.
+        base_model: Hub id, or local folder, of the model this one was made from (a local folder also
+            provides the license and language from its README); found in ``quantization_config``,
+            ``distillation.json``, ``ternary_quantize.json`` or the eval JSON when omitted.
         license: overrides the license carried over from the base model's card.
         template_path: a Jinja template to use instead of the bundled one.
 
@@ -385,8 +386,9 @@ def render_model_card(
     card_data = ModelCardData(**facts.pop("card_data"))
     template = Path(template_path) if template_path is not None else find_template()
     card = ModelCard.from_template(card_data, template_path=str(template), **facts)
+    text = re.sub(r"\n{3,}", "\n\n", str(card)).rstrip("\n") + "\n"  # Jinja blocks leave blank-line runs
     # Parse what we produced: a template or metadata mistake must fail here, not on the Hub.
-    parsed = ModelCard(str(card), ignore_metadata_errors=False)
+    parsed = ModelCard(text, ignore_metadata_errors=False)
     if parsed.data.to_dict() != card_data.to_dict():
         raise ModelCardError(f"Rendered card metadata does not round-trip through YAML (template {template})")
     return parsed

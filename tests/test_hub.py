@@ -183,6 +183,19 @@ def _op_native_push(step: dict[str, Any]) -> dict[str, Any]:
     return {"url": str(url)}
 
 
+def _op_card_snippets(step: dict[str, Any]) -> dict[str, Any]:
+    """Run every Python code block of the README.md pushed to ``repo_id`` (the card's usage snippets)."""
+    import re
+
+    from huggingface_hub import hf_hub_download
+
+    text = Path(hf_hub_download(step["repo_id"], "README.md")).read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"README.md[python block {i}]", "exec"), {"__name__": "__card_snippet__"})
+    return {"snippets": len(blocks)}
+
+
 def _hidden(model: Any, tokenizer: Any) -> Any:
     import torch
 
@@ -192,6 +205,7 @@ def _hidden(model: Any, tokenizer: Any) -> Any:
 
 
 _OPS = {
+    "card_snippets": _op_card_snippets,
     "native_push": _op_native_push,
     "push": _op_push,
     "fail": _op_fail,
@@ -399,6 +413,7 @@ def _xet_flow(xet_server: HubServer, tiny_models: dict[str, Path], tmp: Path) ->
     steps = [
         # first, before anything imports ternary_hf: the auto_map shim must load the model on its own
         {"name": "pull", "op": "pull", "repo_id": XET_REPO, "folder": str(output / "model"), "remote_code": True},
+        {"name": "snippets", "op": "card_snippets", "repo_id": XET_REPO},
         {
             "name": "tf_push",
             "op": "native_push",
@@ -478,6 +493,10 @@ def test_real_model_card_links_base_model_and_license(xet_run, xet_server):
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
     assert "base_model_relation: quantized" in card and "license: apache-2.0" in card
     assert "smaller than the base model's weights" in card and "Mean cosine" in card
+
+
+def test_model_card_usage_snippets_run_against_the_hub(xet_run):
+    assert xet_run["snippets"]["snippets"] == 2  # sentence-transformers and plain transformers
 
 
 def test_pull_in_fresh_env_gives_identical_embeddings_xet_mode(xet_run):
