@@ -119,7 +119,7 @@ class EvaluationResult:
     @property
     def name(self) -> str:
         """Short label for tables and plots (``label``, else the model folder's name)."""
-        return self.label or Path(self.model.rstrip("/")).name or self.model
+        return self.label or _short_name(self.model)
 
     def get(self, task: str, metric: str) -> MetricResult:
         """The row of ``task`` / ``metric``; KeyError listing the rows present otherwise."""
@@ -209,6 +209,16 @@ class EvaluationResult:
 
     def __str__(self) -> str:
         return self.to_table()
+
+
+def _short_name(path: str) -> str:
+    """Last part of a model path; with its parent when the folder has a generic name such as ``model``."""
+    parts = Path(str(path).rstrip("/")).parts
+    if not parts:
+        return str(path)
+    if len(parts) >= 2 and parts[-1].lower() in {"model", "models", "student", "output", "final"}:
+        return f"{parts[-2]}/{parts[-1]}"
+    return parts[-1]
 
 
 def _fmt(value: float | None) -> str:
@@ -501,7 +511,8 @@ def _resolve_tasks(tasks: Sequence[str] | str | None, has_teacher: bool) -> list
     if tasks is None:
         return [t for t in TASKS if has_teacher or t != "teacher-agreement"]
     if isinstance(tasks, str):
-        tasks = [t for t in tasks.replace(",", " ").split() if t]
+        tasks = [tasks]
+    tasks = [t for item in tasks for t in str(item).replace(",", " ").split()]
     if not tasks:
         raise ValueError(f"no task given; choose from: {', '.join(TASKS)}")
     unknown = [t for t in tasks if t not in TASKS]
@@ -612,14 +623,12 @@ def _evaluate(
 ) -> EvaluationResult:
     start = time.perf_counter()
     student_model, student_name = _load_model(model, "model", device)
-    encoders = {
-        "student": _Encoder(student_model, Path(student_name).name or student_name, batch_size, show_progress_bar)
-    }
+    encoders = {"student": _Encoder(student_model, _short_name(student_name), batch_size, show_progress_bar)}
     teacher_name = None
     if teacher is not None:
         teacher_model, teacher_name = _load_model(teacher, "teacher", device)
         encoders["teacher"] = _Encoder(
-            teacher_model, "teacher " + (Path(teacher_name).name or teacher_name), batch_size, show_progress_bar
+            teacher_model, "teacher " + _short_name(teacher_name), batch_size, show_progress_bar
         )
     data = _Data(limit, seed, cache_dir)
     notes: list[str] = []
@@ -661,7 +670,8 @@ def _evaluate(
 # --------------------------------------------------------------------------------------------- plot
 def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: str | os.PathLike[str]) -> Path:
     """Write a PNG: per-task retention (or raw scores, when no result has a teacher) for each result,
-    and, given two or more results with size and speed, quality vs model size with speed as colour.
+    teacher-agreement values x 100 beside them, and, given two or more results with size and speed,
+    quality (mean retention) vs model size with speed as colour (the teacher drawn at 100 %).
 
     Returns the path written.
     """
@@ -676,7 +686,12 @@ def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: s
     if not results:
         raise ValueError("plot_results needs at least one EvaluationResult")
     use_retention = any(r.mean_retention is not None for r in results)
-    keys = list(dict.fromkeys((m.task, m.metric) for r in results for m in r.metrics if m.task != "teacher-agreement"))
+    # teacher-agreement values are already fractions of a perfect match: drawn as value x 100
+    keys = list(
+        dict.fromkeys(
+            (m.task, m.metric) for r in results for m in r.metrics if use_retention or m.task != "teacher-agreement"
+        )
+    )
     scatter = [r for r in results if r.model_size_bytes and r.model_texts_per_second]
     two_panels = len(scatter) >= 2
     fig, axes = plt.subplots(1, 2 if two_panels else 1, figsize=(14 if two_panels else 9, 5.5), squeeze=False)
@@ -688,17 +703,25 @@ def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: s
         for key in keys:
             try:
                 row = res.get(*key)
-                v = row.retention if use_retention else row.student
             except KeyError:
-                v = None
+                values.append(np.nan)
+                continue
+            if not use_retention:
+                v = row.student
+            elif row.task == "teacher-agreement":
+                v = None if row.student is None else 100.0 * row.student
+            else:
+                v = row.retention
             values.append(np.nan if v is None else v)
-        ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=res.name)
+        bars = ax.bar(x + (i - (len(results) - 1) / 2) * width, values, width, label=res.name)
+        ax.bar_label(bars, fmt="%.0f" if use_retention else "%.2f", fontsize=7, padding=1)
     if use_retention:
         ax.axhline(100, color="black", linewidth=0.8, linestyle="--")
         ax.set_ylabel("retention of the teacher's score (%)")
     else:
         ax.set_ylabel("score")
-    ax.set_xticks(x, [f"{t}\n{m}" for t, m in keys], rotation=60, ha="right", fontsize=8)
+    ticks = [f"{t}\n{m}" + (" (x100)" if use_retention and t == "teacher-agreement" else "") for t, m in keys]
+    ax.set_xticks(x, ticks, rotation=60, ha="right", fontsize=8)
     ax.set_title("quality retention per task" if use_retention else "score per task")
     ax.legend(fontsize=8)
 
@@ -717,7 +740,7 @@ def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: s
         if use_retention and teacher is not None:
             points.append(
                 (
-                    "teacher " + Path(str(teacher.teacher)).name,
+                    "teacher " + _short_name(str(teacher.teacher)),
                     teacher.teacher_size_bytes / 1e6,
                     100.0,
                     teacher.teacher_texts_per_second,
@@ -728,6 +751,7 @@ def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: s
         for name, sx, qy in zip(names, sizes, quality, strict=True):
             ax2.annotate(name, (sx, qy), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax2.set_xscale("log")
+        ax2.margins(x=0.25, y=0.1)
         ax2.set_xlabel("model size in memory (MB, log scale)")
         ax2.set_ylabel("mean retention (%)" if use_retention else "mean score")
         ax2.set_title("quality vs size (colour: encoding speed)")

