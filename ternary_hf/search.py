@@ -645,6 +645,13 @@ class SemanticIndex:
         self._pending: list[tuple[np.ndarray, list[Any], list[str | None]]] = []
         self._pending_count = 0
         dim = _model_dim(model) if model is not None else None
+        qdim = _model_dim(query_model) if query_model is not None else None
+        if dim is not None and qdim is not None and dim != qdim:
+            raise ValueError(
+                f"dimension mismatch: the query model {self.query_model_name!r} produces {qdim}-dimensional "
+                f"embeddings but the document model {self.model_name!r} produces {dim}; asymmetric search "
+                "needs a query model that shares the document model's embedding space"
+            )
         if dim is not None:
             self._init_dim(dim)  # validates the index string before any encoding
 

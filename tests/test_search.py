@@ -348,6 +348,13 @@ def test_query_model_of_another_dimension_is_refused(corpus, tmp_path):
     with pytest.raises(ValueError, match="dimension mismatch"):
         SemanticIndex.load(tmp_path / "i", query_model=Sized({}))
 
+    class Sized64(FakeEncoder):
+        def get_sentence_embedding_dimension(self):
+            return DIM
+
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        SemanticIndex(Sized64({}), query_model=Sized({}))
+
 
 @pytest.mark.parametrize("bad", ["Foo", "IVF16,PQ7", "LSH", "binary,Nope"])
 def test_invalid_index_string_lists_the_allowed_forms(bad):
