@@ -409,11 +409,14 @@ def _xet_flow(xet_server: HubServer, tiny_models: dict[str, Path], tmp: Path) ->
     life = _copy(tiny_models["st"], tmp / "life")
     flaky = _copy(ternary, tmp / "flaky")
     plain = _copy(tiny_models["hf"], tmp / "plain")
+    bad_card = _copy(tiny_models["hf"], tmp / "bad_card")
+    Path(bad_card, "README.md").write_text("---\nbase_model: acme/x\nbase_model_relation: bogus\n---\n# Mine\n")
     commit_regex = r"^/api/models/tester/flaky-xet/commit/main$"
     steps = [
         # first, before anything imports ternary_hf: the auto_map shim must load the model on its own
         {"name": "pull", "op": "pull", "repo_id": XET_REPO, "folder": str(output / "model"), "remote_code": True},
         {"name": "snippets", "op": "card_snippets", "repo_id": XET_REPO},
+        {"name": "bad_card", "op": "push", "folder": bad_card, "repo_id": "tester/bad-card", "token": TOKEN},
         {
             "name": "tf_push",
             "op": "native_push",
@@ -521,6 +524,12 @@ def test_sentence_transformers_push_to_hub_round_trips_a_ternary_model(xet_run):
     pull = xet_run["st_pull"]
     assert pull["quantized"] and pull["automodel_equal"] and pull["st_equal"], pull
     assert {"modules.json", "model.safetensors", "README.md"} <= set(pull["remote_files"])
+
+
+def test_invalid_card_metadata_is_rejected_before_upload(xet_run, xet_server):
+    result = xet_run["bad_card"]
+    assert not result["ok"] and "rejected the metadata" in result["error"] and "base_model_relation" in result["error"]
+    assert result["folder_intact"] and xet_server.head("tester/bad-card") is None  # checked before any upload
 
 
 def test_push_without_token_fails_with_clear_error(xet_run, xet_server):
@@ -721,6 +730,13 @@ def test_eval_results_parser_is_tolerant():
     rows, _ = load_eval_results([{"name": "nq", "teacher": {"main_score": 0.5}, "student": {"main_score": 0.4}}])
     assert rows[0]["task"] == "nq" and rows[0]["retention"] == "80.0%"
     assert load_eval_results({"unrelated": [1, 2, 3]}) == ([], [])
+
+
+def test_cli_push_reports_errors_and_exits_1(tmp_path, capsys):
+    from ternary_hf.cli import main
+
+    assert main(["push", str(tmp_path / "missing"), "tester/x", "--private", "--revision", "dev"]) == 1
+    assert "is not a folder" in capsys.readouterr().err
 
 
 def test_push_refuses_a_folder_that_is_not_a_saved_model(tiny_models, tmp_path):
