@@ -419,14 +419,11 @@ def write_model_card(
     card = render_model_card(folder, repo_id, base_model=base_model, license=license, template_path=template_path)
     if readme.is_file() and not _is_replaceable(readme):
         own = ModelCard.load(readme, ignore_metadata_errors=True)
-        ours = card.data.to_dict()
-        theirs = own.data.to_dict()
-        for key, value in ours.items():
+        for key, value in card.data.to_dict().items():
             if key == "tags":
-                theirs["tags"] = list(dict.fromkeys(list(theirs.get("tags") or []) + value))
-            else:
-                theirs.setdefault(key, value)
-        own.data = ModelCardData(**theirs)
+                own.data["tags"] = list(dict.fromkeys(list(own.data.get("tags") or []) + value))
+            elif own.data.get(key) is None:
+                own.data[key] = value
         content = str(own)
     else:
         content = str(card)
