@@ -11,10 +11,12 @@ One run, same documents and queries for every row:
    all-MiniLM-L6-v2, or ``--teacher``) and the student (``--student`` folder, else the plain ternary
    model: the teacher loaded with ``quantization_config=TernaryConfig()``). Embeddings are cached in
    ``--cache-dir`` so a re-run only times the indexes.
-2. For each embedding set and each index type (Flat, HNSW32, IVF{n},PQ32, SQ8, binary alone,
-   binary + int8 rescoring): bytes per vector (serialised FAISS index, plus rescoring vectors), build
-   time from embeddings, queries per second at k=10 (best of ``--reps``, ``--threads`` FAISS
-   threads), and recall@10 against exact float search (Flat) over the same embeddings.
+2. For each embedding set and each index type (Flat, HNSW32, IVF{n},PQ32 alone and with int8
+   rescoring, SQ8, binary alone and with int8 rescoring of ``--rescore-multiplier`` x 10
+   candidates): bytes per vector (serialised FAISS index, plus rescoring vectors; the fixed part —
+   centroids, codebooks — apart), build time from embeddings, queries per second at k=10 (best of
+   ``--reps``, ``--threads`` FAISS threads), and recall@10 against exact float search (Flat) over
+   the same embeddings.
 3. Query-by-example on 20NG (P@10: share of the top 10 from the query's newsgroup) and the top-10
    overlap with the teacher's own results, for teacher->teacher, student->student and
    student->teacher (asymmetric) search, with the Flat and binary+rescore indexes.
@@ -83,38 +85,48 @@ def load_corpus(n_docs: int, n_queries: int, seed: int):
     return docs, queries
 
 
-def load_models(teacher_path: str | None, student_path: str | None, max_seq_length: int):
-    """The FP32 teacher and the ternary student, warmed up (a first call may build the CPU kernel)."""
-    from sentence_transformers import SentenceTransformer
+class Models:
+    """The FP32 teacher and the ternary student, loaded on first use only (cached embeddings need neither)."""
 
-    import ternary_hf
-    from ternary_hf.defaults import default_model_path
+    def __init__(self, teacher_path: str | None, student_path: str | None, max_seq_length: int) -> None:
+        import ternary_hf
+        from ternary_hf.defaults import default_model_path
 
-    teacher_path = teacher_path or default_model_path()
-    teacher = SentenceTransformer(teacher_path, device="cpu", local_files_only=True)
-    if student_path:
-        student = SentenceTransformer(student_path, device="cpu", local_files_only=True)
-        student_name = student_path
-    else:
-        student = SentenceTransformer(
-            teacher_path, device="cpu", local_files_only=True,
-            model_kwargs={"quantization_config": ternary_hf.TernaryConfig()},
-        )
-        student_name = "plain ternary (TernaryConfig() on the fly, no distillation)"
-    for m in (teacher, student):
-        m.max_seq_length = min(m.max_seq_length, max_seq_length)
-        m.encode(["warm up", "a second, slightly longer warm-up sentence"], show_progress_bar=False)
-    return (teacher, str(teacher_path)), (student, student_name)
+        teacher_path = str(teacher_path or default_model_path())
+        self.paths = {"teacher": teacher_path, "student": student_path or teacher_path}
+        self.config = None if student_path else ternary_hf.TernaryConfig()
+        self.names = {
+            "teacher": teacher_path,
+            "student": student_path or "plain ternary (TernaryConfig() on the fly, no distillation)",
+        }
+        config_key = None if self.config is None else json.dumps(self.config.to_dict(), sort_keys=True)
+        self.cache_keys = {"teacher": teacher_path, "student": student_path or f"ternary:{config_key}"}
+        self.max_seq_length = max_seq_length
+        self._loaded: dict[str, object] = {}
+
+    def get(self, label: str):
+        """The model, warmed up (a first call may build the CPU kernel, which should not be timed)."""
+        if label not in self._loaded:
+            from sentence_transformers import SentenceTransformer
+
+            kwargs = {}
+            if label == "student" and self.config is not None:
+                kwargs["model_kwargs"] = {"quantization_config": self.config}
+            model = SentenceTransformer(self.paths[label], device="cpu", local_files_only=True, **kwargs)
+            model.max_seq_length = min(model.max_seq_length, self.max_seq_length)
+            model.encode(["warm up", "a second, slightly longer warm-up sentence"], show_progress_bar=False)
+            self._loaded[label] = model
+        return self._loaded[label]
 
 
-def encode_cached(model, name: str, texts: list[str], what: str, cache_dir: Path, batch_size: int):
+def encode_cached(models: Models, label: str, texts: list[str], what: str, cache_dir: Path, batch_size: int):
     """Encode (or read back) raw float32 embeddings; returns (embeddings, docs per second or None)."""
-    key = hashlib.sha256(
-        json.dumps([name, model.max_seq_length, what, len(texts), texts[:3], texts[-1:]]).encode()
-    ).hexdigest()[:16]
+    key_parts = [models.cache_keys[label], models.max_seq_length, what, len(texts), texts[:3], texts[-1:]]
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     path = cache_dir / f"{key}.npy"
     if path.exists():
         return np.load(path), None
+    model = models.get(label)
     t0 = time.perf_counter()
     emb = model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=True)
     rate = len(texts) / (time.perf_counter() - t0)
@@ -123,16 +135,18 @@ def encode_cached(model, name: str, texts: list[str], what: str, cache_dir: Path
     return emb.astype(np.float32), rate
 
 
-def index_types(n_docs: int) -> list[tuple[str, str, dict]]:
+def index_types(n_docs: int, multiplier: int) -> list[tuple[str, str, dict]]:
     nlist = 2 ** max(3, round(math.log2(2 * math.sqrt(n_docs))))
-    ivfpq = [(f"IVF{nlist},PQ32", f"IVF{nlist},PQ32", {})] if n_docs >= 256 else []  # PQ needs 256 to train
+    pq = f"IVF{nlist},PQ32"
+    rescore = {"rescore": "int8", "rescore_multiplier": multiplier}
+    ivfpq = [(pq, pq, {}), (f"{pq}+int8 rescore", pq, rescore)] if n_docs >= 256 else []  # PQ trains on 256+
     return [
         ("Flat", "Flat", {}),
         ("HNSW32", "HNSW32", {}),
         *ivfpq,
         ("SQ8", "SQ8", {}),
         ("binary", "binary", {"rescore": None}),
-        ("binary+int8 rescore", "binary", {"rescore": "int8"}),
+        ("binary+int8 rescore", "binary", rescore),
     ]
 
 
@@ -161,10 +175,12 @@ def time_search(index: SemanticIndex, queries: np.ndarray, k: int, reps: int) ->
     return len(queries) / best, pos
 
 
-def bench_indexes(label: str, docs: np.ndarray, queries: np.ndarray, k: int, reps: int) -> list[dict]:
+def bench_indexes(
+    label: str, docs: np.ndarray, queries: np.ndarray, k: int, reps: int, multiplier: int
+) -> list[dict]:
     rows = []
     exact = None
-    for name, factory, kwargs in index_types(len(docs)):
+    for name, factory, kwargs in index_types(len(docs), multiplier):
         t0 = time.perf_counter()
         index = SemanticIndex.from_embeddings(docs, factory, **kwargs)
         build = time.perf_counter() - t0
@@ -241,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="FAISS OpenMP threads (default 1)")
     parser.add_argument("--reps", type=int, default=3, help="search repetitions, best kept (default 3)")
+    parser.add_argument(
+        "--rescore-multiplier", type=int, default=4, help="candidates rescored per result (default 4)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--cache-dir", default=str(Path(tempfile.gettempdir()) / "ternary_hf_bench_search"),
@@ -252,14 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     k = 10
     print(machine_line())
     docs, queries = load_corpus(args.docs, args.queries, args.seed)
-    (teacher, t_name), (student, s_name) = load_models(args.teacher, args.student, args.max_seq_length)
+    models = Models(args.teacher, args.student, args.max_seq_length)
+    t_name, s_name = models.names["teacher"], models.names["student"]
     cache = Path(args.cache_dir)
     rates = {}
     emb = {}
-    for label, model, name in (("teacher", teacher, t_name), ("student", student, s_name)):
+    for label in ("teacher", "student"):
         bs = args.batch_size
-        emb[label, "docs"], rates[label] = encode_cached(model, name, docs.texts, "20ng-train", cache, bs)
-        emb[label, "queries"], _ = encode_cached(model, name, queries.texts, "20ng-test", cache, bs)
+        emb[label, "docs"], rates[label] = encode_cached(models, label, docs.texts, "20ng-train", cache, bs)
+        emb[label, "queries"], _ = encode_cached(models, label, queries.texts, "20ng-test", cache, bs)
     print(f"teacher: {t_name}\nstudent: {s_name}")
     print(f"corpus: {len(docs)} 20NG train posts, {len(queries)} 20NG test posts as queries, "
           f"max_seq_length {args.max_seq_length}, dim {emb['teacher', 'docs'].shape[1]}, k={k}, "
@@ -277,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
 
     index_rows = []
     for label in ("teacher", "student"):
-        index_rows += bench_indexes(label, emb[label, "docs"], emb[label, "queries"], k, args.reps)
+        index_rows += bench_indexes(
+            label, emb[label, "docs"], emb[label, "queries"], k, args.reps, args.rescore_multiplier
+        )
     asym_rows = bench_asymmetric(
         emb["teacher", "docs"], emb["teacher", "queries"], emb["student", "docs"], emb["student", "queries"],
         np.asarray(docs.labels), np.asarray(queries.labels), k,
