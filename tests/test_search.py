@@ -235,6 +235,28 @@ def test_streaming_build_from_a_generator_encodes_chunk_by_chunk(corpus):
     )
 
 
+def test_streaming_binary_build_never_holds_all_float_vectors():
+    import tracemalloc
+
+    class OnTheFly:
+        def encode(self, texts, **kwargs):
+            first = int(texts[0].split("-")[1])
+            return np.random.default_rng(first).standard_normal((len(texts), 256)).astype(np.float32)
+
+    n = 40_000  # 40 MB of float32 embeddings in all
+    tracemalloc.start()
+    try:
+        index = SemanticIndex.build(
+            OnTheFly(), (f"doc-{i}" for i in range(n)), "binary", chunk_size=1000, store_texts=False,
+            show_progress_bar=False,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert index.ntotal == n and index.nbytes()["rescore"] == n * (256 + 4)  # int8 + scale, on disk
+    assert peak < 0.2 * n * 256 * 4, f"peak Python/numpy allocation {peak / 1e6:.1f} MB"
+
+
 def test_streaming_ivf_trains_on_the_first_train_size_vectors(corpus):
     enc = FakeEncoder(corpus["table"])
     index = SemanticIndex(enc, "IVF16,Flat", train_size=400)
