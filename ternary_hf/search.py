@@ -56,7 +56,15 @@ Example::
     hits = index.search(["which doc?"], k=1)[0]
     print(hits[0].id, hits[0].score, hits[0].text)
     index.save("my-index")
-    index = SemanticIndex.load("my-index", model=teacher, query_model=student)  # asymmetric
+
+    # asymmetric: documents stay as the FP32 teacher encoded them, queries come from the ternary student
+    student = SentenceTransformer("./ternary-minilm")  # after `import ternary_hf`
+    index = SemanticIndex.load("my-index", query_model=student)
+    hits = index.search(["which doc?"], k=1)
+
+    # precomputed embeddings (numpy or torch) and raw arrays for benchmarks
+    index = SemanticIndex.from_embeddings(doc_embeddings, "binary")  # int8 rescoring by default
+    scores, positions = index.search_arrays(query_embeddings, k=10)
 """
 
 from __future__ import annotations
@@ -1020,6 +1028,8 @@ class SemanticIndex:
     def _rescore(self, q: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert self._rescore_store is not None
         valid = pos >= 0
+        if not valid.any():  # e.g. every probed IVF list empty: nothing to rescore
+            return np.full(pos.shape, -np.inf, dtype=np.float32)[:, :k], pos[:, :k]
         uniq, inv = np.unique(pos[valid], return_inverse=True)
         vecs = self._rescore_store.get(uniq)
         idx = np.zeros(pos.shape, dtype=np.int64)
