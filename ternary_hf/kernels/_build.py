@@ -35,8 +35,8 @@ import torch
 __all__ = ["SOURCE", "CFLAGS", "kernel_disabled", "cache_root", "kernel_module", "load_kernel_module", "kernel_status"]
 
 SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
-CFLAGS = ["-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 DISABLE_ENV = "TERNARY_HF_DISABLE_KERNEL"
 CACHE_ENV = "TERNARY_HF_KERNEL_CACHE"
 
@@ -125,8 +125,8 @@ def _build(name: str) -> ModuleType:
         return cpp_extension.load(
             name=name,
             sources=[str(SOURCE)],
-            extra_cflags=CFLAGS,
-            extra_ldflags=LDFLAGS,
+            extra_cflags=list(CFLAGS),  # copies: torch appends to the lists it is given
+            extra_ldflags=list(LDFLAGS),
             build_directory=str(build_dir),
             verbose=os.environ.get("TERNARY_HF_KERNEL_VERBOSE", "") not in ("", "0"),
         )

