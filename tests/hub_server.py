@@ -31,9 +31,10 @@ missing or wrong token gets a 401 with a JSON ``error`` and an ``X-Error-Message
 ``huggingface_hub`` turns into an ``HfHubHTTPError`` naming the cause.
 
 Failure injection: :meth:`HubState.inject_failure` (or ``POST /_control/failures`` with the same fields
-as JSON) makes matching requests answer 500 (with ``Retry-After: 0`` so client retries are quick) or drop
-the connection after reading the request. ``GET /_control/log`` returns the request log and
-``POST /_control/reset-failures`` clears the rules. Request counts and sizes are bounded.
+as JSON) makes matching requests answer 500 (with ``Retry-After: 0`` so client retries are quick), drop
+the connection after reading the request, or process the request and lose its answer.
+``GET /_control/log`` returns the request log and ``POST /_control/reset-failures`` clears the rules.
+Request counts and sizes are bounded.
 
 Usage::
 
@@ -50,6 +51,7 @@ import datetime as _dt
 import fnmatch
 import hashlib
 import hmac
+import io
 import json
 import os
 import re
@@ -169,9 +171,11 @@ class Repo:
 class FailureRule:
     """Fail requests whose method matches and whose path matches ``path_regex`` (``re.search``).
 
-    The first ``skip`` matching requests pass, the next ``times`` fail with ``action``: ``"500"`` (an
-    HTTP 500 with a JSON error and ``Retry-After: 0``), ``"503"``, or ``"drop"`` (the request is read,
-    then the connection is closed without an answer).
+    The first ``skip`` matching requests pass, the next ``times`` fail with ``action``:
+
+    * ``"500"`` / ``"503"``: an HTTP error with a JSON body and ``Retry-After: 0`` (client retries are quick);
+    * ``"drop"``: the request is read, then the connection is closed without an answer;
+    * ``"drop_after"``: the request is processed (e.g. a commit is applied) but its answer is lost.
     """
 
     path_regex: str
@@ -183,8 +187,8 @@ class FailureRule:
     fired: int = 0
 
     def __post_init__(self) -> None:
-        if self.action not in ("500", "503", "drop"):
-            raise ValueError(f"action must be '500', '503' or 'drop', got {self.action!r}")
+        if self.action not in ("500", "503", "drop", "drop_after"):
+            raise ValueError(f"action must be '500', '503', 'drop' or 'drop_after', got {self.action!r}")
 
     def check(self, method: str, path: str) -> str | None:
         if self.method not in ("*", method) or not re.search(self.path_regex, path):
@@ -575,6 +579,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise HubError(503, f"Test server request limit ({MAX_REQUESTS}) reached")
             action = None if path.startswith("/_control/") else state._match_failure(method, path)
             if action == "drop":
+                self._drop()
+            elif action == "drop_after":
+                answer, self.wfile = self.wfile, io.BytesIO()  # process the request, discard its answer
+                try:
+                    self._route(method, path, query, body)
+                finally:
+                    self.wfile = answer
                 self._drop()
             elif action in ("500", "503"):
                 self._send(

@@ -472,6 +472,9 @@ def _xet_flow(xet_server: HubServer, tiny_models: dict[str, Path], tmp: Path) ->
         {"op": "perturb", "folder": flaky, "seed": 4},
         {"op": "fail", "path_regex": commit_regex, "method": "POST", "action": "drop", "times": 1},
         {"name": "absorbed", "op": "push", "folder": flaky, "repo_id": "tester/flaky-xet", "token": TOKEN},
+        {"op": "perturb", "folder": flaky, "seed": 7},
+        {"op": "fail", "path_regex": commit_regex, "method": "POST", "action": "drop_after"},
+        {"name": "lost_answer", "op": "push", "folder": flaky, "repo_id": "tester/flaky-xet", "token": TOKEN},
     ]
     results = run_client(xet_server, steps, tmp, xet=True, token=None)
     return {"example": example, "source": source, "life": Path(life), "flaky": Path(flaky), **results}
@@ -574,11 +577,17 @@ def test_failed_commit_xet_mode_clear_error_then_retry_succeeds(xet_run, xet_ser
     assert "run the same push again" in failed["error"] and failed["folder_intact"]
     assert retry["ok"] and retry["changed"]
     assert absorbed["ok"] and absorbed["changed"]
-    assert xet_server.commit_count("tester/flaky-xet") == 3  # the dropped commit was never applied: no duplicate
-    assert (
-        xet_server.file_bytes("tester/flaky-xet", "model.safetensors")
-        == (xet_run["flaky"] / "model.safetensors").read_bytes()
-    )
+    repo = xet_server.state.repos[("model", "tester/flaky-xet")]
+    assert repo.commits[absorbed["commit_id"]].parent == retry["commit_id"]  # the dropped commit never landed
+
+
+def test_lost_commit_answer_xet_mode_push_still_succeeds(xet_run, xet_server):
+    """The commit lands but its answer is lost: the client's retry commits again (an identical second
+    commit, a known huggingface_hub 2.x behaviour) and the push reports success, the Hub matching the folder."""
+    lost = xet_run["lost_answer"]
+    assert lost["ok"] and lost["changed"] and xet_server.head("tester/flaky-xet") == lost["commit_id"]
+    local = (xet_run["flaky"] / "model.safetensors").read_bytes()
+    assert xet_server.file_bytes("tester/flaky-xet", "model.safetensors") == local
 
 
 def test_private_repo_is_hidden_from_anonymous_readers(xet_run, xet_server):
@@ -617,6 +626,10 @@ def _lfs_flow(lfs_server: HubServer, tiny_models: dict[str, Path], tmp: Path) ->
         {"op": "fail", "path_regex": r"^/api/models/tester/flaky-lfs/commit/", "method": "POST", "action": "drop"},
         {"name": "drop_fail", "op": "push", "folder": flaky, "repo_id": "tester/flaky-lfs"},
         {"name": "retry2", "op": "push", "folder": flaky, "repo_id": "tester/flaky-lfs"},
+        {"op": "perturb", "folder": flaky, "seed": 6},
+        {"op": "fail", "path_regex": r"^/api/models/tester/flaky-lfs/commit/", "action": "drop_after"},
+        {"name": "lost_answer", "op": "push", "folder": flaky, "repo_id": "tester/flaky-lfs"},
+        {"name": "after_lost", "op": "push", "folder": flaky, "repo_id": "tester/flaky-lfs"},
     ]
     results = run_client(lfs_server, steps, tmp, xet=False)
     return {"cli": cli, "folder": Path(folder), "flaky": Path(flaky), **results}
@@ -649,12 +662,20 @@ def test_failed_upload_lfs_mode_clear_error_then_retry_succeeds(lfs_run, lfs_ser
     assert put_fail["folder_intact"] and retry["ok"] and retry["changed"]
     assert not drop_fail["ok"] and "disconnected" in drop_fail["error"].lower(), drop_fail["error"]
     assert drop_fail["folder_intact"] and retry2["ok"] and retry2["changed"]
-    assert lfs_server.head("tester/flaky-lfs") == retry2["commit_id"]
-    assert lfs_server.commit_count("tester/flaky-lfs") == 3  # initial + the two successful pushes, nothing partial
-    assert (
-        lfs_server.file_bytes("tester/flaky-lfs", "model.safetensors")
-        == (lfs_run["flaky"] / "model.safetensors").read_bytes()
-    )
+    repo = lfs_server.state.repos[("model", "tester/flaky-lfs")]
+    assert repo.commits[retry2["commit_id"]].parent == retry["commit_id"]  # nothing partial in between
+
+
+def test_lost_commit_answer_lfs_mode_retry_makes_no_duplicate(lfs_run, lfs_server):
+    """The commit lands but its answer is lost: the push reports an error; re-running it finds nothing to
+    change and makes no second commit."""
+    lost, again = lfs_run["lost_answer"], lfs_run["after_lost"]
+    assert not lost["ok"] and "run the same push again" in lost["error"] and lost["folder_intact"]
+    assert again["ok"] and not again["changed"] and lfs_server.head("tester/flaky-lfs") == again["commit_id"]
+    repo = lfs_server.state.repos[("model", "tester/flaky-lfs")]
+    assert repo.commits[again["commit_id"]].parent == lfs_run["retry2"]["commit_id"]
+    local = (lfs_run["flaky"] / "model.safetensors").read_bytes()
+    assert lfs_server.file_bytes("tester/flaky-lfs", "model.safetensors") == local
 
 
 # ----------------------------------------------------------------------------------------- model card
