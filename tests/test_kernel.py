@@ -228,19 +228,22 @@ def test_object_code_has_no_avx512_instructions(kernel_ready) -> None:
 
 
 @pytest.mark.parametrize("backend", ["helpers", "openmp"])
-def test_both_work_sharing_backends_give_identical_results(kernel_ready, backend: str) -> None:
+@pytest.mark.parametrize("decode_panels", [True, False], ids=["shared_decode", "register_decode"])
+def test_every_kernel_variant_gives_identical_results(kernel_ready, backend: str, decode_panels: bool) -> None:
     module = _build.kernel_module()
     assert module is not None
-    m, k, n = 300, 520, 200  # enough work for 2 threads
+    m, k, n = 300, 520, 200  # enough work for 2 threads, several row tiles per block, a row tail
     ternary, packed = _layer(n, k, seed=11)
     x = _inputs(m, k, seed=12)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     module._set_parallel_backend(backend)
+    module._set_decode_panels(decode_panels)
     try:
         acc = kernels.kernel_accumulators(x, kernels.prepare_weight(packed, k), k, n)
     finally:
         module._set_parallel_backend("helpers")
+        module._set_decode_panels(True)
         torch.set_num_threads(old)
     assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
 
