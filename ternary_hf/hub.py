@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, constants, get_token
-from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from .model_card import ModelCardError, write_model_card
 
@@ -144,7 +144,10 @@ def _status(exc: BaseException) -> int | None:
     return http.response.status_code if http is not None else None
 
 
-def _hint(status: int | None, token_given: bool) -> str:
+def _hint(exc: BaseException, token_given: bool) -> str:
+    status = _status(exc)
+    if isinstance(exc, OfflineModeIsEnabled) or isinstance(_root_cause(exc), OfflineModeIsEnabled):
+        return "Offline mode is on (HF_HUB_OFFLINE=1): unset HF_HUB_OFFLINE to push."
     if status == 401:
         if not token_given:
             return (
@@ -191,11 +194,23 @@ def push_folder(
 ) -> PushResult:
     """Like :func:`push_to_hub`, returning a :class:`PushResult` (commit id, URL, whether anything changed)."""
     path = validate_model_folder(folder)
-    if "/" in repo_id and len(repo_id.split("/")) != 2:
+    if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise HubPushError(f"Invalid repo id {repo_id!r}: use 'owner/name' (or just 'name' for your namespace)")
     api = HfApi(token=token)
     branch = revision or constants.DEFAULT_REVISION
     token_given = bool(token or get_token())
+
+    def failure(step: str, exc: BaseException) -> HubPushError:
+        return HubPushError(
+            f"Pushing {path} to {api.endpoint}/{repo_id} (branch {branch!r}) failed while {step}: "
+            f"{_describe(exc)}\n{_hint(exc, token_given)}"
+        )
+
+    if "/" not in repo_id:  # the card's usage snippet needs the full id: ask whose token this is
+        try:
+            repo_id = f"{api.whoami()['name']}/{repo_id}"
+        except Exception as exc:
+            raise failure("looking up your user name", exc) from exc
 
     readme = path / "README.md"
     if model_card:
@@ -208,8 +223,7 @@ def push_folder(
 
     step = "creating the repo"
     try:
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        repo_id = repo_url.repo_id or repo_id
+        api.create_repo(repo_id, private=private, exist_ok=True)
         if branch != constants.DEFAULT_REVISION:
             step = f"creating branch {branch!r}"
             api.create_branch(repo_id, branch=branch, exist_ok=True)
@@ -223,14 +237,8 @@ def push_folder(
             commit_message=commit_message or f"Upload {path.name} with ternary-hf",
             ignore_patterns=list(IGNORE_PATTERNS),
         )
-    except HubPushError:
-        raise
     except Exception as exc:
-        status = _status(exc)
-        raise HubPushError(
-            f"Pushing {path} to {api.endpoint}/{repo_id} (branch {branch!r}) failed while {step}: "
-            f"{_describe(exc)}\n{_hint(status, token_given)}"
-        ) from exc
+        raise failure(step, exc) from exc
     changed = info.oid != previous
     if not changed:
         logger.info("%s: nothing changed since commit %s, no new commit made", repo_id, info.oid)

@@ -436,6 +436,7 @@ def _xet_flow(xet_server: HubServer, tiny_models: dict[str, Path], tmp: Path) ->
         },
         {"name": "st_pull", "op": "pull", "repo_id": "tester/st-native", "folder": str(ternary)},
         {"name": "no_token", "op": "push", "folder": plain, "repo_id": "tester/needs-auth"},
+        {"name": "bare", "op": "push", "folder": plain, "repo_id": "bare-name", "token": TOKEN},
         {"name": "bad_token", "op": "push", "folder": plain, "repo_id": "tester/needs-auth", "token": "hf_wrong"},
         {"name": "first", "op": "push", "folder": life, "repo_id": "tester/life", "token": TOKEN},
         {"name": "unchanged", "op": "push", "folder": life, "repo_id": "tester/life", "token": TOKEN},
@@ -543,6 +544,14 @@ def test_push_without_token_fails_with_clear_error(xet_run, xet_server):
     assert "Invalid credentials" in bad_token["error"] and "rejected the token" in bad_token["error"]
     assert no_token["folder_intact"] and bad_token["folder_intact"]
     assert xet_server.head("tester/needs-auth") is None  # nothing was created
+
+
+def test_bare_repo_name_goes_to_the_token_owner_namespace(xet_run, xet_server):
+    assert xet_run["bare"]["ok"] and xet_server.head("tester/bare-name") == xet_run["bare"]["commit_id"]
+    assert (
+        'AutoModel.from_pretrained("tester/bare-name")'
+        in xet_server.file_bytes("tester/bare-name", "README.md").decode()
+    )
 
 
 def test_unchanged_repush_makes_no_commit(xet_run):
