@@ -309,7 +309,7 @@ def _facts(
     if cosine is not None:
         made.append(
             f"Mean cosine between the base model's and this model's sentence embeddings right after "
-            f"quantization: {cosine:.4f} on {report.get('n_sentences') or 'a set of'} real sentences."
+            f"quantization: {cosine:.4f} on {report.get('n_sentences') or 'a set of'} sentences."
         )
 
     tags = ["ternary-hf"]
