@@ -756,6 +756,12 @@ class _Handler(BaseHTTPRequestHandler):
                     raise HubError(404 if arg != "main" else 400, f"Cannot delete branch {arg!r}")
                 state._persist(repo)
             return self._json(200, {})
+        if kind.startswith("xet-") and kind.endswith("-token"):
+            raise HubError(
+                501,
+                "This test server has no Xet storage: start it with upload_mode='regular' (every file inline in "
+                "the commit) or run the client with HF_HUB_DISABLE_XET=1 (LFS batch + PUT).",
+            )
         if kind == "preupload" and method == "POST":
             return self._preupload(repo, arg, body, query)
         if kind == "commit" and method == "POST":
