@@ -42,8 +42,15 @@ is the movie for Rotten Tomatoes (all reviews of a movie fall on one side), the 
 ``amazon`` / ``nyt`` (ids ``<group>_<n>``) and the sentence id otherwise. The split does not depend on
 any seed or on the order of the file, so it is the same on every machine and in every version.
 
+Overlap between sets: about 6,200 of the VADER movie-review sentences are also Rotten Tomatoes
+snippets (both come from Rotten Tomatoes critics), and the official 20NG / Reuters splits repeat a
+few documents across train and test. Each set is split on its own, so e.g. an RT ``train`` snippet
+can be a ``movie-sentences`` ``test`` sentence; this is harmless for evaluation (every probe is fitted
+on the train split of its own set) and is handled for distillation (see below).
+
 Who uses what (so that nothing is trained on what it is evaluated on):
-``default_distillation_texts`` takes only ``train`` splits (20NG, R52, tweets, RT);
+``default_distillation_texts`` takes only ``train`` splits (20NG, R52, tweets, RT) and drops any
+text found in any ``test`` split;
 ``ternary_hf.evaluation`` tests on ``test`` splits and measures teacher agreement on ``nyt``;
 ``real_sentences`` returns the ``tweets`` test split, which neither of them uses.
 """
@@ -689,7 +696,7 @@ def real_sentences(n: int = 300, seed: int = 0, cache_dir: str | os.PathLike[str
     """``n`` distinct real short sentences for quick teacher-vs-student checks (tweets, test split).
 
     Neither the distillation texts nor ``ternary_hf.evaluation`` use these, so a cosine measured on them
-    is not flattered by training on them. At most ~830 are available.
+    is not flattered by training on them. 917 are available.
     """
     _check_limit(n)
     pool = list(dict.fromkeys(load_dataset("tweets", "test", cache_dir=cache_dir).texts))
