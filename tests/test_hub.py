@@ -89,6 +89,7 @@ def _op_push(step: dict[str, Any]) -> dict[str, Any]:
             step["repo_id"],
             revision=step.get("revision"),
             token=step.get("token"),
+            private=step.get("private", False),
             commit_message=step.get("message"),
             base_model=step.get("base_model"),
         )
@@ -437,6 +438,7 @@ def _xet_flow(xet_server: HubServer, tiny_models: dict[str, Path], tmp: Path) ->
         {"name": "st_pull", "op": "pull", "repo_id": "tester/st-native", "folder": str(ternary)},
         {"name": "no_token", "op": "push", "folder": plain, "repo_id": "tester/needs-auth"},
         {"name": "bare", "op": "push", "folder": plain, "repo_id": "bare-name", "token": TOKEN},
+        {"name": "private", "op": "push", "folder": plain, "repo_id": "tester/secret", "token": TOKEN, "private": True},
         {"name": "bad_token", "op": "push", "folder": plain, "repo_id": "tester/needs-auth", "token": "hf_wrong"},
         {"name": "first", "op": "push", "folder": life, "repo_id": "tester/life", "token": TOKEN},
         {"name": "unchanged", "op": "push", "folder": life, "repo_id": "tester/life", "token": TOKEN},
@@ -600,17 +602,14 @@ def test_lost_commit_answer_xet_mode_push_still_succeeds(xet_run, xet_server):
 
 
 def test_private_repo_is_hidden_from_anonymous_readers(xet_run, xet_server):
-    xet_server.state.repos[("model", "tester/life")].private = True
-    try:
-        url = f"{xet_server.url}/tester/life/resolve/main/config.json"
-        with pytest.raises(urllib.error.HTTPError) as info:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10)
-        assert info.value.code == 401 and info.value.headers["X-Error-Code"] == "RepoNotFound"
-        request = urllib.request.Request(url, method="HEAD", headers={"Authorization": f"Bearer {TOKEN}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.headers["X-Repo-Commit"] == xet_run["changed"]["commit_id"]
-    finally:
-        xet_server.state.repos[("model", "tester/life")].private = False
+    assert xet_run["private"]["ok"] and xet_server.state.repos[("model", "tester/secret")].private
+    url = f"{xet_server.url}/tester/secret/resolve/main/config.json"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=10)
+    assert info.value.code == 401 and info.value.headers["X-Error-Code"] == "RepoNotFound"
+    request = urllib.request.Request(url, method="HEAD", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["X-Repo-Commit"] == xet_run["private"]["commit_id"]
 
 
 # ----------------------------------------------------------------------------------------- HF_HUB_DISABLE_XET=1
