@@ -4,8 +4,9 @@ Why: a ternary checkpoint is useless to someone who does not know it needs ``imp
 loading, and a quantized repo without ``base_model`` / ``base_model_relation: quantized`` metadata is not
 linked to its base model on the Hub. This module renders a card from what the folder itself records:
 ``config.json`` (its ``quantization_config``), an optional ``distillation.json`` (the training recipe), an
-optional evaluation JSON (``eval_results.json``: per-task teacher / student / retention), the weight files
-(size and size ratio) and, when known, the base model's own card (license, language).
+optional evaluation JSON (``eval_results.json``, else the newest ``eval*.json``: per-task teacher / student /
+retention, sizes, speed), ``ternary_quantize.json`` (written by ``quantize_folder``: source, size ratio,
+teacher-vs-ternary cosine), the weight files and, when known, the base model's own card (license, language).
 
 The text lives in a Jinja template (``model_cards/ternary_embedding.md`` in a source checkout, or
 ``ternary_hf/templates/ternary_embedding.md`` when packaged), rendered through
