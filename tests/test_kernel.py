@@ -258,3 +258,30 @@ def test_missing_toolchain_warns_once_but_a_cached_build_still_loads(
     monkeypatch.setenv("TERNARY_HF_KERNEL_CACHE", str(tmp_path))  # fresh machine: empty cache
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         assert kernels.cpu_kernel_available() is False
+
+
+def test_concurrent_calls_from_python_threads(kernel_ready) -> None:
+    """The kernel releases the GIL; per-thread scratch and the output pool must keep calls apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    k, n = 300, 1000
+    ternary, packed = _layer(n, k, seed=21)
+    prepared = kernels.prepare_weight(packed, k)
+    inputs = [_inputs(2100 + 7 * i, k, seed=i) for i in range(6)]  # outputs of ~8.5 MB: pooled
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return (
+            kernels.kernel_accumulators(x, prepared, k, n)
+            if x.shape[0] % 2
+            else kernels.ternary_linear_cpu(x, prepared, torch.ones(1), None, k, n)
+        )
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(run, inputs * 2))
+    for x, y in zip(inputs * 2, results, strict=True):
+        acc = _reference_accumulators(x, ternary)
+        if y.dtype == torch.int32:
+            assert torch.equal(y.to(torch.int64), acc)
+        else:
+            ref = ternary_linear_reference(x, packed, torch.ones(1), None, k, quantize_activations=True)
+            torch.testing.assert_close(y, ref, rtol=RTOL, atol=RTOL * float(ref.abs().max()))

@@ -561,7 +561,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "AVX2 ternary-weight x int8-activation linear layer (ternary_hf)";
   m.def("ternary_linear", &ternary_linear, "y = (q(x) @ T.T) * s_x * s_w + b, fused int8 quantization",
         py::arg("x"), py::arg("prepared"), py::arg("weight_scale"), py::arg("bias"), py::arg("in_features"),
-        py::arg("out_features"));
+        py::arg("out_features"), py::call_guard<py::gil_scoped_release>());
   m.def(
       "_set_parallel_backend", [](const std::string& name) { g_use_openmp = (name == "openmp"); },
       "benchmarks only: 'helpers' (default, at::launch work sharing) or 'openmp' (at::parallel_for)");
