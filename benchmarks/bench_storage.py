@@ -20,14 +20,19 @@ import textwrap
 
 _RSS_PROBE = textwrap.dedent(
     """
-    import json, resource, sys
-    import psutil, torch
+    import json, sys
+    import torch
     import ternary_hf
     from transformers import AutoModel
-    base = psutil.Process().memory_info().rss
+
+    def status(field):  # VmHWM, unlike ru_maxrss, is not inherited from the parent across fork+exec
+        line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+
+    base = status("VmRSS")
     model = AutoModel.from_pretrained(sys.argv[1], quantization_config=ternary_hf.TernaryConfig())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"baseline_rss": base, "peak_rss": peak}))
+    print(json.dumps({"baseline_rss": base, "peak_rss": status("VmHWM"), "anon_rss": status("RssAnon"),
+                      "file_rss": status("RssFile")}))
     """
 )
 
@@ -82,6 +87,8 @@ def main() -> None:
                   f"process after imports {rss['baseline_rss'] / 1e6:.0f} MB; "
                   f"growth while loading {(rss['peak_rss'] - rss['baseline_rss']) / fp32:.2f}x the checkpoint "
                   "(includes the checkpoint's own pages, mapped by safetensors)")
+            print(f"after loading: anonymous {rss['anon_rss'] / 1e6:.0f} MB, "
+                  f"file-backed {rss['file_rss'] / 1e6:.0f} MB (libraries + the mapped checkpoint)")
 
 
 if __name__ == "__main__":
