@@ -18,25 +18,36 @@
 //   the code of column n = 16p + 8v + j and input k = 16kb + 4s + i (padding: code 1).
 //   So `(load(block + 32v) >> 2s) & 3` is directly the `vpmaddubsw` operand for 8 columns x 4 k.
 //
+// Structure of one call (run()):
+//   1. quantize every row of x to int8 (+ row sum, + s_x) into a per-thread, grow-only scratch;
+//   2. split the output into units of 48 rows x 64 columns, claimed dynamically by the caller and
+//      helpers on torch's inter-op pool (run_units: never waits for a helper that has not started);
+//   3. per unit and 16-column panel: a lone row tile decodes the 2-bit codes in registers
+//      (micro_kernel); several row tiles share a panel chunk decoded once to bytes in L1
+//      (decode_chunk + micro_kernel_decoded); 6x16 register tiles; store_tile applies
+//      acc - sum(q), s_x, s_w, bias;
+//   4. outputs of 8 MB and more come from a small pool (new_output) to avoid per-call page faults.
+// Measured on one Zen 3 core: inner loop ~138-151 GMAC/s, whole op 100-126 GMAC/s; FP32 sgemm 40-47.
+//
 // Build: compiled on first use by torch.utils.cpp_extension with -O3 -mavx2 -mfma -fopenmp.  The
 // caller checks AVX2+FMA at run time before loading this module.  Only AVX2/FMA intrinsics are used
 // (no AVX-512 encodings: tests check the object code).
-#include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <torch/extension.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <memory>
-#include <mutex>
-#include <thread>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
