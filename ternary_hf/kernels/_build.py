@@ -84,6 +84,15 @@ def _toolchain_problem() -> str | None:
     if shutil.which(cxx) is None:
         return f"no C++ compiler found ({cxx!r} is not on PATH); install one, e.g. `apt install g++`"
     if not cpp_extension.is_ninja_available():
+        # pip's `ninja` package puts the binary in its own folder, which is not on PATH when a venv's
+        # python is run without activating the venv: torch only looks on PATH, so add it there.
+        try:
+            import ninja  # type: ignore[import-not-found]
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except (ImportError, AttributeError):
+            pass
+    if not cpp_extension.is_ninja_available():
         return "`ninja` is not installed; run `pip install 'ternary-hf[kernel]'`"
     return None
 
