@@ -76,6 +76,7 @@ class DistillConfig:
     optimizer: str = "adamw"
     num_threads: int | None = None
     max_texts: int | None = None
+    max_minutes: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "save_every",
@@ -359,8 +360,13 @@ def distill(
     started = time.time()
     running, last_loss = None, float("nan")
     micro = 0
+    out_of_time = False
     for batch in batches:
         if step >= cfg.max_steps or (stop_after is not None and step >= stop_after):
+            break
+        if cfg.max_minutes is not None and time.time() - started > cfg.max_minutes * 60 and micro == 0:
+            out_of_time = True  # a time budget ends the run at an optimizer-step boundary; finalize what we have
+            accelerator.print(f"time budget of {cfg.max_minutes} min reached at step {step}/{cfg.max_steps}")
             break
         with accelerator.accumulate(student):
             with torch.no_grad():
@@ -373,8 +379,8 @@ def distill(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-        micro += 1
-        if micro % cfg.gradient_accumulation_steps:
+        micro = (micro + 1) % cfg.gradient_accumulation_steps
+        if micro:
             continue
         step += 1
         last_loss = float(loss.detach())
@@ -400,12 +406,15 @@ def distill(
     bar.close()
     accelerator.wait_for_everyone()
     seconds = time.time() - started
-    if step < cfg.max_steps:
+    if step < cfg.max_steps and not out_of_time:
         return DistillResult(str(work_dir), step, seconds, last_loss, history)
+    if out_of_time:
+        accelerator.save_state(str(work_dir / f"{_CHECKPOINT_PREFIX}{step}"))
     if accelerator.is_main_process:
         finalize(accelerator.unwrap_model(student), teacher_st, output_dir, tcfg)
         with open(Path(output_dir) / "distillation.json", "w", encoding="utf-8") as f:
-            json.dump({"teacher": str(teacher), "steps": step, "seconds": seconds, "final_loss": last_loss,
+            json.dump({"teacher": str(teacher), "steps": step, "stopped_by_time_budget": out_of_time,
+                       "seconds": seconds, "final_loss": last_loss,
                        "config": asdict(cfg), "ternary_config": tcfg.to_dict(), "num_texts": len(corpus)}, f,
                       indent=2)
     accelerator.wait_for_everyone()

@@ -37,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             help=f"weight of the {name} loss (0: off)")
     parser.add_argument("--similarity-mode", choices=["mse", "kl"], default=d.similarity_mode)
     parser.add_argument("--no-mask-padding", action="store_true", help="MSE over padding too (the paper's loss)")
+    parser.add_argument("--minutes", type=float, default=None, help="time budget: stop and finalize after this")
     parser.add_argument("--save-every", type=int, default=d.save_every)
     parser.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=d.optimizer)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision)
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             pooled_cosine=args.pooled_cosine, pooled_mse=args.pooled_mse, layer_mse=args.layer_mse,
             similarity=args.similarity, similarity_mode=args.similarity_mode, mask_padding=not args.no_mask_padding,
             save_every=args.save_every, optimizer=args.optimizer, mixed_precision=args.mixed_precision,
-            seed=args.seed,
+            seed=args.seed, max_minutes=args.minutes,
         )
         result = distill(args.teacher, args.output, texts=args.data, ternary_config=config_from_args(args),
                          config=config, work_dir=args.work_dir, resume=not args.no_resume)
