@@ -29,14 +29,11 @@ one ``RuntimeWarning`` naming the fix, then the reference path. ``TERNARY_HF_DIS
 the reference path; ``TERNARY_HF_KERNEL_CACHE`` moves the cache; ``TERNARY_HF_KERNEL_VERBOSE=1`` shows
 the compiler output.
 
-Threads: the kernel uses torch's intra-op pool (``torch.set_num_threads``) but only as many threads
-as the problem pays for (at least ~4M multiply-adds per thread), because on a shared machine a
-2-thread call with little work can stall for milliseconds.
-
-Devices: CUDA (or any non-CPU) tensors, and CPUs without the kernel, go through the plain torch
-reference path (:func:`ternary_hf.functional.ternary_linear_reference`); a GPU kernel (e.g. a W2A8
-Triton/BitBLAS kernel reading the same prepared panels) would plug in at :func:`ternary_linear_cpu`'s
-device dispatch below.
+Threads: up to ``torch.get_num_threads()`` threads, but only as many as the problem pays for (at least
+~4M multiply-adds each). Work is shared out through helpers on torch's inter-op pool (so
+``torch.get_num_interop_threads()`` must be at least threads - 1 for full parallelism), and the caller
+never waits for a helper that has not started: on a shared machine an OpenMP-style join stalled calls
+for 8-40 ms, this degrades to single-thread speed instead (benchmarks/README.md).
 """
 
 from __future__ import annotations
