@@ -686,6 +686,9 @@ def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: s
     if not results:
         raise ValueError("plot_results needs at least one EvaluationResult")
     use_retention = any(r.mean_retention is not None for r in results)
+    if use_retention:
+        # a result without a teacher has no retention; the teachers are drawn at 100 % in the scatter
+        results = [r for r in results if r.mean_retention is not None]
     # teacher-agreement values are already fractions of a perfect match: drawn as value x 100
     keys = list(
         dict.fromkeys(
@@ -693,7 +696,8 @@ def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: s
         )
     )
     scatter = [r for r in results if r.model_size_bytes and r.model_texts_per_second]
-    two_panels = len(scatter) >= 2
+    teacher = next((r for r in scatter if r.teacher_size_bytes and r.teacher_texts_per_second), None)
+    two_panels = len(scatter) + (teacher is not None) >= 2
     fig, axes = plt.subplots(1, 2 if two_panels else 1, figsize=(14 if two_panels else 9, 5.5), squeeze=False)
     ax = axes[0][0]
     width = 0.8 / len(results)
@@ -736,7 +740,6 @@ def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: s
             )
             for r in scatter
         ]
-        teacher = next((r for r in scatter if r.teacher_size_bytes and r.teacher_texts_per_second), None)
         if use_retention and teacher is not None:
             points.append(
                 (
@@ -749,9 +752,9 @@ def plot_results(results: EvaluationResult | Sequence[EvaluationResult], path: s
         names, sizes, quality, speed = zip(*points, strict=True)
         sc = ax2.scatter(sizes, quality, c=speed, cmap="viridis", s=80, edgecolors="black")
         for name, sx, qy in zip(names, sizes, quality, strict=True):
-            ax2.annotate(name, (sx, qy), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax2.annotate(name, (sx, qy), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
         ax2.set_xscale("log")
-        ax2.margins(x=0.25, y=0.1)
+        ax2.margins(x=0.35, y=0.15)
         ax2.set_xlabel("model size in memory (MB, log scale)")
         ax2.set_ylabel("mean retention (%)" if use_retention else "mean score")
         ax2.set_title("quality vs size (colour: encoding speed)")

@@ -236,7 +236,9 @@ def _fake_result(name: str, retention: float, size: int, speed: float) -> ev.Eva
 def test_plot_has_one_panel_for_one_model_and_adds_size_speed_for_several(tmp_path):
     import matplotlib.image
 
-    one = ev.plot_results(_fake_result("a", 95, 10_000_000, 80.0), tmp_path / "one.png")
+    alone = _fake_result("a", 95, 10_000_000, 80.0)
+    alone.teacher_size_bytes = alone.teacher_texts_per_second = None  # nothing to compare size / speed with
+    one = ev.plot_results(alone, tmp_path / "one.png")
     two = ev.plot_results(
         [_fake_result("a", 95, 10_000_000, 80.0), _fake_result("b", 80, 6_000_000, 120.0)], tmp_path / "two.png"
     )
@@ -244,6 +246,8 @@ def test_plot_has_one_panel_for_one_model_and_adds_size_speed_for_several(tmp_pa
     h1, w1 = matplotlib.image.imread(one).shape[:2]
     h2, w2 = matplotlib.image.imread(two).shape[:2]
     assert h1 == h2 and w2 > 1.4 * w1  # second panel: quality vs size vs speed
+    with_teacher = ev.plot_results(_fake_result("a", 95, 10_000_000, 80.0), tmp_path / "teacher.png")
+    assert matplotlib.image.imread(with_teacher).shape[:2] == (h2, w2)  # the teacher is the second point
     with pytest.raises(ValueError, match="at least one"):
         ev.plot_results([], tmp_path / "none.png")
 
