@@ -18,7 +18,7 @@ from torch import nn
 
 from . import rowwise
 from .config import TernaryConfig
-from .conversion import is_skipped
+from .conversion import swap_modules
 from .functional import quantize_activations_int8
 from .ternarize import ternarize
 
@@ -94,20 +94,11 @@ def build_student(teacher: nn.Module, config: TernaryConfig) -> nn.Module:
     """A trainable ternary copy of ``teacher`` (the teacher itself is not modified)."""
     student = copy.deepcopy(teacher)
     skip = config.skipped_modules() + list(getattr(teacher, "_keep_in_fp32_modules", None) or [])
-    n_linear = 0
-    for name, module in list(student.named_modules()):
-        if not name or is_skipped(name, skip):
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = student.get_submodule(parent_name) if parent_name else student
-        if type(module) is nn.Linear:
-            new = FakeTernaryLinear(module, config.threshold_method, config.granularity, config.quantize_activations)
-            n_linear += 1
-        elif type(module) is nn.Embedding and config.embedding_storage is not None:
-            new = FakeQuantEmbedding(module, config.embedding_storage)
-        else:
-            continue
-        setattr(parent, child, new)
+    n_linear, _ = swap_modules(
+        student, config, skip,
+        lambda m: FakeTernaryLinear(m, config.threshold_method, config.granularity, config.quantize_activations),
+        lambda m: FakeQuantEmbedding(m, config.embedding_storage),
+    )
     if n_linear == 0:
         raise ValueError(f"{type(teacher).__name__} has no nn.Linear layer to ternarize (skipped: {skip})")
     return student

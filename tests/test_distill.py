@@ -59,7 +59,7 @@ def test_loss_terms_switch_on_and_off(tiny_model_dirs):
     assert set(parts) == {"hidden_mse", "pooled_cosine", "similarity"}
     # the teacher against itself has zero loss
     zero, _ = distillation_loss(t_out, t_out, mask, DistillConfig(layer_mse=1.0, pooled_mse=1.0))
-    assert float(zero) == pytest.approx(0.0, abs=1e-7)
+    assert float(zero) == pytest.approx(0.0, abs=1e-6)  # float32 rounding of 1 - cos
     # masking: padding positions do not count
     masked, _ = distillation_loss(s_out, t_out, mask, DistillConfig(**dict(only, hidden_mse=1.0)))
     unmasked, _ = distillation_loss(s_out, t_out, mask, DistillConfig(**dict(only, hidden_mse=1.0),
