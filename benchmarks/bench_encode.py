@@ -1,0 +1,848 @@
+"""End to end: ``SentenceTransformer.encode`` with a ternary model vs the CPU alternatives (issue 5, benchmark 2).
+
+Why this script: a fast ternary GEMM (benchmark 1, ``bench_linear.py``) only matters if whole-model
+encoding gets faster than what a CPU user runs today. For all-MiniLM-L6-v2 (the bundled model) and
+all-mpnet-base-v2 (``--mpnet DIR``) it encodes the same real sentences (batch 32) with, side by side
+in ONE run:
+
+* ``fp32``     - plain ``SentenceTransformer`` in torch float32, the denominator of every ratio;
+* ``ternary``  - ours: ``SentenceTransformer(path, model_kwargs={"quantization_config": TernaryConfig()})``
+  (2-bit weights, per-token int8 activations, the AVX2 kernel; int4 embedding table);
+* ``onnx-int8`` - ONNX Runtime with dynamic int8 weights: the model exported with
+  ``torch.onnx.export(..., dynamo=False)`` from a separate copy, ``onnxruntime.quantization.quantize_dynamic``
+  (``QInt8`` weights), then the tokenizer + mean pooling + normalisation done here (optimum-onnx, which
+  sentence-transformers' ``backend="onnx"`` needs, pins transformers 4 and breaks this stack);
+* ``qdyn``     - ``torch.ao.quantization.quantize_dynamic`` int8 on every ``nn.Linear``;
+* ``bnb-int8`` - bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with the reason
+  otherwise). It is several times slower than FP32 here, so it encodes only a fraction of each round.
+
+How it measures: every backend lives in its own worker process (so peak RSS, ``VmHWM`` from
+``/proc/self/status``, is its own; ``ru_maxrss`` would be inherited across fork+exec). All workers of
+one (model, threads) cell are loaded first, then the main process hands each the same chunk of
+sentences round after round, rotating the order, so load from other processes hits all backends alike.
+Throughput = sentences / seconds summed over the rounds (tokenisation included, as in ``encode``);
+``best`` is the fastest round. Batch-1 latency is the median over ``--latency-n`` single-sentence
+``encode`` calls, interleaved the same way. Quality: mean cosine of each backend's embeddings to FP32's.
+Peak RSS is reported for the whole process (loading included) and for the encode phase alone (the
+peak is reset through ``/proc/self/clear_refs`` once the model is loaded and warmed up).
+
+``--profile`` adds a torch.profiler breakdown of one batch-32 forward of the ternary (and FP32)
+MiniLM: embeddings, linear layers (the kernel; its fused activation quantization estimated apart),
+attention core, LayerNorm (+ residual add), GELU, pooling, the rest.
+
+Usage::
+
+    python benchmarks/bench_encode.py --mpnet /path/to/all-mpnet-base-v2          # full: 2,000 sentences
+    python benchmarks/bench_encode.py --quick                                     # MiniLM, 256 sentences
+    python benchmarks/bench_encode.py --quick --profile --threads 2
+    python benchmarks/bench_encode.py --models minilm --n 1000 --rounds 4 --backends fp32 ternary onnx-int8
+
+Needs ``pip install onnx onnxruntime`` (and optionally ``bitsandbytes``); exported ONNX files are cached in
+``$TERNARY_HF_CACHE/bench`` (default ``~/.cache/ternary-hf/bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ["fp32", "ternary", "onnx-int8", "qdyn", "bnb-int8"]
+TARGET_VS_FP32 = 3.0
+TARGET_VS_ONNX = 1.0
+TARGET_LATENCY = 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# machine and data
+# --------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_avg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def proc_status_kb(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmHWM``: peak RSS of THIS process, ``VmRSS``: current)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: write 5 to ``/proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def benchmark_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
+    """``n`` distinct real sentences: ``real_sentences`` (917 tweets), topped up with movie-review sentences."""
+    import numpy as np
+
+    from ternary_hf.datasets import load_dataset, real_sentences
+
+    tweets_available = 917
+    tweets = real_sentences(min(n, tweets_available), seed=seed)
+    texts = list(tweets)
+    if n > len(texts):
+        seen = set(texts)
+        movies = [t for t in dict.fromkeys(load_dataset("movie-sentences", "test").texts) if t not in seen]
+        movies += [t for t in dict.fromkeys(load_dataset("movie-sentences", "train").texts) if t not in seen]
+        movies = list(dict.fromkeys(movies))
+        if n - len(texts) > len(movies):
+            raise SystemExit(f"only {len(texts) + len(movies)} distinct sentences available, asked for {n}")
+        rng = np.random.default_rng(seed)
+        texts += [movies[i] for i in rng.choice(len(movies), size=n - len(texts), replace=False)]
+    rng = np.random.default_rng(seed + 1)
+    texts = [texts[i] for i in rng.permutation(len(texts))]  # mix the sources across rounds
+    n_movies = len(texts) - len(tweets)
+    source = f"{len(tweets)} tweets (real_sentences)" + (f" + {n_movies} movie-review sentences" if n_movies else "")
+    return texts, source
+
+
+def cache_root() -> Path:
+    base = os.environ.get("TERNARY_HF_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "ternary-hf") / "bench"
+
+
+def model_fingerprint(model_dir: str) -> str:
+    h = hashlib.sha256(str(Path(model_dir).resolve()).encode())
+    for name in ("model.safetensors", "pytorch_model.bin", "config.json"):
+        p = Path(model_dir) / name
+        if p.exists():
+            st = p.stat()
+            h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# worker side: one process per backend
+# --------------------------------------------------------------------------------------------------
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class OnnxEncoder:
+    """Tokenizer + ONNX Runtime session + mean pooling + L2 normalisation (what ``encode`` does).
+
+    Uses the ``tokenizers`` library directly (no torch in this process), with the model folder's
+    ``tokenizer.json``, truncation at ``max_seq_length`` and padding to the longest text of the batch;
+    texts are sorted by length first, as ``SentenceTransformer.encode`` does.
+    """
+
+    def __init__(self, onnx_path: str, model_dir: str, threads: int) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+        self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        st_cfg = json.loads((Path(model_dir) / "sentence_bert_config.json").read_text())
+        special = json.loads((Path(model_dir) / "special_tokens_map.json").read_text())
+        pad = special.get("pad_token", "[PAD]")
+        pad = pad["content"] if isinstance(pad, dict) else pad
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=int(st_cfg["max_seq_length"]))
+        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad), pad_token=pad)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> Any:
+        import numpy as np
+
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out: list[Any] = [None] * len(texts)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            encs = self.tokenizer.encode_batch([texts[i] for i in idx])
+            ids = np.array([e.ids for e in encs], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            hidden = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
+            m = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+            for j, i in enumerate(idx):
+                out[i] = pooled[j]
+        return np.stack(out)
+
+
+def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | None) -> Any:
+    """Returns an object with ``encode(texts, batch_size) -> np.ndarray`` (normalised or not)."""
+    if backend == "onnx-int8":
+        assert onnx_path is not None
+        return OnnxEncoder(onnx_path, model_dir, threads)
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    _set_threads(threads)
+    if backend == "fp32":
+        st = SentenceTransformer(model_dir, device="cpu")
+    elif backend == "ternary":
+        import ternary_hf
+        from ternary_hf.kernels import cpu_kernel_available, kernel_status
+
+        if not cpu_kernel_available():
+            raise RuntimeError(f"the ternary CPU kernel is not available: {kernel_status()}")
+        st = SentenceTransformer(
+            model_dir, device="cpu", model_kwargs={"quantization_config": ternary_hf.TernaryConfig()}
+        )
+    elif backend == "ternary-saved":
+        import ternary_hf  # noqa: F401  (registers the quantizer that loads the 2-bit folder)
+
+        st = SentenceTransformer(_saved_ternary(model_dir), device="cpu")
+    elif backend == "qdyn":
+        st = SentenceTransformer(model_dir, device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao deprecation notice
+            torch.ao.quantization.quantize_dynamic(st[0].auto_model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        if not any(type(m).__name__ == "Linear" and "quantized" in type(m).__module__ for m in st.modules()):
+            raise RuntimeError("quantize_dynamic left no quantized Linear in the model")
+    elif backend == "bnb-int8":
+        import bitsandbytes  # noqa: F401  (ImportError = the reason it is skipped)
+        from transformers import BitsAndBytesConfig
+
+        st = SentenceTransformer(
+            model_dir, device="cpu", model_kwargs={"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
+        )
+    else:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    st.eval()
+
+    class _ST:
+        def encode(self, texts: Sequence[str], batch_size: int) -> Any:
+            with torch.inference_mode():
+                return st.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+
+    return _ST()
+
+
+def _saved_ternary(model_dir: str) -> str:
+    """The model ternarized once and saved as a 2-bit folder (cached): what a user deploys."""
+    out = cache_root() / "ternary" / f"{Path(model_dir).name}-{model_fingerprint(model_dir)}"
+    if not (out / "modules.json").exists():
+        from sentence_transformers import SentenceTransformer
+
+        import ternary_hf
+
+        tmp = out.with_name(out.name + f".partial{os.getpid()}")
+        SentenceTransformer(model_dir, device="cpu", model_kwargs={"quantization_config": ternary_hf.TernaryConfig()}
+                            ).save(str(tmp))
+        tmp.replace(out)
+    return str(out)
+
+
+def _emit(msg: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    """Line protocol on stdin/stdout: load, say ``ready``, then serve ``encode`` / ``latency`` / ``finish``."""
+    import logging
+
+    import numpy as np
+
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+    texts: list[str] = json.loads(Path(args.sentences).read_text())
+    try:
+        enc = _load_backend(args.worker, args.model_dir, args.threads, args.onnx_path)
+        enc.encode(texts[: args.batch_size], args.batch_size)  # warm-up (lazy inits, kernel build/load)
+        enc.encode(texts[:1], 1)
+    except Exception as exc:  # reported as "skipped: reason" by the main process
+        _emit({"status": "error", "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
+        return
+    load_peak = proc_status_kb("VmHWM")
+    rss_ready = proc_status_kb("VmRSS")
+    reset_ok = reset_peak_rss()
+    _emit({"status": "ready", "load_peak_kb": load_peak, "rss_ready_kb": rss_ready, "reset_ok": reset_ok})
+    embeddings: dict[int, Any] = {}
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "encode":
+            idx = cmd["indices"]
+            chunk = [texts[i] for i in idx]
+            t0 = time.perf_counter()
+            emb = enc.encode(chunk, args.batch_size)
+            dt = time.perf_counter() - t0
+            for i, e in zip(idx, np.asarray(emb, dtype=np.float32), strict=True):
+                embeddings[i] = e
+            _emit({"status": "ok", "seconds": dt, "count": len(idx)})
+        elif cmd["cmd"] == "latency":
+            times = []
+            for i in cmd["indices"]:
+                t0 = time.perf_counter()
+                enc.encode([texts[i]], 1)
+                times.append(time.perf_counter() - t0)
+            _emit({"status": "ok", "times": times})
+        elif cmd["cmd"] == "finish":
+            keys = sorted(embeddings)
+            np.save(args.out, np.stack([embeddings[k] for k in keys]))
+            Path(args.out + ".idx.json").write_text(json.dumps(keys))
+            _emit({"status": "done", "encode_peak_kb": proc_status_kb("VmHWM"), "rss_kb": proc_status_kb("VmRSS")})
+            return
+
+
+def export_main(args: argparse.Namespace) -> None:
+    """Export a separate copy of the model to ONNX (fp32), quantize it to int8, check the ONNX pipeline."""
+    import numpy as np
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModel
+
+    warnings.simplefilter("ignore")
+    out_dir = Path(args.onnx_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32_path, int8_path = out_dir / "model.onnx", out_dir / "model_int8.onnx"
+    model = AutoModel.from_pretrained(args.model_dir).eval()  # a copy of its own: tracing can alter a model
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(5, 1000, (2, 16))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    tmp = out_dir / "model.onnx.partial"
+    with torch.no_grad():
+        torch.onnx.export(
+            Wrapper(model), (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                          "last_hidden_state": {0: "batch", 1: "seq"}},
+        )
+    tmp.replace(fp32_path)
+    tmp8 = out_dir / "model_int8.onnx.partial"
+    quantize_dynamic(str(fp32_path), str(tmp8), weight_type=QuantType.QInt8)
+    tmp8.replace(int8_path)
+    # check the whole ONNX pipeline (tokenizer, pooling) against sentence-transformers on a few sentences
+    from sentence_transformers import SentenceTransformer
+
+    texts: list[str] = json.loads(Path(args.sentences).read_text())[:16]
+    ref = SentenceTransformer(args.model_dir, device="cpu").encode(
+        texts, convert_to_numpy=True, normalize_embeddings=True
+    )
+    got = OnnxEncoder(str(fp32_path), args.model_dir, 1).encode(texts, 8)
+    cos = float(np.min((ref * got).sum(axis=1)))
+    (out_dir / "check.json").write_text(json.dumps({"min_cos_onnx_fp32_vs_st": cos}))
+    print(json.dumps({"min_cos_onnx_fp32_vs_st": cos}))
+
+
+# --------------------------------------------------------------------------------------------------
+# profile: where one batch-32 forward goes
+# --------------------------------------------------------------------------------------------------
+CATEGORIES = [
+    "embeddings",
+    "linear: GEMM",
+    "linear: act. quant (est.)",
+    "attention core",
+    "LayerNorm + residual",
+    "GELU",
+    "pooling + normalize",
+    "other (glue)",
+]
+
+
+def _profile_one(st: Any, features: dict[str, Any], reps: int) -> tuple[dict[str, float], float, list[Any]]:
+    """Per-forward milliseconds per category (main-thread wall time), total ms, and the linear inputs seen."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from ternary_hf.modules import TernaryLinear
+
+    auto = st[0].auto_model
+    labels: dict[int, str] = {}
+    linear_inputs: list[tuple[Any, Any]] = []
+
+    def wrap(mod: torch.nn.Module, label: str, capture: bool = False) -> None:
+        orig = mod.forward
+
+        def fwd(*a: Any, **k: Any) -> Any:
+            if capture and wrap.capturing:  # type: ignore[attr-defined]
+                linear_inputs.append((mod, a[0].detach().clone()))
+            with record_function(label):
+                return orig(*a, **k)
+
+        mod.forward = fwd  # type: ignore[method-assign]
+        labels[id(mod)] = label
+
+    wrap.capturing = False  # type: ignore[attr-defined]
+    for name, mod in auto.named_modules():
+        cls = type(mod).__name__
+        if isinstance(mod, (TernaryLinear, torch.nn.Linear)):
+            wrap(mod, "#linear", capture=True)
+        elif name.endswith("embeddings") and "Embeddings" in cls:
+            wrap(mod, "#embeddings")
+        elif cls.endswith("SelfAttention"):
+            wrap(mod, "#attention")
+    for mod in list(st)[1:]:
+        wrap(mod, "#pooling")
+    with torch.inference_mode():
+        for _ in range(3):
+            st(dict(features))
+        wrap.capturing = True  # type: ignore[attr-defined]
+        st(dict(features))
+        wrap.capturing = False  # type: ignore[attr-defined]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                with record_function("#forward"):
+                    st(dict(features))
+    tid = None
+    totals = {c: 0.0 for c in CATEGORIES}
+    total = 0.0
+    events = prof.events()
+    for ev in events:
+        if ev.name == "#forward":
+            tid = ev.thread
+            total += ev.cpu_time_total
+    label_to_cat = {"#linear": "linear: GEMM", "#embeddings": "embeddings", "#attention": "attention core",
+                    "#pooling": "pooling + normalize", "#forward": "other (glue)"}
+    for ev in events:
+        if ev.thread != tid:
+            continue
+        node, cat = ev, None
+        if ev.name.startswith("#"):
+            cat = label_to_cat.get(ev.name)
+        else:
+            while node is not None and cat is None:
+                if node.name in ("#embeddings", "#pooling"):
+                    cat = label_to_cat[node.name]
+                elif node.name in ("aten::layer_norm", "aten::native_layer_norm"):
+                    cat = "LayerNorm + residual"
+                elif node.name in ("aten::gelu", "aten::gelu_"):
+                    cat = "GELU"
+                elif node.name.startswith("#"):
+                    cat = label_to_cat.get(node.name)
+                node = node.cpu_parent
+            if cat == "other (glue)" and ev.name in ("aten::add", "aten::add_"):
+                cat = "LayerNorm + residual"  # the residual adds feeding each LayerNorm
+        if cat is None:
+            continue  # outside the profiled forwards
+        totals[cat] += ev.self_cpu_time_total
+    per = {c: v / reps / 1e3 for c, v in totals.items()}
+    return per, total / reps / 1e3, linear_inputs
+
+
+def _time_ms(fn: Any, reps: int = 20) -> float:
+    fn()
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples) * 1e3
+
+
+def profile_main(args: argparse.Namespace) -> None:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    import ternary_hf
+    from ternary_hf.kernels import prepare_weight, ternary_linear_cpu
+    from ternary_hf.modules import TernaryLinear
+    from ternary_hf.packing import pack_ternary
+
+    warnings.simplefilter("ignore")
+    _set_threads(args.threads)
+    import logging
+
+    logging.disable(logging.WARNING)
+    pool: list[str] = sorted(json.loads(Path(args.sentences).read_text()), key=len)
+    mid = max(0, len(pool) // 2 - args.batch_size // 2)
+    texts = pool[mid : mid + args.batch_size]  # a batch as encode() forms it (length-sorted), median length
+    fp32 = SentenceTransformer(args.model_dir, device="cpu")
+    tern = SentenceTransformer(
+        args.model_dir, device="cpu", model_kwargs={"quantization_config": ternary_hf.TernaryConfig()}
+    )
+    features = fp32.preprocess(texts) if hasattr(fp32, "preprocess") else fp32.tokenize(texts)
+    seq = features["input_ids"].shape[1]
+    tokens = int(features["attention_mask"].sum())
+    reps = args.profile_reps
+    res = {}
+    for name, st in (("ternary", tern), ("fp32", fp32)):
+        res[name] = _profile_one(st, features, reps)
+    # the kernel quantizes activations in a fused first pass: estimate it by running each layer's
+    # input through a 16-output layer (the pass over x is the same, the GEMM is 1/(N/16) of it)
+    quant_ms = 0.0
+    with torch.inference_mode():
+        for mod, x in res["ternary"][2]:
+            if not isinstance(mod, TernaryLinear):
+                continue
+            x2 = x.reshape(-1, mod.in_features).contiguous()
+            full = mod._prepared_weight(ternary_hf.kernels)  # noqa: SLF001
+            k, n = mod.in_features, mod.out_features
+            t_full = _time_ms(functools.partial(ternary_linear_cpu, x2, full, mod.weight_scale, mod.bias, k, n))
+            small = prepare_weight(pack_ternary(torch.ones(16, k)), k)
+            t16 = _time_ms(functools.partial(ternary_linear_cpu, x2, small, torch.ones(16), None, k, 16))
+            quant_ms += max(0.0, t16 - t_full * 16 / n)
+    per_t, total_t, _ = res["ternary"]
+    per_t["linear: act. quant (est.)"] = min(quant_ms, per_t["linear: GEMM"])
+    per_t["linear: GEMM"] -= per_t["linear: act. quant (est.)"]
+    per_f, total_f, _ = res["fp32"]
+    print(f"\n### Profile: one forward of MiniLM-L6, batch {len(texts)} x {seq} tokens ({tokens} real), "
+          f"threads={args.threads}, mean of {reps} (torch.profiler, main-thread wall time)\n")
+    print("| part | ternary ms | share | fp32 ms | share | ternary/fp32 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for c in CATEGORIES:
+        f = per_f.get(c, 0.0)
+        ratio = f"{per_t[c] / f:.2f}" if f > 0.005 else "-"
+        print(f"| {c} | {per_t[c]:.2f} | {per_t[c] / total_t:.0%} | {f:.2f} | {f / total_f:.0%} | {ratio} |")
+    print(f"| **total forward** | **{total_t:.2f}** | 100% | **{total_f:.2f}** | 100% | **{total_t / total_f:.2f}** |")
+    lin_t = per_t["linear: GEMM"] + per_t["linear: act. quant (est.)"]
+    lin_f = per_f["linear: GEMM"]
+    rest_t = total_t - lin_t
+    print(f"\n# FP32 forward / ternary forward = {total_f / total_t:.2f}x; linear layers are {lin_f / total_f:.0%} of "
+          f"FP32's forward and run {lin_f / max(lin_t, 1e-9):.2f}x faster in ternary.")
+    budget = total_f / TARGET_VS_FP32
+    print(f"# Even with free linear layers the ternary forward would be {total_f / max(rest_t, 1e-9):.2f}x FP32 "
+          f"(everything else: {rest_t:.2f} ms). {TARGET_VS_FP32:.0f}x FP32 means a {budget:.2f} ms forward: "
+          + (f"the rest must fit in {budget - lin_t:.2f} ms at today's linear cost."
+             if budget > lin_t else
+             f"the linear layers alone ({lin_t:.2f} ms) exceed it, so they must get faster too."))
+
+
+# --------------------------------------------------------------------------------------------------
+# main process
+# --------------------------------------------------------------------------------------------------
+class Worker:
+    def __init__(self, backend: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
+        self.backend = backend
+        self.log = open(log, "w")  # noqa: SIM115  (closed in close())
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
+        self.info = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            tail = Path(self.log.name).read_text().strip().splitlines()[-3:]
+            return {"status": "error", "error": f"worker exited ({self.proc.returncode}): {' | '.join(tail)[:300]}"}
+        return json.loads(line)
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def run_cell(
+    model_name: str, model_dir: str, threads: int, backends: list[str], args: argparse.Namespace,
+    workdir: Path, sentences_file: Path, n: int, onnx_path: str | None,
+) -> dict[str, dict[str, Any]]:
+    import numpy as np
+
+    results: dict[str, dict[str, Any]] = {}
+    workers: dict[str, Worker] = {}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    for b in backends:  # loaded one after the other (loading is not timed)
+        if b == "onnx-int8" and onnx_path is None:
+            results[b] = {"skipped": "ONNX export failed (see above)"}
+            continue
+        out = workdir / f"{model_name}-t{threads}-{b}"
+        cmd = [sys.executable, __file__, "--worker", b, "--model-dir", model_dir, "--threads", str(threads),
+               "--batch-size", str(args.batch_size), "--sentences", str(sentences_file), "--out", str(out)]
+        if onnx_path:
+            cmd += ["--onnx-path", onnx_path]
+        w = Worker(b, cmd, workdir / f"{out.name}.log", env)
+        if w.info.get("status") != "ready":
+            results[b] = {"skipped": w.info.get("error", "unknown error")}
+            w.close()
+            continue
+        workers[b] = w
+        results[b] = {"load_peak_kb": w.info["load_peak_kb"], "reset_ok": w.info["reset_ok"], "rounds": [],
+                      "count": 0, "seconds": 0.0, "lat": []}
+    order = list(workers)
+    rounds = args.rounds
+    chunks = [list(range(n))[r::rounds] for r in range(rounds)]
+    lat_idx = list(range(min(args.latency_n, n)))
+    lat_chunks = [lat_idx[r::rounds] for r in range(rounds)]
+    for r in range(rounds):
+        rot = order[r % len(order):] + order[: r % len(order)] if order else []
+        for b in rot:
+            idx = chunks[r]
+            if b == "bnb-int8":
+                idx = idx[: max(args.batch_size, int(len(idx) * args.bnb_fraction))]
+            reply = workers[b].ask(cmd="encode", indices=idx)
+            res = results[b]
+            res["rounds"].append(reply["count"] / reply["seconds"])
+            res["count"] += reply["count"]
+            res["seconds"] += reply["seconds"]
+        for b in rot:
+            reply = workers[b].ask(cmd="latency", indices=lat_chunks[r])
+            results[b]["lat"] += reply["times"]
+        print(f"#   {model_name} threads={threads} round {r + 1}/{rounds}: "
+              + ", ".join(f"{b} {results[b]['rounds'][-1]:.1f}/s" for b in rot)
+              + f" (load {load_avg()})", flush=True)
+    if "ternary" in workers and args.saved_probe:
+        # RSS only (not timed): the same model loaded from its saved 2-bit folder, one round of sentences
+        out = workdir / f"{model_name}-t{threads}-ternary-saved"
+        cmd = [sys.executable, __file__, "--worker", "ternary-saved", "--model-dir", model_dir, "--threads",
+               str(threads), "--batch-size", str(args.batch_size), "--sentences", str(sentences_file),
+               "--out", str(out)]
+        w = Worker("ternary-saved", cmd, workdir / f"{out.name}.log", env)
+        if w.info.get("status") == "ready":
+            w.ask(cmd="encode", indices=chunks[0])
+            reply = w.ask(cmd="finish")
+            saved_probe = {"load_peak_kb": w.info["load_peak_kb"], "encode_peak_kb": reply.get("encode_peak_kb"),
+                           "reset_ok": w.info["reset_ok"]}
+        else:
+            saved_probe = {"skipped": w.info.get("error", "unknown error")}
+        w.close()
+    for b, w in workers.items():
+        reply = w.ask(cmd="finish")
+        w.close()
+        res = results[b]
+        res["encode_peak_kb"] = reply.get("encode_peak_kb")
+        out = workdir / f"{model_name}-t{threads}-{b}"
+        res["emb"] = np.load(str(out) + ".npy")
+        res["emb_idx"] = json.loads(Path(str(out) + ".idx.json").read_text())
+        res["throughput"] = res["count"] / res["seconds"]
+        res["best"] = max(res["rounds"])
+        res["latency_ms"] = statistics.median(res["lat"]) * 1e3
+    if "fp32" in workers:
+        ref = results["fp32"]
+        ref_map = dict(zip(ref["emb_idx"], ref["emb"], strict=True))
+        for b in workers:
+            e = results[b]["emb"]
+            r_ = np.stack([ref_map[i] for i in results[b]["emb_idx"]])
+            e = e / np.linalg.norm(e, axis=1, keepdims=True)
+            r_ = r_ / np.linalg.norm(r_, axis=1, keepdims=True)
+            results[b]["cos"] = float((e * r_).sum(axis=1).mean())
+    if "ternary" in workers and args.saved_probe:
+        results["ternary-saved"] = saved_probe
+    return results
+
+
+def print_cell(model_name: str, threads: int, results: dict[str, dict[str, Any]], bnb_fraction: float) -> None:
+    print(f"\n#### {model_name}, threads={threads}, batch 32\n")
+    print("| backend | sentences/s | best round | x FP32 | x ONNX-int8 | batch-1 ms (median) | latency x FP32 "
+          "| peak RSS MB: load / encode | mean cos to FP32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    fp = results.get("fp32", {})
+    ox = results.get("onnx-int8", {})
+    for b, res in results.items():
+        if b == "ternary-saved":
+            if "skipped" not in res:
+                enc = f"{res['encode_peak_kb'] / 1024:.0f}" if res.get("reset_ok") and res["encode_peak_kb"] else "-"
+                print(f"| ternary, loaded from its saved 2-bit folder (RSS only) | | | | | | | "
+                      f"{(res['load_peak_kb'] or 0) / 1024:.0f} / {enc} | |")
+            continue
+        if "skipped" in res:
+            print(f"| {b} | skipped: {res['skipped']} | | | | | | | |")
+            continue
+        vs_fp = f"{res['throughput'] / fp['throughput']:.2f}" if "throughput" in fp else "-"
+        vs_ox = f"{res['throughput'] / ox['throughput']:.2f}" if "throughput" in ox else "-"
+        lat_fp = f"{res['latency_ms'] / fp['latency_ms']:.2f}" if "latency_ms" in fp else "-"
+        load_peak = f"{(res['load_peak_kb'] or 0) / 1024:.0f}"
+        enc_peak = f"{res['encode_peak_kb'] / 1024:.0f}" if res.get("reset_ok") and res["encode_peak_kb"] else "-"
+        name = b + (f" ({bnb_fraction:.0%} of the sentences)" if b == "bnb-int8" else "")
+        print(f"| {name} | {res['throughput']:.1f} | {res['best']:.1f} | {vs_fp} | {vs_ox} | {res['latency_ms']:.2f} | "
+              f"{lat_fp} | {load_peak} / {enc_peak} | {res.get('cos', float('nan')):.4f} |")
+
+
+def export_onnx(model_name: str, model_dir: str, sentences_file: Path, workdir: Path) -> str | None:
+    onnx_dir = cache_root() / "onnx" / f"{model_name}-{model_fingerprint(model_dir)}"
+    int8 = onnx_dir / "model_int8.onnx"
+    if not int8.exists():
+        print(f"# exporting {model_name} to ONNX + int8 into {onnx_dir} ...", flush=True)
+        t0 = time.time()
+        cmd = [sys.executable, __file__, "--worker", "export", "--model-dir", model_dir, "--onnx-dir", str(onnx_dir),
+               "--sentences", str(sentences_file)]
+        log = workdir / f"export-{model_name}.log"
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc != 0 or not int8.exists():
+            print(f"# ONNX export of {model_name} FAILED (rc={rc}): {' | '.join(log.read_text().splitlines()[-3:])}")
+            return None
+        print(f"#   done in {time.time() - t0:.0f} s", flush=True)
+    check = onnx_dir / "check.json"
+    if check.exists():
+        cos = json.loads(check.read_text())["min_cos_onnx_fp32_vs_st"]
+        print(f"# ONNX pipeline check ({model_name}, fp32 graph vs sentence-transformers, 16 sentences): "
+              f"min cos {cos:.6f}")
+    return str(int8)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="MiniLM only, 256 sentences, 2 rounds, 20 latency calls")
+    parser.add_argument("--models", nargs="+", default=None, choices=["minilm", "mpnet"])
+    parser.add_argument("--mpnet", default=None, help="all-mpnet-base-v2 sentence-transformers folder")
+    parser.add_argument("--minilm", default=None, help="all-MiniLM-L6-v2 folder (default: the bundled one)")
+    parser.add_argument("--n", type=int, default=None, help="sentences per backend (default 2000)")
+    parser.add_argument("--mpnet-n", type=int, default=None, help="sentences for MPNet (default: --n)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds the sentences are split into")
+    parser.add_argument("--latency-n", type=int, default=None, help="single-sentence encode calls (default 100)")
+    parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
+    parser.add_argument("--bnb-fraction", type=float, default=0.125, help="share of each round bnb-int8 encodes")
+    parser.add_argument("--no-saved-probe", dest="saved_probe", action="store_false",
+                        help="skip the RSS probe of the ternary model loaded from its saved 2-bit folder")
+    parser.add_argument("--profile", action="store_true", help="also profile one ternary MiniLM forward")
+    parser.add_argument("--profile-only", action="store_true", help="only the profile")
+    parser.add_argument("--profile-reps", type=int, default=10)
+    # worker-side arguments (internal)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sentences", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--onnx-path", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--onnx-dir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        args.threads = args.threads[0]
+    if args.worker == "export":
+        return export_main(args)
+    if args.worker == "profile":
+        return profile_main(args)
+    if args.worker == "save":
+        print(_saved_ternary(args.model_dir))
+        return None
+    if args.worker is not None:
+        return worker_main(args)
+
+    n = args.n or (256 if args.quick else 2000)
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.latency_n = args.latency_n if args.latency_n is not None else (20 if args.quick else 100)
+    models = args.models or (["minilm"] if args.quick else ["minilm", "mpnet"])
+    if args.profile_only:
+        models, args.profile = [], True
+    from ternary_hf.defaults import default_model_path
+
+    model_dirs = {"minilm": args.minilm or default_model_path(), "mpnet": args.mpnet}
+    if "mpnet" in models and not args.mpnet:
+        print("# all-mpnet-base-v2 skipped: pass its folder with --mpnet DIR")
+        models.remove("mpnet")
+
+    import numpy as np  # noqa: F401  (fail early if missing)
+    import sentence_transformers
+    import torch
+    import transformers
+
+    versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}",
+                f"sentence-transformers {sentence_transformers.__version__}"]
+    for mod in ("onnxruntime", "onnx", "bitsandbytes"):
+        try:
+            versions.append(f"{mod} {__import__(mod).__version__}")
+        except Exception as exc:  # noqa: BLE001
+            versions.append(f"{mod} unavailable ({type(exc).__name__})")
+    from ternary_hf.kernels import cpu_kernel_available, kernel_status
+
+    cpu_kernel_available()
+    print(f"# date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    print(f"# machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}; load average {load_avg()}")
+    print(f"# versions: {', '.join(versions)}")
+    print(f"# ternary kernel: {kernel_status()}")
+
+    with tempfile.TemporaryDirectory(prefix="bench_encode_") as tmp:
+        workdir = Path(tmp)
+        texts, source = benchmark_sentences(max([n, args.mpnet_n or 0, args.batch_size]))
+        sentences_file = workdir / "sentences.json"
+        sentences_file.write_text(json.dumps(texts))
+        print(f"# sentences: {source}; mean {statistics.mean(len(t.split()) for t in texts[:n]):.1f} words")
+        print(f"# settings: batch {args.batch_size}, threads {args.threads}, {args.rounds} interleaved rounds, "
+              f"batch-1 latency over {args.latency_n} sentences; backends {', '.join(args.backends)}")
+        print("# throughput = sentences / total encode seconds (tokenisation included); ratios are throughput ratios "
+              "(higher is better) except 'latency x FP32' (lower is better)", flush=True)
+        all_results: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+        for model_name in models:
+            model_dir = model_dirs[model_name]
+            m_n = (args.mpnet_n or n) if model_name == "mpnet" else n
+            onnx_path = export_onnx(model_name, model_dir, sentences_file, workdir) if "onnx-int8" in args.backends \
+                else None
+            if "ternary" in args.backends and args.saved_probe:  # prepared here so no probe pays for it
+                cmd = [sys.executable, __file__, "--worker", "save", "--model-dir", model_dir]
+                subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            for threads in args.threads:
+                res = run_cell(model_name, model_dir, threads, list(args.backends), args, workdir, sentences_file,
+                               m_n, onnx_path)
+                all_results[(model_name, threads)] = res
+                print(f"\n# {model_name}: {m_n} sentences, load average now {load_avg()}")
+                print_cell(model_name, threads, res, args.bnb_fraction)
+                sys.stdout.flush()
+        if all_results:
+            print("\n### Targets (issue 5): batch 32, 2 threads: >= 3x FP32 torch and >= 1.0x ONNX int8; "
+                  "batch-1 latency <= 1.0x FP32\n")
+            for (model_name, threads), res in all_results.items():
+                t, f, o = res.get("ternary", {}), res.get("fp32", {}), res.get("onnx-int8", {})
+                if "throughput" not in t or "throughput" not in f:
+                    continue
+                vs_f = t["throughput"] / f["throughput"]
+                vs_o = t["throughput"] / o["throughput"] if "throughput" in o else float("nan")
+                lat = t["latency_ms"] / f["latency_ms"]
+                mark = "" if threads == 2 else " (targets are stated for 2 threads)"
+                onnx_txt = "ONNX-int8 not measured" if vs_o != vs_o else (
+                    f"{vs_o:.2f}x ONNX-int8 [{'met' if vs_o >= TARGET_VS_ONNX else 'NOT met'}]")
+                print(f"# {model_name} threads={threads}: ternary {vs_f:.2f}x FP32 "
+                      f"[{'met' if vs_f >= TARGET_VS_FP32 else 'NOT met'}], {onnx_txt}, "
+                      f"batch-1 latency {lat:.2f}x FP32 "
+                      f"[{'met' if lat <= TARGET_LATENCY else 'NOT met'}]{mark}")
+        if args.profile:
+            for threads in args.threads:
+                cmd = [sys.executable, __file__, "--worker", "profile", "--model-dir", model_dirs["minilm"],
+                       "--threads", str(threads), "--batch-size", str(args.batch_size), "--sentences",
+                       str(sentences_file), "--profile-reps", str(args.profile_reps)]
+                env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+                log = workdir / f"profile-t{threads}.log"
+                with open(log, "w") as err:
+                    rc = subprocess.run(cmd, env=env, stderr=err, check=False).returncode
+                if rc != 0:
+                    print(f"# profile failed (rc={rc}): {' | '.join(log.read_text().splitlines()[-3:])}")
+        print(f"\n# load average at the end: {load_avg()}")
+
+
+if __name__ == "__main__":
+    main()
