@@ -97,7 +97,7 @@ def _read_idx(path: Path) -> np.ndarray:
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path} is not an uint8 IDX file (magic {data[:4].hex()})")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    array = np.frombuffer(bytearray(data), dtype=np.uint8, offset=4 + 4 * ndim)  # writable, for torch
     if array.size != math.prod(dims):
         raise ValueError(f"{path} is truncated: expected {math.prod(dims)} values, found {array.size}")
     return array.reshape(dims)
@@ -624,7 +624,9 @@ def _linear_probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000))
+    # standardised features, fairly strong L2 (C=0.1): converges in ~150 lbfgs iterations on 128-d
+    # embeddings, where C=1 needs ~300 for +0.5 point; the same protocol for every model compared
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
     probe.fit(x_train, y_train)
     return float(probe.score(x_test, y_test))
 
@@ -651,7 +653,7 @@ def evaluate_vision(
 ) -> dict[str, float]:
     """Linear-probe accuracy and image-to-image retrieval P@k, with retention against a teacher.
 
-    * linear probe: logistic regression (standardised features) fit on train-split embeddings, accuracy
+    * linear probe: logistic regression (standardised features, C=0.1) fit on train-split embeddings, accuracy
       on the test split;
     * retrieval: each test image queries the train images (FAISS exact inner product on the normalised
       embeddings); a hit is relevant when it has the query's label; P@k averaged over queries.

@@ -96,6 +96,18 @@ def test_embeddings_are_normalised_and_accept_every_image_form(teacher, digits):
         embed_images(model, images[0])
 
 
+def test_any_vit_folder_embeds_images_of_another_size_and_channel_count(tiny_model_dirs, digits):
+    """A user's own (pretrained) ViT folder: images are resized and channel-matched to its config."""
+    folder = tiny_model_dirs["vit"]  # 16x16, 1 channel, random weights
+    images = digits[1].images[:10]  # 8x8 gray
+    rgb = np.repeat(images[..., None], 3, axis=-1)
+    fp32 = embed_images(folder, rgb, pooling="mean")
+    assert fp32.shape == (10, 32) and np.allclose(embed_images(folder, images, pooling="mean"), fp32, atol=1e-6)
+    ternary = AutoModel.from_pretrained(folder, quantization_config=TernaryConfig()).eval()
+    got = embed_images(ternary, rgb, pooling="mean")
+    assert got.shape == fp32.shape and np.allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+
+
 def test_quantized_vit_saves_and_reloads_bit_identically(teacher, digits, tmp_path):
     images = digits[1].images[:64]
     quantized = AutoModel.from_pretrained(teacher.output_dir, quantization_config=TernaryConfig()).eval()
