@@ -12,6 +12,8 @@ in ONE run:
   ``torch.onnx.export(..., dynamo=False)`` from a separate copy, ``onnxruntime.quantization.quantize_dynamic``
   (``QInt8`` weights), then the tokenizer + mean pooling + normalisation done here (optimum-onnx, which
   sentence-transformers' ``backend="onnx"`` needs, pins transformers 4 and breaks this stack);
+* ``onnx-u8``  - (optional, ``--backends ... onnx-u8``) the same with ``QUInt8`` weights: on AVX2 without
+  VNNI, ORT's u8 x s8 path can saturate int16 pair sums, which costs accuracy (MPNet!);
 * ``qdyn``     - ``torch.ao.quantization.quantize_dynamic`` int8 on every ``nn.Linear``;
 * ``bnb-int8`` - bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with the reason
   otherwise). It is several times slower than FP32 here, so it encodes only a fraction of each round.
@@ -61,6 +63,8 @@ from pathlib import Path
 from typing import Any
 
 BACKENDS = ["fp32", "ternary", "onnx-int8", "qdyn", "bnb-int8"]
+#: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI)
+EXTRA_BACKENDS = ["onnx-u8"]
 TARGET_VS_FP32 = 3.0
 TARGET_VS_ONNX = 1.0
 TARGET_LATENCY = 1.0
@@ -204,8 +208,10 @@ class OnnxEncoder:
 
 def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | None) -> Any:
     """Returns an object with ``encode(texts, batch_size) -> np.ndarray`` (normalised or not)."""
-    if backend == "onnx-int8":
+    if backend in ("onnx-int8", "onnx-u8"):
         assert onnx_path is not None
+        if backend == "onnx-u8":
+            onnx_path = str(Path(onnx_path).with_name("model_uint8.onnx"))
         return OnnxEncoder(onnx_path, model_dir, threads)
     import torch
     from sentence_transformers import SentenceTransformer
@@ -355,6 +361,8 @@ def export_main(args: argparse.Namespace) -> None:
     tmp8 = out_dir / "model_int8.onnx.partial"
     quantize_dynamic(str(fp32_path), str(tmp8), weight_type=QuantType.QInt8)
     tmp8.replace(int8_path)
+    quantize_dynamic(str(fp32_path), str(tmp8), weight_type=QuantType.QUInt8)
+    tmp8.replace(out_dir / "model_uint8.onnx")
     # check the whole ONNX pipeline (tokenizer, pooling) against sentence-transformers on a few sentences
     from sentence_transformers import SentenceTransformer
 
@@ -586,7 +594,7 @@ def run_cell(
     workers: dict[str, Worker] = {}
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     for b in backends:  # loaded one after the other (loading is not timed)
-        if b == "onnx-int8" and onnx_path is None:
+        if b.startswith("onnx") and onnx_path is None:
             results[b] = {"skipped": "ONNX export failed (see above)"}
             continue
         out = workdir / f"{model_name}-t{threads}-{b}"
@@ -694,7 +702,7 @@ def print_cell(model_name: str, threads: int, results: dict[str, dict[str, Any]]
 def export_onnx(model_name: str, model_dir: str, sentences_file: Path, workdir: Path) -> str | None:
     onnx_dir = cache_root() / "onnx" / f"{model_name}-{model_fingerprint(model_dir)}"
     int8 = onnx_dir / "model_int8.onnx"
-    if not int8.exists():
+    if not int8.exists() or not int8.with_name("model_uint8.onnx").exists():
         print(f"# exporting {model_name} to ONNX + int8 into {onnx_dir} ...", flush=True)
         t0 = time.time()
         cmd = [sys.executable, __file__, "--worker", "export", "--model-dir", model_dir, "--onnx-dir", str(onnx_dir),
@@ -726,7 +734,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds the sentences are split into")
     parser.add_argument("--latency-n", type=int, default=None, help="single-sentence encode calls (default 100)")
-    parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS)
+    parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS + EXTRA_BACKENDS,
+                        help="default: %(default)s; onnx-u8 = ONNX Runtime with QUInt8 weights")
     parser.add_argument("--bnb-fraction", type=float, default=0.125, help="share of each round bnb-int8 encodes")
     parser.add_argument("--no-saved-probe", dest="saved_probe", action="store_false",
                         help="skip the RSS probe of the ternary model loaded from its saved 2-bit folder")
@@ -801,8 +810,8 @@ def main(argv: list[str] | None = None) -> None:
         for model_name in models:
             model_dir = model_dirs[model_name]
             m_n = (args.mpnet_n or n) if model_name == "mpnet" else n
-            onnx_path = export_onnx(model_name, model_dir, sentences_file, workdir) if "onnx-int8" in args.backends \
-                else None
+            need_onnx = any(b.startswith("onnx") for b in args.backends)
+            onnx_path = export_onnx(model_name, model_dir, sentences_file, workdir) if need_onnx else None
             if "ternary" in args.backends and args.saved_probe:  # prepared here so no probe pays for it
                 cmd = [sys.executable, __file__, "--worker", "save", "--model-dir", model_dir]
                 subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
