@@ -28,7 +28,9 @@ __all__ = ["FakeTernaryLinear", "FakeQuantEmbedding", "build_student", "to_float
 def fake_quantize_int8(x: torch.Tensor) -> torch.Tensor:
     """Per-token int8 quantize-dequantize with a straight-through gradient (identity backward)."""
     q, scale = quantize_activations_int8(x.detach())
-    return x + ((q * scale).to(x.dtype) - x).detach()
+    # ``x - x.detach()`` is exactly 0 in the forward (so the value is exactly the quantized one, as at
+    # inference) and the identity in the backward; ``x + (q - x).detach()`` would be off by a rounding.
+    return (q * scale).to(x.dtype) + (x - x.detach())
 
 
 class FakeTernaryLinear(nn.Module):
@@ -47,7 +49,7 @@ class FakeTernaryLinear(nn.Module):
             return ternarize(self.weight, self.threshold_method, self.granularity).dequantize(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight + (self.quantized_weight() - self.weight).detach()
+        w = self.quantized_weight() + (self.weight - self.weight.detach())  # exact value, identity gradient
         if self.quantize_activations:
             x = fake_quantize_int8(x)
         return F.linear(x, w, self.bias)
