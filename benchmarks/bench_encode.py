@@ -51,7 +51,6 @@ import functools
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from _machine import cpu_model, load_avg
 
 BACKENDS = ["fp32", "ternary", "onnx-int8", "qdyn", "bnb-int8"]
 #: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI)
@@ -73,19 +74,6 @@ TARGET_LATENCY = 1.0
 # --------------------------------------------------------------------------------------------------
 # machine and data
 # --------------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_avg() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def proc_status_kb(field: str) -> int | None:

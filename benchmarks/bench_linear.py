@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 import warnings
 from collections.abc import Callable
 
 import torch
+from _machine import cpu_model
 from torch import nn
 
 from ternary_hf.functional import ternary_linear_reference
@@ -45,17 +45,6 @@ SHAPES = ["384x384", "384x1536", "1536x384", "768x768", "768x3072", "3072x768"] 
 QUICK_SHAPES = ["384x1536", "768x768", "3072x768"]
 MS = [1, 16, 256, 4096]
 METHODS = ["fp32", "ours", "unpack", "qdyn"]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,19 +43,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_model
 
 from ternary_hf.search import SemanticIndex, recall_at_k
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_line() -> str:
