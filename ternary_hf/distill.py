@@ -262,6 +262,37 @@ def _checkpoints(work_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX):]))
 
 
+def warmup_cosine(warmup: int, total: int):
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+
+    return schedule
+
+
+def resume_latest(accelerator, work_dir: Path, resume: bool, total: int) -> int:
+    """Load the newest ``checkpoint-N`` in ``work_dir`` (if ``resume``) and return N, else 0."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    existing = _checkpoints(work_dir)
+    if not (resume and existing):
+        return 0
+    accelerator.load_state(str(existing[-1]))
+    step = int(existing[-1].name[len(_CHECKPOINT_PREFIX):])
+    accelerator.print(f"resuming from {existing[-1]} (step {step}/{total})")
+    return step
+
+
+def save_checkpoint(accelerator, work_dir: Path, step: int, keep: int) -> None:
+    """``save_state`` to ``checkpoint-<step>`` and keep only the newest ``keep`` checkpoints."""
+    accelerator.save_state(str(work_dir / f"{_CHECKPOINT_PREFIX}{step}"))
+    if accelerator.is_main_process:
+        for old in _checkpoints(work_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def _make_optimizer(params, cfg: DistillConfig):
     if cfg.optimizer == "adamw8bit":
         try:
@@ -333,23 +364,11 @@ def distill(
     optimizer = _make_optimizer([p for p in student.parameters() if p.requires_grad], cfg)
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        progress = (step - warmup) / max(cfg.max_steps - warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.max_steps))
     student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
     teacher_model.to(accelerator.device)
 
-    step = 0
-    work_dir.mkdir(parents=True, exist_ok=True)
-    existing = _checkpoints(work_dir)
-    if resume and existing:
-        accelerator.load_state(str(existing[-1]))
-        step = int(existing[-1].name[len(_CHECKPOINT_PREFIX):])
-        accelerator.print(f"resuming from {existing[-1]} (step {step}/{cfg.max_steps})")
+    step = resume_latest(accelerator, work_dir, resume, cfg.max_steps)
     batches = accelerator.skip_first_batches(loader, step * cfg.gradient_accumulation_steps) if step else loader
     first_step = step
 
@@ -399,17 +418,14 @@ def distill(
                         writer.writeheader()
                     writer.writerow(row)
         if step % cfg.save_every == 0 or step == cfg.max_steps or (stop_after is not None and step >= stop_after):
-            accelerator.save_state(str(work_dir / f"{_CHECKPOINT_PREFIX}{step}"))
-            if accelerator.is_main_process:
-                for old in _checkpoints(work_dir)[:-cfg.keep_checkpoints]:
-                    shutil.rmtree(old, ignore_errors=True)
+            save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints)
     bar.close()
     accelerator.wait_for_everyone()
     seconds = time.time() - started
     if step < cfg.max_steps and not out_of_time:
         return DistillResult(str(work_dir), step, seconds, last_loss, history)
     if out_of_time:
-        accelerator.save_state(str(work_dir / f"{_CHECKPOINT_PREFIX}{step}"))
+        save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints)
     if accelerator.is_main_process:
         finalize(accelerator.unwrap_model(student), teacher_st, output_dir, tcfg)
         with open(Path(output_dir) / "distillation.json", "w", encoding="utf-8") as f:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TernaryConfig
-from .distill import DistillConfig, distillation_loss
+from .distill import DistillConfig, distillation_loss, resume_latest, save_checkpoint, warmup_cosine
 from .training import build_student, to_float_model
 
 __all__ = [
@@ -77,7 +77,6 @@ _FASHION_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 _DIGITS_TEST_FRACTION = 0.25
 _DIGITS_SPLIT_SEED = 0  # the digits split is fixed: the same test images in every run
 _PIXEL_MEAN, _PIXEL_STD = 0.5, 0.5
-_CHECKPOINT_PREFIX = "checkpoint-"
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -425,11 +424,6 @@ class VisionDistillResult:
     student: nn.Module | None = field(default=None, repr=False)
 
 
-def _checkpoints(work_dir: Path) -> list[Path]:
-    found = [p for p in work_dir.glob(f"{_CHECKPOINT_PREFIX}*") if p.name[len(_CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX):]))
-
-
 def finalize_vision(student: nn.Module, teacher_dir: str | os.PathLike, output_dir: str | os.PathLike,
                     config: TernaryConfig) -> str:
     """Pack a trained student into a ternary ``save_pretrained`` folder at ``output_dir``.
@@ -543,22 +537,11 @@ def distill_vision(
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     warmup = int(warmup_ratio * steps)
 
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(steps - warmup, 1), 1.0)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, steps))
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     teacher.to(accelerator.device)
 
-    step = 0
-    work_dir.mkdir(parents=True, exist_ok=True)
-    existing = _checkpoints(work_dir)
-    if resume and existing:
-        accelerator.load_state(str(existing[-1]))
-        step = int(existing[-1].name[len(_CHECKPOINT_PREFIX):])
-        accelerator.print(f"resuming from {existing[-1]} (step {step}/{steps})")
+    step = resume_latest(accelerator, work_dir, resume, steps)
     first_step = step
     history: list[dict[str, float]] = []
     last_loss = float("nan")
@@ -586,10 +569,7 @@ def distill_vision(
         bar.update(1)
         bar.set_postfix(loss=f"{last_loss:.4f}", steps_per_s=f"{(step - first_step) / (time.time() - started):.2f}")
         if step % save_every == 0 or step == steps or (stop_after is not None and step >= stop_after):
-            accelerator.save_state(str(work_dir / f"{_CHECKPOINT_PREFIX}{step}"))
-            if accelerator.is_main_process:
-                for old in _checkpoints(work_dir)[:-2]:
-                    shutil.rmtree(old, ignore_errors=True)
+            save_checkpoint(accelerator, work_dir, step, keep=2)
     bar.close()
     accelerator.wait_for_everyone()
     seconds = time.time() - started
