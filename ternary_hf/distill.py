@@ -77,6 +77,10 @@ class DistillConfig:
     num_threads: int | None = None
     max_texts: int | None = None
     max_minutes: float | None = None
+    eval_every: int = 0
+    eval_tasks: str = "teacher-agreement"
+    eval_limit: int | None = 200
+    report_to: str = "csv"
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "save_every",
@@ -92,6 +96,10 @@ class DistillConfig:
             raise ValueError(f"DistillConfig: similarity_mode={self.similarity_mode!r}; choose 'mse' or 'kl'")
         if self.optimizer not in ("adamw", "adamw8bit"):
             raise ValueError(f"DistillConfig: optimizer={self.optimizer!r}; choose 'adamw' or 'adamw8bit'")
+        if self.eval_every < 0:
+            raise ValueError(f"DistillConfig: eval_every={self.eval_every!r} must be >= 0 (0: no periodic evaluation)")
+        if self.report_to not in ("csv", "tensorboard"):
+            raise ValueError(f"DistillConfig: report_to={self.report_to!r}; choose 'csv' or 'tensorboard'")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"DistillConfig: mixed_precision={self.mixed_precision!r}; choose no, fp16 or bf16")
 
@@ -293,6 +301,84 @@ def save_checkpoint(accelerator, work_dir: Path, step: int, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+class _MetricsLog:
+    """Training metrics to ``metrics.csv`` (always) and TensorBoard (``report_to="tensorboard"``).
+
+    Evaluation rows carry other columns than loss rows, so they go to their own ``evals.csv``."""
+
+    def __init__(self, accelerator, work_dir: Path, report_to: str):
+        self.accelerator, self.work_dir = accelerator, work_dir
+        self.tensorboard = report_to == "tensorboard"
+        if self.tensorboard:
+            accelerator.init_trackers("distill")
+
+    def write(self, row: dict[str, float], file: str = "metrics.csv") -> None:
+        if self.tensorboard:
+            self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+        if not self.accelerator.is_main_process:
+            return
+        path = self.work_dir / file
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def close(self) -> None:
+        if self.tensorboard:
+            self.accelerator.end_training()
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def student_pipeline(teacher_st, student: nn.Module):
+    """A sentence-transformers pipeline that runs ``student`` with the teacher's tokenizer, pooling
+    and normalisation. Built once per run: a copy of the teacher's modules around the student."""
+    import copy
+
+    first = teacher_st[0]
+    held = first.model
+    first.model = nn.Identity()  # do not copy the teacher's weights: the student replaces them
+    try:
+        pipeline = copy.deepcopy(teacher_st)
+    finally:
+        first.model = held
+    pipeline[0].model = student
+    return pipeline
+
+
+def evaluate_student(pipeline, teacher_st, cfg: DistillConfig, step: int) -> dict[str, float]:
+    """Evaluate the training-form student inside ``pipeline`` (see :func:`student_pipeline`) against
+    the teacher. The student's forward equals the packed model's, so these are the numbers
+    :func:`ternary_hf.evaluation.evaluate` gives the finalized model, up to float rounding."""
+    from .evaluation import evaluate
+
+    student = pipeline[0].model
+    was_training = student.training
+    student.eval()
+    try:
+        result = evaluate(pipeline, teacher=teacher_st, tasks=cfg.eval_tasks, limit=cfg.eval_limit,
+                          show_progress_bar=False, label=f"step {step}")
+    finally:
+        student.train(was_training)
+    row: dict[str, float] = {"step": step}
+    for m in result.metrics:
+        row[f"{m.task}/{m.metric}"] = m.student if m.student is not None else float("nan")
+        if m.retention is not None:
+            row[f"{m.task}/{m.metric}/retention_pct"] = m.retention
+    return row
+
+
 def _make_optimizer(params, cfg: DistillConfig):
     if cfg.optimizer == "adamw8bit":
         try:
@@ -337,6 +423,13 @@ def distill(
     tcfg = ternary_config or TernaryConfig()
     output_dir = Path(output_dir)
     work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
+    if cfg.eval_every:
+        from .evaluation import _resolve_tasks
+
+        _resolve_tasks(cfg.eval_tasks, has_teacher=True)  # a typo fails now, not after an hour of training
+    if cfg.report_to == "tensorboard" and not _tensorboard_available():
+        raise ImportError("report_to='tensorboard' needs the tensorboard package: pip install tensorboard "
+                          "(or use report_to='csv', which writes metrics.csv)")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     # cpu=True on a machine without an accelerator lets accelerate see a torchrun/mpirun launch as
@@ -345,7 +438,9 @@ def distill(
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               mixed_precision=cfg.mixed_precision, cpu=no_accelerator,
                               # the pooler (and any head) gets no gradient from an embedding loss
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                              log_with="tensorboard" if cfg.report_to == "tensorboard" else None,
+                              project_dir=str(work_dir))
     set_seed(cfg.seed)
 
     teacher_st, teacher_model, tokenizer = _load_teacher(teacher)
@@ -372,7 +467,8 @@ def distill(
     batches = accelerator.skip_first_batches(loader, step * cfg.gradient_accumulation_steps) if step else loader
     first_step = step
 
-    metrics_path = work_dir / "metrics.csv"
+    log = _MetricsLog(accelerator, work_dir, cfg.report_to)
+    eval_pipeline = None
     history: list[dict[str, float]] = []
     bar = tqdm(total=cfg.max_steps, initial=step, desc="distilling", disable=not show_progress_bar
                or not accelerator.is_local_main_process, unit="step")
@@ -410,16 +506,20 @@ def distill(
             row = {"step": step, "loss": last_loss, **parts, "lr": scheduler.get_last_lr()[0],
                    "elapsed_s": time.time() - started}
             history.append(row)
+            log.write(row)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             if accelerator.is_main_process:
-                new = not metrics_path.exists()
-                with open(metrics_path, "a", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=list(row))
-                    if new:
-                        writer.writeheader()
-                    writer.writerow(row)
+                if eval_pipeline is None:
+                    eval_pipeline = student_pipeline(teacher_st, accelerator.unwrap_model(student))
+                evaluated = evaluate_student(eval_pipeline, teacher_st, cfg, step)
+                log.write(evaluated, "evals.csv")
+                bar.write(f"eval at step {step}: " + ", ".join(
+                    f"{k}={v:.4f}" for k, v in evaluated.items() if k != "step" and not k.endswith("_pct")))
+            accelerator.wait_for_everyone()
         if step % cfg.save_every == 0 or step == cfg.max_steps or (stop_after is not None and step >= stop_after):
             save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints)
     bar.close()
+    log.close()
     accelerator.wait_for_everyone()
     seconds = time.time() - started
     if step < cfg.max_steps and not out_of_time:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -149,3 +150,32 @@ def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
     model = SentenceTransformer(str(out), device="cpu")
     assert model.encode(["the cat"]).shape == (1, 32)
     assert sorted(p.name for p in (tmp_path / "ddp.work").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_periodic_evaluation_reports_what_the_finalized_model_scores(tiny_st_dir, tmp_path):
+    from ternary_hf.evaluation import evaluate
+
+    texts = tiny_sentences(60)
+    cfg = DistillConfig(max_steps=4, eval_every=2, eval_tasks="teacher-agreement", eval_limit=30,
+                        report_to="tensorboard", **FAST)
+    distill(tiny_st_dir, tmp_path / "out", texts=texts, config=cfg, show_progress_bar=False)
+    with open(tmp_path / "out.work" / "evals.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    final = evaluate(str(tmp_path / "out"), teacher=tiny_st_dir, tasks="teacher-agreement", limit=30,
+                     show_progress_bar=False)
+    for metric in ("spearman_pair_similarity", "mean_cosine"):
+        logged = float(rows[-1][f"teacher-agreement/{metric}"])
+        assert logged == pytest.approx(final.get("teacher-agreement", metric).student, abs=0.01), metric
+    assert list((tmp_path / "out.work").rglob("events.out.tfevents.*")), "no TensorBoard event file written"
+
+
+def test_periodic_evaluation_and_reporting_errors_come_before_training(tiny_st_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        distill(tiny_st_dir, tmp_path / "o", texts=["a b"] * 20,
+                config=DistillConfig(max_steps=2, eval_every=1, eval_tasks="sts-b", **FAST))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.work").exists()
+    with pytest.raises(ValueError, match="report_to"):
+        DistillConfig(report_to="wandb")
+    with pytest.raises(ValueError, match="eval_every"):
+        DistillConfig(eval_every=-1)

@@ -42,6 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=d.optimizer)
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision)
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--eval-every", type=int, default=d.eval_every,
+                        help="evaluate the student against the teacher every N steps (0: off); see --eval-tasks")
+    parser.add_argument("--eval-tasks", default=d.eval_tasks, help="evaluation tasks for --eval-every (comma list)")
+    parser.add_argument("--eval-limit", type=int, default=d.eval_limit, help="texts per split for --eval-every")
+    parser.add_argument("--report-to", choices=["csv", "tensorboard"], default=d.report_to,
+                        help="metrics.csv always; tensorboard adds event files in the work dir")
     parser.add_argument("--work-dir", default=None, help="checkpoints + metrics.csv (default: OUT.work)")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
     add_config_arguments(parser)
@@ -58,11 +64,12 @@ def run(args: argparse.Namespace) -> int:
             pooled_cosine=args.pooled_cosine, pooled_mse=args.pooled_mse, layer_mse=args.layer_mse,
             similarity=args.similarity, similarity_mode=args.similarity_mode, mask_padding=not args.no_mask_padding,
             save_every=args.save_every, optimizer=args.optimizer, mixed_precision=args.mixed_precision,
-            seed=args.seed, max_minutes=args.minutes,
+            seed=args.seed, max_minutes=args.minutes, eval_every=args.eval_every, eval_tasks=args.eval_tasks,
+            eval_limit=args.eval_limit, report_to=args.report_to,
         )
         result = distill(args.teacher, args.output, texts=args.data, ternary_config=config_from_args(args),
                          config=config, work_dir=args.work_dir, resume=not args.no_resume)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         print(f"ternary-hf distill: error: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") != "0":  # one report per multi-process launch
