@@ -51,7 +51,16 @@ _CHECKPOINT_PREFIX = "checkpoint-"
 
 @dataclass
 class DistillConfig:
-    """Hyper-parameters of a distillation run (defaults measured on all-MiniLM-L6-v2, see README)."""
+    """Hyper-parameters of a distillation run (defaults measured on all-MiniLM-L6-v2, see README).
+
+    The loss weights are described in the module docstring. ``max_minutes`` is a training-time
+    budget (periodic evaluation not counted, resumed sessions added up): the run stops at the first
+    of ``max_steps`` / ``max_minutes`` and the learning rate decays along whichever runs out first.
+    ``eval_every`` evaluates the student against the teacher every N steps with
+    :func:`ternary_hf.evaluation.evaluate` (``eval_tasks``, ``eval_limit`` texts per split) and
+    appends the numbers to ``evals.csv`` in the work dir. ``report_to="tensorboard"`` also writes
+    the metrics as TensorBoard events there (``pip install tensorboard``).
+    """
 
     max_steps: int = 300
     batch_size: int = 32
@@ -270,33 +279,55 @@ def _checkpoints(work_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX):]))
 
 
-def warmup_cosine(warmup: int, total: int):
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+def warmup_cosine(warmup: int, total: int, time_fraction=None):
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``.
+
+    ``time_fraction`` (a callable giving the used share of a time budget, 0..1) makes the decay follow
+    whichever runs out first, steps or time, so a run cut by its budget still ends annealed instead of
+    stopping at a high learning rate. (That run then depends on the machine's speed: not reproducible
+    bit for bit, unlike a step-bounded one.)"""
 
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+        done = (step - warmup) / max(total - warmup, 1)
+        if time_fraction is not None:
+            done = max(done, time_fraction())
+        return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
 
     return schedule
 
 
+_TRAINER_STATE = "trainer_state.json"
+
+
 def resume_latest(accelerator, work_dir: Path, resume: bool, total: int) -> int:
     """Load the newest ``checkpoint-N`` in ``work_dir`` (if ``resume``) and return N, else 0."""
+    return resume_latest_with_time(accelerator, work_dir, resume, total)[0]
+
+
+def resume_latest_with_time(accelerator, work_dir: Path, resume: bool, total: int) -> tuple[int, float]:
+    """As :func:`resume_latest`, plus the training seconds spent before that checkpoint (a time
+    budget counts across resumes)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     existing = _checkpoints(work_dir)
     if not (resume and existing):
-        return 0
+        return 0, 0.0
     accelerator.load_state(str(existing[-1]))
     step = int(existing[-1].name[len(_CHECKPOINT_PREFIX):])
+    state_file = existing[-1] / _TRAINER_STATE
+    elapsed = float(json.loads(state_file.read_text())["elapsed_s"]) if state_file.is_file() else 0.0
     accelerator.print(f"resuming from {existing[-1]} (step {step}/{total})")
-    return step
+    return step, elapsed
 
 
-def save_checkpoint(accelerator, work_dir: Path, step: int, keep: int) -> None:
+def save_checkpoint(accelerator, work_dir: Path, step: int, keep: int, elapsed_s: float | None = None) -> None:
     """``save_state`` to ``checkpoint-<step>`` and keep only the newest ``keep`` checkpoints."""
     accelerator.save_state(str(work_dir / f"{_CHECKPOINT_PREFIX}{step}"))
     if accelerator.is_main_process:
+        if elapsed_s is not None:
+            state = {"step": step, "elapsed_s": elapsed_s}
+            (work_dir / f"{_CHECKPOINT_PREFIX}{step}" / _TRAINER_STATE).write_text(json.dumps(state))
         for old in _checkpoints(work_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -379,6 +410,11 @@ def evaluate_student(pipeline, teacher_st, cfg: DistillConfig, step: int) -> dic
     return row
 
 
+def _minutes(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
 def _make_optimizer(params, cfg: DistillConfig):
     if cfg.optimizer == "adamw8bit":
         try:
@@ -459,11 +495,18 @@ def distill(
     optimizer = _make_optimizer([p for p in student.parameters() if p.requires_grad], cfg)
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.max_steps))
+    clock = {"before": 0.0, "started": time.time()}  # training seconds of earlier sessions + this one's start
+
+    def elapsed() -> float:
+        return clock["before"] + time.time() - clock["started"]
+
+    budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
+    time_fraction = (lambda: elapsed() / budget_s) if budget_s else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.max_steps, time_fraction))
     student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
     teacher_model.to(accelerator.device)
 
-    step = resume_latest(accelerator, work_dir, resume, cfg.max_steps)
+    step, clock["before"] = resume_latest_with_time(accelerator, work_dir, resume, cfg.max_steps)
     batches = accelerator.skip_first_batches(loader, step * cfg.gradient_accumulation_steps) if step else loader
     first_step = step
 
@@ -472,14 +515,14 @@ def distill(
     history: list[dict[str, float]] = []
     bar = tqdm(total=cfg.max_steps, initial=step, desc="distilling", disable=not show_progress_bar
                or not accelerator.is_local_main_process, unit="step")
-    started = time.time()
+    started = clock["started"] = time.time()
     running, last_loss = None, float("nan")
     micro = 0
     out_of_time = False
     for batch in batches:
         if step >= cfg.max_steps or (stop_after is not None and step >= stop_after):
             break
-        if cfg.max_minutes is not None and time.time() - started > cfg.max_minutes * 60 and micro == 0:
+        if budget_s is not None and elapsed() > budget_s and micro == 0:
             out_of_time = True  # a time budget ends the run at an optimizer-step boundary; finalize what we have
             accelerator.print(f"time budget of {cfg.max_minutes} min reached at step {step}/{cfg.max_steps}")
             break
@@ -501,13 +544,18 @@ def distill(
         last_loss = float(loss.detach())
         running = last_loss if running is None else 0.9 * running + 0.1 * last_loss
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", steps_per_s=f"{(step - first_step) / (time.time() - started):.2f}")
+        rate = (step - first_step) / max(time.time() - clock["started"], 1e-9)
+        left = (cfg.max_steps - step) / rate
+        if budget_s is not None:
+            left = min(left, max(budget_s - elapsed(), 0.0))
+        bar.set_postfix(loss=f"{running:.4f}", steps_per_s=f"{rate:.2f}", eta=_minutes(left))
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             row = {"step": step, "loss": last_loss, **parts, "lr": scheduler.get_last_lr()[0],
-                   "elapsed_s": time.time() - started}
+                   "elapsed_s": elapsed()}
             history.append(row)
             log.write(row)
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            eval_started = time.time()
             if accelerator.is_main_process:
                 if eval_pipeline is None:
                     eval_pipeline = student_pipeline(teacher_st, accelerator.unwrap_model(student))
@@ -516,8 +564,9 @@ def distill(
                 bar.write(f"eval at step {step}: " + ", ".join(
                     f"{k}={v:.4f}" for k, v in evaluated.items() if k != "step" and not k.endswith("_pct")))
             accelerator.wait_for_everyone()
+            clock["started"] += time.time() - eval_started  # evaluation is not training time
         if step % cfg.save_every == 0 or step == cfg.max_steps or (stop_after is not None and step >= stop_after):
-            save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints)
+            save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints, elapsed())
     bar.close()
     log.close()
     accelerator.wait_for_everyone()
@@ -525,7 +574,7 @@ def distill(
     if step < cfg.max_steps and not out_of_time:
         return DistillResult(str(work_dir), step, seconds, last_loss, history)
     if out_of_time:
-        save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints)
+        save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints, elapsed())
     if accelerator.is_main_process:
         finalize(accelerator.unwrap_model(student), teacher_st, output_dir, tcfg)
         with open(Path(output_dir) / "distillation.json", "w", encoding="utf-8") as f:

@@ -179,3 +179,23 @@ def test_periodic_evaluation_and_reporting_errors_come_before_training(tiny_st_d
         DistillConfig(report_to="wandb")
     with pytest.raises(ValueError, match="eval_every"):
         DistillConfig(eval_every=-1)
+
+
+def test_time_budget_stops_the_run_annealed_and_counts_across_resumes(tiny_st_dir, tmp_path):
+    from ternary_hf.distill import warmup_cosine
+
+    schedule = warmup_cosine(2, 100, time_fraction=lambda: 1.0)
+    assert schedule(0) == 0.5 and schedule(10) == 0.0  # warm-up by steps, then the time budget rules
+    assert warmup_cosine(2, 100)(51) == pytest.approx(0.5, abs=0.02)
+
+    texts = tiny_sentences(200)
+    cfg = DistillConfig(max_steps=100000, max_minutes=0.05, learning_rate=1e-3, **FAST)
+    result = distill(tiny_st_dir, tmp_path / "timed", texts=texts, config=cfg, show_progress_bar=False)
+    assert 0 < result.steps < 100000
+    info = json.loads((tmp_path / "timed" / "distillation.json").read_text())
+    assert info["stopped_by_time_budget"] is True
+    assert result.losses[-1]["lr"] < 0.25 * cfg.learning_rate  # decayed with the clock, not the step count
+    assert result.losses[-1]["elapsed_s"] >= 0.05 * 60
+    # a resumed run continues the clock: the budget is already spent, so it stops at once
+    again = distill(tiny_st_dir, tmp_path / "timed", texts=texts, config=cfg, show_progress_bar=False)
+    assert again.steps == result.steps
