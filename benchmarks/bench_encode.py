@@ -63,6 +63,8 @@ from typing import Any
 
 from _machine import cpu_model, load_avg
 
+from ternary_hf.onnx_baseline import OnnxEncoder
+
 BACKENDS = ["fp32", "ternary", "onnx-int8", "qdyn", "bnb-int8"]
 #: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI)
 EXTRA_BACKENDS = ["onnx-u8"]
@@ -145,53 +147,6 @@ def _set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-class OnnxEncoder:
-    """Tokenizer + ONNX Runtime session + mean pooling + L2 normalisation (what ``encode`` does).
-
-    Uses the ``tokenizers`` library directly (no torch in this process), with the model folder's
-    ``tokenizer.json``, truncation at ``max_seq_length`` and padding to the longest text of the batch;
-    texts are sorted by length first, as ``SentenceTransformer.encode`` does.
-    """
-
-    def __init__(self, onnx_path: str, model_dir: str, threads: int) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
-        st_cfg = json.loads((Path(model_dir) / "sentence_bert_config.json").read_text())
-        special = json.loads((Path(model_dir) / "special_tokens_map.json").read_text())
-        pad = special.get("pad_token", "[PAD]")
-        pad = pad["content"] if isinstance(pad, dict) else pad
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=int(st_cfg["max_seq_length"]))
-        self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad), pad_token=pad)
-        self.input_names = {i.name for i in self.session.get_inputs()}
-
-    def encode(self, texts: Sequence[str], batch_size: int) -> Any:
-        import numpy as np
-
-        order = np.argsort([-len(t) for t in texts], kind="stable")
-        out: list[Any] = [None] * len(texts)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            encs = self.tokenizer.encode_batch([texts[i] for i in idx])
-            ids = np.array([e.ids for e in encs], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": mask}
-            hidden = self.session.run(None, {k: v for k, v in feeds.items() if k in self.input_names})[0]
-            m = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
-            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-            for j, i in enumerate(idx):
-                out[i] = pooled[j]
-        return np.stack(out)
 
 
 def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | None) -> Any:
@@ -316,41 +271,12 @@ def worker_main(args: argparse.Namespace) -> None:
 def export_main(args: argparse.Namespace) -> None:
     """Export a separate copy of the model to ONNX (fp32), quantize it to int8, check the ONNX pipeline."""
     import numpy as np
-    import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from transformers import AutoModel
+
+    from ternary_hf.onnx_baseline import export_onnx
 
     warnings.simplefilter("ignore")
     out_dir = Path(args.onnx_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fp32_path, int8_path = out_dir / "model.onnx", out_dir / "model_int8.onnx"
-    model = AutoModel.from_pretrained(args.model_dir).eval()  # a copy of its own: tracing can alter a model
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    ids = torch.randint(5, 1000, (2, 16))
-    mask = torch.ones_like(ids)
-    mask[1, 10:] = 0
-    tmp = out_dir / "model.onnx.partial"
-    with torch.no_grad():
-        torch.onnx.export(
-            Wrapper(model), (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-            dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-                          "last_hidden_state": {0: "batch", 1: "seq"}},
-        )
-    tmp.replace(fp32_path)
-    tmp8 = out_dir / "model_int8.onnx.partial"
-    quantize_dynamic(str(fp32_path), str(tmp8), weight_type=QuantType.QInt8)
-    tmp8.replace(int8_path)
-    quantize_dynamic(str(fp32_path), str(tmp8), weight_type=QuantType.QUInt8)
-    tmp8.replace(out_dir / "model_uint8.onnx")
+    fp32_path = export_onnx(args.model_dir, out_dir)["fp32"]
     # check the whole ONNX pipeline (tokenizer, pooling) against sentence-transformers on a few sentences
     from sentence_transformers import SentenceTransformer
 

@@ -1,32 +1,64 @@
-"""Distill the bundled all-MiniLM-L6-v2 into a ternary model and compare it with plain ternarization.
+"""Distill the bundled all-MiniLM-L6-v2 into a ternary model and compare it with its FP32 teacher.
 
-    python examples/distill_minilm.py [OUT_DIR] [STEPS]
+    python examples/distill_minilm.py [OUT_DIR] [--steps 300] [--batch-size 32] [--minutes M] [--limit 500]
+    python examples/distill_minilm.py out --steps 2 --batch-size 4 --limit 30   # a smoke run, under a minute
 
 The teacher is the FP32 model itself; the student learns on the bundled real corpora (training splits
-only). Killed runs resume from OUT_DIR.work. Scale out with
-``torchrun --nproc_per_node N examples/distill_minilm.py`` (CPU, gloo) or ``accelerate launch`` on GPUs.
+only). Killed runs resume from OUT_DIR.work. Afterwards the distilled model is scored against the teacher
+with :func:`ternary_hf.evaluation.evaluate` on ``--limit`` texts per split (``--limit 0``: skip it); the
+table is printed and saved as ``OUT_DIR/eval_results.json``, which ``ternary-hf push`` puts in the model
+card. Scale out with ``torchrun --nproc_per_node N examples/distill_minilm.py`` (CPU, gloo) or
+``accelerate launch`` on GPUs. The second positional argument (STEPS) is the older spelling of ``--steps``.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import os
+from pathlib import Path
 
 from ternary_hf import TernaryConfig
 from ternary_hf.defaults import default_model_path
 from ternary_hf.distill import DistillConfig, distill
 
 
-def main(out_dir: str = "minilm-ternary-distilled", steps: str = "300") -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir", nargs="?", default="minilm-ternary-distilled", help="where the ternary model goes")
+    p.add_argument("positional_steps", nargs="?", type=int, default=None, metavar="STEPS",
+                   help="same as --steps (kept for the older command line)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300)")
+    p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size, help="texts per step (default 32)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget: stop and finalize after this many minutes (default: none)")
+    p.add_argument("--limit", type=int, default=500,
+                   help="evaluation: at most N texts per split of each data set (default 500; 0: no evaluation)")
+    p.add_argument("--tasks", nargs="+", metavar="TASK", default=None,
+                   help="evaluation tasks (default: all; see ternary_hf.evaluation.TASKS)")
+    args = p.parse_args(argv)
+    if args.steps is not None and args.positional_steps is not None and args.steps != args.positional_steps:
+        p.error(f"STEPS ({args.positional_steps}) and --steps ({args.steps}) disagree; give one of them")
+    if args.steps is None:
+        args.steps = args.positional_steps if args.positional_steps is not None else DistillConfig.max_steps
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     teacher = default_model_path()
-    result = distill(teacher, out_dir, ternary_config=TernaryConfig(), config=DistillConfig(max_steps=int(steps)))
+    config = DistillConfig(max_steps=args.steps, batch_size=args.batch_size, max_minutes=args.minutes)
+    result = distill(teacher, args.out_dir, ternary_config=TernaryConfig(), config=config)
     print(f"{result.steps} steps in {result.seconds / 60:.1f} min -> {result.output_dir}")
+    if args.limit <= 0 or os.environ.get("RANK", "0") != "0" or not (Path(args.out_dir) / "config.json").is_file():
+        return  # evaluation switched off, not the main process of a torchrun launch, or nothing finalized
     try:
         from ternary_hf.evaluation import evaluate
     except ImportError:
         return
-    report = evaluate(out_dir, teacher=teacher, limit=500)
+    report = evaluate(args.out_dir, teacher=teacher, tasks=args.tasks, limit=args.limit)
+    report.to_json(Path(args.out_dir) / "eval_results.json")
     print(report.to_table())
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main()

@@ -322,14 +322,26 @@ def resume_latest_with_time(accelerator, work_dir: Path, resume: bool, total: in
 
 
 def save_checkpoint(accelerator, work_dir: Path, step: int, keep: int, elapsed_s: float | None = None) -> None:
-    """``save_state`` to ``checkpoint-<step>`` and keep only the newest ``keep`` checkpoints."""
-    accelerator.save_state(str(work_dir / f"{_CHECKPOINT_PREFIX}{step}"))
+    """``save_state`` to ``checkpoint-<step>`` and keep only the newest ``keep`` checkpoints.
+
+    The state is written to a hidden ``.checkpoint-<step>.partial`` folder and renamed when complete:
+    a run killed while saving leaves its previous checkpoint as the newest one, never a torn one."""
+    final = work_dir / f"{_CHECKPOINT_PREFIX}{step}"
+    partial = work_dir / f".{_CHECKPOINT_PREFIX}{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if elapsed_s is not None:
-            state = {"step": step, "elapsed_s": elapsed_s}
-            (work_dir / f"{_CHECKPOINT_PREFIX}{step}" / _TRAINER_STATE).write_text(json.dumps(state))
+            (partial / _TRAINER_STATE).write_text(json.dumps({"step": step, "elapsed_s": elapsed_s}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)
         for old in _checkpoints(work_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 class _MetricsLog:

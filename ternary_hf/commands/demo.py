@@ -1,50 +1,55 @@
-"""``ternary-hf demo``: the main job on the bundled all-MiniLM-L6-v2.
-
-Today: ternarize the bundled model, save it as 2-bit safetensors, reload it with
-sentence-transformers, and print size ratio and teacher-vs-ternary cosine. A re-run reuses the
-saved folder (pass ``--fresh`` to rebuild).
-"""
+"""``ternary-hf demo``: the main job on the bundled all-MiniLM-L6-v2 (see :mod:`ternary_hf.demo`)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from ._common import add_config_arguments, config_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="run the main job on the bundled all-MiniLM-L6-v2")
-    parser.add_argument("--out", default="ternary-minilm-l6", help="output folder (default: ./ternary-minilm-l6)")
-    parser.add_argument("--fresh", action="store_true", help="rebuild even if OUT exists")
+    from ..demo import DemoConfig
+
+    d = DemoConfig()
+    parser = subparsers.add_parser(
+        "demo", help="the main job: quantize, distill, evaluate, benchmark and search with the bundled MiniLM",
+        description="quantize -> distill -> save 2-bit safetensors -> reload -> evaluate vs FP32 -> speed vs FP32 "
+        "and ONNX-int8 -> FAISS search over 20 Newsgroups -> summary table, plot and model card in OUT. "
+        "Results are cached in OUT.work: a re-run is fast, an interrupted run resumes.",
+    )
+    parser.add_argument("--out", default=d.out, help=f"output folder (default: ./{d.out})")
+    parser.add_argument("--teacher", default=None, help="float sentence-transformers folder (default: bundled MiniLM)")
+    parser.add_argument("--minutes", type=float, default=d.minutes, help="distillation time budget in minutes")
+    parser.add_argument("--steps", type=int, default=d.max_steps, help="at most this many distillation steps")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--max-length", type=int, default=d.max_length)
+    parser.add_argument("--lr", type=float, default=None, help="distillation learning rate")
+    parser.add_argument("--eval-limit", type=int, default=d.eval_limit, help="texts per evaluation split")
+    parser.add_argument("--speed-sentences", type=int, default=d.speed_sentences)
+    parser.add_argument("--index-docs", type=int, default=d.index_docs, help="20NG posts in the search demo")
+    parser.add_argument("--queries", type=int, default=d.n_queries, help="number of example queries")
+    parser.add_argument("--repo-id", default=d.repo_id, help="repo id written into the model card")
+    parser.add_argument("--fresh", action="store_true", help="ignore the cache in OUT.work and redo everything")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from sentence_transformers import SentenceTransformer
+    from ..demo import DemoConfig, run_demo
 
-    from ..defaults import default_model_path
-    from ..quantize import QuantizeReport, quantize_folder
-
-    out = Path(args.out)
-    report_file = out / "ternary_quantize.json"
-    if report_file.is_file() and not args.fresh:
-        report = QuantizeReport(**json.loads(report_file.read_text()))
-        print(f"reusing {out} (pass --fresh to rebuild)")
-    else:
-        try:
-            source = default_model_path()
-        except ImportError as exc:
-            print(f"ternary-hf demo: error: {exc}", file=sys.stderr)
-            return 1
-        report = quantize_folder(source, out, config=config_from_args(args), overwrite=True)
-    reloaded = SentenceTransformer(str(out), device="cpu")
-    queries = ["How do I ternarize an embedding model?", "Ternary weights make models small."]
-    emb = reloaded.encode(queries, normalize_embeddings=True)
-    print(report.summary())
-    print(f"reloaded with sentence-transformers: {emb.shape[0]} embeddings of dim {emb.shape[1]}, "
-          f"cos(q0, q1) = {float(emb[0] @ emb[1]):.3f}")
+    try:
+        cfg = DemoConfig(out=args.out, teacher=args.teacher, minutes=args.minutes, max_steps=args.steps,
+                         batch_size=args.batch_size, max_length=args.max_length, learning_rate=args.lr,
+                         eval_limit=args.eval_limit, speed_sentences=args.speed_sentences,
+                         index_docs=args.index_docs, n_queries=args.queries, repo_id=args.repo_id,
+                         fresh=args.fresh, ternary_config=config_from_args(args))
+        run_demo(cfg)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.out} is untouched; run the same command again to resume "
+              f"(cached stages and distillation checkpoints are in {args.out}.work)", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"ternary-hf demo: error: {exc}", file=sys.stderr)
+        return 1
     return 0
