@@ -246,7 +246,11 @@ def _load_model(model: Any, role: str, device: str | None) -> tuple[Any, str]:
 
     if isinstance(model, SentenceTransformer):
         try:
-            name = model[0].auto_model.config._name_or_path or type(model).__name__
+            auto_model = model[0].auto_model
+            name = auto_model.config._name_or_path or type(model).__name__
+            # quantized on load from a float folder: the path alone would name the float model
+            if getattr(auto_model, "is_quantized", False) and not _saved_quantized(str(name)):
+                name = f"{name} (quantized on load)"
         except (AttributeError, IndexError, TypeError):
             name = type(model).__name__
         return model, str(name)
@@ -265,6 +269,15 @@ def _load_model(model: Any, role: str, device: str | None) -> tuple[Any, str]:
     except OSError as exc:
         raise FileNotFoundError(f"{hint}\n({exc})") from exc
     return loaded, str(path)
+
+
+def _saved_quantized(path: str) -> bool:
+    """Whether the folder at ``path`` holds a quantized checkpoint (config.json has a quantization_config)."""
+    config = Path(path) / "config.json"
+    try:
+        return "quantization_config" in json.loads(config.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _state_dict_bytes(model: Any) -> int:

@@ -293,3 +293,16 @@ def test_cli_eval_bad_task_exits_2_with_the_allowed_tasks(minilm_path, capsys):
 def test_cli_eval_missing_model_exits_2(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope"), "--tasks", "r8-classification"]) == 2
     assert "not a sentence-transformers folder" in capsys.readouterr().err
+
+
+def test_a_model_quantized_on_load_is_not_named_as_its_float_source(tiny_st_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from ternary_hf import TernaryConfig
+
+    on_the_fly = SentenceTransformer(tiny_st_dir, device="cpu", model_kwargs={"quantization_config": TernaryConfig()})
+    _, name = ev._load_model(on_the_fly, "model", None)
+    assert name.endswith("(quantized on load)")
+    on_the_fly.save(str(tmp_path / "saved"))
+    _, name = ev._load_model(SentenceTransformer(str(tmp_path / "saved"), device="cpu"), "model", None)
+    assert "quantized on load" not in name
