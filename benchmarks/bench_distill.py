@@ -30,8 +30,9 @@ def main() -> None:
     parser.add_argument("--teacher", default=None, help="FP32 model folder (default: bundled all-MiniLM-L6-v2)")
     parser.add_argument("--out", default="runs/bench_distill")
     parser.add_argument("--minutes", type=float, default=30.0, help="time budget per recipe")
-    parser.add_argument("--steps", type=int, default=300, help="schedule length (the budget may stop earlier)")
-    parser.add_argument("--limit", type=int, default=2000, help="evaluation subset size per task")
+    parser.add_argument("--steps", type=int, default=5000,
+                        help="at most this many steps (by default the time budget ends the run, LR annealed with it)")
+    parser.add_argument("--limit", type=int, default=500, help="evaluation subset size per task")
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     args = parser.parse_args()
 
@@ -60,10 +61,16 @@ def main() -> None:
         info = json.loads((target / "distillation.json").read_text())
         models[f"distilled, {name} recipe ({info['steps']} steps, {info['seconds'] / 60:.0f} min)"] = str(target)
 
+    from ternary_hf.evaluation import EvaluationResult
+
     results = []
-    for label, model in models.items():
-        result = evaluate(model, teacher=teacher, limit=args.limit, label=label)
-        result.to_json(out / f"eval_{len(results)}.json")
+    for i, (label, model) in enumerate(models.items()):
+        cached = out / f"eval_{i}_limit{args.limit}.json"
+        if cached.is_file() and EvaluationResult.from_json(cached).label == label:
+            result = EvaluationResult.from_json(cached)  # re-running the script only redoes what is missing
+        else:
+            result = evaluate(model, teacher=teacher, limit=args.limit, label=label)
+            result.to_json(cached)
         results.append(result)
         print(result.to_table())
     rows = sorted({(m.task, m.metric) for r in results for m in r.metrics})

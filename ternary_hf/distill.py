@@ -62,9 +62,9 @@ class DistillConfig:
     the metrics as TensorBoard events there (``pip install tensorboard``).
     """
 
-    max_steps: int = 300
+    max_steps: int = 800
     batch_size: int = 32
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-4
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     gradient_accumulation_steps: int = 1
