@@ -1,6 +1,6 @@
 """Distill the bundled all-MiniLM-L6-v2 into a ternary model and compare it with its FP32 teacher.
 
-    python examples/distill_minilm.py [OUT_DIR] [--steps 300] [--batch-size 32] [--minutes M] [--limit 500]
+    python examples/distill_minilm.py [OUT_DIR] [--steps 800] [--batch-size 32] [--minutes 30] [--limit 500]
     python examples/distill_minilm.py out --steps 2 --batch-size 4 --limit 30   # a smoke run, under a minute
 
 The teacher is the FP32 model itself; the student learns on the bundled real corpora (training splits
@@ -8,7 +8,7 @@ only). Killed runs resume from OUT_DIR.work. Afterwards the distilled model is s
 with :func:`ternary_hf.evaluation.evaluate` on ``--limit`` texts per split (``--limit 0``: skip it); the
 table is printed and saved as ``OUT_DIR/eval_results.json``, which ``ternary-hf push`` puts in the model
 card. Scale out with ``torchrun --nproc_per_node N examples/distill_minilm.py`` (CPU, gloo) or
-``accelerate launch`` on GPUs. The second positional argument (STEPS) is the older spelling of ``--steps``.
+``accelerate launch`` on GPUs.
 """
 
 from __future__ import annotations
@@ -25,22 +25,16 @@ from ternary_hf.distill import DistillConfig, distill
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out_dir", nargs="?", default="minilm-ternary-distilled", help="where the ternary model goes")
-    p.add_argument("positional_steps", nargs="?", type=int, default=None, metavar="STEPS",
-                   help="same as --steps (kept for the older command line)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300)")
+    p.add_argument("--steps", type=int, default=DistillConfig.max_steps,
+                   help=f"optimizer steps (default {DistillConfig.max_steps})")
     p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size, help="texts per step (default 32)")
     p.add_argument("--minutes", type=float, default=None,
-                   help="time budget: stop and finalize after this many minutes (default: none)")
+                   help="time budget: stop (LR annealed) and finalize after this many minutes (default: none)")
     p.add_argument("--limit", type=int, default=500,
                    help="evaluation: at most N texts per split of each data set (default 500; 0: no evaluation)")
     p.add_argument("--tasks", nargs="+", metavar="TASK", default=None,
                    help="evaluation tasks (default: all; see ternary_hf.evaluation.TASKS)")
-    args = p.parse_args(argv)
-    if args.steps is not None and args.positional_steps is not None and args.steps != args.positional_steps:
-        p.error(f"STEPS ({args.positional_steps}) and --steps ({args.steps}) disagree; give one of them")
-    if args.steps is None:
-        args.steps = args.positional_steps if args.positional_steps is not None else DistillConfig.max_steps
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

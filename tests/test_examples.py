@@ -232,19 +232,6 @@ def test_search_20ng_indexes_queries_and_reports_recall_and_bytes(quantized, tmp
 
 
 # ------------------------------------------------------------------------------------------- distill
-def test_distill_minilm_command_line_keeps_its_defaults():
-    module = _load_script("distill_minilm")
-    args = module.parse_args([])
-    assert (args.out_dir, args.steps, args.batch_size, args.minutes, args.limit, args.tasks) == (
-        "minilm-ternary-distilled", 300, 32, None, 500, None)
-    old = module.parse_args(["out", "7"])  # the older positional OUT_DIR STEPS
-    assert (old.out_dir, old.steps) == ("out", 7)
-    new = module.parse_args(["out", "--steps", "3", "--batch-size", "4", "--minutes", "1.5", "--limit", "0"])
-    assert (new.steps, new.batch_size, new.minutes, new.limit) == (3, 4, 1.5, 0)
-    with pytest.raises(SystemExit):
-        module.parse_args(["out", "7", "--steps", "8"])
-
-
 def test_distill_minilm_trains_saves_and_evaluates_a_student(tmp_path):
     from ternary_hf.evaluation import EvaluationResult
 
