@@ -525,8 +525,10 @@ def distill(
     log = _MetricsLog(accelerator, work_dir, cfg.report_to)
     eval_pipeline = None
     history: list[dict[str, float]] = []
+    # with a time budget tqdm's own step-based "remaining" would be wrong; the postfix has the real ETA
     bar = tqdm(total=cfg.max_steps, initial=step, desc="distilling", disable=not show_progress_bar
-               or not accelerator.is_local_main_process, unit="step")
+               or not accelerator.is_local_main_process, unit="step",
+               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]" if budget_s else None)
     started = clock["started"] = time.time()
     running, last_loss = None, float("nan")
     micro = 0
