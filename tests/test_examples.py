@@ -10,7 +10,6 @@ the scripts do by default.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -55,13 +54,6 @@ def run_example(script: str, *args: str, cwd: Path, env: dict[str, str] | None =
     )
     assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return proc
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _encode_check(folder: Path) -> np.ndarray:
