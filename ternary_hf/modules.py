@@ -16,7 +16,7 @@ from torch import nn
 
 from . import rowwise
 from .functional import ternary_linear_reference
-from .packing import pack_ternary, packed_shape, unpack_ternary
+from .packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
 from .ternarize import dequantize_ternary, ternarize
 
 __all__ = ["TernaryLinear", "QuantizedEmbedding"]
@@ -97,6 +97,16 @@ class TernaryLinear(nn.Module):
             with torch.no_grad():
                 module.bias.copy_(linear.bias)
         return module
+
+    @torch.no_grad()
+    def reset_stored_weights(self) -> None:
+        """All-zero ternary weights (the packed code of 0), scale 0 and bias 0: a defined layer for
+        one whose weights were missing from a checkpoint."""
+        self.weight.fill_(ZERO_BYTE)
+        self.weight_scale.zero_()
+        if self.bias is not None:
+            self.bias.zero_()
+        self._prepared = None
 
     def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """Float weight -> the stored tensors (``weight``, ``weight_scale``) under this layer's rule."""
@@ -187,6 +197,12 @@ class QuantizedEmbedding(nn.Module):
         for name, tensor in module.quantize_weight(embedding.weight).items():
             getattr(module, name).copy_(tensor)
         return module
+
+    @torch.no_grad()
+    def reset_stored_weights(self) -> None:
+        """All-zero table (zero codes and scales), for a table missing from a checkpoint."""
+        for buffer in self.buffers(recurse=False):
+            buffer.zero_()
 
     def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         if tuple(weight.shape) != (self.num_embeddings, self.embedding_dim):

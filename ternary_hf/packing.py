@@ -27,6 +27,7 @@ import torch
 __all__ = [
     "PACKING_FORMAT",
     "VALUES_PER_BYTE",
+    "ZERO_BYTE",
     "packed_shape",
     "pack_ternary",
     "unpack_ternary",
@@ -37,6 +38,8 @@ PACKING_FORMAT = "ternary-2bit-rowmajor-v1"
 VALUES_PER_BYTE = 4
 _ZERO_CODE = 1
 _SHIFTS = (0, 2, 4, 6)
+#: A byte of four zeros (``0b01010101``): what an all-zero row packs to.
+ZERO_BYTE = sum(_ZERO_CODE << s for s in _SHIFTS)
 
 
 def packed_shape(out_features: int, in_features: int) -> tuple[int, int]:

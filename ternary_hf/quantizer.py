@@ -66,6 +66,7 @@ class TernaryQuantize(ConversionOps):
                 result[key] = tensor
                 continue
             prefix = key[: -len(tensor_name)]
+            self.hf_quantizer.quantized_modules.add(prefix.rstrip("."))
             for name, stored in module.quantize_weight(tensor).items():
                 result[prefix + name] = stored
         del input_dict, tensor
@@ -104,6 +105,7 @@ class TernaryHfQuantizer(HfQuantizer):
             )
         logger.info("ternary-hf: converted %d linear layers and %d embedding tables", n_linear, n_embedding)
         files = kwargs.get("checkpoint_files") or []
+        self.quantized_modules: set[str] = set()  # filled by TernaryQuantize as weights stream in
         if self.pre_quantized:
             validate_ternary_checkpoint(files, model, getattr(model, "base_model_prefix", ""))
         else:
@@ -112,8 +114,23 @@ class TernaryHfQuantizer(HfQuantizer):
                     read_safetensors_header(path)
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        if not self.pre_quantized:
+            self._zero_layers_missing_from_checkpoint(model)
         attach_autoload_on_save(model)
         return model
+
+    def _zero_layers_missing_from_checkpoint(self, model: Any) -> None:
+        """A converted layer whose float weight is not in the checkpoint (e.g. BERT's pooler in a
+        sentence-transformers export) never went through the quantizer: its packed buffer holds
+        whatever memory it got. Give it a defined value, all-zero ternary weights with scale 0
+        (transformers reports such weights as MISSING and would random-initialize a float layer)."""
+        zeroed = []
+        for name, module in model.named_modules():
+            if isinstance(module, (TernaryLinear, QuantizedEmbedding)) and name not in self.quantized_modules:
+                module.reset_stored_weights()
+                zeroed.append(name)
+        if zeroed:
+            logger.warning("ternary-hf: %s had no weight in the checkpoint; set to zero", ", ".join(zeroed))
 
     def is_serializable(self, safe_serialization: Any = None) -> bool:
         return True

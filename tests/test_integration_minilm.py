@@ -57,14 +57,3 @@ def test_cli_quantize_prints_ratio_and_cosine(minilm_path, tmp_path, capsys):
     # refusing to overwrite, with a message that says how
     assert main(["quantize", minilm_path, str(out)]) == 1
     assert "--overwrite" in capsys.readouterr().err
-
-
-def test_demo_builds_then_reuses_its_folder(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out)]) == 0
-    first = capsys.readouterr().out
-    assert "size ratio" in first and "reloaded with sentence-transformers" in first
-    stamp = os.path.getmtime(out / "model.safetensors")
-    assert main(["demo", "--out", str(out)]) == 0
-    assert "reusing" in capsys.readouterr().out
-    assert os.path.getmtime(out / "model.safetensors") == stamp

@@ -179,3 +179,28 @@ def test_trust_remote_code_loads_without_import(tiny_model_dirs, tmp_path):
     """)
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+
+
+def test_a_layer_missing_from_the_checkpoint_gets_zero_weights_not_stale_memory(tiny_model_dirs, tmp_path, caplog):
+    """sentence-transformers exports often drop BERT's pooler; it must still load and run."""
+    from safetensors.torch import load_file, save_file
+
+    from ternary_hf.packing import ZERO_BYTE
+
+    src = tmp_path / "no-pooler"
+    shutil.copytree(tiny_model_dirs["bert"], src)
+    state = load_file(str(src / "model.safetensors"))
+    save_file({k: v for k, v in state.items() if not k.startswith("pooler.")}, str(src / "model.safetensors"),
+              metadata={"format": "pt"})
+    with caplog.at_level("WARNING", logger="ternary_hf.quantizer"):
+        model = AutoModel.from_pretrained(str(src), quantization_config=TernaryConfig())
+    pooler = model.pooler.dense
+    assert isinstance(pooler, TernaryLinear)
+    assert bool((pooler.weight == ZERO_BYTE).all()) and not pooler.weight_scale.any() and not pooler.bias.any()
+    assert "pooler.dense" in caplog.text
+    out = model(**tiny_inputs("bert"))
+    assert torch.isfinite(out.last_hidden_state).all() and not out.pooler_output.any()
+    # the layers that were in the checkpoint are untouched by this
+    full = AutoModel.from_pretrained(tiny_model_dirs["bert"], quantization_config=TernaryConfig())
+    assert torch.equal(full.encoder.layer[0].attention.self.query.weight,
+                       model.encoder.layer[0].attention.self.query.weight)
