@@ -57,7 +57,10 @@ def test_interrupting_the_demo_leaves_no_model_folder_and_the_rerun_resumes(tmp_
            "--max-length", "32", "--eval-limit", "20", "--speed-sentences", "32", "--index-docs", "60",
            "--queries", "2"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell running this suite in the background starts it with SIGINT ignored, and children inherit
+    # that (Python then installs no KeyboardInterrupt handler); restore the terminal's default.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = tmp_path / "demo.work" / "distill" / "checkpoint-25"
     deadline = time.time() + 600
     while not checkpoint.is_dir() and proc.poll() is None and time.time() < deadline:
