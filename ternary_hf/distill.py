@@ -301,14 +301,9 @@ def warmup_cosine(warmup: int, total: int, time_fraction=None):
 _TRAINER_STATE = "trainer_state.json"
 
 
-def resume_latest(accelerator, work_dir: Path, resume: bool, total: int) -> int:
-    """Load the newest ``checkpoint-N`` in ``work_dir`` (if ``resume``) and return N, else 0."""
-    return resume_latest_with_time(accelerator, work_dir, resume, total)[0]
-
-
-def resume_latest_with_time(accelerator, work_dir: Path, resume: bool, total: int) -> tuple[int, float]:
-    """As :func:`resume_latest`, plus the training seconds spent before that checkpoint (a time
-    budget counts across resumes)."""
+def resume_latest(accelerator, work_dir: Path, resume: bool, total: int) -> tuple[int, float]:
+    """Load the newest ``checkpoint-N`` in ``work_dir`` (if ``resume``); return N and the training
+    seconds spent before it (a time budget counts across resumes), else ``(0, 0.0)``."""
     work_dir.mkdir(parents=True, exist_ok=True)
     existing = _checkpoints(work_dir)
     if not (resume and existing):
@@ -518,7 +513,7 @@ def distill(
     student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
     teacher_model.to(accelerator.device)
 
-    step, clock["before"] = resume_latest_with_time(accelerator, work_dir, resume, cfg.max_steps)
+    step, clock["before"] = resume_latest(accelerator, work_dir, resume, cfg.max_steps)
     batches = accelerator.skip_first_batches(loader, step * cfg.gradient_accumulation_steps) if step else loader
     first_step = step
 

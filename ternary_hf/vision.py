@@ -541,7 +541,7 @@ def distill_vision(
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     teacher.to(accelerator.device)
 
-    step = resume_latest(accelerator, work_dir, resume, steps)
+    step, _ = resume_latest(accelerator, work_dir, resume, steps)
     first_step = step
     history: list[dict[str, float]] = []
     last_loss = float("nan")
