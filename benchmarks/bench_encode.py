@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import hashlib
 import json
 import os
 import statistics
@@ -63,6 +62,7 @@ from typing import Any
 
 from _machine import cpu_model, load_avg
 
+from ternary_hf.checkpoint import folder_fingerprint
 from ternary_hf.onnx_baseline import OnnxEncoder
 
 BACKENDS = ["fp32", "ternary", "onnx-int8", "qdyn", "bnb-int8"]
@@ -130,16 +130,6 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "ternary-hf") / "bench"
 
 
-def model_fingerprint(model_dir: str) -> str:
-    h = hashlib.sha256(str(Path(model_dir).resolve()).encode())
-    for name in ("model.safetensors", "pytorch_model.bin", "config.json"):
-        p = Path(model_dir) / name
-        if p.exists():
-            st = p.stat()
-            h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:12]
-
-
 # --------------------------------------------------------------------------------------------------
 # worker side: one process per backend
 # --------------------------------------------------------------------------------------------------
@@ -203,7 +193,7 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
 
 def _saved_ternary(model_dir: str) -> str:
     """The model ternarized once and saved as a 2-bit folder (cached): what a user deploys."""
-    out = cache_root() / "ternary" / f"{Path(model_dir).name}-{model_fingerprint(model_dir)}"
+    out = cache_root() / "ternary" / f"{Path(model_dir).name}-{folder_fingerprint(model_dir)}"
     if not (out / "modules.json").exists():
         from sentence_transformers import SentenceTransformer
 
@@ -614,7 +604,7 @@ def print_cell(model_name: str, threads: int, results: dict[str, dict[str, Any]]
 
 
 def export_onnx(model_name: str, model_dir: str, sentences_file: Path, workdir: Path) -> str | None:
-    onnx_dir = cache_root() / "onnx" / f"{model_name}-{model_fingerprint(model_dir)}"
+    onnx_dir = cache_root() / "onnx" / f"{model_name}-{folder_fingerprint(model_dir)}"
     int8 = onnx_dir / "model_int8.onnx"
     if not int8.exists() or not int8.with_name("model_uint8.onnx").exists():
         print(f"# exporting {model_name} to ONNX + int8 into {onnx_dir} ...", flush=True)

@@ -13,7 +13,6 @@ Ctrl-C never leaves a half-written model there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import folder_fingerprint
 from .config import TernaryConfig
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
@@ -120,15 +120,6 @@ _DEPENDS: dict[str, tuple[str, ...]] = {
     "speed_sentences": ("speed",),
     "index": ("search",),
 }
-
-
-def _fingerprint(path: str) -> str:
-    h = hashlib.sha256(str(Path(path).resolve()).encode())
-    for name in ("model.safetensors", "config.json"):
-        p = Path(path) / name
-        if p.is_file():
-            h.update(f"{name}:{p.stat().st_size}".encode())
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------- stages
@@ -273,7 +264,7 @@ def run_demo(cfg: DemoConfig | None = None, say: Callable[[str], None] = print) 
     if cfg.learning_rate is not None:
         dcfg_kwargs["learning_rate"] = cfg.learning_rate
     dcfg = DistillConfig(**dcfg_kwargs)
-    settings = {"teacher": _fingerprint(teacher), "ternary_config": cfg.ternary_config.to_dict(),
+    settings = {"teacher": folder_fingerprint(teacher), "ternary_config": cfg.ternary_config.to_dict(),
                 "distill": asdict(dcfg), "eval_limit": cfg.eval_limit, "speed_sentences": cfg.speed_sentences,
                 "index": [cfg.index_docs, cfg.n_queries]}
     cache = _Cache(out.with_name(out.name + ".work"), settings, cfg.fresh, say)

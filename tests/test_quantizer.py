@@ -204,3 +204,20 @@ def test_a_layer_missing_from_the_checkpoint_gets_zero_weights_not_stale_memory(
     full = AutoModel.from_pretrained(tiny_model_dirs["bert"], quantization_config=TernaryConfig())
     assert torch.equal(full.encoder.layer[0].attention.self.query.weight,
                        model.encoder.layer[0].attention.self.query.weight)
+
+
+def test_folder_fingerprint_follows_the_weights_not_the_reads(tmp_path):
+    from ternary_hf.checkpoint import folder_fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
+    first = folder_fingerprint(tmp_path)
+    assert folder_fingerprint(str(tmp_path)) == first  # str or Path, same folder
+    (tmp_path / "README.md").write_text("not a weight file")
+    assert folder_fingerprint(tmp_path) == first
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 11)
+    assert folder_fingerprint(tmp_path) != first
+    other = tmp_path / "copy"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    assert folder_fingerprint(other) != folder_fingerprint(tmp_path)
