@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TernaryConfig
+from .progress import bar_switch
 from .training import build_student, to_float_model
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "distillation_loss", "finalize", "load_texts"]
@@ -521,8 +522,8 @@ def distill(
     eval_pipeline = None
     history: list[dict[str, float]] = []
     # with a time budget tqdm's own step-based "remaining" would be wrong; the postfix has the real ETA
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="distilling", disable=not show_progress_bar
-               or not accelerator.is_local_main_process, unit="step",
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="distilling", unit="step",
+               **bar_switch(show_progress_bar and accelerator.is_local_main_process),
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]" if budget_s else None)
     started = clock["started"] = time.time()
     running, last_loss = None, float("nan")

@@ -51,6 +51,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import datasets as _datasets
+from .progress import bar_switch
 
 __all__ = [
     "TASKS",
@@ -646,7 +647,7 @@ def _evaluate(
     data = _Data(limit, seed, cache_dir)
     notes: list[str] = []
     rows: list[MetricResult] = []
-    bar = tqdm(task_list, desc="evaluation", unit="task", disable=not show_progress_bar)
+    bar = tqdm(task_list, desc="evaluation", unit="task", **bar_switch(show_progress_bar))
     for task in bar:
         bar.set_postfix_str(task)
         try:

@@ -46,6 +46,7 @@ from torch import nn
 
 from .config import TernaryConfig
 from .distill import DistillConfig, distillation_loss, resume_latest, save_checkpoint, warmup_cosine
+from .progress import bar_switch
 from .training import build_student, to_float_model
 
 __all__ = [
@@ -313,7 +314,7 @@ def train_vit_teacher(
                                                                                     / max(total - warmup, 1))))
     generator = torch.Generator().manual_seed(seed)
     started = time.time()
-    bar = tqdm(total=total, desc="training ViT teacher", unit="step", disable=not show_progress_bar)
+    bar = tqdm(total=total, desc="training ViT teacher", unit="step", **bar_switch(show_progress_bar))
     running = None
     model.train()
     for _ in range(epochs):
@@ -403,7 +404,7 @@ def embed_images(model: Any, images: Any, batch_size: int = 256, pooling: str = 
     chunks = []
     with torch.inference_mode():
         for start in tqdm(range(0, len(pixels), batch_size), total=n_batches, desc="embedding images",
-                          disable=not show):
+                          **bar_switch(show)):
             pooled = _pool(_last_hidden(model, pixels[start:start + batch_size]), pooling)
             chunks.append(F.normalize(pooled.float(), dim=-1))
     model.train(was_training)
@@ -547,7 +548,7 @@ def distill_vision(
     last_loss = float("nan")
     started = time.time()
     bar = tqdm(total=steps, initial=step, desc="distilling ViT", unit="step",
-               disable=not show_progress_bar or not accelerator.is_local_main_process)
+               **bar_switch(show_progress_bar and accelerator.is_local_main_process))
     while step < steps and (stop_after is None or step < stop_after):
         batch = pixels[torch.as_tensor(batch_indices(step))].to(accelerator.device)
         with torch.no_grad():
