@@ -280,21 +280,28 @@ def _checkpoints(work_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX):]))
 
 
-def warmup_cosine(warmup: int, total: int, time_fraction=None):
+def warmup_cosine(warmup: int, total: int, time_fraction=None, warmup_ratio: float = 0.0):
     """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``.
 
-    ``time_fraction`` (a callable giving the used share of a time budget, 0..1) makes the decay follow
-    whichever runs out first, steps or time, so a run cut by its budget still ends annealed instead of
-    stopping at a high learning rate. (That run then depends on the machine's speed: not reproducible
-    bit for bit, unlike a step-bounded one.)"""
+    ``time_fraction`` (a callable giving the used share of a time budget, 0..1) makes the schedule
+    follow whichever runs out first, steps or time: the warm-up ends after ``warmup`` steps or
+    ``warmup_ratio`` of the budget, and the decay reaches 0 at ``total`` steps or at the end of the
+    budget. So a run cut by its budget still ends annealed instead of stopping at a high learning
+    rate, and a generous step cap (``--steps 100000 --minutes 30``) does not stretch the warm-up past
+    the budget. (A time-bound run depends on the machine's speed: not reproducible bit for bit, unlike
+    a step-bounded one.)"""
 
     def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        done = (step - warmup) / max(total - warmup, 1)
-        if time_fraction is not None:
-            done = max(done, time_fraction())
-        return 0.5 * (1 + math.cos(math.pi * min(done, 1.0)))
+        frac = time_fraction() if time_fraction is not None else None
+        warm = (step + 1) / max(warmup, 1) if step < warmup else 1.0
+        if frac is not None:
+            warm = max(warm, frac / warmup_ratio if warmup_ratio > 0 else 1.0)
+        if warm < 1.0:
+            return warm
+        done = (step - warmup) / max(total - warmup, 1) if step >= warmup else 0.0
+        if frac is not None:
+            done = max(done, (frac - warmup_ratio) / max(1.0 - warmup_ratio, 1e-9))
+        return 0.5 * (1 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
 
     return schedule
 
@@ -510,7 +517,8 @@ def distill(
 
     budget_s = cfg.max_minutes * 60 if cfg.max_minutes is not None else None
     time_fraction = (lambda: elapsed() / budget_s) if budget_s else None
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.max_steps, time_fraction))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, cfg.max_steps, time_fraction,
+                                                                                cfg.warmup_ratio))
     student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
     teacher_model.to(accelerator.device)
 

@@ -184,9 +184,18 @@ def test_periodic_evaluation_and_reporting_errors_come_before_training(tiny_st_d
 def test_time_budget_stops_the_run_annealed_and_counts_across_resumes(tiny_st_dir, tmp_path):
     from ternary_hf.distill import warmup_cosine
 
-    schedule = warmup_cosine(2, 100, time_fraction=lambda: 1.0)
-    assert schedule(0) == 0.5 and schedule(10) == 0.0  # warm-up by steps, then the time budget rules
-    assert warmup_cosine(2, 100)(51) == pytest.approx(0.5, abs=0.02)
+    assert warmup_cosine(2, 100)(0) == 0.5 and warmup_cosine(2, 100)(51) == pytest.approx(0.5, abs=0.02)
+    spent = [0.0]
+    schedule = warmup_cosine(5000, 100000, time_fraction=lambda: spent[0], warmup_ratio=0.1)
+    assert schedule(0) == pytest.approx(1 / 5000)  # a huge step cap must not stretch the warm-up...
+    spent[0] = 0.05
+    assert schedule(10) == pytest.approx(0.5)  # ...which ends with 10% of the budget
+    spent[0] = 0.55
+    assert schedule(20) == pytest.approx(0.5)  # then the cosine follows the clock
+    spent[0] = 1.0
+    assert schedule(30) == 0.0
+    spent[0] = 0.01
+    assert warmup_cosine(2, 100, time_fraction=lambda: spent[0], warmup_ratio=0.1)(99) == pytest.approx(0.0, abs=1e-3)
 
     texts = tiny_sentences(200)
     cfg = DistillConfig(max_steps=100000, max_minutes=0.05, learning_rate=1e-3, **FAST)
