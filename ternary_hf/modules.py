@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import rowwise
@@ -43,6 +44,10 @@ class TernaryLinear(nn.Module):
         weight: ``uint8`` ``(out_features, ceil(in_features / 4))``, see :mod:`ternary_hf.packing`.
         weight_scale: ``float32`` ``(out_features,)`` (per channel) or ``(1,)`` (per tensor).
     Parameter: ``bias`` as in ``nn.Linear``.
+
+    ``fused_activation`` (not saved; set by :func:`ternary_hf.fusion.fuse_activations` at load time):
+    ``"gelu"`` makes the layer return ``gelu(y)``, computed by the CPU kernel while the output tile is
+    still in registers instead of in a separate pass over the output.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class TernaryLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._prepared: tuple[tuple, torch.Tensor] | None = None
+        self.fused_activation: str | None = None
 
     @classmethod
     def from_linear(
@@ -150,19 +156,21 @@ class TernaryLinear(nn.Module):
                 x2d = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
                 y = kernels.ternary_linear_cpu(
                     x2d, self._prepared_weight(kernels), self.weight_scale, self.bias,
-                    self.in_features, self.out_features,
+                    self.in_features, self.out_features, self.fused_activation,
                 )
                 return y.reshape(*lead, self.out_features).to(x.dtype)
         # Device-agnostic path (CUDA, MPS, autograd, or no kernel): plain torch ops.
-        return ternary_linear_reference(
+        y = ternary_linear_reference(
             x, self.weight, self.weight_scale, self.bias, self.in_features, self.quantize_activations
         )
+        return F.gelu(y) if self.fused_activation == "gelu" else y
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"threshold={self.threshold_method}, granularity={self.granularity}, "
             f"activations={'int8' if self.quantize_activations else 'float'}"
+            + (f", fused_activation={self.fused_activation}" if self.fused_activation else "")
         )
 
 

@@ -22,6 +22,7 @@ from transformers.quantizers.quantizers_utils import get_module_from_name
 from .checkpoint import read_safetensors_header, validate_ternary_checkpoint
 from .config import TernaryConfig
 from .conversion import dequantize_model, replace_with_ternary
+from .fusion import fuse_activations
 from .modules import QuantizedEmbedding, TernaryLinear
 from .remote_code import attach_autoload_on_save, detach_autoload_on_save
 
@@ -116,6 +117,8 @@ class TernaryHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         if not self.pre_quantized:
             self._zero_layers_missing_from_checkpoint(model)
+        n_fused = fuse_activations(model)
+        logger.info("ternary-hf: fused %d GELU activations into the preceding ternary layers", n_fused)
         attach_autoload_on_save(model)
         return model
 

@@ -285,3 +285,41 @@ def test_concurrent_calls_from_python_threads(kernel_ready) -> None:
         else:
             ref = ternary_linear_reference(x, packed, torch.ones(1), None, k, quantize_activations=True)
             torch.testing.assert_close(y, ref, rtol=RTOL, atol=RTOL * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES)
+def test_fused_gelu_matches_torch_gelu_of_the_output(kernel_ready, threads, m: int, k: int, n: int) -> None:
+    """The epilogue GELU (odd N exercises the scalar tail) against torch's exact-erf GELU of the plain output."""
+    ternary, packed = _layer(n, k, seed=k * 3 + n)
+    x = _inputs(m, k, seed=m + 11)
+    g = torch.Generator().manual_seed(n + 1)
+    scale, bias = torch.rand(n, generator=g) + 0.01, torch.randn(n, generator=g)
+    prepared = kernels.prepare_weight(packed, k)
+    plain = kernels.ternary_linear_cpu(x, prepared, scale, bias, k, n)
+    fused = kernels.ternary_linear_cpu(x, prepared, scale, bias, k, n, activation="gelu")
+    ref = torch.nn.functional.gelu(plain)
+    assert bool(((fused - ref).abs() <= 1e-6 * (ref.abs() + 1)).all()), (fused - ref).abs().max()
+
+
+def test_fused_gelu_over_the_whole_real_line(kernel_ready) -> None:
+    """Inputs from -1e4 to 1e4 (through the identity layer): tails, zero, and the erf polynomial's range."""
+    n = 64
+    values = torch.cat([torch.linspace(-10, 10, 4001), torch.tensor([-1e4, -50.0, -9.5, 0.0, 9.5, 50.0, 1e4])])
+    bias = torch.zeros(n)
+    y = torch.empty(len(values), n)
+    prepared = kernels.prepare_weight(pack_ternary(torch.zeros(n, 4)), 4)
+    for start in range(0, len(values), n):  # zero weights: the output is the bias, one value per column
+        chunk = values[start:start + n]
+        bias[: len(chunk)] = chunk
+        out = kernels.ternary_linear_cpu(torch.ones(1, 4), prepared, torch.ones(n), bias, 4, n, activation="gelu")
+        y[start:start + len(chunk), 0] = out[0, : len(chunk)]
+    got, ref = y[:, 0], torch.nn.functional.gelu(values)
+    assert bool(((got - ref).abs() <= 1e-6 * (ref.abs() + 1)).all()), (got - ref).abs().max()
+    assert torch.isfinite(got).all()
+
+
+def test_unknown_fused_activation_is_rejected(kernel_ready) -> None:
+    _, packed = _layer(8, 8, seed=0)
+    with pytest.raises(ValueError, match="cannot be fused"):
+        kernels.ternary_linear_cpu(torch.ones(1, 8), kernels.prepare_weight(packed, 8), torch.ones(8), None, 8, 8,
+                                   activation="relu")

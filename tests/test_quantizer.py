@@ -221,3 +221,48 @@ def test_folder_fingerprint_follows_the_weights_not_the_reads(tmp_path):
     other.mkdir()
     (other / "config.json").write_text("{}")
     assert folder_fingerprint(other) != folder_fingerprint(tmp_path)
+
+
+def _mlp_blocks(model):
+    """(block, up-projection, activation attribute name) of each feed-forward block."""
+    from ternary_hf.fusion import FUSION_PATTERNS
+
+    return [(m, getattr(m, lin), act) for m in model.modules() for lin, act in FUSION_PATTERNS
+            if hasattr(m, lin) and hasattr(m, act)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gelu_is_fused_into_the_up_projection_and_undone_by_dequantize(tiny_model_dirs, kind):
+    from transformers.activations import GELUActivation
+
+    from ternary_hf.fusion import FusedIntoLinear, unfuse_activations
+
+    model = _quantize(tiny_model_dirs[kind])
+    blocks = _mlp_blocks(model)
+    assert len(blocks) == 2  # one per layer of the tiny models
+    assert all(isinstance(getattr(b, act), FusedIntoLinear) and lin.fused_activation == "gelu"
+               for b, lin, act in blocks)
+    fused_out = _forward(model, kind)
+    assert not any("original" in name for name in model.state_dict())  # nothing saved changes
+    # the same model with GELU as its own module: same result (the fused erf differs by ~1e-7, which
+    # can move a rounding of the next layer's int8 activations by one step, hence the tolerance)
+    reference = _quantize(tiny_model_dirs[kind])
+    assert unfuse_activations(reference) == 2
+    assert all(type(getattr(b, act)) is GELUActivation and lin.fused_activation is None
+               for b, lin, act in _mlp_blocks(reference))
+    ref_out = _forward(reference, kind)
+    cos = torch.nn.functional.cosine_similarity(fused_out.flatten(1), ref_out.flatten(1), dim=-1)
+    assert bool((cos > 0.9999).all()), cos
+    # dequantize puts the original activation back before the layers turn float
+    model = model.dequantize()
+    assert not any(isinstance(m, FusedIntoLinear) for m in model.modules())
+    assert all(type(getattr(b, act)) is GELUActivation for b, _, act in _mlp_blocks(model))
+
+
+def test_reference_path_applies_the_fused_gelu_exactly(tiny_model_dirs):
+    """Without the kernel (autograd here), a fused layer computes torch's GELU of its own output."""
+    _, linear, _ = _mlp_blocks(_quantize(tiny_model_dirs["bert"]))[0]
+    x = torch.randn(5, linear.in_features, requires_grad=True)  # requires_grad -> reference path
+    fused = linear(x)
+    linear.fused_activation = None
+    assert torch.equal(fused, torch.nn.functional.gelu(linear(x)))

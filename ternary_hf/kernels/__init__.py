@@ -51,6 +51,8 @@ __all__ = [
     "kernel_accumulators",
     "prepared_to_ternary",
     "kernel_status",
+    "apply_activation",
+    "FUSABLE_ACTIVATIONS",
 ]
 
 #: Columns per weight panel and k values per block of the kernel layout (must match the .cpp).
@@ -124,6 +126,7 @@ def ternary_linear_cpu(
     bias: torch.Tensor | None,
     in_features: int,
     out_features: int,
+    activation: str | None = None,
 ) -> torch.Tensor:
     """``y = (q(x) @ T.T) * s_x * s_w + b`` with per-token int8 ``q`` fused in, int32 accumulation.
 
@@ -133,6 +136,9 @@ def ternary_linear_cpu(
         weight_scale: float32 ``(out_features,)`` or ``(1,)``.
         bias: optional float32 ``(out_features,)``.
         in_features, out_features: the layer's unpadded shape.
+        activation: ``None``, or ``"gelu"`` to return ``gelu(y)`` (exact-erf GELU) computed in the
+            kernel's epilogue while the tile is in registers, within ``1e-6 * (|y| + 1)`` of
+            ``torch.nn.functional.gelu(y)``.
 
     Returns:
         float32 ``(M, out_features)``. On a non-CPU device, or where the kernel is unavailable, the
@@ -146,9 +152,10 @@ def ternary_linear_cpu(
         if x.dim() != 2 or x.shape[1] != in_features:
             raise ValueError(f"x must have shape (M, {in_features}), got {tuple(x.shape)}")
         ternary = prepared_to_ternary(prepared, in_features, out_features).to(x.device)
-        return ternary_linear_reference(
+        y = ternary_linear_reference(
             x.to(torch.float32), prepared, weight_scale, bias, in_features, True, ternary_weight=ternary
         )
+        return apply_activation(y, activation)
     # Hot path (runs per layer per forward): the C++ side validates shapes and dtypes (ValueError).
     if x.dtype != torch.float32 or not x.is_contiguous():
         x = x.to(torch.float32).contiguous()
@@ -156,7 +163,23 @@ def ternary_linear_cpu(
         weight_scale = weight_scale.to(torch.float32).contiguous()
     if bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()):
         bias = bias.to(torch.float32).contiguous()
-    return module.ternary_linear(x, prepared, weight_scale, bias, in_features, out_features)
+    return module.ternary_linear(x, prepared, weight_scale, bias, in_features, out_features,
+                                 _fused_gelu(activation))
+
+
+#: Activations the kernel can apply in its epilogue (``activation=`` of :func:`ternary_linear_cpu`).
+FUSABLE_ACTIVATIONS = ("gelu",)
+
+
+def _fused_gelu(activation: str | None) -> bool:
+    if activation is not None and activation not in FUSABLE_ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} cannot be fused; choose None or one of {FUSABLE_ACTIVATIONS}")
+    return activation == "gelu"
+
+
+def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """The reference of a fused activation: ``y`` itself, or ``F.gelu(y)`` (exact erf) for ``"gelu"``."""
+    return torch.nn.functional.gelu(y) if _fused_gelu(activation) else y
 
 
 def kernel_accumulators(x: torch.Tensor, prepared: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:

@@ -25,7 +25,7 @@
 //   3. per unit and 16-column panel: a lone row tile decodes the 2-bit codes in registers
 //      (micro_kernel); several row tiles share a panel chunk decoded once to bytes in L1
 //      (decode_chunk + micro_kernel_decoded); 6x16 register tiles; store_tile applies
-//      acc - sum(q), s_x, s_w, bias;
+//      acc - sum(q), s_x, s_w, bias, and optionally GELU (fused activation);
 //   4. outputs of 8 MB and more come from a small pool (new_output) to avoid per-call page faults.
 // Measured on one Zen 3 core: inner loop ~138-151 GMAC/s, whole op 100-126 GMAC/s; FP32 sgemm 40-47.
 //
@@ -265,6 +265,50 @@ void decode_chunk(const uint8_t* w, int64_t nkb, uint8_t* wd) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fused GELU epilogue (exact-erf GELU, what BERT / MPNet / ViT use: 0.5 x (1 + erf(x / sqrt 2))).
+// Applied to the tile while it is in registers, it saves the separate pass torch's GELU makes over the
+// whole (tokens x 4*hidden) intermediate output (~10% of a MiniLM forward, benchmarks/README.md).
+// erf: Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7 over all x), with exp(-u^2) from a degree-6
+// polynomial after range reduction by ln 2 (relative error ~2e-7); the GELU output is then within
+// ~2e-7 * (|x| + 1) of torch's erf-based GELU (tests check 1e-6 * (|y| + 1)).
+inline __m256 exp_neg_avx2(__m256 y) {  // exp(y) for y <= 0 (y >= -87.3 clamped: result ~1e-38)
+  y = _mm256_max_ps(y, _mm256_set1_ps(-87.3f));
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), y);  // ln 2 split in two parts
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline __m256 gelu_avx2(__m256 x) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));  // x / sqrt(2)
+  const __m256 az = _mm256_andnot_ps(sign, z);
+  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(az, _mm256_set1_ps(0.3275911f),
+                                                                      _mm256_set1_ps(1.0f)));
+  __m256 poly = _mm256_set1_ps(1.061405429f);
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
+  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
+  poly = _mm256_mul_ps(poly, t);
+  const __m256 erf_abs = _mm256_fnmadd_ps(poly, exp_neg_avx2(_mm256_mul_ps(_mm256_xor_ps(az, sign), az)),
+                                          _mm256_set1_ps(1.0f));
+  const __m256 erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign, z));  // erf is odd
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+}
+
+inline float gelu_scalar(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+
 struct Problem {
   const int8_t* q;        // [M][kp]
   const int32_t* qsum;    // [M]
@@ -276,6 +320,7 @@ struct Problem {
   int64_t m, n, kp, kblocks;
   float* y;               // [M][N] float output, or nullptr
   int32_t* acc;           // [M][N] int32 output (debug), or nullptr
+  bool gelu;              // apply GELU to the float output (fused activation)
 };
 
 // Float (or debug int32) epilogue of one R x 16 tile: acc = tile - sum(q); y = acc * s_x * s_w + b.
@@ -299,6 +344,7 @@ void store_tile(const Problem& P, int64_t mb, int64_t rows, int64_t nb, const in
         __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), vsx);
         v = _mm256_mul_ps(v, P.sw_per_channel ? _mm256_loadu_ps(P.sw + nb + 8 * h) : _mm256_set1_ps(P.sw[0]));
         if (P.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(P.bias + nb + 8 * h));
+        if (P.gelu) v = gelu_avx2(v);
         _mm256_storeu_ps(yr + 8 * h, v);
       }
     } else {
@@ -306,7 +352,7 @@ void store_tile(const Problem& P, int64_t mb, int64_t rows, int64_t nb, const in
         float v = static_cast<float>(t[j] - rs) * sxm;
         v = v * (P.sw_per_channel ? P.sw[nb + j] : P.sw[0]);
         if (P.bias != nullptr) v = v + P.bias[nb + j];
-        yr[j] = v;
+        yr[j] = P.gelu ? gelu_scalar(v) : v;
       }
     }
   }
@@ -421,7 +467,7 @@ void run_units(int64_t units, int64_t nthreads, const std::function<void(int64_t
 
 void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
          const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features, float* y,
-         int32_t* acc) {
+         int32_t* acc, bool gelu) {
   const int64_t m = x.size(0);
   const int64_t k = in_features;
   const int64_t n = out_features;
@@ -453,7 +499,7 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
 
   // 2) GEMM over (row block x column block) units, claimed dynamically in row-major order.
   Problem P{qp, qs, sxp, prepared.data_ptr<uint8_t>(), weight_scale.data_ptr<float>(), weight_scale.numel() > 1,
-            bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, kp, kblocks, y, acc};
+            bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, kp, kblocks, y, acc, gelu};
   const int64_t row_block = std::min<int64_t>(kRowBlock, m);
   const int64_t n_rb = ceil_div(m, row_block);
   const int64_t n_cb = ceil_div(n, kColBlock);
@@ -551,11 +597,12 @@ torch::Tensor new_output(int64_t m, int64_t n, const torch::TensorOptions& optio
 }
 
 torch::Tensor ternary_linear(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
-                             const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
+                             const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features,
+                             bool gelu) {
   check_inputs(x, prepared, weight_scale, bias, in_features, out_features);
   auto y = new_output(x.size(0), out_features, x.options());
   if (x.size(0) > 0 && out_features > 0) {
-    run(x, prepared, weight_scale, bias, in_features, out_features, y.data_ptr<float>(), nullptr);
+    run(x, prepared, weight_scale, bias, in_features, out_features, y.data_ptr<float>(), nullptr, gelu);
   }
   return y;
 }
@@ -567,7 +614,7 @@ torch::Tensor ternary_accumulators(const torch::Tensor& x, const torch::Tensor& 
   check_inputs(x, prepared, ones, c10::nullopt, in_features, out_features);
   auto acc = torch::empty({x.size(0), out_features}, x.options().dtype(torch::kInt32));
   if (x.size(0) > 0 && out_features > 0) {
-    run(x, prepared, ones, c10::nullopt, in_features, out_features, nullptr, acc.data_ptr<int32_t>());
+    run(x, prepared, ones, c10::nullopt, in_features, out_features, nullptr, acc.data_ptr<int32_t>(), false);
   }
   return acc;
 }
@@ -576,9 +623,10 @@ torch::Tensor ternary_accumulators(const torch::Tensor& x, const torch::Tensor& 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "AVX2 ternary-weight x int8-activation linear layer (ternary_hf)";
-  m.def("ternary_linear", &ternary_linear, "y = (q(x) @ T.T) * s_x * s_w + b, fused int8 quantization",
+  m.def("ternary_linear", &ternary_linear,
+        "y = (q(x) @ T.T) * s_x * s_w + b, fused int8 quantization; gelu=True applies GELU to y",
         py::arg("x"), py::arg("prepared"), py::arg("weight_scale"), py::arg("bias"), py::arg("in_features"),
-        py::arg("out_features"), py::call_guard<py::gil_scoped_release>());
+        py::arg("out_features"), py::arg("gelu") = false, py::call_guard<py::gil_scoped_release>());
   m.def(
       "_set_parallel_backend", [](const std::string& name) { g_use_openmp = (name == "openmp"); },
       "benchmarks only: 'helpers' (default, at::launch work sharing) or 'openmp' (at::parallel_for)");
