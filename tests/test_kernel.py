@@ -242,7 +242,7 @@ def test_every_kernel_variant_gives_identical_results(kernel_ready, backend: str
     try:
         acc = kernels.kernel_accumulators(x, kernels.prepare_weight(packed, k), k, n)
     finally:
-        module._set_parallel_backend("helpers")
+        module._set_parallel_backend("openmp")
         module._set_decode_panels(True)
         torch.set_num_threads(old)
     assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
@@ -323,3 +323,20 @@ def test_unknown_fused_activation_is_rejected(kernel_ready) -> None:
     with pytest.raises(ValueError, match="cannot be fused"):
         kernels.ternary_linear_cpu(torch.ones(1, 8), kernels.prepare_weight(packed, 8), torch.ones(8), None, 8, 8,
                                    activation="relu")
+
+
+@pytest.mark.parametrize(("env", "expected", "warns"), [(None, "openmp", False), ("helpers", "helpers", False),
+                                                         ("OpenMP", "openmp", False), ("threads", "openmp", True)])
+def test_parallel_backend_env_var(kernel_ready, env, expected, warns) -> None:
+    import os
+    import sys
+
+    script = ("import warnings, sys\nwarnings.simplefilter('always')\n"
+              "from ternary_hf.kernels import _build\nm = _build.kernel_module()\nprint(m._parallel_backend())\n")
+    environ = {k: v for k, v in os.environ.items() if k != _build.PARALLEL_ENV}
+    if env is not None:
+        environ[_build.PARALLEL_ENV] = env
+    proc = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == expected
+    assert (_build.PARALLEL_ENV in proc.stderr) is warns

@@ -30,10 +30,11 @@ the reference path; ``TERNARY_HF_KERNEL_CACHE`` moves the cache; ``TERNARY_HF_KE
 the compiler output.
 
 Threads: up to ``torch.get_num_threads()`` threads, but only as many as the problem pays for (at least
-~4M multiply-adds each). Work is shared out through helpers on torch's inter-op pool (so
-``torch.get_num_interop_threads()`` must be at least threads - 1 for full parallelism), and the caller
-never waits for a helper that has not started: on a shared machine an OpenMP-style join stalled calls
-for 8-40 ms, this degrades to single-thread speed instead (benchmarks/README.md).
+~4M multiply-adds each), shared out on torch's OpenMP pool like torch's own ops. On a machine shared
+with other jobs, ``TERNARY_HF_KERNEL_PARALLEL=helpers`` instead shares work through helpers on torch's
+inter-op pool and never waits for a helper that has not started (an OpenMP join can stall 8-40 ms on
+a descheduled thread; helpers degrade to single-thread speed instead), but on a quiet machine it is
+much slower (MiniLM forward, 2 threads: 141 vs 97 ms; benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 DISABLE_ENV = "TERNARY_HF_DISABLE_KERNEL"
+PARALLEL_ENV = "TERNARY_HF_KERNEL_PARALLEL"  # "openmp" (default) or "helpers", see kernels/__init__.py
 CACHE_ENV = "TERNARY_HF_KERNEL_CACHE"
 
 _lock = threading.Lock()
@@ -174,9 +175,22 @@ def load_kernel_module() -> ModuleType | None:
                 RuntimeWarning,
                 stacklevel=3,
             )
+        if module is not None:
+            _apply_parallel_setting(module)
         _state["module"] = module
         _state["problem"] = problem
         return module
+
+
+def _apply_parallel_setting(module: ModuleType) -> None:
+    choice = os.environ.get(PARALLEL_ENV, "").strip().lower()
+    if not choice:
+        return
+    if choice not in ("openmp", "helpers"):
+        warnings.warn(f"ternary_hf: {PARALLEL_ENV}={choice!r} is not 'openmp' or 'helpers'; using 'openmp'",
+                      RuntimeWarning, stacklevel=4)
+        return
+    module._set_parallel_backend(choice)
 
 
 def kernel_status() -> str:

@@ -20,8 +20,9 @@
 //
 // Structure of one call (run()):
 //   1. quantize every row of x to int8 (+ row sum, + s_x) into a per-thread, grow-only scratch;
-//   2. split the output into units of 48 rows x 64 columns, claimed dynamically by the caller and
-//      helpers on torch's inter-op pool (run_units: never waits for a helper that has not started);
+//   2. split the output into units of 48 rows x 64 columns, claimed dynamically by the threads of
+//      torch's OpenMP pool (default) or by the caller and helpers on torch's inter-op pool
+//      (run_units: never waits for a helper that has not started);
 //   3. per unit and 16-column panel: a lone row tile decodes the 2-bit codes in registers
 //      (micro_kernel); several row tiles share a panel chunk decoded once to bytes in L1
 //      (decode_chunk + micro_kernel_decoded); 6x16 register tiles; store_tile applies
@@ -435,7 +436,12 @@ void drain(UnitJob& job) {
   }
 }
 
-bool g_use_openmp = false;  // switchable for benchmarks (_set_parallel_backend)
+// Default: OpenMP (at::parallel_for), the pool torch's own ops use. On a quiet machine it is much the
+// faster choice: its worker is still spinning from the previous torch op, while an inter-op helper has
+// to be woken and then competes with that spinning worker for the second core (MiniLM forward, batch
+// 32, 2 threads: 97 ms with OpenMP vs 141 ms with helpers). "helpers" (TERNARY_HF_KERNEL_PARALLEL)
+// suits a machine shared with other jobs, where an OpenMP join stalls on a descheduled thread.
+bool g_use_openmp = true;  // _set_parallel_backend("openmp" | "helpers")
 
 void run_units(int64_t units, int64_t nthreads, const std::function<void(int64_t)>& fn) {
   if (nthreads <= 1 || units <= 1) {
@@ -629,7 +635,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out_features"), py::arg("gelu") = false, py::call_guard<py::gil_scoped_release>());
   m.def(
       "_set_parallel_backend", [](const std::string& name) { g_use_openmp = (name == "openmp"); },
-      "benchmarks only: 'helpers' (default, at::launch work sharing) or 'openmp' (at::parallel_for)");
+      "'openmp' (default, at::parallel_for) or 'helpers' (at::launch work sharing, for shared machines)");
+  m.def(
+      "_parallel_backend", []() { return std::string(g_use_openmp ? "openmp" : "helpers"); },
+      "the current work-sharing backend");
   m.def(
       "_set_decode_panels", [](bool on) { g_decode_panels = on; },
       "benchmarks only: share a decoded panel chunk across row tiles (default) or decode per tile");
