@@ -19,7 +19,13 @@ import torch
 
 from .packing import unpack_ternary
 
-__all__ = ["quantize_activations_int8", "ternary_linear_reference"]
+__all__ = [
+    "FUSABLE_ACTIVATIONS",
+    "apply_activation",
+    "quantize_activations_int8",
+    "ternary_linear_reference",
+    "validate_activation",
+]
 
 INT8_MAX = 127.0
 
@@ -70,3 +76,20 @@ def ternary_linear_reference(
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype)
+
+
+#: Activations a ternary layer can apply to its own output (``TernaryLinear.fused_activation``); the
+#: CPU kernel computes them in its epilogue, every other path with :func:`apply_activation`.
+FUSABLE_ACTIVATIONS = ("gelu",)
+
+
+def validate_activation(activation: str | None) -> None:
+    """Raise ``ValueError`` unless ``activation`` is ``None`` or one of :data:`FUSABLE_ACTIVATIONS`."""
+    if activation is not None and activation not in FUSABLE_ACTIVATIONS:
+        raise ValueError(f"activation={activation!r} cannot be fused; choose None or one of {FUSABLE_ACTIVATIONS}")
+
+
+def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """The reference of a fused activation: ``y`` itself, or exact-erf ``F.gelu(y)`` for ``"gelu"``."""
+    validate_activation(activation)
+    return y if activation is None else torch.nn.functional.gelu(y)

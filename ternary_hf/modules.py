@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import rowwise
-from .functional import ternary_linear_reference
+from .functional import apply_activation, ternary_linear_reference
 from .packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
 from .ternarize import dequantize_ternary, ternarize
 
@@ -163,7 +162,7 @@ class TernaryLinear(nn.Module):
         y = ternary_linear_reference(
             x, self.weight, self.weight_scale, self.bias, self.in_features, self.quantize_activations
         )
-        return F.gelu(y) if self.fused_activation == "gelu" else y
+        return apply_activation(y, self.fused_activation)
 
     def extra_repr(self) -> str:
         return (

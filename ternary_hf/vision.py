@@ -309,9 +309,7 @@ def train_vit_teacher(
     total = epochs * steps_per_epoch
     warmup = max(1, total // 20)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup)
-                                                                                    / max(total - warmup, 1))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total))
     generator = torch.Generator().manual_seed(seed)
     started = time.time()
     bar = tqdm(total=total, desc="training ViT teacher", unit="step", **bar_switch(show_progress_bar))

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import ternary_linear_reference
+from ..functional import apply_activation, ternary_linear_reference, validate_activation
 from ..packing import unpack_ternary
 from ._build import kernel_module, kernel_status
 
@@ -52,8 +52,6 @@ __all__ = [
     "kernel_accumulators",
     "prepared_to_ternary",
     "kernel_status",
-    "apply_activation",
-    "FUSABLE_ACTIVATIONS",
 ]
 
 #: Columns per weight panel and k values per block of the kernel layout (must match the .cpp).
@@ -168,19 +166,9 @@ def ternary_linear_cpu(
                                  _fused_gelu(activation))
 
 
-#: Activations the kernel can apply in its epilogue (``activation=`` of :func:`ternary_linear_cpu`).
-FUSABLE_ACTIVATIONS = ("gelu",)
-
-
 def _fused_gelu(activation: str | None) -> bool:
-    if activation is not None and activation not in FUSABLE_ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} cannot be fused; choose None or one of {FUSABLE_ACTIVATIONS}")
+    validate_activation(activation)
     return activation == "gelu"
-
-
-def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
-    """The reference of a fused activation: ``y`` itself, or ``F.gelu(y)`` (exact erf) for ``"gelu"``."""
-    return torch.nn.functional.gelu(y) if _fused_gelu(activation) else y
 
 
 def kernel_accumulators(x: torch.Tensor, prepared: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
