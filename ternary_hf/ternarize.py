@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -71,7 +72,21 @@ def _check(weight: torch.Tensor, method: str, granularity: str) -> None:
 
 
 def _calibrated_threshold(mag: torch.Tensor) -> torch.Tensor:
-    """Exact least-squares threshold per row of ``mag`` (``|W|`` in float32, rows = groups)."""
+    """Exact least-squares threshold per row of ``mag`` (``|W|`` in float32, rows = groups).
+
+    The rule only needs the sorted *values* (never the sort permutation), which are the same whatever
+    sort computes them; on CPU NumPy's vectorised sort does that ~14x faster than ``torch.sort``, and
+    this function runs on every training step of the distillation trainer (it was ~35% of a MiniLM
+    step), so CPU tensors take the NumPy route. Both routes compute the same float64 arithmetic and
+    are tested equal.
+    """
+    if mag.device.type == "cpu" and mag.shape[1] > 0:
+        return _calibrated_threshold_numpy(mag)
+    return _calibrated_threshold_torch(mag)
+
+
+def _calibrated_threshold_torch(mag: torch.Tensor) -> torch.Tensor:
+    """:func:`_calibrated_threshold` with torch ops (any device)."""
     n = mag.shape[1]
     sorted_mag, _ = torch.sort(mag, dim=1, descending=True)
     csum = torch.cumsum(sorted_mag.to(torch.float64), dim=1)
@@ -82,6 +97,20 @@ def _calibrated_threshold(mag: torch.Tensor) -> torch.Tensor:
     # ``|w| > dropped_max`` keeps the optimal set (a tie at the boundary drops both tied entries; the
     # caller recomputes the scale from the actual mask, so it stays least-squares for that mask).
     return torch.where(best + 1 < n, dropped_max, torch.zeros_like(dropped_max))
+
+
+def _calibrated_threshold_numpy(mag: torch.Tensor) -> torch.Tensor:
+    """:func:`_calibrated_threshold` on CPU through NumPy (same values, see there)."""
+    n = mag.shape[1]
+    # Sorting the negated magnitudes ascending gives the descending order contiguously; negation is
+    # exact and IEEE rounding is sign-symmetric, so the squared partial sums are the same numbers.
+    neg_sorted = np.sort(np.negative(mag.numpy()), axis=1)
+    csum = np.cumsum(neg_sorted, axis=1, dtype=np.float64)
+    k = np.arange(1, n + 1, dtype=np.float64)
+    best = np.argmax(csum * csum / k, axis=1)  # first maximum, like torch.argmax
+    dropped_max = -neg_sorted[np.arange(mag.shape[0]), np.minimum(best + 1, n - 1)]
+    threshold = np.where(best + 1 < n, dropped_max, np.float32(0.0)).astype(np.float32)
+    return torch.from_numpy(threshold).reshape(-1, 1)
 
 
 def ternarize(weight: torch.Tensor, method: str = "twn", granularity: str = "channel") -> TernaryWeight:

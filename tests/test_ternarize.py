@@ -120,3 +120,20 @@ def test_dequantize_broadcasts_per_channel_scale():
     scale = torch.tensor([2.0, 0.5])
     assert torch.equal(dequantize_ternary(values, scale), torch.tensor([[2.0, 0, -2], [0.5, 0.5, 0]]))
     assert torch.equal(dequantize_ternary(values, torch.tensor([3.0]))[1], torch.tensor([3.0, 3.0, 0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 8), st.integers(1, 300), st.booleans())
+def test_calibrated_threshold_numpy_route_equals_torch_route(seed, rows, cols, with_ties):
+    # The CPU route sorts with NumPy (speed); it must give the very thresholds of the torch route,
+    # including ties, repeated values and all-zero rows.
+    from ternary_hf.ternarize import _calibrated_threshold_numpy, _calibrated_threshold_torch
+
+    mag = _weights(seed, rows, cols).abs()
+    if with_ties:
+        mag = torch.round(mag * 4) / 4  # few distinct values: ties everywhere, zeros included
+        mag[0] = 0.0
+    expected = _calibrated_threshold_torch(mag)
+    got = _calibrated_threshold_numpy(mag)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    assert torch.equal(got, expected)
