@@ -112,7 +112,8 @@ double fp32_fma_loop(int64_t iters) {
 def _loops():
     from torch.utils.cpp_extension import load_inline
 
-    return load_inline("ternary_hf_bench_peak", cpp_sources=_SOURCE, functions=["int8_tile_loop", "int8_maddubs_only_loop", "fp32_fma_loop"],
+    functions = ["int8_tile_loop", "int8_maddubs_only_loop", "fp32_fma_loop"]
+    return load_inline("ternary_hf_bench_peak", cpp_sources=_SOURCE, functions=functions,
                        extra_cflags=["-O2", "-mavx2", "-mfma"], verbose=False)
 
 
@@ -170,12 +171,13 @@ def main() -> None:
         prepared = prepare_weight(pack_ternary(ternary), k) if cpu_kernel_available() else None
         macs = float(args.m) * k * n
         inner = max(1, int(2e9 // macs))
-        t_fp32 = _median_time(lambda: torch.mm(x, weight.t()), args.rounds, inner)
+        t_fp32 = _median_time(lambda x=x, w=weight: torch.mm(x, w.t()), args.rounds, inner)
         line = f"| {shape} | {args.m} | {macs / t_fp32 / 1e9:.1f} | {macs / t_fp32 / 1e9 / fp32_peak:.0%} |"
         if prepared is None:
             print(line + " - | - | - |")
             continue
-        t_ours = _median_time(lambda: ternary_linear_cpu(x, prepared, scale, None, k, n), args.rounds, inner)
+        t_ours = _median_time(lambda x=x, p=prepared, s=scale, k=k, n=n: ternary_linear_cpu(x, p, s, None, k, n),
+                              args.rounds, inner)
         print(line + f" {macs / t_ours / 1e9:.1f} | {macs / t_ours / 1e9 / int8_peak:.0%} | {t_ours / t_fp32:.2f} |")
     print(f"\n# load average after: {load_avg()}")
 
