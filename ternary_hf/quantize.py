@@ -46,6 +46,7 @@ class QuantizeReport:
     mean_cosine: float | None = None
     min_cosine: float | None = None
     n_sentences: int = 0
+    calibration: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +67,8 @@ class QuantizeReport:
                 f"teacher vs ternary: mean cosine {self.mean_cosine:.4f} (min {self.min_cosine:.4f}) "
                 f"on {self.n_sentences} real sentences"
             )
+        if self.calibration:
+            lines.append(f"calibration:   {self.calibration}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -127,6 +130,8 @@ def quantize_folder(
     batch_size: int = 32,
     overwrite: bool = False,
     device: str = "cpu",
+    calibration_texts: int | list[str] | None = None,
+    show_progress_bar: bool = True,
 ) -> QuantizeReport:
     """Ternarize ``source`` (a transformers or sentence-transformers folder, or a Hub repo id) into ``output``.
 
@@ -138,6 +143,10 @@ def quantize_folder(
             sentences from :func:`ternary_hf.datasets.real_sentences` (skipped with a note if the data
             package cannot be fetched).
         overwrite: replace an existing ``output``.
+        calibration_texts: ternarize each layer to preserve its outputs on real text (GPTQ on the
+            ternary grid, :mod:`ternary_hf.calibration`) instead of rounding its weights: a number of
+            texts from the bundled training corpora, or the texts themselves. Slower (a minute or two
+            for a small model on a CPU) and much closer to the float model.
 
     Returns:
         A :class:`QuantizeReport`; also written to ``output/ternary_quantize.json``.
@@ -152,7 +161,12 @@ def quantize_folder(
         raise FileNotFoundError(f"{source} is neither a transformers folder (config.json) nor a sentence-transformers "
                                 "folder (modules.json)")
     notes: list[str] = []
-    student = load_encoder(source, config, device)
+    calibration_summary = None
+    if calibration_texts is not None:
+        student, calibration_summary = _load_calibrated(source, config, device, calibration_texts, batch_size,
+                                                        show_progress_bar)
+    else:
+        student = load_encoder(source, config, device)
     model = _auto_model(student)
     if not getattr(model, "is_quantized", False):
         raise RuntimeError(f"{source} did not load as a ternary model; is ternary_hf registered?")
@@ -179,7 +193,7 @@ def quantize_folder(
         source_bytes=src_bytes, output_bytes=out_bytes,
         size_ratio=out_bytes / src_bytes if src_bytes else float("nan"),
         linear_fp32_bytes=fp32, linear_ternary_bytes=stored, linear_ratio=stored / fp32 if fp32 else float("nan"),
-        n_linear=n_linear, n_embedding=n_embedding, notes=notes,
+        n_linear=n_linear, n_embedding=n_embedding, calibration=calibration_summary, notes=notes,
     )
     if sentences is None and num_sentences > 0:
         try:
@@ -195,6 +209,37 @@ def quantize_folder(
     with open(output / "ternary_quantize.json", "w", encoding="utf-8") as f:
         json.dump(report.to_dict(), f, indent=2)
     return report
+
+
+def _load_calibrated(source: str, config: TernaryConfig, device: str, texts: int | list[str], batch_size: int,
+                     show_progress_bar: bool):
+    """``(ternary encoder, summary)``: ``source`` calibrated in float, then loaded through the quantizer.
+
+    The calibrated float weights are ``alpha * T``, which the quantizer maps to themselves, so the
+    packed model holds exactly the calibrated values (written through a temporary float folder)."""
+    from .calibration import calibrate_model
+
+    if isinstance(texts, int):
+        if texts < 1:
+            raise ValueError(f"calibration_texts must be >= 1, got {texts}")
+        from .datasets import default_distillation_texts
+
+        texts = default_distillation_texts(limit=texts)
+    if not texts:
+        raise ValueError("calibration_texts is empty")
+    encoder = load_encoder(source, None, device)
+    model = _auto_model(encoder)
+    tokenizer = encoder[0].tokenizer
+    max_length = min(encoder.max_seq_length or 128, 128)
+    ordered = sorted(texts, key=len)  # little padding per batch
+    batches = [dict(tokenizer(ordered[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt").to(device)) for i in range(0, len(ordered), batch_size)]
+    report = calibrate_model(model, batches, config, show_progress_bar=show_progress_bar)
+    with tempfile.TemporaryDirectory(prefix=".calibrated.") as tmp:
+        encoder.save(tmp)
+        student = load_encoder(tmp, config, device)
+        # the quantizer has read everything it needs; nothing points into tmp afterwards
+    return student, report.summary()
 
 
 def _resolved_dir(repo_id: str) -> str | None:

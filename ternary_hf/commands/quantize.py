@@ -20,6 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("output", metavar="OUT")
     add_config_arguments(parser)
     parser.add_argument("--sentences", type=int, default=300, help="real sentences for the cosine check (0: skip)")
+    parser.add_argument("--calibrate", type=int, default=None, metavar="N",
+                        help="ternarize each layer to preserve its outputs on N real training texts (GPTQ on "
+                        "the ternary grid; e.g. 256) instead of rounding its weights: slower, closer to the float")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
@@ -31,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         report = quantize_folder(
-            args.source, args.output, config=config, num_sentences=args.sentences, overwrite=args.overwrite
+            args.source, args.output, config=config, num_sentences=args.sentences, overwrite=args.overwrite,
+            calibration_texts=args.calibrate,
         )
     except (FileExistsError, FileNotFoundError, ValueError, OSError) as exc:
         print(f"ternary-hf quantize: error: {exc}", file=sys.stderr)
