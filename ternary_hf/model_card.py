@@ -306,6 +306,11 @@ def _facts(
     if size_ratio is None and local_base is not None and weight_bytes:
         size_ratio = _ratio(_weight_bytes(local_base), weight_bytes)
     made = []
+    if isinstance(report.get("calibration"), str):
+        made.append(
+            "Each linear layer was ternarized to preserve its outputs on real text rather than by rounding its "
+            f"weights (GPTQ on the ternary grid, `ternary-hf quantize --calibrate`): {report['calibration']}."
+        )
     cosine = _number(report.get("mean_cosine"))
     if cosine is not None:
         made.append(

@@ -739,6 +739,18 @@ def test_model_card_for_plain_transformers_model(tiny_models, tmp_path):
     assert "SentenceTransformer(" not in str(card) and 'AutoModel.from_pretrained("tester/plain")' in str(card)
 
 
+def test_model_card_says_when_the_model_was_calibrated(tiny_models, tmp_path):
+    from ternary_hf.model_card import render_model_card
+
+    folder = Path(_copy(_needs_ternary(tiny_models), tmp_path / "model"))
+    assert "GPTQ" not in str(render_model_card(folder, "tester/x"))
+    summary = "37 linear layers calibrated on 256 texts: mean relative output error 0.1754 (weight rounding) -> 0.0654"
+    (folder / "ternary_quantize.json").write_text(json.dumps({"calibration": summary, "mean_cosine": 0.69,
+                                                             "n_sentences": 300}))
+    text = str(render_model_card(folder, "tester/x"))
+    assert "GPTQ on the ternary grid" in text and summary in text and "0.6900 on 300 sentences" in text
+
+
 def test_hand_written_readme_keeps_its_text_and_gains_metadata(tiny_models, tmp_path):
     from huggingface_hub import ModelCard
 
