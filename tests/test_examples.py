@@ -153,6 +153,15 @@ def test_quantize_minilm_saves_a_small_ternary_model_that_reloads(quantized):
     assert 0.2 < float(np.mean(np.sum(emb * teacher, axis=1))) < 0.95
 
 
+def test_calibrate_minilm_beats_rounding_and_saves_a_loadable_folder(tmp_path):
+    proc = run_example("calibrate_minilm.py", "--texts", "48", "--sentences", "60", "--out", "cal", cwd=tmp_path)
+    assert "37 linear layers calibrated on 48 texts" in proc.stdout
+    cos = dict(re.findall(r"real sentences, (rounded|calibrated): ([\d.]+)", proc.stdout))
+    assert float(cos["calibrated"]) > float(cos["rounded"]) + 0.05, proc.stdout
+    emb = _encode_check(tmp_path / "cal")
+    assert emb.shape[1] == 384
+
+
 # ------------------------------------------------------------------------------------------- evaluate
 def test_evaluate_minilm_prints_table_and_writes_json_and_png(tmp_path):
     from ternary_hf.evaluation import EvaluationResult
