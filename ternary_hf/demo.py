@@ -14,7 +14,6 @@ Ctrl-C never leaves a half-written model there.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -130,6 +129,7 @@ def _speed(teacher_dir: str, student_dir: str, cache: _Cache, n: int, say: Calla
 
     from .datasets import real_sentences
     from .onnx_baseline import OnnxEncoder, export_onnx, onnx_available
+    from .speed import measure_encode_speed
 
     texts = real_sentences(n)
     encoders: dict[str, Any] = {
@@ -140,29 +140,13 @@ def _speed(teacher_dir: str, student_dir: str, cache: _Cache, n: int, say: Calla
     ok, why = onnx_available()
     if ok:
         say("exporting the FP32 teacher to ONNX and quantizing it to int8 (cached) ...")
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # onnxruntime's quantizer logs a pre-processing hint on the root logger
-        try:
-            paths = export_onnx(teacher_dir, cache.root / "onnx")
-        finally:
-            root.setLevel(level)
+        paths = export_onnx(teacher_dir, cache.root / "onnx")
         encoders["onnx-int8"] = OnnxEncoder(paths["int8"], teacher_dir, threads=torch.get_num_threads())
     else:
         note = f"ONNX-int8 not measured: {why}"
-    best: dict[str, float] = {}
-    for enc in encoders.values():  # warm-up (kernel build, first-call allocations)
-        enc.encode(texts[:32], batch_size=32)
-    rounds = 2
-    for _ in range(rounds):
-        for name, enc in encoders.items():
-            start = time.perf_counter()
-            with torch.inference_mode():
-                enc.encode(texts, batch_size=32)
-            rate = len(texts) / (time.perf_counter() - start)
-            best[name] = max(best.get(name, 0.0), rate)
-    return {"sentences_per_s": best, "n_sentences": len(texts), "batch_size": 32,
-            "threads": torch.get_num_threads(), "rounds": rounds, "note": note}
+    result = measure_encode_speed(encoders, texts, batch_size=32, rounds=2)
+    return {"sentences_per_s": result.sentences_per_s, "n_sentences": result.n_sentences,
+            "batch_size": result.batch_size, "threads": result.threads, "rounds": result.rounds, "note": note}
 
 
 def _search(teacher_dir: str, student_dir: str, n_docs: int, n_queries: int) -> dict[str, Any]:

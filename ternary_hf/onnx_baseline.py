@@ -11,6 +11,7 @@ folder's tokenizer, mean pooling, L2 normalisation. Used by ``ternary-hf demo`` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -73,10 +74,16 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dic
                           "last_hidden_state": {0: "batch", 1: "seq"}},
         )
     tmp.replace(paths["fp32"])
-    for key, weight_type in (("int8", QuantType.QInt8), ("uint8", QuantType.QUInt8)):
-        partial = out_dir / f"{paths[key].name}.partial"
-        quantize_dynamic(str(paths["fp32"]), str(partial), weight_type=weight_type)
-        partial.replace(paths[key])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime's quantizer logs a pre-processing hint on the root logger
+    try:
+        for key, weight_type in (("int8", QuantType.QInt8), ("uint8", QuantType.QUInt8)):
+            partial = out_dir / f"{paths[key].name}.partial"
+            quantize_dynamic(str(paths["fp32"]), str(partial), weight_type=weight_type)
+            partial.replace(paths[key])
+    finally:
+        root.setLevel(level)
     return paths
 
 
