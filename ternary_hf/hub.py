@@ -20,12 +20,14 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .model_card import ModelCardError, write_model_card
+from .model_card import ModelCardError, redact_local_paths, write_model_card
 
 __all__ = ["HubPushError", "PushResult", "push_folder", "push_to_hub", "validate_model_folder"]
 
@@ -180,6 +182,31 @@ def _validate_card(readme: Path) -> None:
         logger.debug("model card validation skipped: %s", exc)
 
 
+def _stage_for_upload(folder: Path, staging: Path) -> Path:
+    """A copy of ``folder`` to upload: files hard-linked (copied across file systems), except the
+    top-level JSON records, which are rewritten without local paths (:func:`redact_local_paths`)."""
+    for source in folder.rglob("*"):
+        target = staging / source.relative_to(folder)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.parent == folder and source.suffix == ".json":
+            try:
+                record = json.loads(source.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                record = None
+            redacted = redact_local_paths(record)
+            if record is not None and redacted != record:
+                target.write_text(json.dumps(redacted, indent=2) + "\n", encoding="utf-8")
+                continue
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+    return staging
+
+
 def push_folder(
     folder: str | os.PathLike[str],
     repo_id: str,
@@ -230,13 +257,14 @@ def push_folder(
         step = "reading the current head"
         previous = api.repo_info(repo_id, revision=branch).sha
         step = "uploading"
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=path,
-            revision=branch,
-            commit_message=commit_message or f"Upload {path.name} with ternary-hf",
-            ignore_patterns=list(IGNORE_PATTERNS),
-        )
+        with tempfile.TemporaryDirectory(prefix="ternary-hf-push-") as staging:
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=_stage_for_upload(path, Path(staging) / path.name),
+                revision=branch,
+                commit_message=commit_message or f"Upload {path.name} with ternary-hf",
+                ignore_patterns=list(IGNORE_PATTERNS),
+            )
     except Exception as exc:
         raise failure(step, exc) from exc
     changed = info.oid != previous

