@@ -156,7 +156,10 @@ def ternarize(weight: torch.Tensor, method: str = "twn", granularity: str = "cha
             scale = 2.0 * mean_mag
         else:
             count = mask.sum(dim=1, keepdim=True)
-            scale = (mag * mask).sum(dim=1, keepdim=True) / count.clamp(min=1)
+            # Summed in float64 and rounded once: the result no longer depends on the summation order,
+            # so the trainer's one-pass C++ version (kernels.ternarize_calibrated_cpu) gives the same bits.
+            kept = (mag * mask).sum(dim=1, keepdim=True, dtype=torch.float64)
+            scale = (kept / count.clamp(min=1)).to(torch.float32)
     values = values.to(torch.int8).reshape(w.shape)
     return TernaryWeight(values=values, scale=scale.reshape(-1).contiguous())
 

@@ -6,6 +6,14 @@ keep a float tensor named ``weight`` of the original shape, so the student's ``s
 plain float checkpoint of the teacher's architecture: finalizing it means loading that checkpoint
 through the quantizer, which applies the very same :func:`~ternary_hf.ternarize.ternarize` rule (and,
 for activations, the same int8 rule from :mod:`ternary_hf.functional`) as the forward used in training.
+
+On CPU with the compiled kernel (:mod:`ternary_hf.kernels`) and int8 activations, a student layer's
+forward *is* the inference layer's: its latent weight is ternarized by one C++ pass (bit for bit the
+same values and scales as :func:`~ternary_hf.ternarize.ternarize` for the default calibrated
+per-channel rule), put in the kernel's layout and multiplied by the same AVX2 kernel the finalized
+model uses; the backward is the straight-through estimator in float32 (``grad_x = grad_y @ (s_w T)``,
+``grad_W = grad_y.T @ (q(x) s_x)``). Elsewhere (GPU, float activations, no compiler) the plain torch
+forward below computes the same thing up to float rounding.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from . import rowwise
 from .config import TernaryConfig
 from .conversion import swap_modules
 from .functional import quantize_activations_int8
-from .ternarize import ternarize
+from .ternarize import dequantize_ternary, ternarize
 
 __all__ = ["FakeTernaryLinear", "FakeQuantEmbedding", "build_student", "to_float_model", "fake_quantize_int8"]
 
@@ -49,10 +57,23 @@ class FakeTernaryLinear(nn.Module):
             return ternarize(self.weight, self.threshold_method, self.granularity).dequantize(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = _training_kernels(x, self)
+        if kernels is not None:
+            values, scale = self._ternary_values(kernels)
+            prepared = kernels.prepare_from_values(values)
+            return _KernelTernaryLinear.apply(x, self.weight, self.bias, values, scale, prepared)
         w = self.quantized_weight() + (self.weight - self.weight.detach())  # exact value, identity gradient
         if self.quantize_activations:
             x = fake_quantize_int8(x)
         return F.linear(x, w, self.bias)
+
+    def _ternary_values(self, kernels) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ternarize(weight)`` as (int8 values, float32 scale); the default rule in one C++ pass."""
+        with torch.no_grad():
+            if self.threshold_method == "calibrated" and self.granularity == "channel" and self.in_features > 0:
+                return kernels.ternarize_calibrated_cpu(self.weight)
+            ternary = ternarize(self.weight, self.threshold_method, self.granularity)
+            return ternary.values.contiguous(), ternary.scale.contiguous()
 
     def to_linear(self) -> nn.Linear:
         """The latent weights as a plain ``nn.Linear`` (what the quantizer then ternarizes)."""
@@ -63,6 +84,49 @@ class FakeTernaryLinear(nn.Module):
             if self.bias is not None:
                 linear.bias.copy_(self.bias)
         return linear
+
+
+def _training_kernels(x: torch.Tensor, layer: FakeTernaryLinear):
+    """The kernel module when this layer's forward can run on it (CPU, float32, int8 activations)."""
+    if not (layer.quantize_activations and x.device.type == "cpu" and x.dtype == torch.float32
+            and layer.weight.dtype == torch.float32 and layer.in_features > 0 and layer.out_features > 0
+            and not torch.is_autocast_enabled("cpu")):
+        return None
+    from .modules import _kernel
+
+    return _kernel()
+
+
+class _KernelTernaryLinear(torch.autograd.Function):
+    """Forward: the inference kernel on the freshly ternarized weight. Backward: straight-through."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, values, scale, prepared):
+        from .kernels import fake_quantize_int8_cpu, ternary_linear_cpu
+
+        out_features, in_features = values.shape
+        x2d = x.reshape(-1, in_features).contiguous()
+        y = ternary_linear_cpu(x2d, prepared, scale, None if bias is None else bias.detach(), in_features,
+                               out_features)
+        # grad_W needs the activations the kernel multiplied: q(x) * s_x, by the kernel's own rule.
+        xq = fake_quantize_int8_cpu(x2d) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(xq, values, scale)
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        return y.reshape(*x.shape[:-1], out_features)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        xq, values, scale = ctx.saved_tensors
+        g = grad_y.reshape(-1, values.shape[0])
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ dequantize_ternary(values, scale)).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = g.t() @ xq
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class FakeQuantEmbedding(nn.Module):

@@ -32,9 +32,16 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["SOURCE", "CFLAGS", "kernel_disabled", "cache_root", "kernel_module", "load_kernel_module", "kernel_status"]
+__all__ = [
+    "SOURCE", "SOURCES", "HEADERS", "CFLAGS", "kernel_disabled", "cache_root", "kernel_module", "load_kernel_module",
+    "kernel_status",
+]
 
 SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
+#: Everything the build reads (hashed into the cache key): the inference kernel, the trainer's ops
+#: and the header they share.
+SOURCES = (SOURCE, SOURCE.with_name("ternary_train.cpp"))
+HEADERS = (SOURCE.with_name("common.h"),)
 CFLAGS = ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
 DISABLE_ENV = "TERNARY_HF_DISABLE_KERNEL"
@@ -60,7 +67,8 @@ def cache_root() -> Path:
 
 def _build_name() -> str:
     h = hashlib.sha256()
-    h.update(SOURCE.read_bytes())
+    for path in SOURCES + HEADERS:
+        h.update(path.read_bytes())
     h.update(" ".join(CFLAGS + LDFLAGS).encode())
     h.update(torch.__version__.encode())
     h.update(f"{sys.version_info[0]}.{sys.version_info[1]}".encode())
@@ -134,7 +142,7 @@ def _build(name: str) -> ModuleType:
             raise _Unavailable(problem)
         return cpp_extension.load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(path) for path in SOURCES],
             extra_cflags=list(CFLAGS),  # copies: torch appends to the lists it is given
             extra_ldflags=list(LDFLAGS),
             build_directory=str(build_dir),

@@ -38,6 +38,8 @@
 #include <torch/extension.h>
 #include <unistd.h>
 
+#include "common.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -53,69 +55,12 @@
 
 namespace {
 
+using namespace ternary_hf_kernel;
+
 constexpr int64_t kMR = 6;         // rows per register tile
-constexpr int64_t kNR = 16;        // columns per register tile (= per weight panel)
-constexpr int64_t kKB = 16;        // k values per weight block
-constexpr int64_t kBlockBytes = 64;
 constexpr int64_t kWidenBlocks = 16;  // 16 blocks * 16 k = 256 k per int16 accumulation (see top)
 constexpr int64_t kRowBlock = 48;   // rows sharing one pass over the weights (q block stays in L2)
 constexpr int64_t kColBlock = 64;   // columns per parallel work unit
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// ---------------------------------------------------------------------------------------------
-// Activation quantization: one row of x (K floats) -> int8 codes padded with zeros to kp, returns
-// sum(q) and writes s_x.
-int32_t quantize_row(const float* x, int64_t k, int64_t kp, int8_t* q, float* sx) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 vmax = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= k; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float amax = 0.0f;
-  for (int l = 0; l < 8; ++l) amax = std::max(amax, lanes[l]);
-  for (; i < k; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float safe = amax > 0.0f ? amax : 1.0f;
-  const float inv = (1.0f / safe) * 127.0f;
-  *sx = safe / 127.0f;
-
-  const __m256 vinv = _mm256_set1_ps(inv);
-  const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
-  const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  __m256i vsum = _mm256_setzero_si256();
-  const __m256i ones16 = _mm256_set1_epi16(1);
-  i = 0;
-  for (; i + 32 <= k; i += 32) {
-    __m256i v[4];
-    for (int u = 0; u < 4; ++u) {
-      __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * u), vinv);
-      y = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      y = _mm256_min_ps(_mm256_max_ps(y, lo), hi);
-      v[u] = _mm256_cvtps_epi32(y);
-    }
-    __m256i p01 = _mm256_packs_epi32(v[0], v[1]);   // int16, lane-interleaved
-    __m256i p23 = _mm256_packs_epi32(v[2], v[3]);
-    vsum = _mm256_add_epi32(vsum, _mm256_madd_epi16(p01, ones16));
-    vsum = _mm256_add_epi32(vsum, _mm256_madd_epi16(p23, ones16));
-    __m256i b = _mm256_packs_epi16(p01, p23);
-    b = _mm256_permutevar8x32_epi32(b, perm);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + i), b);
-  }
-  alignas(32) int32_t sl[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(sl), vsum);
-  int32_t sum = 0;
-  for (int l = 0; l < 8; ++l) sum += sl[l];
-  for (; i < k; ++i) {
-    float y = std::nearbyint(x[i] * inv);
-    y = std::min(std::max(y, -127.0f), 127.0f);
-    const int32_t qi = static_cast<int32_t>(y);
-    q[i] = static_cast<int8_t>(qi);
-    sum += qi;
-  }
-  for (; i < kp; ++i) q[i] = 0;
-  return sum;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Register-tiled micro kernel: R rows (R <= 6) x 16 columns over all k; writes int32 sums of
@@ -627,6 +572,8 @@ torch::Tensor ternary_accumulators(const torch::Tensor& x, const torch::Tensor& 
 
 }  // namespace
 
+void register_training_ops(pybind11::module_& m);  // ternary_train.cpp
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "AVX2 ternary-weight x int8-activation linear layer (ternary_hf)";
   m.def("ternary_linear", &ternary_linear,
@@ -647,4 +594,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "benchmarks only: prefetch each panel's output lines before computing it (default on)");
   m.def("ternary_accumulators", &ternary_accumulators, "int32 q(x) @ T.T (for tests)", py::arg("x"),
         py::arg("prepared"), py::arg("in_features"), py::arg("out_features"));
+  register_training_ops(m);
 }

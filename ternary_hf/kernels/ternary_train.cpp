@@ -1,0 +1,210 @@
+// CPU ops of the distillation trainer's fast path (ternary_hf/training.py, FakeTernaryLinear).
+//
+// Why this file exists: the student re-ternarizes every linear layer on every step and fake-quantizes
+// every activation. Done with torch ops, that bookkeeping cost more than the student's own matrix
+// products (all-MiniLM-L6-v2, batch 32, 2 threads: 0.33 s of ternarization + 0.12 s of fake
+// quantization + the straight-through adds, in a 2.6 s step). Here each is one pass in C++, and the
+// ternary codes go straight into the inference kernel's layout, so the student's forward runs the
+// very kernel the finalized model runs.
+//
+// Exactness (tests check each against the Python definition):
+//   * ternarize_calibrated == ternary_hf.ternarize.ternarize(w, "calibrated", "channel"): the same
+//     sorted magnitudes (a radix sort of the float bit patterns gives exactly the values any sort
+//     gives), the same sequential float64 prefix sums and `csum * csum / k` (no FMA: built with
+//     -ffp-contract=off), the first maximum, the same threshold and mask; the scale is the float64
+//     sum of the kept magnitudes over their count, rounded once to float32, as ternarize.py computes it.
+//   * fake_quantize_int8 == ternary_hf.functional.quantize_activations_int8 (q * s_x): it calls the
+//     kernel's own quantize_row (common.h).
+//   * prepare_from_values == kernels.prepare_weight(pack_ternary(values), K), without the 2-bit
+//     round trip.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <atomic>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+
+namespace {
+
+using namespace ternary_hf_kernel;
+
+// Ascending LSD radix sort of non-negative float bit patterns (their uint32 order is their float
+// order), 8 bits per pass, skipping a digit that is the same for every key (the top byte often is).
+// Keys of one digit value form a chain of dependent counter updates; the two halves of the array keep
+// separate counters (the second half's offsets start where the first half's end), so two chains run
+// side by side and the sort stays stable.
+void radix_sort_u32(uint32_t* keys, uint32_t* tmp, int64_t n) {
+  const int64_t half = n / 2;
+  uint32_t* src = keys;
+  uint32_t* dst = tmp;
+  for (int shift = 0; shift < 32; shift += 8) {
+    uint32_t c0[256] = {}, c1[256] = {};
+    for (int64_t i = 0; i < half; ++i) {
+      ++c0[(src[i] >> shift) & 0xFF];
+      ++c1[(src[half + i] >> shift) & 0xFF];
+    }
+    if (n & 1) ++c1[(src[n - 1] >> shift) & 0xFF];
+    const uint32_t d0 = (src[0] >> shift) & 0xFF;
+    if (c0[d0] + c1[d0] == static_cast<uint32_t>(n)) continue;  // one digit value: order unchanged
+    uint32_t offset = 0;
+    for (int d = 0; d < 256; ++d) {
+      const uint32_t a = c0[d], b = c1[d];
+      c0[d] = offset;
+      c1[d] = offset + a;
+      offset += a + b;
+    }
+    for (int64_t i = 0; i < half; ++i) {
+      const uint32_t ka = src[i], kb = src[half + i];
+      dst[c0[(ka >> shift) & 0xFF]++] = ka;
+      dst[c1[(kb >> shift) & 0xFF]++] = kb;
+    }
+    if (n & 1) dst[c1[(src[n - 1] >> shift) & 0xFF]++] = src[n - 1];
+    std::swap(src, dst);
+  }
+  if (src != keys) std::memcpy(keys, src, static_cast<size_t>(n) * sizeof(uint32_t));
+}
+
+struct RowScratch {
+  std::vector<uint32_t> keys, tmp;
+};
+
+// One row: int8 values in {-1, 0, 1} and the float32 scale of the exact least-squares rule; false
+// (nothing meaningful written) if the row holds NaN or inf.
+bool ternarize_row(const float* w, int64_t n, int8_t* values, float* scale, RowScratch& s) {
+  s.keys.resize(n);
+  s.tmp.resize(n);
+  uint32_t* keys = s.keys.data();
+  uint32_t special = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, w + i, 4);
+    keys[i] = bits & 0x7FFFFFFFu;                                             // |w|
+    special |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);  // exponent all ones: inf / NaN
+  }
+  if (special) return false;
+  radix_sort_u32(keys, s.tmp.data(), n);
+  auto mag_at_desc = [&](int64_t j) {  // j-th largest magnitude
+    float v;
+    std::memcpy(&v, &keys[n - 1 - j], 4);
+    return v;
+  };
+  double csum = 0.0, best_f = -std::numeric_limits<double>::infinity();
+  int64_t best = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    csum += static_cast<double>(mag_at_desc(j));
+    const double f = csum * csum / static_cast<double>(j + 1);
+    const bool better = f > best_f;  // strict: the first maximum, like numpy.argmax
+    best = better ? j : best;
+    best_f = better ? f : best_f;
+  }
+  const float threshold = best + 1 < n ? mag_at_desc(best + 1) : 0.0f;
+  // The kept magnitudes are summed in float64 (4 partial sums) and rounded once to float32: the
+  // float64 result of any summation order rounds to the same float32 as ternarize.py's torch sum.
+  double kept[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float m = std::fabs(w[i]);
+    const bool keep = m > threshold;
+    kept[i & 3] += keep ? static_cast<double>(m) : 0.0;
+    count += keep;
+    values[i] = static_cast<int8_t>(keep ? (w[i] > 0.0f ? 1 : -1) : 0);
+  }
+  const double total = (kept[0] + kept[1]) + (kept[2] + kept[3]);
+  *scale = static_cast<float>(total / static_cast<double>(std::max<int64_t>(count, 1)));
+  return true;
+}
+
+std::vector<torch::Tensor> ternarize_calibrated(const torch::Tensor& weight) {
+  TORCH_CHECK_VALUE(weight.device().is_cpu() && weight.scalar_type() == torch::kFloat32 && weight.dim() == 2 &&
+                        weight.is_contiguous() && weight.size(1) > 0,
+                    "ternarize_calibrated: weight must be a contiguous 2-D float32 CPU tensor with in_features > 0");
+  const int64_t rows = weight.size(0), n = weight.size(1);
+  auto values = torch::empty({rows, n}, weight.options().dtype(torch::kInt8));
+  auto scale = torch::empty({rows}, weight.options());
+  const float* w = weight.data_ptr<float>();
+  int8_t* v = values.data_ptr<int8_t>();
+  float* sc = scale.data_ptr<float>();
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / n), [&](int64_t r0, int64_t r1) {
+    RowScratch s;
+    for (int64_t r = r0; r < r1; ++r) {
+      if (!ternarize_row(w + r * n, n, v + r * n, sc + r, s)) finite.store(false, std::memory_order_relaxed);
+    }
+  });
+  TORCH_CHECK_VALUE(finite.load(), "weight contains NaN or inf; refusing to ternarize (check the checkpoint)");
+  return {values, scale};
+}
+
+// int8 ternary values (out_features, in_features) -> the kernel's panel layout (see ternary_cpu.cpp).
+torch::Tensor prepare_from_values(const torch::Tensor& values) {
+  TORCH_CHECK_VALUE(values.device().is_cpu() && values.scalar_type() == torch::kInt8 && values.dim() == 2 &&
+                        values.is_contiguous(),
+                    "prepare_from_values: values must be a contiguous 2-D int8 CPU tensor of -1/0/+1");
+  const int64_t n_out = values.size(0), k = values.size(1);
+  const int64_t n_pan = ceil_div(n_out, kNR), n_kb = ceil_div(k, kKB);
+  auto out = torch::empty({n_pan, n_kb, kBlockBytes}, values.options().dtype(torch::kUInt8));
+  const int8_t* v = values.data_ptr<int8_t>();
+  uint8_t* o = out.data_ptr<uint8_t>();
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, n_pan, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t kb = 0; kb < n_kb; ++kb) {
+        uint8_t* block = o + (p * n_kb + kb) * kBlockBytes;
+        for (int64_t c = 0; c < kNR; ++c) {  // c = 8v + j
+          const int64_t row = p * kNR + c;
+          const int64_t vv = c / 8, j = c % 8;
+          for (int64_t i = 0; i < 4; ++i) {
+            uint8_t byte = 0;
+            for (int64_t s = 0; s < 4; ++s) {
+              const int64_t col = kb * kKB + 4 * s + i;
+              int code = 1;  // padding: the code of 0
+              if (row < n_out && col < k) {
+                code = v[row * k + col] + 1;
+                if (code < 0 || code > 2) bad.store(true, std::memory_order_relaxed);
+              }
+              byte |= static_cast<uint8_t>((code & 3) << (2 * s));
+            }
+            block[32 * vv + 4 * j + i] = byte;
+          }
+        }
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(!bad.load(), "prepare_from_values: values must all be -1, 0 or +1");
+  return out;
+}
+
+// x (M, K) float32 -> q(x) * s_x as float32, with the kernel's per-token int8 rule.
+torch::Tensor fake_quantize_int8(const torch::Tensor& x) {
+  TORCH_CHECK_VALUE(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
+                    "fake_quantize_int8: x must be a contiguous 2-D float32 CPU tensor");
+  const int64_t m = x.size(0), k = x.size(1);
+  auto out = torch::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, m, std::max<int64_t>(1, 65536 / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    std::vector<int8_t> q(static_cast<size_t>(k));
+    for (int64_t r = r0; r < r1; ++r) {
+      float sx;
+      quantize_row(xp + r * k, k, k, q.data(), &sx);
+      float* orow = op + r * k;
+      for (int64_t i = 0; i < k; ++i) orow[i] = static_cast<float>(q[i]) * sx;
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+void register_training_ops(pybind11::module_& m) {
+  m.def("ternarize_calibrated", &ternarize_calibrated,
+        "(values int8, scale float32) of ternarize(w, 'calibrated', 'channel'), bit for bit", py::arg("weight"),
+        py::call_guard<py::gil_scoped_release>());
+  m.def("prepare_from_values", &prepare_from_values, "int8 ternary values -> the kernel's panel layout",
+        py::arg("values"), py::call_guard<py::gil_scoped_release>());
+  m.def("fake_quantize_int8", &fake_quantize_int8, "q(x) * s_x with the kernel's per-token int8 rule",
+        py::arg("x"), py::call_guard<py::gil_scoped_release>());
+}

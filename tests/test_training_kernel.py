@@ -1,0 +1,129 @@
+"""The distillation trainer's CPU fast path: C++ ternarization, layout and fake quantization against their
+Python definitions (bit for bit), and the student layer on the kernel against the torch path and the
+inference layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from ternary_hf import TernaryLinear, kernels
+from ternary_hf.functional import quantize_activations_int8
+from ternary_hf.packing import pack_ternary
+from ternary_hf.ternarize import ternarize
+from ternary_hf.training import FakeTernaryLinear, _training_kernels
+
+
+@pytest.fixture(scope="module")
+def kernel_ready() -> None:
+    if not kernels.cpu_kernel_available():
+        pytest.skip(f"kernel cannot build here: {kernels.kernel_status()}")
+
+
+def _weights(rows: int, cols: int, seed: int, kind: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "gaussian":
+        return torch.randn(rows, cols, generator=g) * 0.05
+    if kind == "ties":  # few distinct magnitudes: ties at the threshold, equal sorted values
+        return torch.randint(-3, 4, (rows, cols), generator=g).to(torch.float32) * 0.25
+    if kind == "heavy":  # outliers and tiny values in one row
+        return torch.randn(rows, cols, generator=g) ** 3
+    w = torch.randn(rows, cols, generator=g)
+    w[0] = 0.0  # an all-zero row
+    if rows > 1:
+        w[1, :] = -0.0
+    return w
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 300), seed=st.integers(0, 10_000),
+       kind=st.sampled_from(["gaussian", "ties", "heavy", "zeros"]))
+def test_cpp_calibrated_ternarization_equals_the_python_rule_bit_for_bit(kernel_ready, rows, cols, seed, kind):
+    w = _weights(rows, cols, seed, kind)
+    values, scale = kernels.ternarize_calibrated_cpu(w)
+    expected = ternarize(w, "calibrated", "channel")
+    assert values.dtype == torch.int8 and scale.dtype == torch.float32
+    assert torch.equal(values, expected.values)
+    assert torch.equal(scale, expected.scale)
+
+
+def test_cpp_ternarization_on_real_layer_shapes_and_bad_input(kernel_ready):
+    for shape in [(384, 384), (1536, 384), (384, 1536), (768, 3072)]:
+        w = _weights(*shape, seed=shape[0] + shape[1], kind="gaussian")
+        values, scale = kernels.ternarize_calibrated_cpu(w)
+        expected = ternarize(w, "calibrated", "channel")
+        assert torch.equal(values, expected.values) and torch.equal(scale, expected.scale)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        w = torch.randn(20, 30)
+        w[7, 3] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            kernels.ternarize_calibrated_cpu(w)
+    with pytest.raises(ValueError, match="float32"):
+        kernels.ternarize_calibrated_cpu(torch.randn(4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (16, 16), (17, 33), (384, 1536), (50, 7)])
+def test_layout_from_values_equals_the_load_time_layout(kernel_ready, shape):
+    values = torch.randint(-1, 2, shape, dtype=torch.int8, generator=torch.Generator().manual_seed(sum(shape)))
+    assert torch.equal(kernels.prepare_from_values(values), kernels.prepare_weight(pack_ternary(values), shape[1]))
+    values[0, 0] = 2
+    with pytest.raises(ValueError, match="-1, 0 or \\+1"):
+        kernels.prepare_from_values(values)
+
+
+def test_fake_quantization_equals_the_reference_rule_bit_for_bit(kernel_ready):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 389, generator=g) * torch.logspace(-6, 3, 64).unsqueeze(1)
+    x[5] = 0.0
+    x[9, :] = 0.5 * torch.arange(389) / 388 * 127  # exact .5 ties after scaling
+    q, s = quantize_activations_int8(x)
+    assert torch.equal(kernels.fake_quantize_int8_cpu(x), q * s)
+
+
+def _layer_pair(in_features: int, out_features: int, bias: bool, seed: int) -> FakeTernaryLinear:
+    torch.manual_seed(seed)
+    return FakeTernaryLinear(nn.Linear(in_features, out_features, bias=bias), "calibrated", "channel", True)
+
+
+def test_the_fast_path_is_taken_only_where_the_kernel_computes_the_same_thing(kernel_ready):
+    layer = _layer_pair(24, 40, True, 0)
+    x = torch.randn(3, 24)
+    assert _training_kernels(x, layer) is not None
+    assert _training_kernels(x.double(), layer) is None
+    float_acts = FakeTernaryLinear(nn.Linear(24, 40), "calibrated", "channel", quantize_activations=False)
+    assert _training_kernels(x, float_acts) is None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("method,granularity", [("calibrated", "channel"), ("twn", "tensor"), ("absmean", "channel")])
+def test_student_layer_on_the_kernel_equals_the_inference_layer_and_the_torch_gradients(
+        kernel_ready, monkeypatch, bias, method, granularity):
+    layer = FakeTernaryLinear(nn.Linear(70, 45, bias=bias), method, granularity, True)
+    x = (torch.randn(2, 9, 70) * 3).requires_grad_(True)
+    grad_out = torch.randn(2, 9, 45)
+
+    out = layer(x)
+    out.backward(grad_out)
+    fast = (out.detach(), x.grad.clone(), layer.weight.grad.clone(), None if not bias else layer.bias.grad.clone())
+
+    # The forward is the inference layer's, exactly (same kernel, same ternary values and scales).
+    inference = TernaryLinear.from_linear(layer.to_linear(), method, granularity, quantize_activations=True)
+    assert torch.equal(fast[0], inference(x.detach()))
+
+    # The torch path (what runs without the kernel) gives the same values and gradients up to float rounding.
+    x.grad = None
+    layer.weight.grad = None
+    if bias:
+        layer.bias.grad = None
+    monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    assert _training_kernels(x, layer) is None
+    ref = layer(x)
+    ref.backward(grad_out)
+    torch.testing.assert_close(fast[0], ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[1], x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[2], layer.weight.grad, rtol=1e-5, atol=1e-5)
+    if bias:
+        torch.testing.assert_close(fast[3], layer.bias.grad, rtol=1e-5, atol=1e-5)
