@@ -11,7 +11,13 @@ passed straight through. Losses (each weighted, 0 switches it off):
 * ``layer_mse`` -- masked MSE averaged over every intermediate hidden state (TernaryBERT's recipe);
 * ``similarity`` -- matching the in-batch cosine-similarity matrices (ranking is what retrieval
   needs). ``similarity_mode="mse"`` compares off-diagonal entries; ``"kl"`` compares row-wise
-  softmaxes at ``similarity_temperature`` with the diagonal masked (left in, it dominates every row).
+  softmaxes at ``similarity_temperature`` with the diagonal masked (left in, it dominates every row);
+* ``bank_similarity`` -- MSE between the student's and the teacher's cosine similarities of this
+  batch to a bank of the teacher's embeddings of up to ``bank_size`` earlier texts. For a pair of
+  texts the error of the student's similarity is, to first order, ``(s_a - t_a) . t_b + ...``: this
+  loss averages exactly that term over thousands of real ``t_b`` per step instead of the 31 other
+  texts of the batch, so the student's error is pushed out of the directions real texts differ in.
+  The bank costs no student forward (teacher embeddings only) and is saved with each checkpoint.
 
 The loop runs on :class:`accelerate.Accelerator` (CPU, one GPU, or ``accelerate launch`` for many),
 checkpoints every ``save_every`` steps with ``save_state`` and resumes exactly where it stopped
@@ -44,7 +50,7 @@ from .config import TernaryConfig
 from .progress import bar_switch
 from .training import build_student, to_float_model
 
-__all__ = ["DistillConfig", "DistillResult", "distill", "distillation_loss", "finalize", "load_texts"]
+__all__ = ["DistillConfig", "DistillResult", "TeacherBank", "distill", "distillation_loss", "finalize", "load_texts"]
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT_PREFIX = "checkpoint-"
@@ -77,6 +83,8 @@ class DistillConfig:
     similarity: float = 1.0
     similarity_mode: str = "mse"
     similarity_temperature: float = 0.1
+    bank_similarity: float = 0.0
+    bank_size: int = 4096
     mask_padding: bool = True
     seed: int = 0
     save_every: int = 100
@@ -94,13 +102,15 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "save_every",
-                     "log_every"):
+                     "log_every", "bank_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DistillConfig: {name}={getattr(self, name)!r} must be >= 1")
-        for name in ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "similarity", "learning_rate"):
+        for name in ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "similarity", "bank_similarity",
+                     "learning_rate"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"DistillConfig: {name}={getattr(self, name)!r} must be >= 0")
-        if self.hidden_mse + self.pooled_cosine + self.pooled_mse + self.layer_mse + self.similarity == 0:
+        if (self.hidden_mse + self.pooled_cosine + self.pooled_mse + self.layer_mse + self.similarity
+                + self.bank_similarity == 0):
             raise ValueError("DistillConfig: every loss weight is 0; switch at least one loss on")
         if self.similarity_mode not in ("mse", "kl"):
             raise ValueError(f"DistillConfig: similarity_mode={self.similarity_mode!r}; choose 'mse' or 'kl'")
@@ -202,9 +212,37 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
-def distillation_loss(student_out, teacher_out, attention_mask: torch.Tensor, cfg: DistillConfig
-                      ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of the switched-on losses; returns ``(loss, {name: value})``."""
+class TeacherBank:
+    """FIFO of the teacher's L2-normalised pooled embeddings of earlier batches (``bank_similarity``).
+
+    Every process pushes the gathered embeddings of all processes, so the banks stay identical and
+    the one saved with a checkpoint (``state_dict``, via ``accelerator.register_for_checkpointing``)
+    is every process's bank.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.embeddings = torch.empty(0)
+
+    def push(self, normalized: torch.Tensor) -> None:
+        self.embeddings = torch.cat([normalized.detach().to(torch.float32).cpu(), self.embeddings])[: self.size]
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"embeddings": self.embeddings}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.embeddings = state["embeddings"]
+
+
+def distillation_loss(student_out, teacher_out, attention_mask: torch.Tensor, cfg: DistillConfig,
+                      bank: TeacherBank | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of the switched-on losses; returns ``(loss, {name: value})``.
+
+    ``bank`` holds the reference embeddings of ``bank_similarity`` (the term is left out while it is
+    empty or ``None``)."""
     mask = attention_mask if cfg.mask_padding else None
     s_last, t_last = student_out.last_hidden_state, teacher_out.last_hidden_state
     parts: dict[str, torch.Tensor] = {}
@@ -213,7 +251,7 @@ def distillation_loss(student_out, teacher_out, attention_mask: torch.Tensor, cf
     if cfg.layer_mse:
         pairs = list(zip(student_out.hidden_states[1:-1], teacher_out.hidden_states[1:-1], strict=True))
         parts["layer_mse"] = sum(_masked_mse(s, t, mask) for s, t in pairs) / max(len(pairs), 1)
-    if cfg.pooled_cosine or cfg.pooled_mse or cfg.similarity:
+    if cfg.pooled_cosine or cfg.pooled_mse or cfg.similarity or cfg.bank_similarity:
         s_pool, t_pool = mean_pool(s_last, attention_mask), mean_pool(t_last, attention_mask)
         if cfg.pooled_cosine:
             parts["pooled_cosine"] = (1 - F.cosine_similarity(s_pool, t_pool, dim=-1)).mean()
@@ -230,6 +268,10 @@ def distillation_loss(student_out, teacher_out, attention_mask: torch.Tensor, cf
                 s_log = F.log_softmax((s_sim / cfg.similarity_temperature).masked_fill(~off, neg), dim=-1)
                 t_prob = F.softmax((t_sim / cfg.similarity_temperature).masked_fill(~off, neg), dim=-1)
                 parts["similarity"] = F.kl_div(s_log, t_prob, reduction="batchmean")
+        if cfg.bank_similarity and bank is not None and len(bank):
+            reference = bank.embeddings.to(s_pool.device, s_pool.dtype)
+            parts["bank_similarity"] = F.mse_loss(F.normalize(s_pool, dim=-1) @ reference.t(),
+                                                  F.normalize(t_pool, dim=-1) @ reference.t())
     loss = sum(getattr(cfg, name) * value for name, value in parts.items())
     return loss, {name: float(value.detach()) for name, value in parts.items()}
 
@@ -521,6 +563,9 @@ def distill(
                                                                                 cfg.warmup_ratio))
     student, optimizer, loader, scheduler = accelerator.prepare(student, optimizer, loader, scheduler)
     teacher_model.to(accelerator.device)
+    bank = TeacherBank(cfg.bank_size) if cfg.bank_similarity else None
+    if bank is not None:
+        accelerator.register_for_checkpointing(bank)
 
     step, clock["before"] = resume_latest(accelerator, work_dir, resume, cfg.max_steps)
     batches = accelerator.skip_first_batches(loader, step * cfg.gradient_accumulation_steps) if step else loader
@@ -548,7 +593,10 @@ def distill(
             with torch.no_grad():
                 teacher_out = teacher_model(**batch, output_hidden_states=bool(cfg.layer_mse))
             student_out = student(**batch, output_hidden_states=bool(cfg.layer_mse))
-            loss, parts = distillation_loss(student_out, teacher_out, batch["attention_mask"], cfg)
+            loss, parts = distillation_loss(student_out, teacher_out, batch["attention_mask"], cfg, bank)
+            if bank is not None:
+                pooled = mean_pool(teacher_out.last_hidden_state, batch["attention_mask"])
+                bank.push(accelerator.gather(F.normalize(pooled, dim=-1)))
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(student.parameters(), 1.0)

@@ -15,7 +15,15 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from ternary_hf import TernaryConfig, TernaryLinear
-from ternary_hf.distill import DistillConfig, distill, distillation_loss, finalize, load_texts, mean_pool
+from ternary_hf.distill import (
+    DistillConfig,
+    TeacherBank,
+    distill,
+    distillation_loss,
+    finalize,
+    load_texts,
+    mean_pool,
+)
 from ternary_hf.training import FakeTernaryLinear, build_student, to_float_model
 
 FAST = dict(batch_size=8, save_every=3, log_every=1, num_threads=1)
@@ -68,6 +76,36 @@ def test_loss_terms_switch_on_and_off(tiny_model_dirs):
     assert float(masked) != float(unmasked)
 
 
+def test_bank_similarity_compares_similarities_to_earlier_teacher_embeddings():
+    torch.manual_seed(0)
+    hidden_t = torch.randn(4, 6, 16)
+    hidden_s = hidden_t + 0.3 * torch.randn(4, 6, 16)
+    mask = torch.ones(4, 6, dtype=torch.long)
+    mask[2, 4:] = 0
+    out = lambda h: type("Out", (), {"last_hidden_state": h})()  # noqa: E731
+    cfg = DistillConfig(hidden_mse=0, pooled_cosine=0, similarity=0, bank_similarity=1.0, bank_size=5)
+    bank = TeacherBank(cfg.bank_size)
+    loss, parts = distillation_loss(out(hidden_s), out(hidden_t), mask, cfg, bank)
+    assert parts == {} and float(loss) == 0.0  # an empty bank: nothing to compare with yet
+    reference = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    bank.push(reference)
+    loss, parts = distillation_loss(out(hidden_s), out(hidden_t), mask, cfg, bank)
+    s = torch.nn.functional.normalize(mean_pool(hidden_s, mask), dim=-1)
+    t = torch.nn.functional.normalize(mean_pool(hidden_t, mask), dim=-1)
+    assert float(loss) == pytest.approx(float(((s @ reference.t() - t @ reference.t()) ** 2).mean()), rel=1e-6)
+    same, _ = distillation_loss(out(hidden_t), out(hidden_t), mask, cfg, bank)
+    assert float(same) == 0.0
+    # FIFO: newest first, capped at bank_size; the state round-trips
+    newer = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    bank.push(newer)
+    assert len(bank) == 5 and torch.equal(bank.embeddings[:4], newer) and torch.equal(bank.embeddings[4], reference[0])
+    other = TeacherBank(5)
+    other.load_state_dict(bank.state_dict())
+    assert torch.equal(other.embeddings, bank.embeddings)
+    with pytest.raises(ValueError, match="bank_size"):
+        DistillConfig(bank_size=0)
+
+
 def test_bad_config_and_data_errors(tmp_path):
     with pytest.raises(ValueError, match="every loss weight is 0"):
         DistillConfig(hidden_mse=0, pooled_cosine=0, similarity=0)
@@ -112,9 +150,10 @@ def test_finalized_model_matches_the_trained_student(tiny_st_dir, tmp_path):
     assert any(isinstance(m, TernaryLinear) for m in packed[0].auto_model.modules())
 
 
-def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"bank_similarity": 5.0, "bank_size": 20}], ids=["default", "bank"])
+def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
     texts = tiny_sentences(120)
-    cfg = DistillConfig(max_steps=6, **FAST)
+    cfg = DistillConfig(max_steps=6, **FAST, **extra)
     full = distill(tiny_st_dir, tmp_path / "full", texts=texts, config=cfg, show_progress_bar=False)
     assert full.steps == 6 and len(full.losses) == 6
     partial = distill(tiny_st_dir, tmp_path / "resumed", texts=texts, config=cfg, stop_after=3,
