@@ -272,7 +272,9 @@ def distillation_loss(student_out, teacher_out, attention_mask: torch.Tensor, cf
             reference = bank.embeddings.to(s_pool.device, s_pool.dtype)
             parts["bank_similarity"] = F.mse_loss(F.normalize(s_pool, dim=-1) @ reference.t(),
                                                   F.normalize(t_pool, dim=-1) @ reference.t())
-    loss = sum(getattr(cfg, name) * value for name, value in parts.items())
+    # Starts from a graph-connected zero: with bank_similarity alone, the first step (empty bank) has
+    # no term yet and must still backpropagate.
+    loss = sum((getattr(cfg, name) * value for name, value in parts.items()), s_last.sum() * 0.0)
     return loss, {name: float(value.detach()) for name, value in parts.items()}
 
 

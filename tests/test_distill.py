@@ -87,6 +87,9 @@ def test_bank_similarity_compares_similarities_to_earlier_teacher_embeddings():
     bank = TeacherBank(cfg.bank_size)
     loss, parts = distillation_loss(out(hidden_s), out(hidden_t), mask, cfg, bank)
     assert parts == {} and float(loss) == 0.0  # an empty bank: nothing to compare with yet
+    hidden_s.requires_grad_(True)
+    distillation_loss(out(hidden_s), out(hidden_t), mask, cfg, bank)[0].backward()  # still a training step
+    hidden_s = hidden_s.detach()
     reference = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
     bank.push(reference)
     loss, parts = distillation_loss(out(hidden_s), out(hidden_t), mask, cfg, bank)
@@ -182,7 +185,7 @@ def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
            "-m", "ternary_hf.cli", "distill", tiny_st_dir, str(out), "--data", str(data), "--steps", "4",
-           "--batch-size", "4", "--save-every", "2"]
+           "--batch-size", "4", "--save-every", "2", "--bank-similarity", "1", "--bank-size", "8"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("distilled 4 steps") == 1
