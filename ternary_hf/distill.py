@@ -126,11 +126,16 @@ class DistillConfig:
 
 @dataclass
 class DistillResult:
+    """Where the run ended up and what it cost. ``seconds`` is training time summed over every
+    session of a resumed run (the time a ``max_minutes`` budget counts; evaluation excluded);
+    ``session_seconds`` is this call's wall time alone."""
+
     output_dir: str
     steps: int
     seconds: float
     final_loss: float
     losses: list[dict[str, float]] = field(default_factory=list)
+    session_seconds: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -638,17 +643,17 @@ def distill(
     bar.close()
     log.close()
     accelerator.wait_for_everyone()
-    seconds = time.time() - started
+    seconds, session_seconds = elapsed(), time.time() - started
     if step < cfg.max_steps and not out_of_time:
-        return DistillResult(str(work_dir), step, seconds, last_loss, history)
+        return DistillResult(str(work_dir), step, seconds, last_loss, history, session_seconds)
     if out_of_time:
         save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints, elapsed())
     if accelerator.is_main_process:
         finalize(accelerator.unwrap_model(student), teacher_st, output_dir, tcfg)
         with open(Path(output_dir) / "distillation.json", "w", encoding="utf-8") as f:
             json.dump({"teacher": str(teacher), "steps": step, "stopped_by_time_budget": out_of_time,
-                       "seconds": seconds, "final_loss": last_loss,
+                       "seconds": seconds, "session_seconds": session_seconds, "final_loss": last_loss,
                        "config": asdict(cfg), "ternary_config": tcfg.to_dict(), "num_texts": len(corpus)}, f,
                       indent=2)
     accelerator.wait_for_everyone()
-    return DistillResult(str(output_dir), step, seconds, last_loss, history)
+    return DistillResult(str(output_dir), step, seconds, last_loss, history, session_seconds)

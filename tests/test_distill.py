@@ -164,6 +164,9 @@ def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
     assert partial.steps == 3 and not (tmp_path / "resumed").exists()
     resumed = distill(tiny_st_dir, tmp_path / "resumed", texts=texts, config=cfg, show_progress_bar=False)
     assert resumed.steps == 6
+    # the reported training time counts both sessions, like a time budget does
+    assert resumed.seconds > resumed.session_seconds > 0 and partial.seconds > 0
+    assert resumed.seconds >= partial.seconds + resumed.session_seconds - 1.0
     a = load_file(str(tmp_path / "full" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -77,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if os.environ.get("RANK", "0") != "0":  # one report per multi-process launch
         return 0
-    print(f"distilled {result.steps} steps in {result.seconds / 60:.1f} min, final loss {result.final_loss:.4f}")
+    was_resumed = result.seconds - result.session_seconds > 1
+    resumed = f" ({result.session_seconds / 60:.1f} min in this session)" if was_resumed else ""
+    print(f"distilled {result.steps} steps in {result.seconds / 60:.1f} min of training{resumed}, "
+          f"final loss {result.final_loss:.4f}")
     print(f"ternary model: {result.output_dir}")
     return 0
