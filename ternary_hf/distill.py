@@ -407,22 +407,63 @@ class _MetricsLog:
         if self.tensorboard:
             accelerator.init_trackers("distill")
 
+    def drop_after(self, step: int) -> None:
+        """Forget rows logged after ``step``, the checkpoint a run resumes from: a killed session
+        logged steps it never checkpointed, and the resumed run redoes them, so without this the CSVs
+        would hold two versions of those steps."""
+        if not self.accelerator.is_main_process:
+            return
+        for file in ("metrics.csv", "evals.csv"):
+            path = self.work_dir / file
+            if not path.is_file():
+                continue
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                fields, rows = reader.fieldnames, list(reader)
+            kept = [row for row in rows if int(float(row["step"])) <= step]
+            if fields and len(kept) < len(rows):
+                _write_csv(path, list(fields), kept)
+
     def write(self, row: dict[str, float], file: str = "metrics.csv") -> None:
         if self.tensorboard:
             self.accelerator.log({k: v for k, v in row.items() if k != "step"}, step=int(row["step"]))
         if not self.accelerator.is_main_process:
             return
         path = self.work_dir / file
-        new = not path.exists()
+        fields = _csv_header(path)
+        if fields is not None and not set(row) <= set(fields):
+            # a loss term that appears later (the bank's, once it has entries) gets its own column;
+            # earlier rows are rewritten with it empty so every value stays under its header
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            fields = fields + [name for name in row if name not in fields]
+            _write_csv(path, fields, rows)
         with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+            writer = csv.DictWriter(f, fieldnames=fields or list(row), restval="")
+            if fields is None:
                 writer.writeheader()
             writer.writerow(row)
 
     def close(self) -> None:
         if self.tensorboard:
             self.accelerator.end_training()
+
+
+def _csv_header(path: Path) -> list[str] | None:
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        return next(csv.reader(f), None)
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Rewrite a metrics CSV whole, through a temporary file, so a kill mid-write loses nothing."""
+    partial = path.with_suffix(".csv.partial")
+    with open(partial, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
 
 
 def _tensorboard_available() -> bool:
@@ -579,6 +620,7 @@ def distill(
     first_step = step
 
     log = _MetricsLog(accelerator, work_dir, cfg.report_to)
+    log.drop_after(step)
     eval_pipeline = None
     history: list[dict[str, float]] = []
     # with a time budget tqdm's own step-based "remaining" would be wrong; the postfix has the real ETA

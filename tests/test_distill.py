@@ -162,6 +162,12 @@ def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
     partial = distill(tiny_st_dir, tmp_path / "resumed", texts=texts, config=cfg, stop_after=3,
                       show_progress_bar=False)
     assert partial.steps == 3 and not (tmp_path / "resumed").exists()
+    # a killed session can log steps past its last checkpoint; the resumed run redoes them, and the
+    # CSV must then hold each step once, from the run that counts
+    metrics = tmp_path / "resumed.work" / "metrics.csv"
+    header = metrics.read_text().splitlines()[0].split(",")
+    with open(metrics, "a") as f:
+        f.write(",".join("4" if name == "step" else "-1" for name in header) + "\n")
     resumed = distill(tiny_st_dir, tmp_path / "resumed", texts=texts, config=cfg, show_progress_bar=False)
     assert resumed.steps == 6
     # the reported training time counts both sessions, like a time budget does
@@ -179,6 +185,12 @@ def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
     info = json.loads((tmp_path / "full" / "distillation.json").read_text())
     assert info["steps"] == 6 and info["ternary_config"]["quant_method"] == "ternary"
     assert (tmp_path / "full.work" / "metrics.csv").is_file()
+    with open(metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, 7)) and all(float(r["loss"]) >= 0 for r in rows)
+    assert all(None not in r for r in rows)  # every value under a header, also for columns that appear late
+    if cfg.bank_similarity:  # the bank is empty on step 1, then has a term on every step
+        assert rows[0]["bank_similarity"] == "" and all(float(r["bank_similarity"]) >= 0 for r in rows[1:])
 
 
 def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
