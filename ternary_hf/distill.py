@@ -128,7 +128,7 @@ class DistillConfig:
 class DistillResult:
     """Where the run ended up and what it cost. ``seconds`` is training time summed over every
     session of a resumed run (the time a ``max_minutes`` budget counts; evaluation excluded);
-    ``session_seconds`` is this call's wall time alone."""
+    ``session_seconds`` the part of it this call trained."""
 
     output_dir: str
     steps: int
@@ -627,7 +627,7 @@ def distill(
     bar = tqdm(total=cfg.max_steps, initial=step, desc="distilling", unit="step",
                **bar_switch(show_progress_bar and accelerator.is_local_main_process),
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]" if budget_s else None)
-    started = clock["started"] = time.time()
+    clock["started"] = time.time()
     running, last_loss = None, float("nan")
     micro = 0
     out_of_time = False
@@ -685,7 +685,8 @@ def distill(
     bar.close()
     log.close()
     accelerator.wait_for_everyone()
-    seconds, session_seconds = elapsed(), time.time() - started
+    seconds = elapsed()
+    session_seconds = seconds - clock["before"]  # same clock as seconds: evaluation excluded in both
     if step < cfg.max_steps and not out_of_time:
         return DistillResult(str(work_dir), step, seconds, last_loss, history, session_seconds)
     if out_of_time:

@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if os.environ.get("RANK", "0") != "0":  # one report per multi-process launch
         return 0
-    was_resumed = result.seconds - result.session_seconds > 1
-    resumed = f" ({result.session_seconds / 60:.1f} min in this session)" if was_resumed else ""
+    earlier = result.seconds - result.session_seconds  # training time of the sessions before a resume
+    resumed = f" ({result.session_seconds / 60:.1f} min in this session)" if earlier > 0 else ""
     print(f"distilled {result.steps} steps in {result.seconds / 60:.1f} min of training{resumed}, "
           f"final loss {result.final_loss:.4f}")
     print(f"ternary model: {result.output_dir}")
