@@ -404,6 +404,7 @@ class _MetricsLog:
     def __init__(self, accelerator, work_dir: Path, report_to: str):
         self.accelerator, self.work_dir = accelerator, work_dir
         self.tensorboard = report_to == "tensorboard"
+        self._fields: dict[str, list[str] | None] = {}  # each CSV's header, read from disk once per run
         if self.tensorboard:
             accelerator.init_trackers("distill")
 
@@ -417,12 +418,10 @@ class _MetricsLog:
             path = self.work_dir / file
             if not path.is_file():
                 continue
-            with open(path, newline="") as f:
-                reader = csv.DictReader(f)
-                fields, rows = reader.fieldnames, list(reader)
+            fields, rows = _read_csv(path)
             kept = [row for row in rows if int(float(row["step"])) <= step]
             if fields and len(kept) < len(rows):
-                _write_csv(path, list(fields), kept)
+                _write_csv(path, fields, kept)
 
     def write(self, row: dict[str, float], file: str = "metrics.csv") -> None:
         if self.tensorboard:
@@ -430,14 +429,15 @@ class _MetricsLog:
         if not self.accelerator.is_main_process:
             return
         path = self.work_dir / file
-        fields = _csv_header(path)
+        if file not in self._fields:
+            self._fields[file] = _read_csv(path)[0] if path.is_file() else None
+        fields = self._fields[file]
         if fields is not None and not set(row) <= set(fields):
             # a loss term that appears later (the bank's, once it has entries) gets its own column;
             # earlier rows are rewritten with it empty so every value stays under its header
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
             fields = fields + [name for name in row if name not in fields]
-            _write_csv(path, fields, rows)
+            _write_csv(path, fields, _read_csv(path)[1])
+        self._fields[file] = fields or list(row)
         with open(path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields or list(row), restval="")
             if fields is None:
@@ -449,11 +449,11 @@ class _MetricsLog:
             self.accelerator.end_training()
 
 
-def _csv_header(path: Path) -> list[str] | None:
-    if not path.is_file():
-        return None
+def _read_csv(path: Path) -> tuple[list[str] | None, list[dict]]:
     with open(path, newline="") as f:
-        return next(csv.reader(f), None)
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return (list(reader.fieldnames) if reader.fieldnames else None), rows
 
 
 def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
