@@ -437,10 +437,11 @@ class _MetricsLog:
             # earlier rows are rewritten with it empty so every value stays under its header
             fields = fields + [name for name in row if name not in fields]
             _write_csv(path, fields, _read_csv(path)[1])
-        self._fields[file] = fields or list(row)
+        new_file = fields is None
+        fields = self._fields[file] = fields or list(row)
         with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields or list(row), restval="")
-            if fields is None:
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
+            if new_file:
                 writer.writeheader()
             writer.writerow(row)
 
