@@ -25,10 +25,12 @@ from typing import Any
 
 from .checkpoint import folder_fingerprint
 from .config import TernaryConfig
+from .folders import check_output_folder, replace_folder
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
 
 _STATE = "demo_state.json"
+_SUMMARY = "demo_summary.json"  # in every finished output folder; marks one a re-run may replace
 _HEADLINE_METRICS = ("p@10", "accuracy", "v_measure")  # one number per task in the summary
 
 
@@ -242,7 +244,8 @@ def run_demo(cfg: DemoConfig | None = None, say: Callable[[str], None] = print) 
     cfg = cfg or DemoConfig()
     started = time.time()
     teacher = str(cfg.teacher or default_model_path())
-    out = Path(cfg.out).resolve()
+    out = check_output_folder(Path(cfg.out).resolve(), marker=_SUMMARY,
+                              hint="remove it if it is yours to replace")
     dcfg_kwargs: dict[str, Any] = dict(max_steps=cfg.max_steps, max_minutes=cfg.minutes, batch_size=cfg.batch_size,
                                        max_length=cfg.max_length, save_every=25, log_every=10)
     if cfg.learning_rate is not None:
@@ -329,11 +332,9 @@ def run_demo(cfg: DemoConfig | None = None, say: Callable[[str], None] = print) 
         shutil.copytree(student_dir, model_dir)
         evaluation.to_json(model_dir / "eval_results.json")
         plot_results(evaluation, model_dir / "retention.png")
-        (model_dir / "demo_summary.json").write_text(json.dumps(asdict(summary), indent=2))
+        (model_dir / _SUMMARY).write_text(json.dumps(asdict(summary), indent=2))
         write_model_card(model_dir, cfg.repo_id)  # base model: from distillation.json's teacher
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(model_dir, out)
+        replace_folder(model_dir, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     say("\n" + format_summary(summary))

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TernaryConfig
+from .folders import check_output_folder, replace_folder
 from .progress import bar_switch
 from .training import build_student, to_float_model
 
@@ -54,6 +55,8 @@ __all__ = ["DistillConfig", "DistillResult", "TeacherBank", "distill", "distilla
 
 logger = logging.getLogger(__name__)
 _CHECKPOINT_PREFIX = "checkpoint-"
+#: written into every finalized folder; also what marks a folder a re-run may replace
+DISTILLATION_INFO = "distillation.json"
 
 
 @dataclass
@@ -317,9 +320,7 @@ def finalize(student: nn.Module, teacher_st, output_dir: str | os.PathLike, conf
                                      model_kwargs={"quantization_config": config})
         staging = os.path.join(tmp, "packed")
         packed.save(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
+        replace_folder(staging, output_dir)
     return str(output_dir)
 
 
@@ -388,9 +389,7 @@ def save_checkpoint(accelerator, work_dir: Path, step: int, keep: int, elapsed_s
     if accelerator.is_main_process:
         if elapsed_s is not None:
             (partial / _TRAINER_STATE).write_text(json.dumps({"step": step, "elapsed_s": elapsed_s}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)
+        replace_folder(partial, final)
         for old in _checkpoints(work_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -542,6 +541,7 @@ def distill(
     resume: bool = True,
     show_progress_bar: bool = True,
     stop_after: int | None = None,
+    overwrite: bool = False,
 ) -> DistillResult:
     """Distill ``teacher`` (a float sentence-transformers / transformers folder) into a packed ternary model.
 
@@ -556,6 +556,9 @@ def distill(
         resume: continue from the newest checkpoint in ``work_dir`` if there is one.
         stop_after: stop (after checkpointing) once this many steps are done, without finalizing;
             for tests and for splitting a long run into sessions.
+        overwrite: replace ``output_dir`` even if it is not an earlier output of ``distill`` (one
+            with a ``distillation.json``); checked before training starts, so a wrong path costs
+            nothing.
     """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
@@ -563,7 +566,8 @@ def distill(
 
     cfg = config or DistillConfig()
     tcfg = ternary_config or TernaryConfig()
-    output_dir = Path(output_dir)
+    output_dir = check_output_folder(output_dir, marker=DISTILLATION_INFO, overwrite=overwrite,
+                                     hint="pass overwrite=True (CLI: --overwrite) to replace it")
     work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
     if cfg.eval_every:
         from .evaluation import _resolve_tasks
@@ -694,7 +698,7 @@ def distill(
         save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints, elapsed())
     if accelerator.is_main_process:
         finalize(accelerator.unwrap_model(student), teacher_st, output_dir, tcfg)
-        with open(Path(output_dir) / "distillation.json", "w", encoding="utf-8") as f:
+        with open(Path(output_dir) / DISTILLATION_INFO, "w", encoding="utf-8") as f:
             json.dump({"teacher": str(teacher), "steps": step, "stopped_by_time_budget": out_of_time,
                        "seconds": seconds, "session_seconds": session_seconds, "final_loss": last_loss,
                        "config": asdict(cfg), "ternary_config": tcfg.to_dict(), "num_texts": len(corpus)}, f,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .config import TernaryConfig
+from .folders import check_output_folder, replace_folder
 from .modules import QuantizedEmbedding, TernaryLinear
 
 __all__ = ["QuantizeReport", "quantize_folder", "is_sentence_transformers_folder", "checkpoint_bytes", "load_encoder"]
@@ -152,9 +153,8 @@ def quantize_folder(
         A :class:`QuantizeReport`; also written to ``output/ternary_quantize.json``.
     """
     config = config or TernaryConfig()
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    output = check_output_folder(output, overwrite=overwrite,
+                                 hint="pass overwrite=True (CLI: --overwrite) to replace it")
     if os.path.isdir(source) and not Path(source, "config.json").is_file() and not is_sentence_transformers_folder(
         source
     ):
@@ -177,9 +177,7 @@ def quantize_folder(
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         student.save(str(tmp))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        replace_folder(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,7 +30,6 @@ import gzip
 import json
 import math
 import os
-import shutil
 import struct
 import tempfile
 import time
@@ -45,7 +44,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TernaryConfig
-from .distill import DistillConfig, distillation_loss, resume_latest, save_checkpoint, warmup_cosine
+from .distill import (
+    DISTILLATION_INFO,
+    DistillConfig,
+    distillation_loss,
+    resume_latest,
+    save_checkpoint,
+    warmup_cosine,
+)
+from .folders import check_output_folder, replace_folder
 from .progress import bar_switch
 from .training import build_student, to_float_model
 
@@ -442,9 +449,7 @@ def finalize_vision(student: nn.Module, teacher_dir: str | os.PathLike, output_d
         packed = AutoModel.from_pretrained(os.path.join(tmp, "float"), quantization_config=config)
         staging = os.path.join(tmp, "packed")
         packed.save_pretrained(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
+        replace_folder(staging, output_dir)
     return str(output_dir)
 
 
@@ -467,6 +472,7 @@ def distill_vision(
     stop_after: int | None = None,
     num_threads: int | None = None,
     show_progress_bar: bool = True,
+    overwrite: bool = False,
 ) -> VisionDistillResult:
     """Distill a float ViT folder into a packed ternary one, on unlabeled ``images``.
 
@@ -485,6 +491,8 @@ def distill_vision(
         save_every: checkpoint (Accelerate ``save_state``) every so many steps into ``work_dir``
             (default ``<output_dir>.work``); a rerun resumes from the newest one with the same batches.
         stop_after: stop after this many steps (checkpointed, not finalized): for tests and split runs.
+        overwrite: replace ``output_dir`` even if it is not an earlier output of this function (checked
+            before training).
 
     Returns:
         :class:`VisionDistillResult` with the trained student.
@@ -502,7 +510,7 @@ def distill_vision(
     cfg = DistillConfig(max_steps=steps, batch_size=batch_size, learning_rate=lr, mask_padding=False,
                         **{"hidden_mse": 1.0, "pooled_cosine": 1.0, "similarity": 1.0, **(loss_weights or {})})
     tcfg = ternary_config or TernaryConfig()
-    output_dir = Path(output_dir)
+    output_dir = check_output_folder(output_dir, marker=DISTILLATION_INFO, overwrite=overwrite)
     work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
     if num_threads:
         torch.set_num_threads(num_threads)
@@ -577,7 +585,7 @@ def distill_vision(
         return VisionDistillResult(str(work_dir), step, seconds, last_loss, history, trained)
     if accelerator.is_main_process:
         finalize_vision(trained, teacher_dir, output_dir, tcfg)
-        with open(output_dir / "distillation.json", "w", encoding="utf-8") as f:
+        with open(output_dir / DISTILLATION_INFO, "w", encoding="utf-8") as f:
             json.dump({"teacher": str(teacher_dir), "steps": step, "seconds": seconds, "final_loss": last_loss,
                        "pooling": pooling, "batch_size": batch_size, "learning_rate": lr,
                        "loss_weights": {k: getattr(cfg, k) for k in ("hidden_mse", "pooled_cosine", "pooled_mse",

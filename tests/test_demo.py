@@ -85,3 +85,16 @@ def test_demo_rejects_bad_settings_before_doing_anything(tmp_path):
         DemoConfig(out=str(tmp_path / "x"), minutes=0)
     with pytest.raises(ValueError, match="eval_limit"):
         DemoConfig(eval_limit=0)
+
+
+def test_the_demo_refuses_an_out_folder_it_did_not_write_before_doing_anything(tmp_path, capsys):
+    from ternary_hf.cli import main
+
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"\xff\xd8")
+    assert main(["demo", "--out", str(out), "--steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "demo_summary.json" in err and "remove it" in err
+    assert [p.name for p in out.iterdir()] == ["holiday.jpg"]
+    assert not (tmp_path / "photos.work").exists()

@@ -268,3 +268,28 @@ def test_time_budget_stops_the_run_annealed_and_counts_across_resumes(tiny_st_di
     # a resumed run continues the clock: the budget is already spent, so it stops at once
     again = distill(tiny_st_dir, tmp_path / "timed", texts=texts, config=cfg, show_progress_bar=False)
     assert again.steps == result.steps
+
+
+def test_an_unrelated_output_folder_is_refused_before_training_and_replaced_only_with_overwrite(
+        tiny_st_dir, tmp_path, capsys):
+    from ternary_hf.cli import main
+
+    user = tmp_path / "my-models"
+    user.mkdir()
+    (user / "thesis.txt").write_text("mine")
+    cfg = DistillConfig(max_steps=2, **FAST)
+    with pytest.raises(FileExistsError, match="has no distillation.json"):
+        distill(tiny_st_dir, user, texts=tiny_sentences(20), config=cfg, show_progress_bar=False)
+    assert not (tmp_path / "my-models.work").exists(), "the check must come before any training"
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(tiny_sentences(20)))
+    assert main(["distill", tiny_st_dir, str(user), "--data", str(data), "--steps", "2"]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (user / "thesis.txt").read_text() == "mine"
+
+    distill(tiny_st_dir, user, texts=tiny_sentences(20), config=cfg, show_progress_bar=False, overwrite=True)
+    assert not (user / "thesis.txt").exists() and (user / "distillation.json").is_file()
+    # a re-run may replace what distill itself wrote, without overwrite
+    distill(tiny_st_dir, user, texts=tiny_sentences(20), config=cfg, show_progress_bar=False)
+    assert SentenceTransformer(str(user), device="cpu").encode(["the cat"]).shape == (1, 32)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left aside

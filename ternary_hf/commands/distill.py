@@ -52,6 +52,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="metrics.csv always; tensorboard adds event files in the work dir")
     parser.add_argument("--work-dir", default=None, help="checkpoints + metrics.csv (default: OUT.work)")
     parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT even if it is not an earlier output of distill (checked before training)")
     add_config_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -71,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
             eval_limit=args.eval_limit, report_to=args.report_to,
         )
         result = distill(args.teacher, args.output, texts=args.data, ternary_config=config_from_args(args),
-                         config=config, work_dir=args.work_dir, resume=not args.no_resume)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+                         config=config, work_dir=args.work_dir, resume=not args.no_resume, overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"ternary-hf distill: error: {exc}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") != "0":  # one report per multi-process launch
