@@ -19,11 +19,21 @@ from torch import nn
 
 import ternary_hf  # noqa: F401  (registers the quantizer)
 from ternary_hf import TernaryConfig
+from ternary_hf.conversion import is_skipped
 from ternary_hf.defaults import default_model_path
 from ternary_hf.evaluation import evaluate
-from ternary_hf.functional import quantize_activations_int8
+from ternary_hf.training import fake_quantize_int8
 
 _METRICS = ("spearman_pair_similarity", "mean_cosine", "top10_overlap")
+
+
+def _converted_linears(model: nn.Module, model_path: str) -> list[tuple[str, nn.Linear]]:
+    """The ``nn.Linear`` layers the quantizer would convert (the default heads skipped, as it does)."""
+    skip = TernaryConfig().skipped_modules()
+    found = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear and not is_skipped(name, skip)]
+    if not found:
+        raise RuntimeError(f"{model_path}: no nn.Linear layer found to quantize")
+    return found
 
 
 def _int8_activations_only(model_path: str):
@@ -33,16 +43,10 @@ def _int8_activations_only(model_path: str):
     model = SentenceTransformer(model_path, device="cpu")
 
     def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        q, scale = quantize_activations_int8(args[0])
-        return ((q * scale).to(args[0].dtype), *args[1:])
+        return (fake_quantize_int8(args[0]), *args[1:])  # the student's int8 rule (exact values forward)
 
-    n = 0
-    for name, module in model.named_modules():
-        if type(module) is nn.Linear and "pooler" not in name:
-            module.register_forward_pre_hook(hook)
-            n += 1
-    if n == 0:
-        raise RuntimeError(f"{model_path}: no nn.Linear layer found to quantize")
+    for _, module in _converted_linears(model, model_path):
+        module.register_forward_pre_hook(hook)
     return model
 
 
@@ -56,14 +60,13 @@ def _ternary_per_group(model_path: str, group: int):
 
     model = SentenceTransformer(model_path, device="cpu")
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if type(module) is nn.Linear and "pooler" not in name:
-                out_features, in_features = module.weight.shape
-                if in_features % group:
-                    raise ValueError(f"{name}: {in_features} inputs are not a multiple of --group-size {group}")
-                rows = module.weight.reshape(out_features * (in_features // group), group)
-                ternary = ternarize(rows, "calibrated", "channel").dequantize(rows.dtype)
-                module.weight.copy_(ternary.reshape_as(module.weight))
+        for name, module in _converted_linears(model, model_path):
+            out_features, in_features = module.weight.shape
+            if in_features % group:
+                raise ValueError(f"{name}: {in_features} inputs are not a multiple of --group-size {group}")
+            rows = module.weight.reshape(out_features * (in_features // group), group)
+            ternary = ternarize(rows, "calibrated", "channel").dequantize(rows.dtype)
+            module.weight.copy_(ternary.reshape_as(module.weight))
     return model
 
 

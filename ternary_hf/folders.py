@@ -22,6 +22,12 @@ from pathlib import Path
 __all__ = ["check_output_folder", "replace_folder"]
 
 
+def _not_a_file(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file, not a folder; choose another output path")
+    return path
+
+
 def check_output_folder(path: str | os.PathLike[str], *, marker: str | None = None, overwrite: bool = False,
                         hint: str = "pass overwrite=True to replace it") -> Path:
     """Fail early if writing a folder at ``path`` would replace something it should not.
@@ -38,9 +44,7 @@ def check_output_folder(path: str | os.PathLike[str], *, marker: str | None = No
     Raises:
         FileExistsError: ``path`` is a file, or a folder that is neither marked nor allowed by ``overwrite``.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} is a file, not a folder; choose another output path")
+    path = _not_a_file(Path(path))
     if path.is_dir() and not overwrite and not (marker is not None and (path / marker).is_file()):
         what = f"has no {marker}, so it was not written by this command" if marker else "already exists"
         raise FileExistsError(f"{path} {what}; choose a new output folder or {hint}")
@@ -53,9 +57,7 @@ def replace_folder(staging: str | os.PathLike[str], target: str | os.PathLike[st
     ``staging`` must be on the same file system as ``target`` (make it in ``target``'s parent), so each
     move is one rename. Returns ``target``.
     """
-    staging, target = Path(staging), Path(target)
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} is a file, not a folder; choose another output path")
+    staging, target = Path(staging), _not_a_file(Path(target))
     old = None
     if target.exists() or target.is_symlink():
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
