@@ -1,4 +1,4 @@
-"""Tests of the AVX2 ternary kernel against the reference path of ternary_hf.functional.
+"""Tests of the ternary CPU kernel (AVX2 and AVX-512 VNNI builds) against the reference path of ternary_hf.functional.
 
 The integer part must be bit-exact (checked through ``kernel_accumulators``); the float output may
 differ only by float32 rounding of the epilogue (tolerance documented in ternary_hf.kernels).
@@ -6,6 +6,7 @@ differ only by float32 rounding of the epilogue (tolerance documented in ternary
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import warnings
@@ -211,8 +212,8 @@ def test_object_code_has_no_avx512_instructions(kernel_ready) -> None:
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("objdump not installed")
-    module = _build.load_kernel_module()
-    assert module is not None and module.__file__
+    module = _build.load_kernel_variant("avx2")  # the VNNI build is only ever loaded on AVX-512 CPUs
+    assert module.__file__
     listing = subprocess.run([objdump, "-d", module.__file__], capture_output=True, text=True, check=True).stdout
     offenders = []
     for line in listing.splitlines():
@@ -340,3 +341,83 @@ def test_parallel_backend_env_var(kernel_ready, env, expected, warns) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == expected
     assert (_build.PARALLEL_ENV in proc.stderr) is warns
+
+
+# ------------------------------------------------------------------------------------ instruction sets
+@pytest.fixture(scope="module")
+def vnni_module(kernel_ready):
+    if "avx512vnni" not in _build.supported_isas():
+        pytest.skip("this CPU has no AVX-512 VNNI (avx512f/bw/vl + avx512_vnni)")
+    return _build.load_kernel_variant("avx512vnni")
+
+
+@pytest.mark.parametrize(("m", "k", "n"), SHAPES + [(300, 520, 200), (4096, 384, 40)])
+def test_vnni_build_is_bit_identical_to_the_avx2_build(vnni_module, threads, m: int, k: int, n: int) -> None:
+    avx2 = _build.load_kernel_variant("avx2")
+    ternary, packed = _layer(n, k, seed=m + 3 * k + n)
+    x = _inputs(m, k, seed=k)
+    prepared = kernels.prepare_weight(packed, k)
+    acc = vnni_module.ternary_accumulators(x, prepared, k, n)
+    assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
+    assert torch.equal(acc, avx2.ternary_accumulators(x, prepared, k, n))
+    scale, bias = torch.rand(n) + 0.01, torch.randn(n)
+    for gelu in (False, True):
+        assert torch.equal(vnni_module.ternary_linear(x, prepared, scale, bias, k, n, gelu),
+                           avx2.ternary_linear(x, prepared, scale, bias, k, n, gelu))
+
+
+def test_vnni_build_exact_at_extreme_codes(vnni_module) -> None:
+    k, n = 4096 + 12, 20  # int32 sums far beyond any int16 bound
+    ternary = torch.ones(n, k)
+    ternary[1::2] = -1.0
+    x = torch.full((7, k), 127.0)
+    x[1::2] = -127.0
+    acc = vnni_module.ternary_accumulators(x, kernels.prepare_weight(pack_ternary(ternary), k), k, n)
+    assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
+
+
+def test_vnni_build_is_preferred_when_the_cpu_has_it(vnni_module) -> None:
+    assert _build.supported_isas()[0] == "avx512vnni"
+    if not os.environ.get(_build.ISA_ENV):
+        assert kernels.kernel_isa() == "avx512vnni" and "VNNI" in kernels.kernel_status()
+
+
+def test_cpu_without_vnni_gets_the_avx2_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_build, "_cpu_problem", lambda: None)
+    monkeypatch.setattr(_build, "_cpu_flags", lambda: {"avx2", "fma", "avx512f"})
+    assert _build.supported_isas() == ["avx2"]
+    monkeypatch.setattr(_build, "_variants", {})
+    with pytest.raises(RuntimeError, match="lacks avx512f, avx512bw, avx512vl, avx512_vnni"):
+        _build.load_kernel_variant("avx512vnni")
+    with pytest.raises(ValueError, match="unknown kernel instruction set"):
+        _build.load_kernel_variant("neon")
+
+
+def test_failed_vnni_build_falls_back_to_avx2_with_one_warning(kernel_ready, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = _build._try_build
+    monkeypatch.setattr(_build, "_cpu_problem", lambda: None)
+    monkeypatch.setattr(_build, "supported_isas", lambda: ["avx512vnni", "avx2"])
+    monkeypatch.setattr(_build, "_try_build",
+                        lambda isa: (None, "simulated compiler error") if isa == "avx512vnni" else real(isa))
+    monkeypatch.delenv(_build.ISA_ENV, raising=False)
+    monkeypatch.setattr(_build, "_state", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = _build.load_kernel_module()
+    assert module is not None and module.ISA == "avx2"
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "simulated compiler error" in messages[0] and "AVX2" in messages[0]
+
+
+@pytest.mark.parametrize(("env", "warns"), [("avx2", False), ("AVX2", False), ("sse4", True)])
+def test_isa_env_var(kernel_ready, env: str, warns: bool) -> None:
+    import sys
+
+    script = ("import warnings\nwarnings.simplefilter('always')\n"
+              "from ternary_hf.kernels import _build\nprint(_build.kernel_module().ISA)\n")
+    environ = dict(os.environ, **{_build.ISA_ENV: env})
+    proc = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    expected = "avx2" if not warns else _build.supported_isas()[0]
+    assert proc.stdout.strip().splitlines()[-1] == expected
+    assert (_build.ISA_ENV in proc.stderr) is warns

@@ -43,7 +43,7 @@ import torch
 
 from ..functional import apply_activation, ternary_linear_reference, validate_activation
 from ..packing import unpack_ternary
-from ._build import kernel_module, kernel_status
+from ._build import kernel_isa, kernel_module, kernel_status
 
 __all__ = [
     "cpu_kernel_available",
@@ -52,6 +52,7 @@ __all__ = [
     "kernel_accumulators",
     "prepared_to_ternary",
     "kernel_status",
+    "kernel_isa",
     "training_ops_available",
     "ternarize_calibrated_cpu",
     "prepare_from_values",

@@ -32,7 +32,9 @@
 //
 // Build: compiled on first use by torch.utils.cpp_extension with -O3 -mavx2 -mfma -fopenmp.  The
 // caller checks AVX2+FMA at run time before loading this module.  Only AVX2/FMA intrinsics are used
-// (no AVX-512 encodings: tests check the object code).
+// (no AVX-512 encodings: tests check the object code).  With -DTERNARY_HF_VNNI (and the AVX-512
+// flags, see _build.py) the same file builds a second module whose micro kernels use AVX-512 VNNI
+// `vpdpbusd` on the same weight layout; everything else (quantization, epilogue, threading) is shared.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/extension.h>
@@ -62,6 +64,10 @@ constexpr int64_t kWidenBlocks = 16;  // 16 blocks * 16 k = 256 k per int16 accu
 constexpr int64_t kRowBlock = 48;   // rows sharing one pass over the weights (q block stays in L2)
 constexpr int64_t kColBlock = 64;   // columns per parallel work unit
 
+// Bytes per decoded block (one byte per code: 4 steps x 64), see micro_kernel_decoded.
+constexpr int64_t kDecodedBlockBytes = 256;
+
+#if !defined(TERNARY_HF_VNNI)
 // ---------------------------------------------------------------------------------------------
 // Register-tiled micro kernel: R rows (R <= 6) x 16 columns over all k; writes int32 sums of
 // q * code (without the row-sum correction) to out[R][16].
@@ -129,16 +135,12 @@ void micro_kernel(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t kblock
 }
 #undef TERNARY_ROWS
 
-using MicroFn = void (*)(const int8_t*, int64_t, const uint8_t*, int64_t, int32_t*);
-constexpr MicroFn kMicro[kMR + 1] = {nullptr,          micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,
-                                     micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
 
 
 // Same tile on pre-decoded weights: `wd` holds one byte per code for `nkb` blocks (256 bytes per
 // block: step s at offset 64*s, columns 0-7 then 8-15), decoded once per panel chunk by
 // decode_chunk() and shared by all row tiles of a row block, which takes the shift/mask work out of
 // the inner loop (measured +9% on one core).  `first` stores instead of accumulating into out.
-constexpr int64_t kDecodedBlockBytes = 256;
 
 template <int R>
 void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out, bool first) {
@@ -187,6 +189,90 @@ void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64
 #undef TERNARY_ROWS
 }
 
+
+#else  // TERNARY_HF_VNNI
+// ---------------------------------------------------------------------------------------------
+// AVX-512 VNNI variant of the two tiles above (built as a separate module, loaded only on CPUs with
+// avx512f/bw/vl + avx512_vnni: Intel Cascade Lake and later servers, Ice Lake and later, AMD Zen 4+).
+// Why: `vpdpbusd` multiplies unsigned codes by signed int8 activations, adds each group of four
+// products AND accumulates into int32 in one instruction, where AVX2 needs vpmaddubsw + vpaddw and a
+// vpmaddwd widening every 256 k. One 64-byte weight block at step s (`(block >> 2s) & 3`) is exactly
+// one zmm operand for 16 columns x 4 k (lane 8v + j = column 16p + 8v + j, as in the AVX2 layout), so
+// the same prepared weights serve both builds and a row tile needs one accumulator per row.
+// The sums are int32 from the start: no int16 saturation bound, bit-identical to the AVX2 build.
+template <int R>
+void micro_kernel(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t kblocks, int32_t* out) {
+#define TERNARY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define TERNARY_ZERO(r) __m512i c##r = _mm512_setzero_si512();
+  TERNARY_ROWS(TERNARY_ZERO)
+#undef TERNARY_ZERO
+  const __m512i mask = _mm512_set1_epi8(3);
+  const int8_t* qk = q;
+  for (int64_t kb = 0; kb < kblocks; ++kb, w += kBlockBytes, qk += kKB) {
+    const __m512i p = _mm512_loadu_si512(w);
+#define TERNARY_ROWSTEP(r)                                                   \
+  if (R > r) {                                                               \
+    int32_t a4;                                                              \
+    std::memcpy(&a4, qk + r * ldq + 4 * S, 4);                               \
+    c##r = _mm512_dpbusd_epi32(c##r, wv, _mm512_set1_epi32(a4));             \
+  }
+#define TERNARY_STEP(SS)                                                     \
+  {                                                                          \
+    constexpr int S = SS;                                                    \
+    const __m512i wv = _mm512_and_si512(_mm512_srli_epi16(p, 2 * S), mask);  \
+    TERNARY_ROWS(TERNARY_ROWSTEP)                                            \
+  }
+    TERNARY_STEP(0)
+    TERNARY_STEP(1)
+    TERNARY_STEP(2)
+    TERNARY_STEP(3)
+#undef TERNARY_STEP
+#undef TERNARY_ROWSTEP
+  }
+#define TERNARY_STORE(r) \
+  if (R > r) _mm512_storeu_si512(out + r * kNR, c##r);
+  TERNARY_ROWS(TERNARY_STORE)
+#undef TERNARY_STORE
+#undef TERNARY_ROWS
+}
+
+template <int R>
+void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out, bool first) {
+#define TERNARY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define TERNARY_ZERO(r) __m512i c##r = first ? _mm512_setzero_si512() : _mm512_loadu_si512(out + r * kNR);
+  TERNARY_ROWS(TERNARY_ZERO)
+#undef TERNARY_ZERO
+  for (int64_t kb = 0; kb < nkb; ++kb, wd += kDecodedBlockBytes, q += kKB) {
+#define TERNARY_ROWSTEP(r)                                                   \
+  if (R > r) {                                                               \
+    int32_t a4;                                                              \
+    std::memcpy(&a4, q + r * ldq + 4 * S, 4);                                \
+    c##r = _mm512_dpbusd_epi32(c##r, wv, _mm512_set1_epi32(a4));             \
+  }
+#define TERNARY_STEP(SS)                                                     \
+  {                                                                          \
+    constexpr int S = SS;                                                    \
+    const __m512i wv = _mm512_load_si512(wd + 64 * S);                       \
+    TERNARY_ROWS(TERNARY_ROWSTEP)                                            \
+  }
+    TERNARY_STEP(0)
+    TERNARY_STEP(1)
+    TERNARY_STEP(2)
+    TERNARY_STEP(3)
+#undef TERNARY_STEP
+#undef TERNARY_ROWSTEP
+  }
+#define TERNARY_STORE(r) \
+  if (R > r) _mm512_storeu_si512(out + r * kNR, c##r);
+  TERNARY_ROWS(TERNARY_STORE)
+#undef TERNARY_STORE
+#undef TERNARY_ROWS
+}
+#endif  // TERNARY_HF_VNNI
+
+using MicroFn = void (*)(const int8_t*, int64_t, const uint8_t*, int64_t, int32_t*);
+constexpr MicroFn kMicro[kMR + 1] = {nullptr,          micro_kernel<1>, micro_kernel<2>, micro_kernel<3>,
+                                     micro_kernel<4>, micro_kernel<5>, micro_kernel<6>};
 using DecodedFn = void (*)(const int8_t*, int64_t, const uint8_t*, int64_t, int32_t*, bool);
 constexpr DecodedFn kMicroDecoded[kMR + 1] = {nullptr,
                                               micro_kernel_decoded<1>,
@@ -311,8 +397,8 @@ bool g_prefetch_out = true;   // switchable for benchmarks (_set_prefetch_output
 // A single row tile decodes in registers; several row tiles share a decoded panel chunk.
 void run_tile_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr int64_t kTiles = kRowBlock / kMR;
-  alignas(32) int32_t tiles[kTiles][kMR * kNR];
-  alignas(32) uint8_t decoded[kWidenBlocks * kDecodedBlockBytes];
+  alignas(64) int32_t tiles[kTiles][kMR * kNR];
+  alignas(64) uint8_t decoded[kWidenBlocks * kDecodedBlockBytes];  // 64: zmm loads (VNNI build)
   const int64_t panel_bytes = P.kblocks * kBlockBytes;
   const int64_t n_tiles = ceil_div(m1 - m0, kMR);
   for (int64_t nb = n0; nb < n1; nb += kNR) {
@@ -575,7 +661,13 @@ torch::Tensor ternary_accumulators(const torch::Tensor& x, const torch::Tensor& 
 void register_training_ops(pybind11::module_& m);  // ternary_train.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+#if defined(TERNARY_HF_VNNI)
+  m.doc() = "AVX-512 VNNI ternary-weight x int8-activation linear layer (ternary_hf)";
+  m.attr("ISA") = "avx512vnni";
+#else
   m.doc() = "AVX2 ternary-weight x int8-activation linear layer (ternary_hf)";
+  m.attr("ISA") = "avx2";
+#endif
   m.def("ternary_linear", &ternary_linear,
         "y = (q(x) @ T.T) * s_x * s_w + b, fused int8 quantization; gelu=True applies GELU to y",
         py::arg("x"), py::arg("prepared"), py::arg("weight_scale"), py::arg("bias"), py::arg("in_features"),
