@@ -10,7 +10,9 @@ method alike):
 * ``ours``    - :func:`ternary_hf.kernels.ternary_linear_cpu` (int8 activations x 2-bit weights);
 * ``unpack``  - the reference path that unpacks the 2-bit weights to float and calls ``F.linear``
   on every forward (what transformers' BitNet integration does);
-* ``qdyn``    - ``torch.ao.quantization.quantize_dynamic`` int8 ``nn.Linear``.
+* ``qdyn``    - ``torch.ao.quantization.quantize_dynamic`` int8 ``nn.Linear``;
+* ``avx2``    - only where the active kernel is the AVX-512 VNNI build: the same call through the AVX2
+  build (``load_kernel_variant("avx2")``), so one run shows what VNNI buys on this CPU.
 
 Each cell is the median over ``--reps`` interleaved rounds; ratios are ``time / fp32 time`` (lower
 is better; the issue's target for ``ours`` is <= 0.30 at M >= 256). The column ``ours/fp32 best``
@@ -38,7 +40,8 @@ from _machine import cpu_model
 from torch import nn
 
 from ternary_hf.functional import ternary_linear_reference
-from ternary_hf.kernels import cpu_kernel_available, kernel_status, prepare_weight, ternary_linear_cpu
+from ternary_hf.kernels import cpu_kernel_available, kernel_isa, kernel_status, prepare_weight, ternary_linear_cpu
+from ternary_hf.kernels._build import load_kernel_variant
 from ternary_hf.packing import pack_ternary
 
 SHAPES = ["384x384", "384x1536", "1536x384", "768x768", "768x3072", "3072x768"]  # in x out
@@ -63,7 +66,9 @@ def time_call(fn: Callable[[], object], inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
-def bench_cell(in_f: int, out_f: int, m: int, reps: int, min_time: float) -> dict[str, list[float]]:
+def bench_cell(
+    in_f: int, out_f: int, m: int, reps: int, min_time: float, avx2_module: object | None = None
+) -> dict[str, list[float]]:
     torch.manual_seed(0)
     linear = nn.Linear(in_f, out_f)
     ternary, scale = ternarize(linear.weight.detach())
@@ -80,6 +85,8 @@ def bench_cell(in_f: int, out_f: int, m: int, reps: int, min_time: float) -> dic
         "unpack": lambda: ternary_linear_reference(x, packed, scale, bias, in_f, quantize_activations=True),
         "qdyn": lambda: qdyn(x),
     }
+    if avx2_module is not None:
+        fns["avx2"] = lambda: avx2_module.ternary_linear(x, prepared, scale, bias, in_f, out_f, False)
     with torch.inference_mode():
         inner = {}
         for name, fn in fns.items():  # warm up, then pick a repeat count giving >= min_time per sample
@@ -113,29 +120,33 @@ def main(argv: list[str] | None = None) -> None:
         f"capability {torch.backends.cpu.get_cpu_capability()}"
     )
     print(f"# kernel: {kernel_status()}")
+    avx2_module = load_kernel_variant("avx2") if kernel_isa() != "avx2" else None
+    avx2_head = " avx2 ms | ours/avx2 |" if avx2_module is not None else ""
     print(
         f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {reps} interleaved rounds"
     )
     print("# ratio = time / fp32 time (lower is better)\n")
     print(
         "| layer (in x out) | M | threads | fp32 ms | ours ms | ours/fp32 | ours/fp32 best | unpack/fp32 | qdyn/fp32 |"
+        + avx2_head
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if avx2_module is not None else ""))
     summary: dict[int, list[float]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         for shape in shapes:
             in_f, out_f = (int(v) for v in shape.lower().split("x"))
             for m in ms:
-                samples = bench_cell(in_f, out_f, m, reps, args.min_time)
+                samples = bench_cell(in_f, out_f, m, reps, args.min_time, avx2_module)
                 t = {k: statistics.median(v) for k, v in samples.items()}
                 ratio = {k: t[k] / t["fp32"] for k in METHODS}
+                avx2_cell = f" {t['avx2'] * 1e3:.3f} | {t['ours'] / t['avx2']:.2f} |" if "avx2" in t else ""
                 best = min(samples["ours"]) / min(samples["fp32"])
                 if m >= 256:
                     summary.setdefault(threads, []).append(ratio["ours"])
                 print(
                     f"| {in_f}x{out_f} | {m} | {threads} | {t['fp32'] * 1e3:.3f} | {t['ours'] * 1e3:.3f} | "
-                    f"{ratio['ours']:.2f} | {best:.2f} | {ratio['unpack']:.2f} | {ratio['qdyn']:.2f} |",
+                    f"{ratio['ours']:.2f} | {best:.2f} | {ratio['unpack']:.2f} | {ratio['qdyn']:.2f} |{avx2_cell}",
                     flush=True,
                 )
     print()

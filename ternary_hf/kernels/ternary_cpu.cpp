@@ -200,73 +200,57 @@ void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64
 // one zmm operand for 16 columns x 4 k (lane 8v + j = column 16p + 8v + j, as in the AVX2 layout), so
 // the same prepared weights serve both builds and a row tile needs one accumulator per row.
 // The sums are int32 from the start: no int16 saturation bound, bit-identical to the AVX2 build.
+// Short tiles (the M % 6 remainder, batch-1 latency) would be bound by vpdpbusd's latency with one
+// accumulator per row, so rows of a tile with fewer than 4 rows spread the four k steps of a block
+// over 2 or 4 accumulators, added at the end (integer sums: the order cannot change the result).
+template <int R, bool kDecoded>
+inline __attribute__((always_inline)) void vnni_tile(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t nkb,
+                                                     int32_t* out, bool first) {
+  constexpr int C = R >= 4 ? 1 : (R >= 2 ? 2 : 4);
+  __m512i c[R][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    c[r][0] = first ? _mm512_setzero_si512() : _mm512_loadu_si512(out + r * kNR);
+#pragma GCC unroll 4
+    for (int j = 1; j < C; ++j) c[r][j] = _mm512_setzero_si512();
+  }
+  const __m512i mask = _mm512_set1_epi8(3);
+  for (int64_t kb = 0; kb < nkb; ++kb, q += kKB, w += kDecoded ? kDecodedBlockBytes : kBlockBytes) {
+    __m512i packed = _mm512_setzero_si512();
+    if constexpr (!kDecoded) packed = _mm512_loadu_si512(w);
+#pragma GCC unroll 4
+    for (int s = 0; s < 4; ++s) {
+      __m512i wv;
+      if constexpr (kDecoded) {
+        wv = _mm512_load_si512(w + 64 * s);
+      } else {
+        wv = _mm512_and_si512(_mm512_srli_epi16(packed, 2 * s), mask);
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        int32_t a4;
+        std::memcpy(&a4, q + r * ldq + 4 * s, 4);
+        c[r][s % C] = _mm512_dpbusd_epi32(c[r][s % C], wv, _mm512_set1_epi32(a4));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    __m512i sum = c[r][0];
+#pragma GCC unroll 4
+    for (int j = 1; j < C; ++j) sum = _mm512_add_epi32(sum, c[r][j]);
+    _mm512_storeu_si512(out + r * kNR, sum);
+  }
+}
+
 template <int R>
 void micro_kernel(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t kblocks, int32_t* out) {
-#define TERNARY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
-#define TERNARY_ZERO(r) __m512i c##r = _mm512_setzero_si512();
-  TERNARY_ROWS(TERNARY_ZERO)
-#undef TERNARY_ZERO
-  const __m512i mask = _mm512_set1_epi8(3);
-  const int8_t* qk = q;
-  for (int64_t kb = 0; kb < kblocks; ++kb, w += kBlockBytes, qk += kKB) {
-    const __m512i p = _mm512_loadu_si512(w);
-#define TERNARY_ROWSTEP(r)                                                   \
-  if (R > r) {                                                               \
-    int32_t a4;                                                              \
-    std::memcpy(&a4, qk + r * ldq + 4 * S, 4);                               \
-    c##r = _mm512_dpbusd_epi32(c##r, wv, _mm512_set1_epi32(a4));             \
-  }
-#define TERNARY_STEP(SS)                                                     \
-  {                                                                          \
-    constexpr int S = SS;                                                    \
-    const __m512i wv = _mm512_and_si512(_mm512_srli_epi16(p, 2 * S), mask);  \
-    TERNARY_ROWS(TERNARY_ROWSTEP)                                            \
-  }
-    TERNARY_STEP(0)
-    TERNARY_STEP(1)
-    TERNARY_STEP(2)
-    TERNARY_STEP(3)
-#undef TERNARY_STEP
-#undef TERNARY_ROWSTEP
-  }
-#define TERNARY_STORE(r) \
-  if (R > r) _mm512_storeu_si512(out + r * kNR, c##r);
-  TERNARY_ROWS(TERNARY_STORE)
-#undef TERNARY_STORE
-#undef TERNARY_ROWS
+  vnni_tile<R, false>(q, ldq, w, kblocks, out, true);
 }
 
 template <int R>
 void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out, bool first) {
-#define TERNARY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
-#define TERNARY_ZERO(r) __m512i c##r = first ? _mm512_setzero_si512() : _mm512_loadu_si512(out + r * kNR);
-  TERNARY_ROWS(TERNARY_ZERO)
-#undef TERNARY_ZERO
-  for (int64_t kb = 0; kb < nkb; ++kb, wd += kDecodedBlockBytes, q += kKB) {
-#define TERNARY_ROWSTEP(r)                                                   \
-  if (R > r) {                                                               \
-    int32_t a4;                                                              \
-    std::memcpy(&a4, q + r * ldq + 4 * S, 4);                                \
-    c##r = _mm512_dpbusd_epi32(c##r, wv, _mm512_set1_epi32(a4));             \
-  }
-#define TERNARY_STEP(SS)                                                     \
-  {                                                                          \
-    constexpr int S = SS;                                                    \
-    const __m512i wv = _mm512_load_si512(wd + 64 * S);                       \
-    TERNARY_ROWS(TERNARY_ROWSTEP)                                            \
-  }
-    TERNARY_STEP(0)
-    TERNARY_STEP(1)
-    TERNARY_STEP(2)
-    TERNARY_STEP(3)
-#undef TERNARY_STEP
-#undef TERNARY_ROWSTEP
-  }
-#define TERNARY_STORE(r) \
-  if (R > r) _mm512_storeu_si512(out + r * kNR, c##r);
-  TERNARY_ROWS(TERNARY_STORE)
-#undef TERNARY_STORE
-#undef TERNARY_ROWS
+  vnni_tile<R, true>(q, ldq, wd, nkb, out, first);
 }
 #endif  // TERNARY_HF_VNNI
 
