@@ -14,6 +14,8 @@ in ONE run:
   sentence-transformers' ``backend="onnx"`` needs, pins transformers 4 and breaks this stack);
 * ``onnx-u8``  - (optional, ``--backends ... onnx-u8``) the same with ``QUInt8`` weights: on AVX2 without
   VNNI, ORT's u8 x s8 path can saturate int16 pair sums, which costs accuracy (MPNet!);
+* ``ternary-avx2`` - (optional) ours with the AVX2 kernel build forced (``TERNARY_HF_KERNEL_ISA=avx2``):
+  on a CPU with AVX-512 VNNI, where ``ternary`` runs the VNNI build, this shows what VNNI buys;
 * ``qdyn``     - ``torch.ao.quantization.quantize_dynamic`` int8 on every ``nn.Linear``;
 * ``bnb-int8`` - bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with the reason
   otherwise). It is several times slower than FP32 here, so it encodes only a fraction of each round.
@@ -66,8 +68,9 @@ from ternary_hf.checkpoint import folder_fingerprint
 from ternary_hf.onnx_baseline import OnnxEncoder
 
 BACKENDS = ["fp32", "ternary", "onnx-int8", "qdyn", "bnb-int8"]
-#: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI)
-EXTRA_BACKENDS = ["onnx-u8"]
+#: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI);
+#: ternary-avx2: ours with the AVX2 kernel build forced (TERNARY_HF_KERNEL_ISA=avx2), on a VNNI CPU
+EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2"]
 TARGET_VS_FP32 = 3.0
 TARGET_VS_ONNX = 1.0
 TARGET_LATENCY = 1.0
@@ -152,7 +155,9 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
     _set_threads(threads)
     if backend == "fp32":
         st = SentenceTransformer(model_dir, device="cpu")
-    elif backend == "ternary":
+    elif backend in ("ternary", "ternary-avx2"):
+        if backend == "ternary-avx2":
+            os.environ["TERNARY_HF_KERNEL_ISA"] = "avx2"  # read when the kernel first loads, below
         import ternary_hf
         from ternary_hf.kernels import cpu_kernel_available, kernel_status
 

@@ -10,7 +10,7 @@ for activations, the same int8 rule from :mod:`ternary_hf.functional`) as the fo
 On CPU with the compiled kernel (:mod:`ternary_hf.kernels`) and int8 activations, a student layer's
 forward *is* the inference layer's: its latent weight is ternarized by one C++ pass (bit for bit the
 same values and scales as :func:`~ternary_hf.ternarize.ternarize` for the default calibrated
-per-channel rule), put in the kernel's layout and multiplied by the same AVX2 kernel the finalized
+per-channel rule), put in the kernel's layout and multiplied by the same CPU kernel the finalized
 model uses; the backward is the straight-through estimator in float32 (``grad_x = grad_y @ (s_w T)``,
 ``grad_W = grad_y.T @ (q(x) s_x)``). Elsewhere (GPU, float activations, no compiler) the plain torch
 forward below computes the same thing up to float rounding.

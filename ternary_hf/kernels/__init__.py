@@ -1,9 +1,10 @@
 """Fast CPU inference for ternary linear layers: the public kernel API used by ``TernaryLinear``.
 
 Why a separate kernel layout: the on-disk format (:mod:`ternary_hf.packing`) is row-major 2-bit
-codes, good for storage and interchange; the AVX2 kernel wants 16-column panels in which one shift
-and one mask yield the ``vpmaddubsw`` operand directly. :func:`prepare_weight` converts once at load
-time (same 2 bits per weight, padded to multiples of 16), the on-disk format never changes.
+codes, good for storage and interchange; the kernel wants 16-column panels in which one shift and one
+mask yield the ``vpmaddubsw`` (AVX2) or ``vpdpbusd`` (AVX-512 VNNI) operand directly.
+:func:`prepare_weight` converts once at load time (same 2 bits per weight, padded to multiples of
+16), the on-disk format never changes.
 
 Call sequence (what ``TernaryLinear`` does)::
 
@@ -23,9 +24,11 @@ reference's ``127 / amax`` overflow to inf and yield NaN; the kernel then clamps
 Build (see :mod:`ternary_hf.kernels._build`): ``pip install "ternary-hf[kernel]"`` adds ``ninja``;
 with a C++ compiler present, the single source ``ternary_cpu.cpp`` (package data) is compiled on the
 first call of :func:`cpu_kernel_available` with ``-O3 -mavx2 -mfma -fopenmp`` (about 40 s on 2
-cores) into ``~/.cache/ternary_hf/kernels/<hash of source, flags, torch and Python version>/`` under a
-file lock, and later processes just load the cached ``.so``. No compiler, no ninja or no AVX2/FMA:
-one ``RuntimeWarning`` naming the fix, then the reference path. ``TERNARY_HF_DISABLE_KERNEL=1`` forces
+cores; on a CPU with AVX-512 VNNI a second build with ``-mavx512vnni`` is used instead, same results,
+``TERNARY_HF_KERNEL_ISA=avx2`` opts out, :func:`kernel_isa` says which runs) into
+``~/.cache/ternary_hf/kernels/<hash of source, flags, torch and Python version>/`` under a file lock,
+and later processes just load the cached ``.so``. No compiler, no ninja or no AVX2/FMA: one
+``RuntimeWarning`` naming the fix, then the reference path. ``TERNARY_HF_DISABLE_KERNEL=1`` forces
 the reference path; ``TERNARY_HF_KERNEL_CACHE`` moves the cache; ``TERNARY_HF_KERNEL_VERBOSE=1`` shows
 the compiler output.
 
@@ -65,7 +68,7 @@ BLOCK_K = 16
 
 
 def cpu_kernel_available() -> bool:
-    """Whether the AVX2 kernel can run here; builds or loads it on the first call (then cached).
+    """Whether the CPU kernel (AVX2 or AVX-512 VNNI build) can run here; builds or loads it once.
 
     Returns False without raising when ``TERNARY_HF_DISABLE_KERNEL=1`` is set, or (after ONE
     ``RuntimeWarning`` that says how to fix it) when the CPU lacks AVX2/FMA, no compiler or ``ninja``
