@@ -7,7 +7,7 @@ in ONE run:
 
 * ``fp32``     - plain ``SentenceTransformer`` in torch float32, the denominator of every ratio;
 * ``ternary``  - ours: ``SentenceTransformer(path, model_kwargs={"quantization_config": TernaryConfig()})``
-  (2-bit weights, per-token int8 activations, the AVX2 kernel; int4 embedding table);
+  (2-bit weights, per-token int8 activations, the AVX2 or AVX-512 VNNI kernel build; int4 embedding table);
 * ``onnx-int8`` - ONNX Runtime with dynamic int8 weights: the model exported with
   ``torch.onnx.export(..., dynamo=False)`` from a separate copy, ``onnxruntime.quantization.quantize_dynamic``
   (``QInt8`` weights), then the tokenizer + mean pooling + normalisation done here (optimum-onnx, which

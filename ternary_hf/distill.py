@@ -19,6 +19,10 @@ passed straight through. Losses (each weighted, 0 switches it off):
   texts of the batch, so the student's error is pushed out of the directions real texts differ in.
   The bank costs no student forward (teacher embeddings only) and is saved with each checkpoint.
 
+``teacher_forcing`` (a fraction of the run, 0 = off) trains every transformer layer on the teacher's
+input to it for that first part of the run, loss ``teacher_forced_mse`` (see
+:mod:`ternary_hf.teacher_forcing`); the losses above take over after it.
+
 The loop runs on :class:`accelerate.Accelerator` (CPU, one GPU, or ``accelerate launch`` for many),
 checkpoints every ``save_every`` steps with ``save_state`` and resumes exactly where it stopped
 (same batches, same RNG): a resumed run ends with the same weights as an uninterrupted one.
@@ -49,6 +53,7 @@ from torch import nn
 from .config import TernaryConfig
 from .folders import check_output_folder, replace_folder
 from .progress import bar_switch
+from .teacher_forcing import LayerwiseTeacherForcing
 from .training import build_student, to_float_model
 
 __all__ = ["DistillConfig", "DistillResult", "TeacherBank", "distill", "distillation_loss", "finalize", "load_texts"]
@@ -88,6 +93,7 @@ class DistillConfig:
     similarity_temperature: float = 0.1
     bank_similarity: float = 0.0
     bank_size: int = 4096
+    teacher_forcing: float = 0.0
     mask_padding: bool = True
     seed: int = 0
     save_every: int = 100
@@ -115,6 +121,9 @@ class DistillConfig:
         if (self.hidden_mse + self.pooled_cosine + self.pooled_mse + self.layer_mse + self.similarity
                 + self.bank_similarity == 0):
             raise ValueError("DistillConfig: every loss weight is 0; switch at least one loss on")
+        if not 0.0 <= self.teacher_forcing < 1.0:
+            raise ValueError(f"DistillConfig: teacher_forcing={self.teacher_forcing!r} is the fraction of the run "
+                             "trained layer by layer; choose 0 <= teacher_forcing < 1 (0: off)")
         if self.similarity_mode not in ("mse", "kl"):
             raise ValueError(f"DistillConfig: similarity_mode={self.similarity_mode!r}; choose 'mse' or 'kl'")
         if self.optimizer not in ("adamw", "adamw8bit"):
@@ -359,6 +368,12 @@ def warmup_cosine(warmup: int, total: int, time_fraction=None, warmup_ratio: flo
 _TRAINER_STATE = "trainer_state.json"
 
 
+def _progress(step: int, total: int, time_fraction=None) -> float:
+    """How far along the run is: the further of steps done and time budget used (0..1)."""
+    done = step / max(total, 1)
+    return max(done, time_fraction()) if time_fraction is not None else done
+
+
 def resume_latest(accelerator, work_dir: Path, resume: bool, total: int) -> tuple[int, float]:
     """Load the newest ``checkpoint-N`` in ``work_dir`` (if ``resume``); return N and the training
     seconds spent before it (a time budget counts across resumes), else ``(0, 0.0)``."""
@@ -594,6 +609,7 @@ def distill(
     student = build_student(teacher_model, tcfg)
     teacher_model.eval().requires_grad_(False)
     student.train()
+    forcing = LayerwiseTeacherForcing(student, teacher_model) if cfg.teacher_forcing else None
     for module in student.modules():  # dropout off: we match a deterministic teacher
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -643,11 +659,20 @@ def distill(
             out_of_time = True  # a time budget ends the run at an optimizer-step boundary; finalize what we have
             accelerator.print(f"time budget of {cfg.max_minutes} min reached at step {step}/{cfg.max_steps}")
             break
+        forced = forcing is not None and _progress(step, cfg.max_steps, time_fraction) < cfg.teacher_forcing
+        if forcing is not None:
+            forcing.enabled = forced
         with accelerator.accumulate(student):
             with torch.no_grad():
-                teacher_out = teacher_model(**batch, output_hidden_states=bool(cfg.layer_mse))
-            student_out = student(**batch, output_hidden_states=bool(cfg.layer_mse))
-            loss, parts = distillation_loss(student_out, teacher_out, batch["attention_mask"], cfg, bank)
+                teacher_out = teacher_model(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced)
+            student_out = student(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced)
+            if forced:
+                mask = batch["attention_mask"] if cfg.mask_padding else None
+                pairs = forcing.pairs()
+                loss = sum(_masked_mse(s, t, mask) for s, t in pairs) / len(pairs)
+                parts = {"teacher_forced_mse": float(loss.detach())}
+            else:
+                loss, parts = distillation_loss(student_out, teacher_out, batch["attention_mask"], cfg, bank)
             if bank is not None:
                 pooled = mean_pool(teacher_out.last_hidden_state, batch["attention_mask"])
                 bank.push(accelerator.gather(F.normalize(pooled, dim=-1)))
@@ -689,6 +714,8 @@ def distill(
             save_checkpoint(accelerator, work_dir, step, cfg.keep_checkpoints, elapsed())
     bar.close()
     log.close()
+    if forcing is not None:
+        forcing.remove()
     accelerator.wait_for_everyone()
     seconds = elapsed()
     session_seconds = seconds - clock["before"]  # same clock as seconds: evaluation excluded in both

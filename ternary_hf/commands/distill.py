@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--similarity-mode", choices=["mse", "kl"], default=d.similarity_mode)
     parser.add_argument("--bank-size", type=int, default=d.bank_size,
                         help="teacher embeddings of earlier batches that --bank-similarity compares against")
+    parser.add_argument("--teacher-forcing", type=float, default=d.teacher_forcing,
+                        help="fraction of the run that trains each layer on the teacher's input to it "
+                        "(layer-wise reconstruction) before the end-to-end losses; 0: off")
     parser.add_argument("--no-mask-padding", action="store_true", help="MSE over padding too (the paper's loss)")
     parser.add_argument("--minutes", type=float, default=None, help="time budget: stop and finalize after this")
     parser.add_argument("--save-every", type=int, default=d.save_every)
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             pooled_cosine=args.pooled_cosine, pooled_mse=args.pooled_mse, layer_mse=args.layer_mse,
             similarity=args.similarity, similarity_mode=args.similarity_mode, mask_padding=not args.no_mask_padding,
             bank_similarity=args.bank_similarity, bank_size=args.bank_size,
+            teacher_forcing=args.teacher_forcing,
             save_every=args.save_every, optimizer=args.optimizer, mixed_precision=args.mixed_precision,
             seed=args.seed, max_minutes=args.minutes, eval_every=args.eval_every, eval_tasks=args.eval_tasks,
             eval_limit=args.eval_limit, report_to=args.report_to,
