@@ -88,6 +88,7 @@ class DistillConfig:
     pooled_cosine: float = 1.0
     pooled_mse: float = 0.0
     layer_mse: float = 0.0
+    attention_kl: float = 0.0
     similarity: float = 1.0
     similarity_mode: str = "mse"
     similarity_temperature: float = 0.1
@@ -114,12 +115,12 @@ class DistillConfig:
                      "log_every", "bank_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DistillConfig: {name}={getattr(self, name)!r} must be >= 1")
-        for name in ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "similarity", "bank_similarity",
-                     "learning_rate"):
+        for name in ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "attention_kl", "similarity",
+                     "bank_similarity", "learning_rate"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"DistillConfig: {name}={getattr(self, name)!r} must be >= 0")
-        if (self.hidden_mse + self.pooled_cosine + self.pooled_mse + self.layer_mse + self.similarity
-                + self.bank_similarity == 0):
+        if (self.hidden_mse + self.pooled_cosine + self.pooled_mse + self.layer_mse + self.attention_kl
+                + self.similarity + self.bank_similarity == 0):
             raise ValueError("DistillConfig: every loss weight is 0; switch at least one loss on")
         if not 0.0 <= self.teacher_forcing < 1.0:
             raise ValueError(f"DistillConfig: teacher_forcing={self.teacher_forcing!r} is the fraction of the run "
@@ -224,6 +225,22 @@ def _masked_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None) -> 
     return ((a - b) ** 2 * m).sum() / (m.sum() * a.shape[-1]).clamp(min=1)
 
 
+def _attention_kl(student_attn, teacher_attn, mask: torch.Tensor | None) -> torch.Tensor:
+    """KL(teacher || student) of the attention distributions, averaged over layers, heads and real query tokens.
+
+    TernaryBERT's / MiniLM's attention transfer: which tokens each token reads from is what the
+    ternary weights perturb first, and the teacher's rows are a dense target per token pair."""
+    total = student_attn[0].new_zeros(())
+    for s, t in zip(student_attn, teacher_attn, strict=True):
+        kl = (torch.xlogy(t, t) - t * torch.log(s.clamp_min(1e-12))).sum(-1)  # (batch, heads, queries)
+        if mask is None:
+            total = total + kl.mean()
+        else:
+            m = mask[:, None, :].to(kl.dtype)
+            total = total + (kl * m).sum() / (m.sum() * kl.shape[1]).clamp(min=1)
+    return total / max(len(student_attn), 1)
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
@@ -268,6 +285,8 @@ def distillation_loss(student_out, teacher_out, attention_mask: torch.Tensor, cf
     if cfg.layer_mse:
         pairs = list(zip(student_out.hidden_states[1:-1], teacher_out.hidden_states[1:-1], strict=True))
         parts["layer_mse"] = sum(_masked_mse(s, t, mask) for s, t in pairs) / max(len(pairs), 1)
+    if cfg.attention_kl:
+        parts["attention_kl"] = _attention_kl(student_out.attentions, teacher_out.attentions, mask)
     if cfg.pooled_cosine or cfg.pooled_mse or cfg.similarity or cfg.bank_similarity:
         s_pool, t_pool = mean_pool(s_last, attention_mask), mean_pool(t_last, attention_mask)
         if cfg.pooled_cosine:
@@ -608,6 +627,9 @@ def distill(
     corpus = load_texts(texts, limit=cfg.max_texts, seed=cfg.seed)
     student = build_student(teacher_model, tcfg)
     teacher_model.eval().requires_grad_(False)
+    if cfg.attention_kl:  # attention probabilities are only returned by the eager implementation
+        for model in (teacher_model, student):
+            model.set_attn_implementation("eager")
     student.train()
     forcing = LayerwiseTeacherForcing(student, teacher_model) if cfg.teacher_forcing else None
     for module in student.modules():  # dropout off: we match a deterministic teacher
@@ -664,8 +686,10 @@ def distill(
             forcing.enabled = forced
         with accelerator.accumulate(student):
             with torch.no_grad():
-                teacher_out = teacher_model(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced)
-            student_out = student(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced)
+                teacher_out = teacher_model(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced,
+                                            output_attentions=bool(cfg.attention_kl) and not forced)
+            student_out = student(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced,
+                                  output_attentions=bool(cfg.attention_kl) and not forced)
             if forced:
                 mask = batch["attention_mask"] if cfg.mask_padding else None
                 pairs = forcing.pairs()

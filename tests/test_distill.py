@@ -109,6 +109,45 @@ def test_bank_similarity_compares_similarities_to_earlier_teacher_embeddings():
         DistillConfig(bank_size=0)
 
 
+def test_attention_kl_matches_the_teachers_attention_rows_of_real_tokens(tiny_model_dirs):
+    from transformers import AutoModel
+
+    teacher = AutoModel.from_pretrained(tiny_model_dirs["bert"], attn_implementation="eager").eval()
+    student = build_student(teacher, TernaryConfig()).eval()
+    ids = torch.randint(5, 100, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    kw = dict(input_ids=ids, attention_mask=mask, output_attentions=True)
+    s_out, t_out = student(**kw), teacher(**kw)
+    cfg = DistillConfig(hidden_mse=0, pooled_cosine=0, similarity=0, attention_kl=1.0)
+    loss, parts = distillation_loss(s_out, t_out, mask, cfg)
+    assert set(parts) == {"attention_kl"} and float(loss.detach()) > 0
+    # by hand: sum_j t log(t/s) per query row, mean over layers, heads and real query rows
+    expected = []
+    for s, t in zip(s_out.attentions, t_out.attentions, strict=True):
+        kl = torch.where(t > 0, t * (t.log() - s.log()), 0.0).sum(-1)
+        expected.append(torch.cat([kl[b, :, : int(mask[b].sum())].flatten() for b in range(3)]).mean())
+    # (float32 cancellation: the rows are near-uniform in a tiny random model, so KL ~1e-5 of terms ~1)
+    assert float(loss) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-3)
+    same, _ = distillation_loss(t_out, t_out, mask, cfg)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    # a padded query row's attention does not count
+    moved = [a.clone() for a in s_out.attentions]
+    moved[0][1, :, 5] = moved[0][1, :, 5].flip(-1)
+    moved_out = type("Out", (), {"attentions": moved, "last_hidden_state": s_out.last_hidden_state})()
+    assert float(distillation_loss(moved_out, t_out, mask, cfg)[0]) == pytest.approx(float(loss), rel=1e-6)
+    with pytest.raises(ValueError, match="attention_kl"):
+        DistillConfig(attention_kl=-1.0)
+
+
+def test_distill_with_attention_kl_trains_and_finalizes(tiny_st_dir, tmp_path):
+    out = tmp_path / "out"
+    result = distill(tiny_st_dir, out, texts=tiny_sentences(16), config=DistillConfig(
+        max_steps=2, attention_kl=1.0, **FAST), show_progress_bar=False)
+    assert result.steps == 2 and all(row["attention_kl"] > 0 for row in result.losses)
+    assert SentenceTransformer(str(out), device="cpu").encode(["a sentence"]).shape[0] == 1
+
+
 def test_bad_config_and_data_errors(tmp_path):
     with pytest.raises(ValueError, match="every loss weight is 0"):
         DistillConfig(hidden_mse=0, pooled_cosine=0, similarity=0)

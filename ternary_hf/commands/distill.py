@@ -32,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-length", type=int, default=d.max_length)
     parser.add_argument("--grad-accum", type=int, default=d.gradient_accumulation_steps)
     parser.add_argument("--max-texts", type=int, default=d.max_texts, help="sample at most this many texts")
-    for name in ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "similarity", "bank_similarity"):
+    for name in ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "attention_kl", "similarity",
+                 "bank_similarity"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(d, name),
                             help=f"weight of the {name} loss (0: off)")
     parser.add_argument("--similarity-mode", choices=["mse", "kl"], default=d.similarity_mode)
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, max_length=args.max_length,
             gradient_accumulation_steps=args.grad_accum, max_texts=args.max_texts, hidden_mse=args.hidden_mse,
             pooled_cosine=args.pooled_cosine, pooled_mse=args.pooled_mse, layer_mse=args.layer_mse,
-            similarity=args.similarity, similarity_mode=args.similarity_mode, mask_padding=not args.no_mask_padding,
+            attention_kl=args.attention_kl, similarity=args.similarity, similarity_mode=args.similarity_mode,
+            mask_padding=not args.no_mask_padding,
             bank_similarity=args.bank_similarity, bank_size=args.bank_size,
             teacher_forcing=args.teacher_forcing,
             save_every=args.save_every, optimizer=args.optimizer, mixed_precision=args.mixed_precision,
