@@ -49,16 +49,22 @@ def test_student_trains_through_the_ternary_forward_with_straight_through_gradie
     assert set(to_float_model(student).state_dict()) == set(teacher.state_dict())
 
 
-def test_loss_terms_switch_on_and_off(tiny_model_dirs):
+def _tiny_student_and_teacher_outputs(model_dir, batch: int, length: int, pad_from: int, **forward_kw):
+    """Student and teacher outputs on one random batch whose second row is padded from ``pad_from``."""
     from transformers import AutoModel
 
-    teacher = AutoModel.from_pretrained(tiny_model_dirs["bert"]).eval()
+    attn = {"attn_implementation": "eager"} if forward_kw.get("output_attentions") else {}
+    teacher = AutoModel.from_pretrained(model_dir, **attn).eval()
     student = build_student(teacher, TernaryConfig()).eval()
-    ids = torch.randint(5, 100, (4, 9))
+    ids = torch.randint(5, 100, (batch, length))
     mask = torch.ones_like(ids)
-    mask[1, 5:] = 0
-    kw = dict(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    s_out, t_out = student(**kw), teacher(**kw)
+    mask[1, pad_from:] = 0
+    kw = dict(input_ids=ids, attention_mask=mask, **forward_kw)
+    return student(**kw), teacher(**kw), mask
+
+
+def test_loss_terms_switch_on_and_off(tiny_model_dirs):
+    s_out, t_out, mask = _tiny_student_and_teacher_outputs(tiny_model_dirs["bert"], 4, 9, 5, output_hidden_states=True)
     only = {"hidden_mse": 0, "pooled_cosine": 0, "pooled_mse": 0, "layer_mse": 0, "similarity": 0}
     for name in only:
         cfg = DistillConfig(**dict(only, **{name: 1.0}))
@@ -110,15 +116,7 @@ def test_bank_similarity_compares_similarities_to_earlier_teacher_embeddings():
 
 
 def test_attention_kl_matches_the_teachers_attention_rows_of_real_tokens(tiny_model_dirs):
-    from transformers import AutoModel
-
-    teacher = AutoModel.from_pretrained(tiny_model_dirs["bert"], attn_implementation="eager").eval()
-    student = build_student(teacher, TernaryConfig()).eval()
-    ids = torch.randint(5, 100, (3, 7))
-    mask = torch.ones_like(ids)
-    mask[1, 4:] = 0
-    kw = dict(input_ids=ids, attention_mask=mask, output_attentions=True)
-    s_out, t_out = student(**kw), teacher(**kw)
+    s_out, t_out, mask = _tiny_student_and_teacher_outputs(tiny_model_dirs["bert"], 3, 7, 4, output_attentions=True)
     cfg = DistillConfig(hidden_mse=0, pooled_cosine=0, similarity=0, attention_kl=1.0)
     loss, parts = distillation_loss(s_out, t_out, mask, cfg)
     assert set(parts) == {"attention_kl"} and float(loss.detach()) > 0
