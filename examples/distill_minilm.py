@@ -1,6 +1,6 @@
 """Distill the bundled all-MiniLM-L6-v2 into a ternary model and compare it with its FP32 teacher.
 
-    python examples/distill_minilm.py [OUT_DIR] [--steps 800] [--batch-size 32] [--minutes 30] [--limit 500]
+    python examples/distill_minilm.py [OUT_DIR] [--steps 2000] [--batch-size 32] [--minutes 30] [--limit 500]
     python examples/distill_minilm.py out --steps 2 --batch-size 4 --limit 30   # a smoke run, under a minute
 
 The teacher is the FP32 model itself; the student learns on the bundled real corpora (training splits

@@ -156,11 +156,12 @@ def test_distillation_texts_come_from_train_splits_only():
     assert len(texts) == 4000 == len(set(texts))
     for name in ds.available_datasets():
         assert not set(texts) & set(ds.load_dataset(name, "test").texts), name
-    assert not set(texts) & set(ds.load_dataset("nyt", "train").texts)
+    assert not set(texts) & set(ds.load_dataset("nyt", "test").texts)  # the teacher-agreement texts
     per_source = {
-        name: len(set(texts) & set(ds.load_dataset(name, "train").texts)) for name in ("20ng", "r52", "tweets", "rt")
+        name: len(set(texts) & set(ds.load_dataset(name, "train").texts))
+        for name in ("20ng", "r52", "tweets", "rt", "nyt")
     }
-    assert all(900 <= n <= 1100 for n in per_source.values()), per_source  # round-robin: equal shares
+    assert all(700 <= n <= 900 for n in per_source.values()), per_source  # round-robin: equal shares
 
 
 def test_distillation_texts_are_deterministic_and_seeded():
