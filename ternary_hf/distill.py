@@ -78,8 +78,8 @@ class DistillConfig:
 
     ``max_length=64`` truncates training texts to 64 tokens: the bundled corpus is mostly short
     sentences, and the long 20NG posts then cost half as much per step, so a time budget buys about
-    twice the steps (2,114 in 30 minutes on 2 cores vs about 830 at 128), which the student's quality
-    tracks closely (README, "Quality on real data and distillation"). ``max_steps=2000`` is about 30
+    twice the steps (2,365 in 30 minutes on 2 cores vs about 830 at 128), which the student's quality
+    tracks closely (README, "Quality on real data and distillation"). ``max_steps=2000`` is about 25
     minutes of that on a 2-core AVX-512 VNNI CPU; add ``max_minutes`` to cap the time instead.
     """
 
