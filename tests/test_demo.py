@@ -87,6 +87,13 @@ def test_demo_rejects_bad_settings_before_doing_anything(tmp_path):
         DemoConfig(eval_limit=0)
 
 
+def test_the_demo_distills_with_the_trainers_measured_sequence_length():
+    from ternary_hf.distill import DistillConfig
+
+    # DemoConfig keeps its own copy of the default; the two must not drift apart
+    assert DemoConfig().max_length == DistillConfig().max_length
+
+
 def test_the_demo_refuses_an_out_folder_it_did_not_write_before_doing_anything(tmp_path, capsys):
     from ternary_hf.cli import main
 
