@@ -23,6 +23,10 @@ passed straight through. Losses (each weighted, 0 switches it off):
 input to it for that first part of the run, loss ``teacher_forced_mse`` (see
 :mod:`ternary_hf.teacher_forcing`); the losses above take over after it.
 
+Speed (CPU): the teacher's last hidden state of every text is kept in memory after its first epoch
+(``teacher_cache_gb``, :mod:`ternary_hf.teacher_cache`), and each ternary layer's input gradient runs
+on the int8 kernel (``int8_grad_input``, :mod:`ternary_hf.training`); both measured in the README.
+
 The loop runs on :class:`accelerate.Accelerator` (CPU, one GPU, or ``accelerate launch`` for many),
 checkpoints every ``save_every`` steps with ``save_state`` and resumes exactly where it stopped
 (same batches, same RNG): a resumed run ends with the same weights as an uninterrupted one.
@@ -53,8 +57,9 @@ from torch import nn
 from .config import TernaryConfig
 from .folders import check_output_folder, replace_folder
 from .progress import bar_switch
+from .teacher_cache import TeacherCache, cache_supported
 from .teacher_forcing import LayerwiseTeacherForcing
-from .training import build_student, to_float_model
+from .training import build_student, set_int8_grad_input, to_float_model
 
 __all__ = ["DistillConfig", "DistillResult", "TeacherBank", "distill", "distillation_loss", "finalize", "load_texts"]
 
@@ -81,6 +86,11 @@ class DistillConfig:
     twice the steps (2,365 in 30 minutes on 2 cores vs about 830 at 128), which the student's quality
     tracks closely (README, "Quality on real data and distillation"). ``max_steps=2000`` is about 25
     minutes of that on a 2-core AVX-512 VNNI CPU; add ``max_minutes`` to cap the time instead.
+
+    ``teacher_cache_gb`` caps the memory of the teacher-output cache (0 switches it off; it is off
+    anyway for losses that need more than the teacher's last hidden state, see
+    :func:`ternary_hf.teacher_cache.cache_supported`). ``int8_grad_input`` runs each ternary layer's
+    input gradient on the int8 kernel (CPU kernel path only; the weight gradient stays float32).
     """
 
     max_steps: int = 2000
@@ -102,6 +112,8 @@ class DistillConfig:
     bank_size: int = 4096
     teacher_forcing: float = 0.0
     mask_padding: bool = True
+    teacher_cache_gb: float = 4.0
+    int8_grad_input: bool = True
     seed: int = 0
     save_every: int = 100
     keep_checkpoints: int = 2
@@ -122,7 +134,7 @@ class DistillConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DistillConfig: {name}={getattr(self, name)!r} must be >= 1")
         for name in ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "attention_kl", "similarity",
-                     "bank_similarity", "learning_rate"):
+                     "bank_similarity", "learning_rate", "teacher_cache_gb"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"DistillConfig: {name}={getattr(self, name)!r} must be >= 0")
         if (self.hidden_mse + self.pooled_cosine + self.pooled_mse + self.layer_mse + self.attention_kl
@@ -214,13 +226,30 @@ def _batch_order(lengths: list[int], batch_size: int, n_batches: int, seed: int)
     return batches[:n_batches]
 
 
+class _IndexedTexts(torch.utils.data.Dataset):
+    """The corpus as ``(index, text)`` items: the index keys the teacher cache."""
+
+    def __init__(self, texts: Sequence[str]):
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> tuple[int, str]:
+        return i, self.texts[i]
+
+
 class _Collate:
+    """Tokenized batch plus ``index`` (the texts' corpus positions), which the loop pops before the models."""
+
     def __init__(self, tokenizer, max_length: int):
         self.tokenizer, self.max_length = tokenizer, max_length
 
-    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                   return_tensors="pt"))
+    def __call__(self, items: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
+        batch = dict(self.tokenizer([text for _, text in items], padding=True, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt"))
+        batch["index"] = torch.tensor([i for i, _ in items], dtype=torch.int64)
+        return batch
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -555,6 +584,48 @@ def evaluate_student(pipeline, teacher_st, cfg: DistillConfig, step: int) -> dic
     return row
 
 
+def _teacher_cache(cfg: DistillConfig, accelerator) -> TeacherCache | None:
+    if not cfg.teacher_cache_gb:
+        return None
+    why_not = cache_supported(cfg)
+    if why_not is not None:
+        accelerator.print(f"teacher cache off: {why_not}")
+        return None
+    return TeacherCache(int(cfg.teacher_cache_gb * 2**30))
+
+
+def _cached_teacher_output(cache: TeacherCache | None, index: torch.Tensor, attention_mask: torch.Tensor):
+    """The teacher's output for a batch from the cache (only ``last_hidden_state``), or ``None``."""
+    if cache is None:
+        return None
+    hidden = cache.lookup(index, attention_mask)
+    if hidden is None:
+        return None
+    from transformers.modeling_outputs import BaseModelOutput
+
+    return BaseModelOutput(last_hidden_state=hidden)
+
+
+def _replay_cache(cache: TeacherCache, loader, teacher_model, n_batches: int, accelerator, show: bool) -> None:
+    """Refill the teacher cache after a resume from this process's first ``n_batches`` batches (read
+    from the loader's batch sampler, so neither the RNG nor accelerate's dataloader state moves)."""
+    import itertools
+
+    from tqdm.auto import tqdm
+
+    def batches():
+        for indices in itertools.islice(iter(loader.batch_sampler), n_batches):
+            batch = loader.collate_fn([loader.dataset[i] for i in indices])
+            yield {k: v.to(accelerator.device) for k, v in batch.items()}
+
+    def progress(it):
+        return tqdm(it, total=n_batches, desc="rebuilding teacher cache", unit="batch",
+                    **bar_switch(show and accelerator.is_local_main_process))
+
+    forwards = cache.replay(batches(), teacher_model, progress)
+    accelerator.print(f"teacher cache rebuilt: {len(cache)} texts from {forwards} teacher forwards")
+
+
 def _minutes(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -632,6 +703,7 @@ def distill(
     teacher_st, teacher_model, tokenizer = _load_teacher(teacher)
     corpus = load_texts(texts, limit=cfg.max_texts, seed=cfg.seed)
     student = build_student(teacher_model, tcfg)
+    set_int8_grad_input(student, cfg.int8_grad_input)
     teacher_model.eval().requires_grad_(False)
     if cfg.attention_kl:  # attention probabilities are only returned by the eager implementation
         for model in (teacher_model, student):
@@ -645,7 +717,8 @@ def distill(
     # Every process gets its own share of the batches (accelerate shards the batch sampler).
     total_batches = cfg.max_steps * cfg.gradient_accumulation_steps * accelerator.num_processes
     order = _batch_order([len(t) for t in corpus], cfg.batch_size, total_batches, cfg.seed)
-    loader = torch.utils.data.DataLoader(corpus, batch_sampler=order, collate_fn=_Collate(tokenizer, cfg.max_length))
+    loader = torch.utils.data.DataLoader(_IndexedTexts(corpus), batch_sampler=order,
+                                         collate_fn=_Collate(tokenizer, cfg.max_length))
     optimizer = _make_optimizer([p for p in student.parameters() if p.requires_grad], cfg)
     warmup = int(cfg.warmup_ratio * cfg.max_steps)
 
@@ -667,6 +740,7 @@ def distill(
     step, clock["before"] = resume_latest(accelerator, work_dir, resume, cfg.max_steps)
     batches = accelerator.skip_first_batches(loader, step * cfg.gradient_accumulation_steps) if step else loader
     first_step = step
+    cache = _teacher_cache(cfg, accelerator)
 
     log = _MetricsLog(accelerator, work_dir, cfg.report_to)
     log.drop_after(step)
@@ -677,6 +751,9 @@ def distill(
                **bar_switch(show_progress_bar and accelerator.is_local_main_process),
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]" if budget_s else None)
     clock["started"] = time.time()
+    if cache is not None and step:  # the resumed run's targets must be the uninterrupted run's, bit for bit
+        _replay_cache(cache, loader, teacher_model, step * cfg.gradient_accumulation_steps, accelerator,
+                      show_progress_bar)
     running, last_loss = None, float("nan")
     micro = 0
     out_of_time = False
@@ -690,10 +767,15 @@ def distill(
         forced = forcing is not None and _progress(step, cfg.max_steps, time_fraction) < cfg.teacher_forcing
         if forcing is not None:
             forcing.enabled = forced
+        index = batch.pop("index")
         with accelerator.accumulate(student):
-            with torch.no_grad():
-                teacher_out = teacher_model(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced,
-                                            output_attentions=bool(cfg.attention_kl) and not forced)
+            teacher_out = _cached_teacher_output(cache, index, batch["attention_mask"])
+            if teacher_out is None:
+                with torch.no_grad():
+                    teacher_out = teacher_model(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced,
+                                                output_attentions=bool(cfg.attention_kl) and not forced)
+                if cache is not None:
+                    cache.add(index, batch["attention_mask"], teacher_out.last_hidden_state)
             student_out = student(**batch, output_hidden_states=bool(cfg.layer_mse) and not forced,
                                   output_attentions=bool(cfg.attention_kl) and not forced)
             if forced:
@@ -758,7 +840,9 @@ def distill(
         with open(Path(output_dir) / DISTILLATION_INFO, "w", encoding="utf-8") as f:
             json.dump({"teacher": str(teacher), "steps": step, "stopped_by_time_budget": out_of_time,
                        "seconds": seconds, "session_seconds": session_seconds, "final_loss": last_loss,
-                       "config": asdict(cfg), "ternary_config": tcfg.to_dict(), "num_texts": len(corpus)}, f,
-                      indent=2)
+                       "config": asdict(cfg), "ternary_config": tcfg.to_dict(), "num_texts": len(corpus),
+                       "teacher_cache": None if cache is None else {
+                           "texts": len(cache), "megabytes": round(cache.nbytes / 2**20, 1),
+                           "batches_served": cache.hits, "teacher_forwards": cache.misses}}, f, indent=2)
     accelerator.wait_for_everyone()
     return DistillResult(str(output_dir), step, seconds, last_loss, history, session_seconds)

@@ -14,7 +14,7 @@ from ternary_hf import TernaryLinear, kernels
 from ternary_hf.functional import quantize_activations_int8
 from ternary_hf.packing import pack_ternary
 from ternary_hf.ternarize import ternarize
-from ternary_hf.training import FakeTernaryLinear, _training_kernels
+from ternary_hf.training import FakeTernaryLinear, _training_kernels, set_int8_grad_input
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,25 @@ def test_student_layer_on_the_kernel_equals_the_inference_layer_and_the_torch_gr
     torch.testing.assert_close(fast[2], layer.weight.grad, rtol=1e-5, atol=1e-5)
     if bias:
         torch.testing.assert_close(fast[3], layer.bias.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_input_gradient_is_the_int8_product_and_leaves_the_weight_gradient_float(kernel_ready):
+    layer = _layer_pair(70, 45, True, 1)
+    x = (torch.randn(4, 9, 70) * 3).requires_grad_(True)
+    grad_out = torch.randn(4, 9, 45)
+    grad_out[1, 2] = 0.0  # a padding token: no gradient in, none out
+    grads = {}
+    for enabled in (False, True):
+        assert set_int8_grad_input(layer, enabled) == 1
+        x.grad, layer.weight.grad, layer.bias.grad = None, None, None
+        layer(x).backward(grad_out)
+        grads[enabled] = (x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone())
+    assert torch.equal(grads[True][1], grads[False][1]) and torch.equal(grads[True][2], grads[False][2])
+    # by definition: rows of grad_y * s_w quantized to int8 per token, times the ternary matrix
+    ternary = ternarize(layer.weight.detach(), "calibrated", "channel")
+    q, s = quantize_activations_int8(grad_out.reshape(-1, 45) * ternary.scale.reshape(-1))
+    expected = ((q @ ternary.values.float()) * s).reshape(4, 9, 70)
+    torch.testing.assert_close(grads[True][0], expected, rtol=1e-5, atol=1e-6)
+    assert torch.count_nonzero(grads[True][0][1, 2]) == 0
+    error = (grads[True][0] - grads[False][0]).norm() / grads[False][0].norm()
+    assert 0 < error < 0.02
