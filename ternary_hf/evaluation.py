@@ -17,8 +17,8 @@ r8-classification  logistic regression fitted on train-split embeddings (C picke
 r52-classification accuracy and macro-F1. ``movie-sentiment``: VADER movie-review sentences, label = sign
 movie-sentiment    of the human score (score 0 dropped). ``rt-sentiment``: Rotten Tomatoes fresh/rotten.
 rt-sentiment
-20ng-clustering    KMeans (k = number of labels in the subset, fixed seed) on the test-split embeddings,
-r52-clustering     V-measure against the labels.
+20ng-clustering    KMeans (k = number of labels in the subset) on the test-split embeddings, V-measure
+r52-clustering     against the labels, averaged over 10 KMeans runs (seeds ``seed`` .. ``seed + 9``).
 teacher-agreement  only with a teacher: Spearman correlation between student and teacher cosine
                    similarities of NYT editorial sentence pairs (consecutive sentences of an article and
                    random pairs), mean student-teacher cosine of the same sentences (same dimension
@@ -471,6 +471,9 @@ def _classification(name: str) -> Callable[[_Encoder, _Data], dict[str, float]]:
     return run
 
 
+_KMEANS_RUNS = 10
+
+
 def _clustering(name: str) -> Callable[[_Encoder, _Data], dict[str, float]]:
     def run(enc: _Encoder, data: _Data) -> dict[str, float]:
         from sklearn.cluster import KMeans
@@ -482,8 +485,12 @@ def _clustering(name: str) -> Callable[[_Encoder, _Data], dict[str, float]]:
         if k < 2 or len(test) <= k:
             raise _Skip(f"{name}: {len(test)} texts / {k} labels is too few to cluster; raise --limit")
         x = enc.encode(test.texts, f"{name} test")
-        pred = KMeans(n_clusters=k, n_init=3, random_state=data.seed).fit_predict(x)
-        return {"v_measure": float(v_measure_score(test.labels, pred))}
+        # One KMeans run's V-measure depends on its seed by several points (20NG, 2,000 documents:
+        # 0.60-0.65 for the same embeddings), enough to move a retention by 3%; the mean over runs
+        # does not (MTEB also averages its clustering scores over 10 runs).
+        scores = [v_measure_score(test.labels, KMeans(n_clusters=k, n_init=1, random_state=data.seed + run)
+                                  .fit_predict(x)) for run in range(_KMEANS_RUNS)]
+        return {"v_measure": float(np.mean(scores))}
 
     return run
 

@@ -43,6 +43,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="fraction of the run that trains each layer on the teacher's input to it "
                         "(layer-wise reconstruction) before the end-to-end losses; 0: off")
     parser.add_argument("--no-mask-padding", action="store_true", help="MSE over padding too (the paper's loss)")
+    parser.add_argument("--teacher-cache-gb", type=float, default=d.teacher_cache_gb,
+                        help="memory for the teacher's outputs, so later epochs skip its forward (0: off)")
+    parser.add_argument("--float-grad-input", action="store_true",
+                        help="compute each ternary layer's input gradient in float32 instead of on the int8 kernel")
     parser.add_argument("--minutes", type=float, default=None, help="time budget: stop and finalize after this")
     parser.add_argument("--save-every", type=int, default=d.save_every)
     parser.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=d.optimizer)
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             gradient_accumulation_steps=args.grad_accum, max_texts=args.max_texts, hidden_mse=args.hidden_mse,
             pooled_cosine=args.pooled_cosine, pooled_mse=args.pooled_mse, layer_mse=args.layer_mse,
             attention_kl=args.attention_kl, similarity=args.similarity, similarity_mode=args.similarity_mode,
-            mask_padding=not args.no_mask_padding,
+            mask_padding=not args.no_mask_padding, teacher_cache_gb=args.teacher_cache_gb,
+            int8_grad_input=not args.float_grad_input,
             bank_similarity=args.bank_similarity, bank_size=args.bank_size,
             teacher_forcing=args.teacher_forcing,
             save_every=args.save_every, optimizer=args.optimizer, mixed_precision=args.mixed_precision,
