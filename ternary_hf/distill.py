@@ -750,10 +750,12 @@ def distill(
     bar = tqdm(total=cfg.max_steps, initial=step, desc="distilling", unit="step",
                **bar_switch(show_progress_bar and accelerator.is_local_main_process),
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]" if budget_s else None)
-    clock["started"] = time.time()
     if cache is not None and step:  # the resumed run's targets must be the uninterrupted run's, bit for bit
         _replay_cache(cache, loader, teacher_model, step * cfg.gradient_accumulation_steps, accelerator,
                       show_progress_bar)
+    # started after the refill: an uninterrupted run never spends it, so neither the time budget nor a
+    # time-based learning-rate schedule may count it
+    clock["started"] = time.time()
     running, last_loss = None, float("nan")
     micro = 0
     out_of_time = False

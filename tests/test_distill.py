@@ -232,7 +232,7 @@ def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
 
 def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
     data = tmp_path / "texts.txt"
-    data.write_text("\n".join(tiny_sentences(80)))
+    data.write_text("\n".join(tiny_sentences(16)))  # 4 batches of 4: steps 3-4 are a second epoch (teacher cache)
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
@@ -244,6 +244,10 @@ def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
     model = SentenceTransformer(str(out), device="cpu")
     assert model.encode(["the cat"]).shape == (1, 32)
     assert sorted(p.name for p in (tmp_path / "ddp.work").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    info = json.loads((out / "distillation.json").read_text())
+    # each process caches what it saw: its 8 texts of the first epoch, plus new ones of the second
+    assert 8 <= info["teacher_cache"]["texts"] <= 16
+    assert info["teacher_cache"]["batches_served"] + info["teacher_cache"]["teacher_forwards"] == 4
 
 
 def test_periodic_evaluation_reports_what_the_finalized_model_scores(tiny_st_dir, tmp_path):
