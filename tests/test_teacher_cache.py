@@ -118,3 +118,30 @@ def test_later_epochs_skip_the_teacher_and_a_resumed_run_ends_with_the_same_weig
     assert [r["loss"] for r in uncached.losses[:3]] == [r["loss"] for r in full.losses[:3]]
     for cached_row, plain_row in zip(full.losses[3:], uncached.losses[3:], strict=True):
         assert abs(cached_row["loss"] - plain_row["loss"]) <= 1e-3 * plain_row["loss"]
+
+
+def test_the_refill_after_a_resume_is_not_counted_as_training_time(tiny_st_dir, tmp_path, monkeypatch):
+    # An uninterrupted run never spends the refill, so the time budget (and the time-based learning
+    # rate schedule) must not see it: make the refill take 3 s and check the session's training clock.
+    import time
+
+    import ternary_hf.distill as distill_module
+
+    texts = tiny_sentences(24)
+    cfg = DistillConfig(max_steps=6, **FAST)
+    distill(tiny_st_dir, tmp_path / "out", texts=texts, config=cfg, stop_after=4, show_progress_bar=False)
+    refill = distill_module._replay_cache
+    calls = []
+
+    def slow_refill(*args, **kwargs):
+        calls.append(1)
+        time.sleep(3.0)
+        return refill(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "_replay_cache", slow_refill)
+    started = time.time()
+    distill(tiny_st_dir, tmp_path / "out", texts=texts, config=cfg, show_progress_bar=False)
+    wall = time.time() - started
+    info = json.loads((tmp_path / "out" / "distillation.json").read_text())
+    assert calls == [1] and wall >= 3.0
+    assert info["steps"] == 6 and info["session_seconds"] < wall - 3.0
