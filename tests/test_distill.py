@@ -232,7 +232,8 @@ def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
 
 def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
     data = tmp_path / "texts.txt"
-    data.write_text("\n".join(tiny_sentences(16)))  # 4 batches of 4: steps 3-4 are a second epoch (teacher cache)
+    # 16 texts over 2 processes, batches of 4: each process's steps 3-4 are its second epoch (teacher cache)
+    data.write_text("\n".join(tiny_sentences(16)))
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
