@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TernaryConfig
-from .distill import (
+from ..integrations.config import TernaryConfig
+from ..train.loop import (
     DISTILLATION_INFO,
     DistillConfig,
     distillation_loss,
@@ -52,9 +52,9 @@ from .distill import (
     save_checkpoint,
     warmup_cosine,
 )
-from .folders import check_output_folder, replace_folder
-from .progress import bar_switch
-from .training import build_student, to_float_model
+from ..train.student import build_student, to_float_model
+from ..utils.io import check_output_folder, replace_folder
+from ..utils.progress import bar_switch
 
 __all__ = [
     "DATASETS",

@@ -8,8 +8,7 @@ optional evaluation JSON (``eval_results.json``, else the newest ``eval*.json``:
 retention, sizes, speed), ``ternary_quantize.json`` (written by ``quantize_folder``: source, size ratio,
 teacher-vs-ternary cosine), the weight files and, when known, the base model's own card (license, language).
 
-The text lives in a Jinja template (``model_cards/ternary_embedding.md`` in a source checkout, or
-``ternary_hf/templates/ternary_embedding.md`` when packaged), rendered through
+The text lives in a Jinja template (``ternary_hf/hub/templates/ternary_embedding.md``), rendered through
 ``huggingface_hub.ModelCard.from_template`` so the YAML metadata is produced and parsed by
 ``ModelCardData``. Rendering is deterministic (no dates), so re-pushing an unchanged folder re-renders a
 byte-identical README and the Hub sees no change.
@@ -68,14 +67,13 @@ class ModelCardError(ValueError):
 
 
 def find_template() -> Path:
-    """Path of the card template: packaged copy first, then the source checkout's ``model_cards/``."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "templates" / TEMPLATE_NAME, here.parent / "model_cards" / TEMPLATE_NAME):
-        if candidate.is_file():
-            return candidate
+    """Path of the card template shipped in ``ternary_hf/hub/templates/``."""
+    candidate = Path(__file__).resolve().parent / "templates" / TEMPLATE_NAME
+    if candidate.is_file():
+        return candidate
     raise ModelCardError(
-        f"Model card template {TEMPLATE_NAME} not found next to ternary_hf (looked in ternary_hf/templates/ and "
-        "model_cards/). Reinstall ternary-hf, or pass template_path=... explicitly."
+        f"Model card template {TEMPLATE_NAME} not found in {candidate.parent}. Reinstall ternary-hf, or pass "
+        "template_path=... explicitly."
     )
 
 

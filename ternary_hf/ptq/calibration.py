@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TernaryConfig
-from .conversion import is_skipped
-from .progress import bar_switch
-from .ternarize import TernaryWeight, ternarize
+from ..integrations.config import TernaryConfig
+from ..integrations.conversion import is_skipped
+from ..quant.ternarize import TernaryWeight, ternarize
+from ..utils.progress import bar_switch
 
 __all__ = ["CALIBRATION_METHODS", "CalibrationReport", "gptq_ternarize", "calibrate_model", "output_error"]
 

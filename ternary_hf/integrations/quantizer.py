@@ -19,12 +19,12 @@ from transformers.core_model_loading import ConversionOps
 from transformers.quantizers.base import HfQuantizer
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
-from .checkpoint import read_safetensors_header, validate_ternary_checkpoint
 from .config import TernaryConfig
 from .conversion import dequantize_model, replace_with_ternary
 from .fusion import fuse_activations
 from .modules import QuantizedEmbedding, TernaryLinear
 from .remote_code import attach_autoload_on_save, detach_autoload_on_save
+from .safetensors_checks import read_safetensors_header, validate_ternary_checkpoint
 
 __all__ = ["TernaryHfQuantizer", "TernaryQuantize"]
 

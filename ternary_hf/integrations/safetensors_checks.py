@@ -7,7 +7,6 @@ the tensors.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -19,7 +18,6 @@ from torch import nn
 __all__ = [
     "CheckpointError",
     "TensorInfo",
-    "folder_fingerprint",
     "read_safetensors_header",
     "validate_ternary_checkpoint",
 ]
@@ -118,19 +116,3 @@ def validate_ternary_checkpoint(files: Iterable[str], model: nn.Module, prefix: 
                     f"{path}: {key} has shape {list(info.shape)}, expected {list(want.shape)} for this model's "
                     "config; the checkpoint and config.json do not belong together"
                 )
-
-
-def folder_fingerprint(model_dir: str | os.PathLike[str]) -> str:
-    """A short hash of a model folder's location and its weight / config files' sizes and mtimes.
-
-    Cheap (no file is read), for keying caches of work derived from the folder (a quantized copy, an
-    ONNX export, a demo stage): re-saving the model changes it, moving the folder does too.
-    """
-    folder = os.path.realpath(model_dir)
-    h = hashlib.sha256(folder.encode())
-    for name in ("model.safetensors", "pytorch_model.bin", "config.json"):
-        path = os.path.join(folder, name)
-        if os.path.exists(path):
-            st = os.stat(path)
-            h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
-    return h.hexdigest()[:16]

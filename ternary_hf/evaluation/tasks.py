@@ -50,8 +50,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import datasets as _datasets
-from .progress import bar_switch
+from ..data import corpora as _datasets
+from ..utils.progress import bar_switch
+from ..utils.tables import format_table
 
 __all__ = [
     "TASKS",
@@ -185,14 +186,7 @@ class EvaluationResult:
             else:
                 cells.append(_fmt(r.student))
             lines.append(cells)
-        widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
-
-        def row(cells: list[str]) -> str:
-            return "  ".join(
-                c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-            )
-
-        out = [row(header), "  ".join("-" * w for w in widths)] + [row(c) for c in lines]
+        out = format_table(header, lines, left=2).split("\n")
         who = f"model: {self.model}" + (f"   teacher: {self.teacher}" if with_teacher else "")
         sub = f"limit: {self.limit}   seed: {self.seed}"
         if self.seconds is not None:

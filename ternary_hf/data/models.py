@@ -49,8 +49,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from .datasets import data_cache_dir
-from .progress import bar_switch
+from ..utils.progress import bar_switch
+from .corpora import data_cache_dir
 
 __all__ = [
     "ModelError",

@@ -11,9 +11,9 @@ from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from .packing import PACKING_FORMAT
-from .rowwise import EMBEDDING_STORAGES
-from .ternarize import SCALE_GRANULARITIES, THRESHOLD_METHODS
+from ..quant.packing import PACKING_FORMAT
+from ..quant.rowwise import EMBEDDING_STORAGES
+from ..quant.ternarize import SCALE_GRANULARITIES, THRESHOLD_METHODS
 
 __all__ = ["TernaryConfig", "QUANT_METHOD", "ACTIVATION_MODES", "DEFAULT_MODULES_TO_NOT_CONVERT"]
 

@@ -14,10 +14,10 @@ import os
 import torch
 from torch import nn
 
-from . import rowwise
-from .functional import apply_activation, ternary_linear_reference
-from .packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
-from .ternarize import dequantize_ternary, ternarize
+from ..quant import rowwise
+from ..quant.functional import apply_activation, ternary_linear_reference
+from ..quant.packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
+from ..quant.ternarize import dequantize_ternary, ternarize
 
 __all__ = ["TernaryLinear", "QuantizedEmbedding"]
 
@@ -29,7 +29,7 @@ def _kernel():
     if os.environ.get("TERNARY_HF_DISABLE_KERNEL") == "1":
         return None
     try:
-        from . import kernels
+        from .. import kernels
     except ImportError:
         return None
     available = getattr(kernels, "cpu_kernel_available", None)

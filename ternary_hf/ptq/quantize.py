@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from .config import TernaryConfig
-from .folders import check_output_folder, replace_folder
-from .modules import QuantizedEmbedding, TernaryLinear
+from ..integrations.config import TernaryConfig
+from ..integrations.modules import QuantizedEmbedding, TernaryLinear
+from ..utils.io import check_output_folder, replace_folder
 
 __all__ = ["QuantizeReport", "quantize_folder", "is_sentence_transformers_folder", "checkpoint_bytes", "load_encoder"]
 
@@ -195,7 +195,7 @@ def quantize_folder(
     )
     if sentences is None and num_sentences > 0:
         try:
-            from .datasets import real_sentences
+            from ..data.corpora import real_sentences
 
             sentences = real_sentences(num_sentences)
         except Exception as exc:  # data package unreachable: the model is still written
@@ -220,7 +220,7 @@ def _load_calibrated(source: str, config: TernaryConfig, device: str, texts: int
     if isinstance(texts, int):
         if texts < 1:
             raise ValueError(f"calibration_texts must be >= 1, got {texts}")
-        from .datasets import default_distillation_texts
+        from ..data.corpora import default_distillation_texts
 
         texts = default_distillation_texts(limit=texts)
     if not texts:

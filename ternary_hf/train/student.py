@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import rowwise
-from .config import TernaryConfig
-from .conversion import swap_modules
-from .functional import quantize_activations_int8
-from .ternarize import dequantize_ternary, ternarize
+from ..integrations.config import TernaryConfig
+from ..integrations.conversion import swap_modules
+from ..quant import rowwise
+from ..quant.functional import quantize_activations_int8
+from ..quant.ternarize import dequantize_ternary, ternarize
 
 __all__ = ["FakeTernaryLinear", "FakeQuantEmbedding", "build_student", "to_float_model", "fake_quantize_int8",
            "set_int8_grad_input"]
@@ -103,7 +103,7 @@ def _training_kernels(x: torch.Tensor, layer: FakeTernaryLinear):
             and layer.weight.dtype == torch.float32 and layer.in_features > 0 and layer.out_features > 0
             and not torch.is_autocast_enabled("cpu")):
         return None
-    from .modules import _kernel
+    from ..integrations.modules import _kernel
 
     return _kernel()
 
@@ -113,7 +113,7 @@ class _KernelTernaryLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, values, scale, prepared, int8_grad_input=False):
-        from .kernels import fake_quantize_int8_cpu, ternary_linear_cpu
+        from ..kernels import fake_quantize_int8_cpu, ternary_linear_cpu
 
         out_features, in_features = values.shape
         x2d = x.reshape(-1, in_features).contiguous()
@@ -148,7 +148,7 @@ _UNIT_SCALE = torch.ones(1)
 def _int8_input_grad(g: torch.Tensor, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``g @ (s_w T)`` on the int8 kernel: ``(g * s_w)`` quantized per row, times ``T`` (given to the
     kernel as the weight ``T.T``: the product's inputs are the layer's outputs)."""
-    from .kernels import prepare_from_values, ternary_linear_cpu
+    from ..kernels import prepare_from_values, ternary_linear_cpu
 
     out_features, in_features = values.shape
     transposed = prepare_from_values(values.t().contiguous())

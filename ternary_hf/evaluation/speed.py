@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..utils.tables import format_table
+
 __all__ = ["Encoder", "SpeedResult", "measure_encode_speed"]
 
 
@@ -47,14 +49,13 @@ class SpeedResult:
     def table(self, reference: str | None = None) -> str:
         """A Markdown table: sentences/s, ratio to ``reference``, batch-1 latency."""
         ref = reference or next(iter(self.sentences_per_s))
-        lines = [f"| model | sentences/s (batch {self.batch_size}) | vs {ref} | batch-1 latency ms |",
-                 "|---|---|---|---|"]
+        rows = []
         for name, rate in self.sentences_per_s.items():
-            ratio = self.ratio(name, ref)
             latency = self.batch1_ms.get(name)
-            lines.append(f"| {name} | {rate:.1f} | {ratio:.2f}x | "
-                         + (f"{latency:.1f}" if latency is not None else "-") + " |")
-        return "\n".join(lines)
+            rows.append([name, f"{rate:.1f}", f"{self.ratio(name, ref):.2f}x",
+                         f"{latency:.1f}" if latency is not None else "-"])
+        header = ["model", f"sentences/s (batch {self.batch_size})", f"vs {ref}", "batch-1 latency ms"]
+        return format_table(header, rows, style="markdown")
 
 
 def measure_encode_speed(
