@@ -156,7 +156,7 @@ def _search(teacher_dir: str, student_dir: str, n_docs: int, n_queries: int) -> 
     from sentence_transformers import SentenceTransformer
 
     from .data.corpora import load_dataset
-    from .search.index import SemanticIndex
+    from .search import SemanticIndex
 
     docs = load_dataset("20ng", "train", limit=n_docs, seed=0)
     tests = load_dataset("20ng", "test", limit=200, seed=1)
@@ -229,7 +229,7 @@ def run_demo(cfg: DemoConfig | None = None, say: Callable[[str], None] = print) 
     from sentence_transformers import SentenceTransformer
 
     from .data.defaults import default_model_path
-    from .evaluation.tasks import EvaluationResult, evaluate, plot_results
+    from .evaluation import EvaluationResult, evaluate, plot_results
     from .hub.model_card import write_model_card
     from .ptq.quantize import QuantizeReport, checkpoint_bytes, quantize_folder
     from .train.loop import DistillConfig, distill
