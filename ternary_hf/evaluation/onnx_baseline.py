@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDependencyError
+from ..errors import MissingDependencyError, MissingInputError
 
 __all__ = ["OnnxEncoder", "export_onnx", "onnx_available", "onnx_int8_encoder"]
 
@@ -36,6 +36,16 @@ def onnx_available() -> tuple[bool, str]:
     if missing:
         return False, f"pip install {' '.join(missing)} (or the onnx extra: pip install 'ternary-hf[onnx]')"
     return True, ""
+
+
+def _check_folder(model_dir: str | os.PathLike[str]) -> Path:
+    """``model_dir`` if it has the files :class:`OnnxEncoder` reads besides the network."""
+    model_dir = Path(model_dir)
+    for name in ("tokenizer.json", "sentence_bert_config.json", "special_tokens_map.json"):
+        if not (model_dir / name).is_file():
+            raise MissingInputError(f"{model_dir / name} is missing: the ONNX baseline needs a saved "
+                                    "sentence-transformers folder with a fast tokenizer")
+    return model_dir
 
 
 def onnx_int8_encoder(model_dir: str | os.PathLike[str], work_dir: str | os.PathLike[str],
@@ -54,6 +64,7 @@ def onnx_int8_encoder(model_dir: str | os.PathLike[str], work_dir: str | os.Path
         raise MissingDependencyError(f"ONNX Runtime is not installed: {why}")
     import torch
 
+    _check_folder(model_dir)
     if say is not None and not (Path(work_dir) / "model_int8.onnx").is_file():
         say(f"exporting {model_dir} to ONNX and quantizing it to int8 ...")
     paths = export_onnx(model_dir, work_dir)
@@ -130,7 +141,7 @@ class OnnxEncoder:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        model_dir = Path(model_dir)
+        model_dir = _check_folder(model_dir)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         st_cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())
         special = json.loads((model_dir / "special_tokens_map.json").read_text())
