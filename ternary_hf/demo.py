@@ -36,8 +36,8 @@ _OUT_HINT = "remove it if it is yours to replace"
 
 @dataclass
 class DemoConfig:
-    """Settings of a demo run. Defaults: a 12-minute distillation and 300 texts per evaluation split
-    (about 20 minutes in all on 2 cores); the tests run it with tiny ones."""
+    """Settings of a demo run. Defaults: a 12-minute distillation and 300 texts per evaluation split;
+    the tests run it with tiny ones."""
 
     out: str = "ternary-minilm-l6"
     teacher: str | None = None  # default: the bundled all-MiniLM-L6-v2
