@@ -49,6 +49,7 @@ __all__ = [
     "ensure_bundle",
     "file_ok",
     "local_copy",
+    "read_deb_files",
     "read_deb_member",
     "read_member",
     "sha256_file",
@@ -117,7 +118,13 @@ class Bundle:
 
     ``members`` maps the file name in the cache to ``(path chain, sha256)``: the path inside the archive
     (inside ``data.tar.*`` for a ``.deb``), followed by a path inside a nested archive when there is one.
+    An empty chain keeps the verified archive itself (for sources read file by file, e.g. documentation).
     """
+
+    @classmethod
+    def whole(cls, key: str, release: Release) -> Bundle:
+        """A bundle that caches ``release``'s archive as it is, under its released name."""
+        return cls(key, release, {release.filename: ((), release.sha256)})
 
     key: str
     release: Release
@@ -273,22 +280,33 @@ def _ar_members(fh: IO[bytes]) -> Iterator[tuple[str, int]]:
         fh.seek(start + size + (size % 2))  # members are 2-byte aligned
 
 
-def read_deb_member(fh: IO[bytes], name: str) -> bytes:
-    """Bytes of the file ``name`` (``usr/share/...``) in a ``.deb`` read from ``fh``."""
+def read_deb_files(fh: IO[bytes], names: Iterable[str]) -> dict[str, bytes]:
+    """Bytes of the files ``names`` (``usr/share/...``) in a ``.deb`` read from ``fh``, in one pass.
+
+    Raises:
+        KeyError: the package has no ``data.tar.*`` member, or one of ``names`` is not in it.
+    """
+    wanted = set(names)
     for member, size in _ar_members(fh):
         if member.startswith("data.tar"):
             if member.endswith(".zst"):
                 raise KeyError(f"{member} is zstd-compressed, which this reader does not support")
+            found: dict[str, bytes] = {}
             with tarfile.open(fileobj=io.BytesIO(fh.read(size)), mode="r:*") as tf:
-                for candidate in (name, f"./{name}"):
-                    try:
-                        extracted = tf.extractfile(candidate)
-                    except KeyError:
-                        continue
-                    if extracted is not None:
-                        return extracted.read()
-            raise KeyError(name)
+                for info in tf:
+                    name = info.name.removeprefix("./")
+                    if name in wanted and info.isfile():
+                        found[name] = tf.extractfile(info).read()  # type: ignore[union-attr]
+            missing = wanted - set(found)
+            if missing:
+                raise KeyError(", ".join(sorted(missing)))
+            return found
     raise KeyError("data.tar.* member")
+
+
+def read_deb_member(fh: IO[bytes], name: str) -> bytes:
+    """Bytes of the file ``name`` (``usr/share/...``) in a ``.deb`` read from ``fh``."""
+    return read_deb_files(fh, [name])[name]
 
 
 def _read_one(fh: IO[bytes], name: str) -> bytes:
@@ -361,7 +379,7 @@ def _extract(bundle: Bundle, archive: Path, target: Path, errors: Errors) -> Non
     try:
         for filename, (chain, sha) in bundle.members.items():
             try:
-                data = read_member(archive, chain)
+                data = read_member(archive, chain) if chain else archive.read_bytes()
             except KeyError as exc:
                 raise errors.checksum(f"{archive.name} does not contain {' -> '.join(chain)} ({exc}); did the "
                                       f"layout of {bundle.release.requirement} change?") from exc
