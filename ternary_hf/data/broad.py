@@ -44,9 +44,9 @@ import numpy as np
 from ..errors import InvalidInputError
 from . import broad_formats as fmt
 from . import registry
-from .corpora import classic_pools, data_cache_dir, held_out_texts, interleave, load_dataset
+from .corpora import cache_key, classic_pools, data_cache_dir, held_out_texts, interleave, load_dataset
 from .sources import DATASET_ERRORS
-from .splits import SPLITS, TextDataset, check_limit, is_test_group, sample_indices
+from .splits import TextDataset, check_limit, check_split, is_test_group
 
 __all__ = ["BROAD_CORPORA", "BroadCorpus", "available_broad_corpora", "broad_distillation_texts",
            "load_broad_corpus"]
@@ -166,15 +166,15 @@ def available_broad_corpora() -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _parsed(name: str, cache_key: str | None) -> tuple[tuple[str, str], ...]:
+def _parsed(name: str, key: str | None) -> tuple[tuple[str, str], ...]:
     corpus = BROAD_CORPORA[name]
-    return tuple(corpus.read(registry.ensure_bundle(corpus.bundle, data_cache_dir(cache_key), DATASET_ERRORS)))
+    return tuple(corpus.read(registry.ensure_bundle(corpus.bundle, data_cache_dir(key), DATASET_ERRORS)))
 
 
 @functools.lru_cache(maxsize=16)
-def _load_full(name: str, split: str, cache_key: str | None) -> TextDataset:
+def _load_full(name: str, split: str, key: str | None) -> TextDataset:
     texts, groups, seen = [], [], set()
-    for group, text in _parsed(name, cache_key):
+    for group, text in _parsed(name, key):
         if text in seen:
             continue
         seen.add(text)  # first occurrence wins, so a repeated text is on one side only
@@ -195,12 +195,8 @@ def load_broad_corpus(name: str, split: str = "train", limit: int | None = None,
     """
     if name not in BROAD_CORPORA:
         raise InvalidInputError(f"unknown broad corpus {name!r}; available: {', '.join(BROAD_CORPORA)}")
-    if split not in SPLITS:
-        raise InvalidInputError(f"unknown split {split!r} for {name!r}; use one of {', '.join(SPLITS)}")
-    check_limit(limit)
-    cache_key = None if cache_dir is None else str(data_cache_dir(cache_dir).resolve())
-    full = _load_full(name, split, cache_key)
-    return full.subset(sample_indices(len(full), limit, seed, f"broad:{name}:{split}"))
+    check_split(name, split, limit)
+    return _load_full(name, split, cache_key(cache_dir)).sample(limit, seed, f"broad:{name}:{split}")
 
 
 def broad_distillation_texts(limit: int | None = None, seed: int = 0,

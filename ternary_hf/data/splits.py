@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["SPLITS", "TextDataset", "check_limit", "is_test_group", "sample_indices"]
+__all__ = ["SPLITS", "TextDataset", "check_limit", "check_split", "is_test_group", "sample_indices"]
 
 SPLITS = ("train", "test")
 _SPLIT_SALT = "ternary-hf-split-v1"
@@ -47,6 +47,13 @@ def check_limit(limit: int | None, what: str = "limit") -> None:
         raise InvalidInputError(f"{what} must be a positive integer or None, got {limit!r}")
 
 
+def check_split(name: str, split: str, limit: int | None) -> None:
+    """Refuse a split other than ``train`` / ``test`` of the set ``name``, and a bad ``limit``."""
+    if split not in SPLITS:
+        raise InvalidInputError(f"unknown split {split!r} for {name!r}; use one of {', '.join(SPLITS)}")
+    check_limit(limit)
+
+
 @dataclass
 class TextDataset:
     """Texts of one split of one data set, with their labels (if any) as parallel lists.
@@ -67,6 +74,10 @@ class TextDataset:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def sample(self, limit: int | None, seed: int, salt: str) -> TextDataset:
+        """A seeded random subset of ``limit`` rows in file order (see :func:`sample_indices`)."""
+        return self.subset(sample_indices(len(self), limit, seed, salt))
 
     def subset(self, indices: Sequence[int]) -> TextDataset:
         """The rows at ``indices`` (in that order), as a new data set."""
