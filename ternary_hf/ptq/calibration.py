@@ -1,6 +1,6 @@
 """Data-aware ternarization: choose each layer's ternary matrix to preserve its *outputs*, not its weights.
 
-Plain ternarization (:func:`ternary_hf.ternarize.ternarize`) rounds every weight on its own: it
+Plain ternarization (:func:`ternary_hf.quant.ternarize.ternarize`) rounds every weight on its own: it
 minimises ``||W - alpha T||``. What the model needs is the layer's output on real inputs,
 ``||X W^T - X (alpha T)^T||``, and the two differ because input features are correlated: the rounding
 error of one weight can be cancelled by nudging the weights of correlated inputs. This module does
@@ -17,9 +17,10 @@ the quantizer reproduces exactly these values: for the ``calibrated`` and ``twn`
 only ``{-alpha, 0, +alpha}`` ternarizes to itself. Those are the only rules allowed here (``absmean`` and
 ``paper`` derive the scale from ``mean|W|``, which would move it).
 
-Why it matters: without any training, all-MiniLM-L6-v2 ternarized by weight rounding keeps a mean
-cosine of 0.46 to the FP32 embeddings, calibrated 0.69; all-mpnet-base-v2 0.18 vs 0.55 (README,
-``ternary-hf quantize --calibrate N``). As the starting point of distillation it did not help (README).
+Why it matters: without any training, a calibrated model is much closer to its float teacher than a
+rounded one (``ternary-hf quantize --calibrate N``); as the starting point of distillation it did not
+help. The measurements are in ``docs/quality.md`` ("rounding vs calibration",
+``benchmarks/bench_calibration.py``).
 """
 
 from __future__ import annotations
