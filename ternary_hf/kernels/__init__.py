@@ -22,8 +22,10 @@ bit-identical to the reference path (tests check this through :func:`kernel_accu
 epilogue ``acc * s_x * s_w + b`` is computed in the same order in float32 (no FMA contraction), so in
 every test here the float output is bit-identical too; the documented guarantee is the looser
 ``|y - y_ref| <= 1e-6 * (|y_ref| + max_row |y_ref|)`` (room for a different libm/compiler rounding
-``s_x`` differently). Known divergence: rows whose ``max|x|`` is subnormal (< 1.2e-38) make the
-reference's ``127 / amax`` overflow to inf and yield NaN; the kernel then clamps to +-127 instead.
+``s_x`` differently). Broken numbers are never hidden: a row of ``x`` holding NaN or +-inf gives a
+row of NaN (as on the reference path, where the NaN reaches the matmul), a NaN or inf weight scale
+gives what the reference's ``* s_w`` gives, and so does a row so small that ``127 / max|x|``
+overflows (NaN if it holds a zero). Tests check every build against the reference for these inputs.
 
 Build (see :mod:`ternary_hf.kernels._build`): ``pip install "ternary-hf[kernel]"`` adds ``ninja``;
 with a C++ compiler present, the single source ``ternary_cpu.cpp`` (package data) is compiled on the
