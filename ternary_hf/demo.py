@@ -232,7 +232,7 @@ def run_demo(cfg: DemoConfig | None = None, say: Callable[[str], None] = print) 
     from .evaluation.tasks import EvaluationResult, evaluate, plot_results
     from .hub.model_card import write_model_card
     from .ptq.quantize import QuantizeReport, checkpoint_bytes, quantize_folder
-    from .train.loop import DistillConfig, distill
+    from .train import DistillConfig, distill
 
     cfg = cfg or DemoConfig()
     started = time.time()
