@@ -15,6 +15,7 @@ loop does the rest the same way for both:
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ from torch import nn
 from ..utils.progress import bar_switch
 from .checkpoints import Checkpoint, discard_checkpoints, latest_checkpoint, project_configuration, save_checkpoint
 from .config import DistillConfig
-from .run_settings import RunRecord
+from .finalize import finished_output
+from .run_settings import RunRecord, resumable_settings
 from .schedule import TrainingClock, format_minutes, make_optimizer, make_scheduler, run_progress
 from .tracking import RUN_NAME, discard_logs, make_trackers
 
@@ -60,12 +62,25 @@ class RunState:
     record: RunRecord
     latest: Checkpoint | None
 
-    def begin(self, accelerator, settings: dict[str, Any], session: dict[str, Any]) -> None:
+    def finished_output(self, cfg: DistillConfig, output_dir: Path) -> dict[str, Any] | None:
+        """The record of ``output_dir`` if the run is finished and that is its model, else ``None``."""
+        if not is_finished(cfg, self.latest):
+            return None
+        return finished_output(output_dir, self.record.run_id, self.latest.step)
+
+    def begin(self, accelerator, settings: dict[str, Any], cfg: DistillConfig, **session: Any) -> None:
         """Record the session that is about to train (a new run id on a fresh start)."""
         if accelerator.is_main_process:
+            started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            session = {"started": started, "from_step": self.latest.step if self.latest else 0, **session,
+                       **resumable_settings(cfg)}
             self.record.start_session(settings, session, fresh=self.latest is None)
             self.record.write()
         accelerator.wait_for_everyone()
+
+    @property
+    def sessions(self) -> list[dict[str, Any]]:
+        return self.record.data.get("sessions", [])
 
 
 def open_run(accelerator, work_dir: Path, settings: dict[str, Any], *, fresh: bool, hint: str) -> RunState:

@@ -11,7 +11,6 @@ evaluation against the teacher, and finalizing through the quantizer (:mod:`.fin
 
 from __future__ import annotations
 
-import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -28,11 +27,11 @@ from ..utils.io import check_output_folder
 from ..utils.progress import bar_switch
 from .config import DistillConfig, DistillResult
 from .data import IndexedTexts, TextCollate, batch_order, corpus_fingerprint, load_texts
-from .finalize import DISTILLATION_INFO, finalize, finished_output
+from .finalize import DISTILLATION_INFO, finalize
 from .loop import is_finished, make_accelerator, open_run, train
 from .losses import TeacherBank, distillation_loss, mean_pool, teacher_forced_loss
-from .run_settings import resumable_settings, run_settings
-from .student import build_student, set_int8_grad_input
+from .run_settings import run_settings
+from .student import build_student, disable_dropout, set_int8_grad_input
 from .teacher_cache import TeacherCache, cache_supported
 from .teacher_forcing import LayerwiseTeacherForcing
 
@@ -206,12 +205,6 @@ def _prepare_student(teacher_model: nn.Module, cfg: DistillConfig, tcfg: Ternary
     return student
 
 
-def _no_dropout(model: nn.Module) -> None:
-    for module in model.modules():  # we match a deterministic teacher
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
 def _already_finished(output_dir: Path, info: dict[str, Any], accelerator) -> DistillResult:
     loss = info.get("final_loss")
     accelerator.print(f"{output_dir} is this run's finished model ({info['steps']} steps); left as it is "
@@ -274,47 +267,45 @@ def distill(
                             data={"count": len(corpus), "sha256": corpus_fingerprint(corpus)},
                             processes=accelerator.num_processes)
     run = open_run(accelerator, work_dir, settings, fresh=fresh or not resume, hint=_FRESH_HINT)
-    finished = is_finished(cfg, run.latest)
-    if finished and (info := finished_output(output_dir, run.record.run_id, run.latest.step)) is not None:
+    if (info := run.finished_output(cfg, output_dir)) is not None:
         return _already_finished(output_dir, info, accelerator)
-    run.begin(accelerator, settings, {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                                      "from_step": run.latest.step if run.latest else 0,
-                                      "data": _texts_source(texts), **resumable_settings(cfg)})
+    run.begin(accelerator, settings, cfg, data=_texts_source(texts))
     set_seed(cfg.seed)
     teacher_st, teacher_model, tokenizer = load_teacher(teacher)
     student = _prepare_student(teacher_model, cfg, tcfg)
     forcing = LayerwiseTeacherForcing(student, teacher_model) if cfg.teacher_forcing else None
-    _no_dropout(student)
-    # Every process gets its own share of the batches (Accelerate shards the batch sampler).
-    total_batches = cfg.max_steps * cfg.gradient_accumulation_steps * accelerator.num_processes
-    order = batch_order([len(t) for t in corpus], cfg.batch_size, total_batches, cfg.seed)
-    loader = torch.utils.data.DataLoader(IndexedTexts(corpus), batch_sampler=order,
-                                         collate_fn=TextCollate(tokenizer, cfg.max_length))
+    disable_dropout(student)
+    loader = _text_batches(corpus, tokenizer, cfg, accelerator.num_processes)
     teacher_model.to(accelerator.device)
     bank = TeacherBank(cfg.bank_size) if cfg.bank_similarity else None
     cache = _teacher_cache(cfg, accelerator)
-    loss = TextLoss(cfg, teacher_model, accelerator, cache, bank, forcing)
-    refill = None if cache is None or finished else (
+    refill = None if cache is None or is_finished(cfg, run.latest) else (
         lambda prepared, n: replay_teacher_cache(cache, prepared, teacher_model, n, accelerator, show_progress_bar))
-    result = train(accelerator, cfg, student, loader, loss, work_dir=work_dir, resume_from=run.latest,
-                   checkpoint_objects=[bank] if bank is not None else [], on_resume=refill,
-                   evaluate=_periodic_evaluation(teacher_st, cfg), stop_after=stop_after,
+    result = train(accelerator, cfg, student, loader, TextLoss(cfg, teacher_model, accelerator, cache, bank, forcing),
+                   work_dir=work_dir, resume_from=run.latest, checkpoint_objects=[bank] if bank is not None else [],
+                   on_resume=refill, evaluate=_periodic_evaluation(teacher_st, cfg), stop_after=stop_after,
                    show_progress_bar=show_progress_bar)
     if forcing is not None:
         forcing.remove()
-    if not result.finished:
-        return DistillResult(str(work_dir), result.steps, result.seconds, result.final_loss, result.losses,
-                             result.session_seconds)
-    if accelerator.is_main_process:
+    if result.finished and accelerator.is_main_process:
         info = {"teacher": str(teacher), "steps": result.steps, "stopped_by_time_budget": result.out_of_time,
                 "seconds": result.seconds, "session_seconds": result.session_seconds,
                 "final_loss": result.final_loss, "config": asdict(cfg), "ternary_config": tcfg.to_dict(),
-                "num_texts": len(corpus), "teacher_cache": _cache_record(cache),
-                "run_id": run.record.run_id, "sessions": run.record.data.get("sessions", [])}
+                "num_texts": len(corpus), "teacher_cache": _cache_record(cache), "run_id": run.record.run_id,
+                "sessions": run.sessions}
         finalize(result.model, teacher_st, output_dir, tcfg, info=info, overwrite=overwrite)
     accelerator.wait_for_everyone()
-    return DistillResult(str(output_dir), result.steps, result.seconds, result.final_loss, result.losses,
-                         result.session_seconds)
+    return DistillResult(str(output_dir if result.finished else work_dir), result.steps, result.seconds,
+                         result.final_loss, result.losses, result.session_seconds)
+
+
+def _text_batches(corpus: list[str], tokenizer: Any, cfg: DistillConfig, processes: int):
+    """The DataLoader of the run: every process gets its own share of the batches (Accelerate shards
+    the batch sampler), ``max_steps`` optimizer steps' worth."""
+    total_batches = cfg.max_steps * cfg.gradient_accumulation_steps * processes
+    order = batch_order([len(t) for t in corpus], cfg.batch_size, total_batches, cfg.seed)
+    return torch.utils.data.DataLoader(IndexedTexts(corpus), batch_sampler=order,
+                                       collate_fn=TextCollate(tokenizer, cfg.max_length))
 
 
 def _cache_record(cache: TeacherCache | None) -> dict[str, Any] | None:

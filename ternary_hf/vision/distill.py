@@ -11,7 +11,6 @@ and the pooled terms read the CLS token (``pooling="cls"``) or every token (``"m
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -25,11 +24,11 @@ from ..errors import InvalidInputError
 from ..integrations.config import TernaryConfig
 from ..train.config import DistillConfig
 from ..train.data import batch_order
-from ..train.finalize import DISTILLATION_INFO, finished_output, write_packed_folder
-from ..train.loop import is_finished, make_accelerator, open_run, train
+from ..train.finalize import DISTILLATION_INFO, write_packed_folder
+from ..train.loop import make_accelerator, open_run, train
 from ..train.losses import distillation_loss
-from ..train.run_settings import resumable_settings, run_settings
-from ..train.student import build_student, to_float_model
+from ..train.run_settings import run_settings
+from ..train.student import build_student, disable_dropout, to_float_model
 from ..utils.io import check_output_folder
 from .data import to_pixel_values
 from .embed import check_pooling
@@ -107,13 +106,17 @@ def _fingerprint(pixels: torch.Tensor) -> str:
     return hashlib.sha256(pixels.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-def _load_teacher(teacher_dir: str | os.PathLike) -> nn.Module:
+def _teacher_and_pixels(teacher_dir: str | os.PathLike, images: Any) -> tuple[nn.Module, torch.Tensor]:
+    """The frozen float teacher, and the training images as its ``pixel_values``."""
     from transformers import AutoModel
 
     teacher = AutoModel.from_pretrained(str(teacher_dir))
     if getattr(teacher, "is_quantized", False) or hasattr(teacher.config, "quantization_config"):
         raise InvalidInputError(f"{teacher_dir} is already quantized; distill from the full-precision model")
-    return teacher.eval().requires_grad_(False)
+    pixels = to_pixel_values(images, teacher.config)
+    if len(pixels) < 2:
+        raise InvalidInputError(f"distillation needs at least 2 images, got {len(pixels)}")
+    return teacher.eval().requires_grad_(False), pixels
 
 
 def _config(steps: int, batch_size: int, lr: float, loss_weights: dict[str, float] | None, **kwargs: Any
@@ -179,26 +182,19 @@ def distill_vision(
     work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
     if num_threads:
         torch.set_num_threads(num_threads)
-    teacher = _load_teacher(teacher_dir)
-    pixels = to_pixel_values(images, teacher.config)
-    if len(pixels) < 2:
-        raise InvalidInputError(f"distillation needs at least 2 images, got {len(pixels)}")
+    teacher, pixels = _teacher_and_pixels(teacher_dir, images)
     accelerator = make_accelerator(cfg, work_dir)
     settings = run_settings(cfg, teacher=os.path.abspath(teacher_dir), ternary_config=tcfg.to_dict(),
                             data={"count": len(pixels), "sha256": _fingerprint(pixels)},
                             processes=accelerator.num_processes, pooling=pooling)
     run = open_run(accelerator, work_dir, settings, fresh=fresh or not resume, hint="pass fresh=True to start over")
-    if is_finished(cfg, run.latest) and (info := finished_output(output_dir, run.record.run_id, run.latest.step)):
+    if (info := run.finished_output(cfg, output_dir)) is not None:
         loss = info.get("final_loss")
         return VisionDistillResult(str(output_dir), info["steps"], float(info.get("seconds") or 0.0),
                                    float("nan") if loss is None else float(loss), already_finished=True)
-    run.begin(accelerator, settings, {"started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                                      "from_step": run.latest.step if run.latest else 0, **resumable_settings(cfg)})
+    run.begin(accelerator, settings, cfg)
     set_seed(seed)
-    student = build_student(teacher, tcfg).train()
-    for module in student.modules():  # match a deterministic teacher
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
+    student = disable_dropout(build_student(teacher, tcfg).train())
     # The batches of every step are fixed by the seed alone, so a resumed run sees the same batches.
     order = batch_order([0] * len(pixels), batch_size, steps * accelerator.num_processes, seed)
     loader = torch.utils.data.DataLoader(_Pixels(pixels), batch_sampler=order)
@@ -206,16 +202,12 @@ def distill_vision(
     result = train(accelerator, cfg, student, loader, ImageLoss(cfg, teacher, pooling), work_dir=work_dir,
                    resume_from=run.latest, stop_after=stop_after, show_progress_bar=show_progress_bar,
                    desc="distilling ViT")
-    if not result.finished:
-        return VisionDistillResult(str(work_dir), result.steps, result.seconds, result.final_loss, result.losses,
-                                   result.model)
-    if accelerator.is_main_process:
+    if result.finished and accelerator.is_main_process:
         info = {"teacher": str(teacher_dir), "steps": result.steps, "seconds": result.seconds,
                 "final_loss": result.final_loss, "pooling": pooling, "batch_size": batch_size, "learning_rate": lr,
                 "loss_weights": {k: getattr(cfg, k) for k in _WEIGHTS}, "num_images": len(pixels),
-                "ternary_config": tcfg.to_dict(), "run_id": run.record.run_id,
-                "sessions": run.record.data.get("sessions", [])}
+                "ternary_config": tcfg.to_dict(), "run_id": run.record.run_id, "sessions": run.sessions}
         finalize_vision(result.model, teacher_dir, output_dir, tcfg, info=info, overwrite=overwrite)
     accelerator.wait_for_everyone()
-    return VisionDistillResult(str(output_dir), result.steps, result.seconds, result.final_loss, result.losses,
-                               result.model)
+    return VisionDistillResult(str(output_dir if result.finished else work_dir), result.steps, result.seconds,
+                               result.final_loss, result.losses, result.model)
