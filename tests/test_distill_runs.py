@@ -197,6 +197,18 @@ def test_corpus_errors_reach_the_cli_as_one_line_before_any_work(tiny_st_dir, tm
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.work").exists()
 
 
+def test_a_teacher_that_is_not_a_model_is_one_cli_line_before_any_work(tmp_path, capsys):
+    data = tmp_path / "texts.txt"
+    data.write_text("\n".join(tiny_sentences(8)))
+    (tmp_path / "not-a-model").mkdir()
+    for teacher in (tmp_path / "missing", tmp_path / "not-a-model"):
+        capsys.readouterr()
+        assert main(["distill", str(teacher), str(tmp_path / "out"), "--data", str(data), "--steps", "1"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"error: cannot load the teacher {teacher}"), err
+        assert not (tmp_path / "out.work").exists()
+
+
 def test_the_cli_reads_the_text_field_flag(tiny_st_dir, tmp_path):
     data = tmp_path / "docs.jsonl"
     data.write_text("\n".join(json.dumps({"body": text}) for text in tiny_sentences(16)) + "\n")

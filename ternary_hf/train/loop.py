@@ -56,11 +56,15 @@ def make_accelerator(cfg: DistillConfig, work_dir: Path):
 
 @dataclass
 class RunState:
-    """A run's work dir as found: its record and newest checkpoint (``None``: a fresh start)."""
+    """A run's work dir as found: its record and newest checkpoint (``None``: a fresh start).
+
+    Nothing on disk changes until :meth:`begin`, so a failure before training (a teacher that does
+    not load) leaves the work dir as it was."""
 
     work_dir: Path
     record: RunRecord
     latest: Checkpoint | None
+    fresh: bool = False
 
     def finished_output(self, cfg: DistillConfig, output_dir: Path) -> dict[str, Any] | None:
         """The record of ``output_dir`` if the run is finished and that is its model, else ``None``."""
@@ -69,12 +73,17 @@ class RunState:
         return finished_output(output_dir, self.record.run_id, self.latest.step)
 
     def begin(self, accelerator, settings: dict[str, Any], cfg: DistillConfig, **session: Any) -> None:
-        """Record the session that is about to train (a new run id on a fresh start)."""
+        """Record the session that is about to train (a new run id on a fresh start, after discarding
+        the earlier run's checkpoints, metrics and record)."""
         if accelerator.is_main_process:
+            if self.fresh:
+                discard_checkpoints(self.work_dir)
+                discard_logs(self.work_dir)
+                self.record.discard()
             started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
             session = {"started": started, "from_step": self.latest.step if self.latest else 0, **session,
                        **resumable_settings(cfg)}
-            self.record.start_session(settings, session, fresh=self.latest is None)
+            self.record.start_session(settings, session, fresh=self.fresh or self.latest is None)
             self.record.write()
         accelerator.wait_for_everyone()
 
@@ -84,18 +93,15 @@ class RunState:
 
 
 def open_run(accelerator, work_dir: Path, settings: dict[str, Any], *, fresh: bool, hint: str) -> RunState:
-    """Find where the run in ``work_dir`` stands; ``fresh`` discards its checkpoints, metrics and record.
+    """Find where the run in ``work_dir`` stands; with ``fresh`` it starts over (see :meth:`RunState.begin`).
 
     Raises:
         SettingsChangedError: the checkpoints belong to a run with other ``settings``.
     """
     work_dir = Path(work_dir)
+    if fresh:
+        return RunState(work_dir, RunRecord(work_dir), None, fresh=True)
     if accelerator.is_main_process:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            discard_checkpoints(work_dir)
-            discard_logs(work_dir)
-            RunRecord(work_dir).discard()
         latest_checkpoint(work_dir)  # moves a legacy layout into place before the others look
     accelerator.wait_for_everyone()
     state = RunState(work_dir, RunRecord(work_dir), latest_checkpoint(work_dir))

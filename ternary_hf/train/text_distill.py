@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingInputError
 from ..integrations.config import TernaryConfig
 from ..utils.io import check_output_folder
 from ..utils.progress import bar_switch
@@ -44,7 +44,12 @@ def load_teacher(teacher: str | os.PathLike) -> tuple[Any, nn.Module, Any]:
     """``(sentence_transformer, hf_model, tokenizer)`` for a float teacher folder or repo id."""
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(teacher), device="cpu")
+    try:
+        st = SentenceTransformer(str(teacher), device="cpu")
+    except (OSError, ValueError) as exc:  # no such folder, not a model, or a repo id while offline
+        why = " ".join(str(exc).split()).rstrip(".")
+        raise MissingInputError(f"cannot load the teacher {teacher}: {why}. Give a float sentence-transformers or "
+                                "transformers model folder (ternary-hf fetch-model gets the bundled one)") from None
     transformer = st[0]
     model = transformer.auto_model
     if getattr(model, "is_quantized", False):
@@ -269,9 +274,9 @@ def distill(
     run = open_run(accelerator, work_dir, settings, fresh=fresh or not resume, hint=_FRESH_HINT)
     if (info := run.finished_output(cfg, output_dir)) is not None:
         return _already_finished(output_dir, info, accelerator)
-    run.begin(accelerator, settings, cfg, data=_texts_source(texts))
     set_seed(cfg.seed)
     teacher_st, teacher_model, tokenizer = load_teacher(teacher)
+    run.begin(accelerator, settings, cfg, data=_texts_source(texts))
     student = _prepare_student(teacher_model, cfg, tcfg)
     forcing = LayerwiseTeacherForcing(student, teacher_model) if cfg.teacher_forcing else None
     disable_dropout(student)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, MissingInputError
 from ..integrations.config import TernaryConfig
 from ..train.config import DistillConfig
 from ..train.data import batch_order
@@ -110,7 +110,12 @@ def _teacher_and_pixels(teacher_dir: str | os.PathLike, images: Any) -> tuple[nn
     """The frozen float teacher, and the training images as its ``pixel_values``."""
     from transformers import AutoModel
 
-    teacher = AutoModel.from_pretrained(str(teacher_dir))
+    try:
+        teacher = AutoModel.from_pretrained(str(teacher_dir))
+    except (OSError, ValueError) as exc:  # no such folder, or not a model
+        why = " ".join(str(exc).split()).rstrip(".")
+        raise MissingInputError(f"cannot load the teacher {teacher_dir}: {why}. Give a float ViT folder "
+                                "(train_vit_teacher makes one)") from None
     if getattr(teacher, "is_quantized", False) or hasattr(teacher.config, "quantization_config"):
         raise InvalidInputError(f"{teacher_dir} is already quantized; distill from the full-precision model")
     pixels = to_pixel_values(images, teacher.config)
@@ -182,6 +187,7 @@ def distill_vision(
     work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
     if num_threads:
         torch.set_num_threads(num_threads)
+    set_seed(seed)
     teacher, pixels = _teacher_and_pixels(teacher_dir, images)
     accelerator = make_accelerator(cfg, work_dir)
     settings = run_settings(cfg, teacher=os.path.abspath(teacher_dir), ternary_config=tcfg.to_dict(),
@@ -193,7 +199,6 @@ def distill_vision(
         return VisionDistillResult(str(output_dir), info["steps"], float(info.get("seconds") or 0.0),
                                    float("nan") if loss is None else float(loss), already_finished=True)
     run.begin(accelerator, settings, cfg)
-    set_seed(seed)
     student = disable_dropout(build_student(teacher, tcfg).train())
     # The batches of every step are fixed by the seed alone, so a resumed run sees the same batches.
     order = batch_order([0] * len(pixels), batch_size, steps * accelerator.num_processes, seed)
