@@ -261,7 +261,7 @@ def _plain(teacher: str, cfg: DemoConfig, cache: _Cache, reused: list[str]) -> A
 
 def _distilled(teacher: str, cfg: DemoConfig, dcfg: Any, cache: _Cache, reused: list[str]) -> dict[str, Any]:
     """Distill into ``<out>.work/student`` (resuming from ``<out>.work/distill`` after a kill); its record."""
-    from .train.loop import distill
+    from .train import distill
 
     student_dir = cache.root / "student"
     record = student_dir / "distillation.json"
@@ -314,7 +314,7 @@ def _publish(out: Path, student_dir: Path, evaluation: Any, summary: DemoSummary
 
 
 def _distill_config(cfg: DemoConfig) -> Any:
-    from .train.loop import DistillConfig
+    from .train import DistillConfig
 
     kwargs: dict[str, Any] = dict(max_steps=cfg.max_steps, max_minutes=cfg.minutes, batch_size=cfg.batch_size,
                                   max_length=cfg.max_length, save_every=25, log_every=10)

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from ternary_hf import kernels
-from ternary_hf.quant.functional import quantize_activations_int8, ternary_linear_reference
-from ternary_hf.kernels import _build
 from ternary_hf.integrations.modules import TernaryLinear
+from ternary_hf.kernels import _build
+from ternary_hf.quant.functional import quantize_activations_int8, ternary_linear_reference
 from ternary_hf.quant.packing import pack_ternary
 from ternary_hf.train.student import FakeTernaryLinear
 

@@ -249,7 +249,6 @@ def resolve_tasks(tasks: Sequence[str] | str | None, has_teacher: bool) -> list[
     return sorted(ordered, key=lambda t: _REGISTRY[t].needs_teacher)  # stable: comparison tasks last
 
 
-_resolve_tasks = resolve_tasks  # transition name: train.loop imports it until it moves to resolve_tasks
 
 
 # -------------------------------------------------------------------------------------------- entry
