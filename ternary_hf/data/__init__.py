@@ -11,6 +11,7 @@ Imports: the standard library, numpy, :mod:`ternary_hf.utils` and :mod:`ternary_
 models or anything above.
 """
 
+from .broad import available_broad_corpora, load_broad_corpus
 from .corpora import (
     DatasetError,
     TextDataset,
@@ -27,12 +28,14 @@ __all__ = [
     "DatasetError",
     "ModelError",
     "TextDataset",
+    "available_broad_corpora",
     "available_datasets",
     "available_models",
     "data_cache_dir",
     "default_distillation_texts",
     "default_model_path",
     "fetch_model",
+    "load_broad_corpus",
     "load_dataset",
     "real_sentences",
 ]

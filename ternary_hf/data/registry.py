@@ -13,7 +13,7 @@ checking, caching and the offline story are the same everywhere:
   A ``.deb`` is an ``ar`` archive whose ``data.tar.*`` member holds the files.
 * Every archive is checked against its recorded sha256 before anything is read from it, and every
   extracted member against its own. :func:`ensure_bundle` puts the members into the cache in one
-  rename (:func:`ternary_hf.utils.io.replace_folder`): a crash never leaves a half-written cache.
+  rename (:func:`ternary_hf.utils.io.staged_folder`): a crash never leaves a half-written cache.
 * Offline: a copy of the released file (same name) in ``<cache>/downloads/`` is used without any
   network. Errors name the command to run on a machine that can reach the registry and that folder.
 """
@@ -30,7 +30,6 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-import uuid
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from ..errors import ChecksumError, ResourceUnavailableError
-from ..utils.io import replace_folder
+from ..utils.io import staged_folder
 
 __all__ = [
     "Bundle",
@@ -374,9 +373,7 @@ def _members_ok(folder: Path, bundle: Bundle) -> list[str]:
 def _extract(bundle: Bundle, archive: Path, target: Path, errors: Errors) -> None:
     """Verify ``archive`` and install ``bundle``'s members as the folder ``target``, whole."""
     verify(archive, bundle.release, errors)
-    staging = target.parent / f".tmp-{bundle.key}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    with staged_folder(target, overwrite=True) as staging:
         for filename, (chain, sha) in bundle.members.items():
             try:
                 data = read_member(archive, chain) if chain else archive.read_bytes()
@@ -388,13 +385,6 @@ def _extract(bundle: Bundle, archive: Path, target: Path, errors: Errors) -> Non
                                       "sha256; the archive passed its own check, so this is a bug in "
                                       "ternary_hf.data: report it.")
             (staging / filename).write_bytes(data)
-        try:
-            replace_folder(staging, target)
-        except OSError:
-            if _members_ok(target, bundle):  # else another process installed a complete copy: keep it
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def ensure_bundle(bundle: Bundle, root: Path, errors: Errors = DEFAULT_ERRORS) -> Path:

@@ -298,6 +298,49 @@ def _quantized_base(meta: dict[str, Any]) -> str | None:
     return base if meta.get("base_model_relation") == "quantized" and isinstance(base, str) else None
 
 
+def _base_and_meta(folder: Path, records_from: Path | None, explicit: str | os.PathLike[str] | None,
+                   *records: dict[str, Any]) -> tuple[str | None, Path | None, dict[str, Any]]:
+    """The base model's Hub id and local folder, and the card metadata that speaks for license and
+    language: the base model's card, else this folder's, else the card of the folder it was loaded from."""
+    hub_base, local_base = _base_model_from(explicit, *records)
+    own_meta = _card_data_of(folder / "README.md")
+    base_meta = _card_data_of(local_base / "README.md") if local_base else {}
+    records_meta = _card_data_of(records_from / "README.md") if records_from else {}
+    for candidate in (own_meta, records_meta):
+        hub_base = hub_base or _quantized_base(candidate)
+    meta = next((m for m in (base_meta, own_meta, records_meta) if m.get("license")), base_meta or own_meta)
+    return hub_base, local_base, meta
+
+
+def _made_notes(report: dict[str, Any]) -> list[str]:
+    """What ``ternary_quantize.json`` says about how the model was made (calibration, cosine)."""
+    made = []
+    if isinstance(report.get("calibration"), str):
+        made.append(
+            "Each linear layer was ternarized to preserve its outputs on real text rather than by rounding its "
+            f"weights (GPTQ on the ternary grid, `ternary-hf quantize --calibrate`): {report['calibration']}."
+        )
+    cosine = _number(report.get("mean_cosine"))
+    if cosine is not None:
+        made.append(
+            f"Mean cosine between the base model's and this model's sentence embeddings right after "
+            f"quantization: {cosine:.4f} on {report.get('n_sentences') or 'a set of'} sentences."
+        )
+    return made
+
+
+def _tags(config: dict[str, Any], is_ternary: bool, is_st: bool) -> list[str]:
+    tags = ["ternary-hf"]
+    if is_ternary:
+        tags += ["ternary", "2-bit", "quantized"]
+    if is_st:
+        tags += ["sentence-transformers", "sentence-similarity"]
+    tags += ["feature-extraction", "embeddings"]
+    if isinstance(config.get("model_type"), str):
+        tags.append(config["model_type"])
+    return tags
+
+
 def _facts(
     folder: Path, repo_id: str, base_model: str | os.PathLike[str] | None, license: str | None,
     records_from: Path | None = None,
@@ -315,15 +358,8 @@ def _facts(
     eval_path = _find_eval_json(folder)
     evaluation = _read_json(eval_path) if eval_path is not None else None
     eval_record = evaluation if isinstance(evaluation, dict) else {}
-
-    hub_base, local_base = _base_model_from(base_model, qcfg or {}, distill, report, eval_record)
-    own_meta = _card_data_of(folder / "README.md")
-    base_meta = _card_data_of(local_base / "README.md") if local_base else {}
-    records_meta = _card_data_of(records_from / "README.md") if records_from else {}
-    for candidate in (own_meta, records_meta):
-        hub_base = hub_base or _quantized_base(candidate)
-    # the base model's card speaks for license and language; else this card, else the loaded folder's
-    meta = next((m for m in (base_meta, own_meta, records_meta) if m.get("license")), base_meta or own_meta)
+    hub_base, local_base, meta = _base_and_meta(folder, records_from, base_model, qcfg or {}, distill, report,
+                                                eval_record)
     license = license or (meta.get("license") if isinstance(meta.get("license"), str) else None)
 
     distillation = None
@@ -341,28 +377,8 @@ def _facts(
     size_ratio = _ratio(report.get("source_bytes"), report.get("output_bytes"))
     if size_ratio is None and local_base is not None and weight_bytes:
         size_ratio = _ratio(weight_files_bytes(local_base), weight_bytes)
-    made = []
-    if isinstance(report.get("calibration"), str):
-        made.append(
-            "Each linear layer was ternarized to preserve its outputs on real text rather than by rounding its "
-            f"weights (GPTQ on the ternary grid, `ternary-hf quantize --calibrate`): {report['calibration']}."
-        )
-    cosine = _number(report.get("mean_cosine"))
-    if cosine is not None:
-        made.append(
-            f"Mean cosine between the base model's and this model's sentence embeddings right after "
-            f"quantization: {cosine:.4f} on {report.get('n_sentences') or 'a set of'} sentences."
-        )
-
-    tags = ["ternary-hf"]
-    if is_ternary:
-        tags += ["ternary", "2-bit", "quantized"]
-    if is_st:
-        tags += ["sentence-transformers", "sentence-similarity"]
-    tags += ["feature-extraction", "embeddings"]
-    if isinstance(config.get("model_type"), str):
-        tags.append(config["model_type"])
-
+    made = _made_notes(report)
+    tags = _tags(config, is_ternary, is_st)
     data = {
         "base_model": hub_base,
         "base_model_relation": "quantized" if hub_base and is_ternary else None,
