@@ -17,6 +17,7 @@ from .corpora import (
     TextDataset,
     available_datasets,
     data_cache_dir,
+    dataset_info,
     default_distillation_texts,
     load_dataset,
     real_sentences,
@@ -25,6 +26,7 @@ from .defaults import default_model_path
 from .models import ModelError, available_models, fetch_model
 
 __all__ = [
+    "dataset_info",
     "DatasetError",
     "ModelError",
     "TextDataset",

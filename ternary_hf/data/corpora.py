@@ -105,8 +105,6 @@ DISTILLATION_MIXES = ("classic", "broad")
 _DISTILLATION_SOURCES = ("20ng", "r52", "tweets", "rt", "nyt")
 
 # Kept for ternary_hf.evaluation, which reads them until it moves to source_requirements / check_limit.
-_SOURCES = {name: bundle.release for name, bundle in BUNDLES.items()}
-_check_limit = check_limit
 
 
 def data_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -10,7 +10,7 @@ import os
 import platform
 from typing import Any
 
-from ..data.corpora import dataset_info
+from ..data import dataset_info
 
 __all__ = ["environment"]
 

@@ -28,7 +28,6 @@ from ..utils.io import atomic_write_json, check_output_folder, staged_folder, we
 
 __all__ = [
     "QuantizeReport",
-    "checkpoint_bytes",
     "check_source_and_output",
     "is_sentence_transformers_folder",
     "linear_layer_bytes",
@@ -88,11 +87,6 @@ class QuantizeReport:
 def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a sentence-transformers folder (it has ``modules.json``)."""
     return Path(path, "modules.json").is_file()
-
-
-#: Bytes of the weight files in a model folder: kept as an alias of
-#: :func:`ternary_hf.utils.io.weight_files_bytes` (THE one definition) for existing callers.
-checkpoint_bytes = weight_files_bytes
 
 
 def _config_files(folder: Path) -> list[Path]:
