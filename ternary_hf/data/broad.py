@@ -48,8 +48,8 @@ from .corpora import cache_key, classic_pools, data_cache_dir, held_out_texts, i
 from .sources import DATASET_ERRORS
 from .splits import TextDataset, check_limit, check_split, is_test_group
 
-__all__ = ["BROAD_CORPORA", "BroadCorpus", "available_broad_corpora", "broad_distillation_texts",
-           "load_broad_corpus"]
+__all__ = ["BROAD_CORPORA", "BroadCorpus", "available_broad_corpora", "broad_distillation_texts", "django_pages",
+           "foldoc_definitions", "load_broad_corpus"]
 
 _FORTUNE_FILES = ("art", "computers", "education", "food", "goedel", "humorists", "kids", "law", "love", "magic",
                   "medicine", "miscellaneous", "news", "people", "pets", "platitudes", "politics", "science",
@@ -106,9 +106,14 @@ def _wordnet(folder: Path) -> Iterator[tuple[str, str]]:
     return fmt.wordnet_texts({pos: files[path] for pos, path in names.items()})
 
 
+def _foldoc_files(folder: Path) -> tuple[bytes, bytes]:
+    names = ["usr/share/dictd/foldoc.index", "usr/share/dictd/foldoc.dict.dz"]
+    files = _deb_files(folder, _FOLDOC, names)
+    return files[names[0]], files[names[1]]
+
+
 def _foldoc(folder: Path) -> Iterator[tuple[str, str]]:
-    files = _deb_files(folder, _FOLDOC, ["usr/share/dictd/foldoc.index", "usr/share/dictd/foldoc.dict.dz"])
-    return fmt.dictd_entries(files["usr/share/dictd/foldoc.index"], files["usr/share/dictd/foldoc.dict.dz"])
+    return fmt.dictd_entries(*_foldoc_files(folder))
 
 
 def _fortunes(folder: Path) -> Iterator[tuple[str, str]]:
@@ -117,8 +122,11 @@ def _fortunes(folder: Path) -> Iterator[tuple[str, str]]:
     return fmt.fortune_texts({paths[path]: raw for path, raw in files.items()})
 
 
+_DJANGO_DOCS = "Django-4.2.16/docs/"
+
+
 def _django(folder: Path) -> Iterator[tuple[str, str]]:
-    return fmt.rest_docs((folder / _DJANGO.release.filename).read_bytes(), "Django-4.2.16/docs/")
+    return fmt.rest_docs((folder / _DJANGO.release.filename).read_bytes(), _DJANGO_DOCS)
 
 
 def _chatterbot(folder: Path) -> Iterator[tuple[str, str]]:
@@ -160,6 +168,22 @@ BROAD_CORPORA: dict[str, BroadCorpus] = {c.name: c for c in (
 )}
 
 
+def _folder(name: str, cache_dir: str | os.PathLike[str] | None) -> Path:
+    return registry.ensure_bundle(BROAD_CORPORA[name].bundle, data_cache_dir(cache_dir), DATASET_ERRORS)
+
+
+def django_pages(cache_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, list[tuple[str, str]]]]:
+    """``(page, [(section title, prose), ...])`` of every Django documentation page (the page is the
+    ``django-docs`` corpus's split group), fetched and cached like the corpus."""
+    archive = (_folder("django-docs", cache_dir) / _DJANGO.release.filename).read_bytes()
+    return list(fmt.rest_pages(archive, _DJANGO_DOCS))
+
+
+def foldoc_definitions(cache_dir: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
+    """``(headword, definition)`` of every FOLDOC entry (the headword is the ``foldoc`` split group)."""
+    return list(fmt.dictd_definitions(*_foldoc_files(_folder("foldoc", cache_dir))))
+
+
 def available_broad_corpora() -> list[str]:
     """Names accepted by :func:`load_broad_corpus`."""
     return list(BROAD_CORPORA)
@@ -167,8 +191,7 @@ def available_broad_corpora() -> list[str]:
 
 @functools.lru_cache(maxsize=8)
 def _parsed(name: str, key: str | None) -> tuple[tuple[str, str], ...]:
-    corpus = BROAD_CORPORA[name]
-    return tuple(corpus.read(registry.ensure_bundle(corpus.bundle, data_cache_dir(key), DATASET_ERRORS)))
+    return tuple(BROAD_CORPORA[name].read(_folder(name, key)))
 
 
 @functools.lru_cache(maxsize=16)

@@ -21,11 +21,14 @@ __all__ = [
     "PASSAGE_WORDS",
     "chatterbot_texts",
     "debate_texts",
+    "dictd_definitions",
     "dictd_entries",
     "fortune_texts",
     "orange_texts",
     "passages",
     "rest_docs",
+    "rest_pages",
+    "rest_sections",
     "speech_texts",
     "wordnet_texts",
 ]
@@ -90,8 +93,9 @@ def _b64_number(text: str) -> int:
     return value
 
 
-def dictd_entries(index: bytes, dict_dz: bytes) -> Iterator[tuple[str, str]]:
-    """``(headword, "headword: definition")`` of a dictd dictionary (``.index`` + gzip ``.dict.dz``)."""
+def dictd_definitions(index: bytes, dict_dz: bytes) -> Iterator[tuple[str, str]]:
+    """``(headword, definition)`` of every entry of a dictd dictionary (``.index`` + gzip ``.dict.dz``),
+    cross-reference braces, category tags and revision dates removed."""
     body = gzip.decompress(dict_dz)
     for line in index.decode("utf-8", errors="replace").splitlines():
         headword, offset, length = (line.split("\t") + ["", ""])[:3]
@@ -102,7 +106,12 @@ def dictd_entries(index: bytes, dict_dz: bytes) -> Iterator[tuple[str, str]]:
         text = entry.split("\n", 1)[1] if "\n" in entry else entry
         text = re.sub(r"\{([^{}]*)\}", r"\1", text)  # {cross references}
         text = re.sub(r"<[^<>]{1,40}>", " ", text)  # <category> tags
-        text = _clean(re.sub(r"\(\d{4}-\d{2}-\d{2}\)", " ", text))
+        yield headword, _clean(re.sub(r"\(\d{4}-\d{2}-\d{2}\)", " ", text))
+
+
+def dictd_entries(index: bytes, dict_dz: bytes) -> Iterator[tuple[str, str]]:
+    """``(headword, "headword: definition")`` of a dictd dictionary; long entries cut into passages."""
+    for headword, text in dictd_definitions(index, dict_dz):
         if len(text.split()) <= PASSAGE_WORDS[-1]:
             if len(text.split()) >= 5:
                 yield headword, f"{headword}: {text}"
@@ -122,6 +131,13 @@ def fortune_texts(files: dict[str, bytes]) -> Iterator[tuple[str, str]]:
 
 _ROLE = re.compile(r":[\w:+-]+:`([^`<]*?)(?:\s*<[^>]*>)?`")  # :role:`text <target>` -> text
 _LINK = re.compile(r"`([^`<]+?)\s*<[^>]+>`_+")  # `text <url>`_ -> text
+_ADORNMENT = re.compile(r"^([=\-~^*+#\"'`:.])\1{2,}\s*$")  # a reST title's under- or overline
+
+
+def _rest_inline(text: str) -> str:
+    """reST inline markup reduced to its text: roles, links, literals and emphasis."""
+    text = _LINK.sub(r"\1", _ROLE.sub(r"\1", text))
+    return _clean(text.replace("``", "").replace("**", "").replace("`", "").replace("\\", ""))
 
 
 def _rest_paragraph(paragraph: str) -> str | None:
@@ -129,17 +145,51 @@ def _rest_paragraph(paragraph: str) -> str | None:
     first = paragraph.lstrip("\n").split("\n", 1)[0]
     if not first.strip() or first.startswith((" ", "\t", "..", "+-", "=", "-", "~", "*", "^", ">>>", "$")):
         return None
-    text = _LINK.sub(r"\1", _ROLE.sub(r"\1", paragraph))
-    text = _clean(text.replace("``", "").replace("**", "").replace("`", ""))
+    text = _rest_inline(paragraph)
     return text if len(text.split()) >= 5 else None
+
+
+def _rest_title(lines: list[str], i: int) -> bool:
+    """Whether ``lines[i]`` is a section title: text underlined by an adornment at least as long."""
+    line = lines[i]
+    if not line.strip() or line[0] in " \t" or _ADORNMENT.match(line) or i + 1 >= len(lines):
+        return False
+    below = lines[i + 1].rstrip()
+    return bool(_ADORNMENT.match(below)) and len(below) >= len(line.rstrip())
+
+
+def rest_sections(page: str) -> list[tuple[str, str]]:
+    """``(title, prose)`` of every section of a reST page, in order: the title's inline markup reduced
+    to text, the prose its paragraphs until the next title (markup dropped, see :func:`_rest_paragraph`)."""
+    lines = page.split("\n")
+    sections: list[tuple[str, list[str]]] = [("", [])]
+    skip = set()
+    for i in range(len(lines)):
+        if i in skip:
+            continue
+        if _rest_title(lines, i):
+            sections.append((_rest_inline(lines[i]), []))
+            skip.add(i + 1)
+        elif not _ADORNMENT.match(lines[i]):
+            sections[-1][1].append(lines[i])
+    out = []
+    for title, body in sections:
+        prose = [p for p in (_rest_paragraph(x) for x in re.split(r"\n\s*\n", "\n".join(body))) if p]
+        out.append((title, " ".join(prose)))
+    return out
+
+
+def rest_pages(archive: bytes, prefix: str) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """``(name, sections)`` of every reST ``.txt`` page under ``prefix`` in a tar archive (see
+    :func:`rest_sections`)."""
+    for name, raw in _tar_files(archive, prefix, ".txt"):
+        yield name, rest_sections(raw.decode("utf-8", errors="replace"))
 
 
 def rest_docs(archive: bytes, prefix: str) -> Iterator[tuple[str, str]]:
     """Prose passages of the reST ``.txt`` pages under ``prefix`` in a tar archive; group = page."""
-    for name, raw in _tar_files(archive, prefix, ".txt"):
-        page = raw.decode("utf-8", errors="replace")
-        paragraphs = [p for p in (_rest_paragraph(x) for x in re.split(r"\n\s*\n", page)) if p]
-        for passage in passages(" ".join(paragraphs), name):
+    for name, sections in rest_pages(archive, prefix):
+        for passage in passages(" ".join(prose for _, prose in sections if prose), name):
             yield name, passage
 
 

@@ -125,31 +125,42 @@ class Encoder:
         self.name = name
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_bar
-        self.cache: dict[str, np.ndarray] = {}
+        self.cache: dict[Any, np.ndarray] = {}  # text, or (max_length, text)
         self.seconds = 0.0
         self.n_encoded = 0
         self.hits: np.ndarray | None = None  # 20NG retrieval results, for the top-10 overlap
 
-    def encode(self, texts: Sequence[str], what: str = "") -> np.ndarray:
-        """L2-normalised float32 embeddings of ``texts`` (rows in the same order)."""
-        missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
+    def encode(self, texts: Sequence[str], what: str = "", max_length: int | None = None) -> np.ndarray:
+        """L2-normalised float32 embeddings of ``texts`` (rows in the same order); with ``max_length``,
+        of the texts cut to their first ``max_length`` tokens (the model's ``max_seq_length`` for the call)."""
+        key = (lambda t: t) if max_length is None else (lambda t: (max_length, t))
+        missing = [t for t in dict.fromkeys(texts) if key(t) not in self.cache]
         if missing:
             if self.show_progress_bar:
                 tqdm.write(f"encoding {len(missing)} texts{' (' + what + ')' if what else ''} with {self.name}")
             start = time.perf_counter()
-            emb = self.model.encode(
-                missing,
-                batch_size=self.batch_size,
-                show_progress_bar=self.show_progress_bar,
-                convert_to_numpy=True,
-            )
+            emb = self._encode(missing, max_length)
             self.seconds += time.perf_counter() - start
             self.n_encoded += len(missing)
-            emb = normalize_embeddings(emb)
-            self.cache.update(zip(missing, emb, strict=True))
+            self.cache.update(zip(map(key, missing), normalize_embeddings(emb), strict=True))
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.ascontiguousarray(np.stack([self.cache[t] for t in texts]), dtype=np.float32)
+        return np.ascontiguousarray(np.stack([self.cache[key(t)] for t in texts]), dtype=np.float32)
+
+    def _encode(self, texts: list[str], max_length: int | None) -> np.ndarray:
+        held = self.model.max_seq_length
+        if max_length is not None:
+            self.model.max_seq_length = max_length
+        try:
+            return self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=self.show_progress_bar,
+                                     convert_to_numpy=True)
+        finally:
+            self.model.max_seq_length = held
+
+    @property
+    def max_seq_length(self) -> int:
+        """The longest input (in tokens) the model encodes."""
+        return int(self.model.max_seq_length)
 
     @property
     def texts_per_second(self) -> float | None:

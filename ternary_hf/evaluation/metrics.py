@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 
-__all__ = ["K", "retrieval_metrics", "sentence_pairs", "topk_overlap"]
+__all__ = ["K", "recall_at_k", "retrieval_metrics", "sentence_pairs", "topk_overlap"]
 
 #: the cut-off of every top-k metric (P@10, nDCG@10, top-10 overlap)
 K = 10
@@ -41,6 +41,19 @@ def retrieval_metrics(
     idcg = ideal_cum[np.minimum(n_rel, k)]
     ndcg = np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
     return float(precision.mean()), float(ndcg.mean())
+
+
+def recall_at_k(hits: np.ndarray, query_labels: Sequence[int], corpus_labels: Sequence[int], k: int = K) -> float:
+    """Mean over queries of (relevant items in the top ``k``) / min(k, relevant items in the corpus):
+    with one relevant document per query, the share of queries that find it in their top ``k``. A
+    query with no relevant item scores 0."""
+    hits = np.asarray(hits)[:, :k]
+    q, c = np.asarray(query_labels), np.asarray(corpus_labels)
+    if hits.shape[0] != len(q):
+        raise InvalidInputError(f"{hits.shape[0]} rows of hits for {len(q)} queries")
+    found = (c[hits] == q[:, None]).sum(axis=1)
+    n_rel = np.minimum(np.array([np.count_nonzero(c == label) for label in q]), k)
+    return float(np.mean(np.divide(found, n_rel, out=np.zeros(len(q)), where=n_rel > 0)))
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = K) -> float:

@@ -43,20 +43,20 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import TextDataset, load_dataset
 from ..errors import InvalidInputError
 from ..search import exact_search
 from ..utils.progress import bar_switch
 from .encoders import Encoder, load_model, short_name, state_dict_bytes
 from .environment import environment
 from .metrics import K, retrieval_metrics, sentence_pairs, topk_overlap
+from .out_of_domain import OUT_OF_DOMAIN_TASKS
 from .results import EvaluationResult, MetricResult
+from .task_data import SkipTask, Task, TaskData
 
 __all__ = ["TASKS", "EvaluationResult", "MetricResult", "Task", "evaluate", "resolve_tasks"]
 
@@ -68,24 +68,6 @@ _LOGREG_MAX_ITER = 2000
 # One KMeans run's V-measure moves by several points with its seed, enough to move a retention by a
 # few percent; the mean over runs does not (MTEB also averages its clustering scores over 10 runs).
 _KMEANS_RUNS = 10
-
-
-class TaskData:
-    """Data subsets of one evaluate() call (loaded once, shared by both models)."""
-
-    def __init__(self, limit: int | None, seed: int, cache_dir: str | os.PathLike[str] | None) -> None:
-        self.limit, self.seed, self.cache_dir = limit, seed, cache_dir
-        self._cache: dict[tuple[str, str], TextDataset] = {}
-
-    def get(self, name: str, split: str) -> TextDataset:
-        key = (name, split)
-        if key not in self._cache:
-            self._cache[key] = load_dataset(name, split, self.limit, self.seed, self.cache_dir)
-        return self._cache[key]
-
-
-class _Skip(Exception):
-    """A task that cannot be scored on this subset (e.g. one class only); becomes a note."""
 
 
 # -------------------------------------------------------------------------------------------- tasks
@@ -132,7 +114,7 @@ def _classification(name: str) -> Callable[[Encoder, TaskData], dict[str, float]
         train, test = data.get(name, "train"), data.get(name, "test")
         assert train.labels is not None and test.labels is not None
         if len(set(train.labels)) < 2:
-            raise _Skip(f"{name}: the train subset has one class only; raise --limit")
+            raise SkipTask(f"{name}: the train subset has one class only; raise --limit")
         x_train = enc.encode(train.texts, f"{name} train")
         x_test = enc.encode(test.texts, f"{name} test")
         c = _select_c(x_train, np.asarray(train.labels), data.seed)
@@ -155,7 +137,7 @@ def _clustering(name: str) -> Callable[[Encoder, TaskData], dict[str, float]]:
         assert test.labels is not None
         k = len(set(test.labels))
         if k < 2 or len(test) <= k:
-            raise _Skip(f"{name}: {len(test)} texts / {k} labels is too few to cluster; raise --limit")
+            raise SkipTask(f"{name}: {len(test)} texts / {k} labels is too few to cluster; raise --limit")
         x = enc.encode(test.texts, f"{name} test")
         scores = [v_measure_score(test.labels, KMeans(n_clusters=k, n_init=1, random_state=data.seed + run)
                                   .fit_predict(x)) for run in range(_KMEANS_RUNS)]
@@ -187,20 +169,6 @@ def _teacher_agreement(student: Encoder, teacher: Encoder, data: TaskData, notes
 
 
 # ------------------------------------------------------------------------------------------ registry
-@dataclass(frozen=True)
-class Task:
-    """One task: a description, and either ``score`` (one model: run for student and teacher alike) or
-    ``compare`` (the student against the teacher; needs a teacher, runs after the other tasks)."""
-
-    description: str
-    score: Callable[[Encoder, TaskData], dict[str, float]] | None = None
-    compare: Callable[[Encoder, Encoder, TaskData, list[str]], dict[str, float]] | None = None
-
-    @property
-    def needs_teacher(self) -> bool:
-        return self.compare is not None
-
-
 _REGISTRY: dict[str, Task] = {
     "20ng-retrieval": Task("20 Newsgroups query-by-example retrieval (test post -> train posts): P@10, nDCG@10",
                            score=_retrieval),
@@ -215,6 +183,7 @@ _REGISTRY: dict[str, Task] = {
     "r52-clustering": Task("Reuters R52 KMeans clustering: V-measure", score=_clustering("r52")),
     "teacher-agreement": Task("with a teacher: Spearman of pair similarities, mean cosine, top-10 overlap",
                               compare=_teacher_agreement),
+    **OUT_OF_DOMAIN_TASKS,
 }
 #: task name -> what it measures (the names :func:`evaluate` and ``ternary-hf eval --tasks`` accept)
 TASKS: dict[str, str] = {name: task.description for name, task in _REGISTRY.items()}
@@ -334,7 +303,7 @@ def _run_tasks(task_list: list[str], encoders: dict[str, Encoder], data: TaskDat
                 continue
             assert task.score is not None
             per_role = {role: task.score(enc, data) for role, enc in encoders.items()}
-        except _Skip as skip:
+        except SkipTask as skip:
             notes.append(str(skip))
             continue
         for metric, value in per_role["student"].items():
