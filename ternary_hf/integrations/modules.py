@@ -10,22 +10,29 @@ the reference path unpacks the codes (exact, slower) where no kernel applies.
 from __future__ import annotations
 
 import os
+from types import ModuleType
 
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from ..quant import rowwise
 from ..quant.functional import apply_activation, ternary_linear_reference
 from ..quant.packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
 from ..quant.ternarize import dequantize_ternary, ternarize
 
-__all__ = ["TernaryLinear", "QuantizedEmbedding"]
+__all__ = ["QuantizedEmbedding", "TernaryLinear", "cpu_kernels"]
 
 _ROW_CHUNK = 4096
 
 
-def _kernel():
-    """The CPU kernel module if it is importable and usable here, else ``None`` (reference path)."""
+def cpu_kernels() -> ModuleType | None:
+    """The :mod:`ternary_hf.kernels` module when its CPU kernel can run in this process, else ``None``.
+
+    ``TernaryLinear.forward`` asks this on every CPU call (so ``TERNARY_HF_DISABLE_KERNEL`` switches
+    paths at run time, and a machine without a compiler falls back to the reference path); it is
+    public so the trainer takes the same decision for its fake-quantized layers.
+    """
     if os.environ.get("TERNARY_HF_DISABLE_KERNEL") == "1":
         return None
     try:
@@ -36,15 +43,18 @@ def _kernel():
     return kernels if available is not None and available() else None
 
 
+_kernel = cpu_kernels  # old private name, until train/student.py uses cpu_kernels
+
+
 class TernaryLinear(nn.Module):
     """A linear layer with ternary weights: ``y = (x @ T.T) * scale + bias``.
 
     Buffers (saved in the checkpoint):
-        weight: ``uint8`` ``(out_features, ceil(in_features / 4))``, see :mod:`ternary_hf.packing`.
+        weight: ``uint8`` ``(out_features, ceil(in_features / 4))``, see :mod:`ternary_hf.quant.packing`.
         weight_scale: ``float32`` ``(out_features,)`` (per channel) or ``(1,)`` (per tensor).
     Parameter: ``bias`` as in ``nn.Linear``.
 
-    ``fused_activation`` (not saved; set by :func:`ternary_hf.fusion.fuse_activations` at load time):
+    ``fused_activation`` (not saved; set by :func:`ternary_hf.integrations.fusion.fuse_activations` at load time):
     ``"gelu"`` makes the layer return ``gelu(y)``, computed by the CPU kernel while the output tile is
     still in registers instead of in a separate pass over the output.
     """
@@ -116,7 +126,7 @@ class TernaryLinear(nn.Module):
     def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """Float weight -> the stored tensors (``weight``, ``weight_scale``) under this layer's rule."""
         if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(
+            raise InvalidInputError(
                 f"weight of shape {tuple(weight.shape)} does not fit a TernaryLinear "
                 f"({self.out_features}, {self.in_features})"
             )
@@ -149,7 +159,7 @@ class TernaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and self.quantize_activations and not x.requires_grad:
-            kernels = _kernel()
+            kernels = cpu_kernels()
             if kernels is not None:
                 lead = x.shape[:-1]
                 x2d = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
@@ -174,7 +184,7 @@ class TernaryLinear(nn.Module):
 
 
 class QuantizedEmbedding(nn.Module):
-    """An embedding table stored as fp16, int8 (per row) or int4 (per group), see :mod:`ternary_hf.rowwise`.
+    """An embedding table stored as fp16, int8 (per row) or int4 (per group), see :mod:`ternary_hf.quant.rowwise`.
 
     Only the looked-up rows are dequantized, into ``compute_dtype``.
     """
@@ -213,11 +223,11 @@ class QuantizedEmbedding(nn.Module):
 
     def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         if tuple(weight.shape) != (self.num_embeddings, self.embedding_dim):
-            raise ValueError(
+            raise InvalidInputError(
                 f"embedding of shape {tuple(weight.shape)} does not fit a QuantizedEmbedding "
                 f"({self.num_embeddings}, {self.embedding_dim})"
             )
-        # In row chunks: the float temporaries of a whole 30k-row table would cost ~4x its size at once.
+        # In row chunks: the float temporaries of a whole table would cost several times its size at once.
         parts = [rowwise.quantize_rows(weight[i : i + _ROW_CHUNK], self.storage)
                  for i in range(0, max(self.num_embeddings, 1), _ROW_CHUNK)]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}

@@ -49,7 +49,7 @@ def _release_freed_memory() -> None:
     """Hand freed heap pages back to the OS after each layer.
 
     glibc keeps the float temporaries of one layer in its heap and reuses them only partly, so
-    without this the process grows with every layer converted (MPNet-base: peak 2.0 GB -> see README).
+    without this the process grows with every layer converted (peak memory: docs/format.md).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
