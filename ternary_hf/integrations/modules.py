@@ -9,9 +9,6 @@ the reference path unpacks the codes (exact, slower) where no kernel applies.
 
 from __future__ import annotations
 
-import os
-from types import ModuleType
-
 import torch
 from torch import nn
 
@@ -21,29 +18,23 @@ from ..quant.functional import apply_activation, ternary_linear_reference
 from ..quant.packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
 from ..quant.ternarize import dequantize_ternary, ternarize
 
-__all__ = ["QuantizedEmbedding", "TernaryLinear", "cpu_kernels"]
+__all__ = ["QuantizedEmbedding", "TernaryLinear"]
 
 _ROW_CHUNK = 4096
 
 
-def cpu_kernels() -> ModuleType | None:
-    """The :mod:`ternary_hf.kernels` module when its CPU kernel can run in this process, else ``None``.
+def _kernel():
+    """The CPU kernel module if it is usable here, else ``None`` (reference path).
 
-    ``TernaryLinear.forward`` asks this on every CPU call (so ``TERNARY_HF_DISABLE_KERNEL`` switches
-    paths at run time, and a machine without a compiler falls back to the reference path); it is
-    public so the trainer takes the same decision for its fake-quantized layers.
+    Asked on every CPU forward: :func:`ternary_hf.kernels.cpu_kernel_available` reads
+    ``TERNARY_HF_DISABLE_KERNEL`` each time (the one reading of it), so the path can be switched at
+    run time.
     """
-    if os.environ.get("TERNARY_HF_DISABLE_KERNEL") == "1":
-        return None
     try:
         from .. import kernels
     except ImportError:
         return None
-    available = getattr(kernels, "cpu_kernel_available", None)
-    return kernels if available is not None and available() else None
-
-
-_kernel = cpu_kernels  # old private name, until train/student.py uses cpu_kernels
+    return kernels if kernels.cpu_kernel_available() else None
 
 
 class TernaryLinear(nn.Module):
@@ -159,7 +150,7 @@ class TernaryLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and self.quantize_activations and not x.requires_grad:
-            kernels = cpu_kernels()
+            kernels = _kernel()
             if kernels is not None:
                 lead = x.shape[:-1]
                 x2d = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
