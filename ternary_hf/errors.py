@@ -9,6 +9,7 @@ so ``except ValueError`` keeps working. Messages say what to do next.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "ChecksumError",
     "InvalidInputError",
     "MissingDependencyError",
@@ -25,6 +26,10 @@ class TernaryHfError(Exception):
 
 class InvalidInputError(TernaryHfError, ValueError):
     """An argument, a config, or the content of an input file is not what it must be."""
+
+
+class CheckpointError(InvalidInputError):
+    """A weights file is truncated or corrupt, lacks a tensor, or does not match the model it is loaded into."""
 
 
 class MissingInputError(TernaryHfError, FileNotFoundError):

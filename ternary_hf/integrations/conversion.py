@@ -7,10 +7,11 @@ model is ever built) and by :func:`dequantize_model` to give back a plain float 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .config import TernaryConfig
 from .modules import QuantizedEmbedding, TernaryLinear
@@ -20,15 +21,29 @@ __all__ = ["is_skipped", "swap_modules", "replace_with_ternary", "dequantize_mod
 logger = logging.getLogger(__name__)
 
 
-def is_skipped(name: str, skip: list[str]) -> bool:
+def is_skipped(name: str, skip: Iterable[str]) -> bool:
     """True if the qualified module ``name`` matches a ``modules_to_not_convert`` entry.
 
-    An entry matches the module itself, any module under it, or any module whose dotted name contains
-    it as whole components (``"pooler"`` matches ``pooler.dense``; ``"attention.output"`` matches
-    ``encoder.layer.0.attention.output.dense``).
+    An entry keeps a module in full precision when any of these holds:
+
+    1. transformers' rule (``transformers.quantizers.quantizers_utils.should_convert_module``, the one
+       every HF quantizer applies, called here so the two never drift apart):
+
+       a. the entry, read as a regular expression, matches the start of ``name`` up to a dot or the
+          end (``"encoder.layer.1"`` matches ``encoder.layer.1.output.dense`` but not
+          ``encoder.layer.11.output.dense``; ``"encoder.layer.*.attention"`` matches every layer's
+          attention);
+       b. ``name`` ends with the entry as a plain string (``"fc1"`` matches ``encoder.layers.0.fc1``;
+          note ``"classifier"`` also matches ``pre_classifier``).
+    2. ternary-hf's rule, kept so the lists saved in existing ``config.json`` files keep their
+       meaning: the entry occurs in ``name`` as whole dotted components (``"pooler"`` matches
+       ``bert.pooler.dense``; ``"attention.self"`` matches ``encoder.layer.0.attention.self.query``).
     """
+    skip = list(skip)
+    if not skip:
+        return False
     padded = f".{name}."
-    return any(f".{entry}." in padded for entry in skip)
+    return not should_convert_module(name, skip) or any(f".{entry}." in padded for entry in skip)
 
 
 def swap_modules(
@@ -56,8 +71,7 @@ def swap_modules(
             n_embedding += 1
         else:
             continue
-        parent_name, _, child_name = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child_name, new)
+        model.set_submodule(name, new, strict=True)
     return n_linear, n_embedding
 
 
@@ -94,10 +108,6 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.M
 
     unfuse_activations(model)  # a fused GELU goes back to its own module before the layer turns float
     for name, module in ternary_modules(model).items():
-        parent_name, _, child_name = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if isinstance(module, TernaryLinear):
-            setattr(parent, child_name, module.to_linear(dtype))
-        else:
-            setattr(parent, child_name, module.to_embedding(dtype))
+        float_module = module.to_linear(dtype) if isinstance(module, TernaryLinear) else module.to_embedding(dtype)
+        model.set_submodule(name, float_module, strict=True)
     return model

@@ -9,8 +9,6 @@ the reference path unpacks the codes (exact, slower) where no kernel applies.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
@@ -26,14 +24,11 @@ _ROW_CHUNK = 4096
 
 def _kernel():
     """The CPU kernel module if it is importable and usable here, else ``None`` (reference path)."""
-    if os.environ.get("TERNARY_HF_DISABLE_KERNEL") == "1":
-        return None
     try:
         from .. import kernels
     except ImportError:
         return None
-    available = getattr(kernels, "cpu_kernel_available", None)
-    return kernels if available is not None and available() else None
+    return kernels if kernels.cpu_kernel_available() else None
 
 
 class TernaryLinear(nn.Module):

@@ -24,7 +24,11 @@ from .conversion import dequantize_model, replace_with_ternary
 from .fusion import fuse_activations
 from .modules import QuantizedEmbedding, TernaryLinear
 from .remote_code import attach_autoload_on_save, detach_autoload_on_save
-from .safetensors_checks import read_safetensors_header, validate_ternary_checkpoint
+from .safetensors_checks import (
+    read_safetensors_header,
+    validate_loaded_modules,
+    validate_ternary_checkpoint,
+)
 
 __all__ = ["TernaryHfQuantizer", "TernaryQuantize"]
 
@@ -117,6 +121,8 @@ class TernaryHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         if not self.pre_quantized:
             self._zero_layers_missing_from_checkpoint(model)
+        source = str(getattr(model, "name_or_path", "") or "the checkpoint")
+        validate_loaded_modules(model, source, require_loaded=self.pre_quantized)
         n_fused = fuse_activations(model)
         logger.info("ternary-hf: fused %d GELU activations into the preceding ternary layers", n_fused)
         attach_autoload_on_save(model)

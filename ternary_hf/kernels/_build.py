@@ -15,8 +15,11 @@ torch version ``pip install ternary-hf[kernel]`` can resolve, and needs only a C
 * Cache: ``$TERNARY_HF_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/ternary_hf/kernels`` (default
   ``~/.cache/ternary_hf/kernels``), one folder per hash of (source, flags, torch version, Python
   version, instruction set), so upgrading torch or the package rebuilds instead of loading a stale binary.
-* Concurrency: a file lock around the build, so parallel test processes build once and the others
-  wait, then load the finished module.
+* Concurrency: a ``filelock`` lock per build folder (an OS lock, released when its holder dies, also
+  off POSIX), so parallel processes build once and the others wait, saying so on stderr (once; every
+  15 s with ``TERNARY_HF_KERNEL_VERBOSE=1``), then load the finished module. torch's own build lock
+  (``<build folder>/lock``, which torch waits on forever) found while holding ours was left by a
+  builder that was killed: the half-built folder is removed and built again.
 * Failure never raises: no compiler, no ninja, a CPU without AVX2/FMA or a failed build give ONE
   warning naming the fix, and the caller falls back to the reference torch path.
 * ``TERNARY_HF_DISABLE_KERNEL=1`` skips all of this (checked on every call, not cached).
@@ -24,6 +27,7 @@ torch version ``pip install ternary-hf[kernel]`` can resolve, and needs only a C
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -32,10 +36,13 @@ import platform
 import shutil
 import sys
 import threading
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import filelock
 import torch
 
 __all__ = [
@@ -61,6 +68,7 @@ LDFLAGS = ("-fopenmp",)
 DISABLE_ENV = "TERNARY_HF_DISABLE_KERNEL"
 PARALLEL_ENV = "TERNARY_HF_KERNEL_PARALLEL"  # "openmp" (default) or "helpers", see kernels/__init__.py
 CACHE_ENV = "TERNARY_HF_KERNEL_CACHE"
+VERBOSE_ENV = "TERNARY_HF_KERNEL_VERBOSE"
 ISA_ENV = "TERNARY_HF_KERNEL_ISA"  # "avx2" or "avx512vnni"; unset/"auto": the best this CPU runs
 
 _lock = threading.Lock()
@@ -155,19 +163,67 @@ class _Unavailable(Exception):
     """The kernel cannot be built here; the message says why and what to do."""
 
 
+#: Seconds between checks while another process holds the build lock (a message after the first).
+LOCK_POLL_SECONDS = 1.0
+#: With TERNARY_HF_KERNEL_VERBOSE=1, the waiting message repeats this often.
+LOCK_REPEAT_SECONDS = 15.0
+#: torch's own build lock (torch.utils.file_baton.FileBaton) inside a build folder.
+TORCH_BATON = "lock"
+
+
+def _say(message: str) -> None:
+    print(f"ternary_hf: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _build_lock(lock_path: Path, label: str) -> Iterator[None]:
+    """Hold the exclusive build lock of one build folder, saying so while another process holds it.
+
+    A ``filelock`` lock is an OS lock (``flock`` on POSIX, ``msvcrt`` on Windows): the OS releases it
+    when its holder dies, even by SIGKILL, so a killed builder can never block the next one.
+    """
+    lock = filelock.FileLock(str(lock_path))
+    started = time.monotonic()
+    last_said: float | None = None
+    while True:
+        try:
+            lock.acquire(timeout=LOCK_POLL_SECONDS)
+            break
+        except filelock.Timeout:
+            now = time.monotonic()
+            if last_said is None or (_verbose() and now - last_said >= LOCK_REPEAT_SECONDS):
+                _say(f"waiting for another process that is building the {label} kernel (lock {lock_path}, "
+                     f"{now - started:.0f} s so far); this continues as soon as that process finishes or dies")
+                last_said = now
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _remove_stale_build(build_dir: Path) -> None:
+    """Clear what a killed builder left behind: torch's baton and the half-built files.
+
+    Called with the build lock held: every process that builds this folder holds that lock while torch's
+    baton exists, so a baton found now belongs to a builder that died (torch would wait on it forever).
+    """
+    baton = build_dir / TORCH_BATON
+    if not baton.exists():
+        return
+    _say(f"an earlier build in {build_dir} was interrupted (stale lock {baton}); removing its partial "
+         f"output and building again")
+    shutil.rmtree(build_dir, ignore_errors=True)
+    build_dir.mkdir(parents=True, exist_ok=True)
+
+
 def _build(name: str, isa: str) -> ModuleType:
     from torch.utils import cpp_extension
 
     build_dir = cache_root() / name
     so_path = build_dir / f"{name}.so"
     build_dir.mkdir(parents=True, exist_ok=True)
-    with open(build_dir.parent / f"{name}.lock", "w") as lock_file:
-        try:
-            import fcntl
-
-            fcntl.flock(lock_file, fcntl.LOCK_EX)  # another process may be building: wait for it
-        except ImportError:  # not POSIX: torch's own FileBaton in build_dir still serialises builds
-            pass
+    with _build_lock(build_dir.parent / f"{name}.lock", _ISA_LABEL[isa]):
+        _remove_stale_build(build_dir)
         if so_path.exists():  # cached: needs neither compiler nor ninja
             try:
                 return _import_built(name, so_path)
@@ -176,14 +232,21 @@ def _build(name: str, isa: str) -> ModuleType:
         problem = _toolchain_problem()
         if problem is not None:
             raise _Unavailable(problem)
+        if not _verbose():
+            _say(f"compiling the {_ISA_LABEL[isa]} kernel into {build_dir} (once per machine and version; "
+                 f"about a minute)")
         return cpp_extension.load(
             name=name,
             sources=[str(path) for path in SOURCES],
             extra_cflags=list(CFLAGS + ISA_CFLAGS[isa]),  # copies: torch appends to the lists it is given
             extra_ldflags=list(LDFLAGS),
             build_directory=str(build_dir),
-            verbose=os.environ.get("TERNARY_HF_KERNEL_VERBOSE", "") not in ("", "0"),
+            verbose=_verbose(),
         )
+
+
+def _verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 def kernel_module() -> ModuleType | None:

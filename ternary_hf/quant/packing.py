@@ -28,6 +28,7 @@ __all__ = [
     "PACKING_FORMAT",
     "VALUES_PER_BYTE",
     "ZERO_BYTE",
+    "has_invalid_codes",
     "packed_shape",
     "pack_ternary",
     "unpack_ternary",
@@ -80,6 +81,17 @@ def pack_ternary(ternary: torch.Tensor) -> torch.Tensor:
     for k in range(1, VALUES_PER_BYTE):
         packed |= codes[..., k] << _SHIFTS[k]
     return packed
+
+
+def has_invalid_codes(packed: torch.Tensor) -> bool:
+    """True if any 2-bit field of ``packed`` (padding included) holds ``0b11``, the code never written.
+
+    A cheap whole-tensor test for checking a checkpoint at load (no unpacking): a field is ``0b11``
+    exactly when its high bit and its low bit are both set.
+    """
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"packed ternary weights must be uint8, got {packed.dtype}")
+    return bool(((packed & (packed >> 1)) & 0b01010101).any())
 
 
 def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.int8) -> torch.Tensor:

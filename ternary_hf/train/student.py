@@ -103,9 +103,9 @@ def _training_kernels(x: torch.Tensor, layer: FakeTernaryLinear):
             and layer.weight.dtype == torch.float32 and layer.in_features > 0 and layer.out_features > 0
             and not torch.is_autocast_enabled("cpu")):
         return None
-    from ..integrations.modules import _kernel  # TODO(merge): the public kernel accessor of integrations
+    from .. import kernels
 
-    return _kernel()
+    return kernels if kernels.cpu_kernel_available() else None
 
 
 class _KernelTernaryLinear(torch.autograd.Function):

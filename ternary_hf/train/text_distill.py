@@ -191,10 +191,10 @@ def _teacher_id(teacher: str | os.PathLike) -> str:
 
 def _check_eval_tasks(cfg: DistillConfig) -> None:
     if cfg.eval_every:  # a typo fails now, not after an hour of training
-        from ..evaluation.tasks import _resolve_tasks  # TODO(merge): ternary_hf.evaluation.resolve_tasks
+        from ..evaluation import resolve_tasks
 
         try:
-            _resolve_tasks(cfg.eval_tasks, has_teacher=True)
+            resolve_tasks(cfg.eval_tasks, has_teacher=True)
         except ValueError as exc:
             raise InvalidInputError(f"eval_tasks (--eval-tasks): {exc}") from None
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..search import exact_search
 from ..utils.io import weight_files_bytes
 from .data import ImageSplit, as_split, load_image_dataset
 from .embed import embed_images, load_model
@@ -21,12 +22,7 @@ __all__ = ["evaluate_vision", "model_bytes", "time_embedding"]
 
 def _precision_at_k(gallery: np.ndarray, gallery_labels: np.ndarray, queries: np.ndarray,
                     query_labels: np.ndarray, k: int) -> float:
-    # TODO(merge): the exact FAISS search of ternary_hf.search, once it is public there
-    import faiss
-
-    index = faiss.IndexFlatIP(gallery.shape[1])
-    index.add(np.ascontiguousarray(gallery, dtype=np.float32))
-    _, pos = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    _, pos = exact_search(gallery, queries, k)
     return float((gallery_labels[pos] == query_labels[:, None]).mean())
 
 
