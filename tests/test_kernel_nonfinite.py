@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from ternary_hf import kernels
-from ternary_hf.functional import quantize_activations_int8, ternary_linear_reference
+from ternary_hf.integrations.modules import TernaryLinear
 from ternary_hf.kernels import _build
-from ternary_hf.modules import TernaryLinear
-from ternary_hf.packing import pack_ternary
-from ternary_hf.training import FakeTernaryLinear
+from ternary_hf.quant.functional import quantize_activations_int8, ternary_linear_reference
+from ternary_hf.quant.packing import pack_ternary
+from ternary_hf.train.student import FakeTernaryLinear
 
 BAD = [float("nan"), float("inf"), float("-inf")]
 M, K, N = 6, 37, 45  # K = 32 (vector body) + 5 (scalar tail); N % 16 != 0 (scalar epilogue tail)

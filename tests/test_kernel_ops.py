@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ternary_hf import kernels
-from ternary_hf.packing import pack_ternary
-from ternary_hf.training import FakeTernaryLinear
+from ternary_hf.quant.packing import pack_ternary
+from ternary_hf.train.student import FakeTernaryLinear
 
 
 @pytest.fixture(scope="module")

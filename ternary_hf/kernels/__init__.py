@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import validate_activation
+from ..quant.functional import validate_activation
 from . import ops
 from ._build import kernel_isa, kernel_module, kernel_status
 from .layout import BLOCK_K, PANEL_COLS, prepare_weight, prepared_to_ternary

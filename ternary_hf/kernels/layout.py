@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..packing import unpack_ternary
+from ..quant.packing import unpack_ternary
 
 __all__ = ["PANEL_COLS", "BLOCK_K", "BLOCK_BYTES", "prepared_shape", "prepare_weight", "prepared_to_ternary",
            "check_prepared"]

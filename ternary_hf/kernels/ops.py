@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..functional import apply_activation, ternary_linear_reference
+from ..quant.functional import apply_activation, ternary_linear_reference
 from ._build import kernel_module, kernel_status
 from .layout import check_prepared, prepared_shape, prepared_to_ternary
 
