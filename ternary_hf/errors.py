@@ -15,6 +15,7 @@ __all__ = [
     "MissingDependencyError",
     "MissingInputError",
     "OutputExistsError",
+    "RegistrationError",
     "ResourceUnavailableError",
     "TernaryHfError",
 ]
@@ -42,6 +43,10 @@ class OutputExistsError(TernaryHfError, FileExistsError):
 
 class ResourceUnavailableError(TernaryHfError, RuntimeError):
     """A model or data set is neither cached nor obtainable (e.g. no registry access)."""
+
+
+class RegistrationError(TernaryHfError, RuntimeError):
+    """transformers already has the ``"ternary"`` quantization method from another library."""
 
 
 class ChecksumError(TernaryHfError, RuntimeError):

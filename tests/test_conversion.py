@@ -48,3 +48,25 @@ def test_a_regex_entry_keeps_the_matching_layers_in_float(tiny_model_dirs):
     assert all(type(m) is nn.Linear for m in layer1.modules() if isinstance(m, (nn.Linear, TernaryLinear)))
     assert type(layer0.intermediate.dense) is nn.Linear
     assert isinstance(layer0.output.dense, TernaryLinear) and isinstance(layer0.attention.self.query, TernaryLinear)
+
+
+def test_a_folder_saved_under_the_old_matching_still_loads(tiny_model_dirs, tmp_path):
+    """Before 27.5 a string became a character list, saved as such: ["p", "o", "o", "l", "e", "r"] matched
+    nothing then, but as suffixes "e" and "r" now match every ``dense`` and ``value`` layer. The files say
+    which layers are ternary, so the folder loads as it was saved."""
+    import json
+
+    import torch
+    from conftest import tiny_inputs
+
+    model = AutoModel.from_pretrained(tiny_model_dirs["bert"], quantization_config=TernaryConfig()).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["quantization_config"]["modules_to_not_convert"] = list("pooler")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert is_skipped("encoder.layer.0.output.dense", list("pooler"))
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(reloaded.encoder.layer[0].output.dense, TernaryLinear)
+    with torch.no_grad():
+        assert torch.equal(reloaded(**tiny_inputs("bert")).last_hidden_state,
+                           model(**tiny_inputs("bert")).last_hidden_state)

@@ -242,3 +242,19 @@ def test_every_historical_distill_flag_sets_its_config_field():
         build_parser().parse_args(["distill", "T", "O", "--report-to", "wandb"])
     with pytest.raises(ValueError, match=r"report_to='wandb'; choose one of \['csv', 'tensorboard'\]"):
         DistillConfig(report_to="wandb")
+
+
+def test_checkpoints_of_the_earlier_layout_are_resumed(tiny_st_dir, tmp_path):
+    texts = tiny_sentences(40)
+    cfg = DistillConfig(max_steps=4, **FAST)
+    full = distill(tiny_st_dir, tmp_path / "full", texts=texts, config=cfg, show_progress_bar=False)
+    distill(tiny_st_dir, tmp_path / "old", texts=texts, config=cfg, stop_after=2, show_progress_bar=False)
+    work = tmp_path / "old.work"  # as the trainer before Accelerate's naming left it: no run record
+    os.replace(work / "checkpoints" / "checkpoint_2", work / "checkpoint-2")
+    (work / "checkpoints").rmdir()
+    (work / "run.json").unlink()
+    resumed = distill(tiny_st_dir, tmp_path / "old", texts=texts, config=cfg, show_progress_bar=False)
+    assert resumed.steps == 4 and resumed.final_loss == full.final_loss
+    assert not (work / "checkpoint-2").exists()
+    weights = "model.safetensors"
+    assert (tmp_path / "old" / weights).read_bytes() == (tmp_path / "full" / weights).read_bytes()

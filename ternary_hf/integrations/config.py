@@ -18,7 +18,9 @@ from ..quant.packing import PACKING_FORMAT
 from ..quant.rowwise import EMBEDDING_STORAGES
 from ..quant.ternarize import SCALE_GRANULARITIES, THRESHOLD_METHODS
 
-__all__ = ["TernaryConfig", "QUANT_METHOD", "ACTIVATION_MODES", "DEFAULT_MODULES_TO_NOT_CONVERT", "FIELDS"]
+__all__ = [
+    "ACTIVATION_MODES", "DEFAULT_MODULES_TO_NOT_CONVERT", "FIELDS", "FIELD_CHOICES", "QUANT_METHOD", "TernaryConfig",
+]
 
 QUANT_METHOD = "ternary"
 ACTIVATION_MODES = ("int8", "float")
@@ -187,13 +189,18 @@ def _module_names(value: Any) -> list[str] | None:
     return list(names)
 
 
+#: The allowed values of each field that has a fixed set (what the CLI offers as choices, too).
+FIELD_CHOICES: dict[str, tuple] = {
+    "threshold_method": THRESHOLD_METHODS,
+    "granularity": SCALE_GRANULARITIES,
+    "activations": ACTIVATION_MODES,
+    "embedding_storage": (None, *EMBEDDING_STORAGES),
+    "packing_format": (PACKING_FORMAT,),
+}
+
 #: The check run whenever a field is set; it returns the value to store (a normalised one).
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "quant_method": _choice("quant_method", (QUANT_METHOD,)),
-    "threshold_method": _choice("threshold_method", THRESHOLD_METHODS),
-    "granularity": _choice("granularity", SCALE_GRANULARITIES),
-    "activations": _choice("activations", ACTIVATION_MODES),
-    "embedding_storage": _choice("embedding_storage", (None, *EMBEDDING_STORAGES)),
+    **{name: _choice(name, allowed) for name, allowed in FIELD_CHOICES.items()},
     "modules_to_not_convert": _module_names,
-    "packing_format": _choice("packing_format", (PACKING_FORMAT,)),
 }

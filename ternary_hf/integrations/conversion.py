@@ -7,7 +7,7 @@ model is ever built) and by :func:`dequantize_model` to give back a plain float 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -52,16 +52,18 @@ def swap_modules(
     skip: list[str],
     make_linear: Callable[[nn.Linear], nn.Module],
     make_embedding: Callable[[nn.Embedding], nn.Module],
+    convert_anyway: Collection[str] = (),
 ) -> tuple[int, int]:
     """Replace, in place, every plain ``nn.Linear`` (and ``nn.Embedding`` when the config stores
     embeddings) outside ``skip`` with what the factories build; returns ``(n_linear, n_embedding)``.
 
     The one walk shared by the quantizer (inference modules) and the trainer (trainable ones), so both
-    convert exactly the same set of modules.
+    convert exactly the same set of modules. Modules named in ``convert_anyway`` are converted even if
+    ``skip`` matches them (a pre-quantized checkpoint that stores them ternary).
     """
     n_linear = n_embedding = 0
     for name, module in list(model.named_modules()):
-        if not name or is_skipped(name, skip):
+        if not name or (is_skipped(name, skip) and name not in convert_anyway):
             continue
         if type(module) is nn.Linear:
             new = make_linear(module)
@@ -75,10 +77,13 @@ def swap_modules(
     return n_linear, n_embedding
 
 
-def replace_with_ternary(model: nn.Module, config: TernaryConfig, skip: list[str]) -> tuple[int, int]:
+def replace_with_ternary(
+    model: nn.Module, config: TernaryConfig, skip: list[str], convert_anyway: Collection[str] = ()
+) -> tuple[int, int]:
     """Swap in empty inference modules (``TernaryLinear`` / ``QuantizedEmbedding``), e.g. on the meta device.
 
     New modules are created on the device of the module they replace; returns ``(n_linear, n_embedding)``.
+    ``convert_anyway`` as in :func:`swap_modules`.
     """
 
     def linear(module: nn.Linear) -> nn.Module:
@@ -94,7 +99,7 @@ def replace_with_ternary(model: nn.Module, config: TernaryConfig, skip: list[str
             padding_idx=module.padding_idx, compute_dtype=module.weight.dtype, device=module.weight.device,
         )
 
-    return swap_modules(model, config, skip, linear, embedding)
+    return swap_modules(model, config, skip, linear, embedding, convert_anyway)
 
 
 def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:

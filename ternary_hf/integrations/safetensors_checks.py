@@ -28,6 +28,7 @@ from ..quant.packing import has_invalid_codes
 __all__ = [
     "CheckpointError",
     "TensorInfo",
+    "linears_stored_ternary",
     "read_safetensors_header",
     "validate_loaded_modules",
     "validate_ternary_checkpoint",
@@ -99,6 +100,23 @@ def validate_ternary_checkpoint(files: Iterable[str | os.PathLike], model: nn.Mo
             want = expected.get(key)
             if want is not None:
                 _check_entry(path, key, info, want)
+
+
+def linears_stored_ternary(files: Iterable[str | os.PathLike], model: nn.Module, prefix: str = "") -> set[str]:
+    """The names of ``model``'s ``nn.Linear`` modules whose weight the safetensors ``files`` store packed
+    (``uint8``): in a pre-quantized checkpoint the files, not the ``modules_to_not_convert`` list, are
+    the record of which layers were ternarized. Keys that transformers renames while loading are not
+    matched (those layers follow the list)."""
+    packed = {
+        key.removeprefix(prefix + ".") if prefix else key
+        for path in map(os.fspath, files) if path.endswith(".safetensors")
+        for key, info in read_safetensors_header(path).items()
+        if key.endswith(".weight") and info.dtype == "U8"
+    }
+    return {
+        name for name, module in model.named_modules()
+        if type(module) is nn.Linear and (name.removeprefix(prefix + ".") if prefix else name) + ".weight" in packed
+    }
 
 
 def _check_entry(path: str, key: str, info: TensorInfo, want: TensorInfo) -> None:

@@ -22,7 +22,9 @@ torch version ``pip install ternary-hf[kernel]`` can resolve, and needs only a C
   builder that was killed: the half-built folder is removed and built again.
 * Failure never raises: no compiler, no ninja, a CPU without AVX2/FMA or a failed build give ONE
   warning naming the fix, and the caller falls back to the reference torch path.
-* ``TERNARY_HF_DISABLE_KERNEL=1`` skips all of this (checked on every call, not cached).
+* ``TERNARY_HF_DISABLE_KERNEL=1`` skips all of this (checked on every call, not cached);
+  ``TERNARY_HF_KERNEL_ISA=reference`` does the same once per process. Every variable is read by
+  :mod:`ternary_hf.kernels.env` (one rule; a value it does not take is an error, not a silent default).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from types import ModuleType
 import filelock
 import torch
 
+from .env import CACHE_ENV, DISABLE_ENV, ISA_ENV, PARALLEL_ENV, VERBOSE_ENV, env_choice, env_flag, env_path
+
 __all__ = [
     "SOURCE", "SOURCES", "HEADERS", "CFLAGS", "ISA_CFLAGS", "kernel_disabled", "cache_root", "kernel_module",
     "load_kernel_module", "load_kernel_variant", "supported_isas", "kernel_isa", "kernel_status",
@@ -65,11 +69,9 @@ ISA_CFLAGS: dict[str, tuple[str, ...]] = {
 _ISA_CPU_FLAGS = {"avx2": (), "avx512vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
 _ISA_LABEL = {"avx2": "AVX2", "avx512vnni": "AVX-512 VNNI"}
 LDFLAGS = ("-fopenmp",)
-DISABLE_ENV = "TERNARY_HF_DISABLE_KERNEL"
-PARALLEL_ENV = "TERNARY_HF_KERNEL_PARALLEL"  # "openmp" (default) or "helpers", see kernels/__init__.py
-CACHE_ENV = "TERNARY_HF_KERNEL_CACHE"
-VERBOSE_ENV = "TERNARY_HF_KERNEL_VERBOSE"
-ISA_ENV = "TERNARY_HF_KERNEL_ISA"  # "avx2" or "avx512vnni"; unset/"auto": the best this CPU runs
+#: Values of TERNARY_HF_KERNEL_ISA: the best build this CPU runs, one build, or no build at all.
+ISA_CHOICES = ("auto", *ISA_CFLAGS, "reference")
+PARALLEL_CHOICES = ("openmp", "helpers")  # TERNARY_HF_KERNEL_PARALLEL, see kernels/__init__.py
 
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -78,13 +80,14 @@ _variants: dict[str, ModuleType] = {}
 
 def kernel_disabled() -> bool:
     """True when the user forced the reference path with ``TERNARY_HF_DISABLE_KERNEL=1``."""
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return env_flag(DISABLE_ENV)
 
 
 def cache_root() -> Path:
     """Folder holding compiled kernels (see the module docstring for the lookup order)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+    configured = env_path(CACHE_ENV)
+    if configured is not None:
+        return configured
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "ternary_hf" / "kernels"
 
@@ -246,7 +249,7 @@ def _build(name: str, isa: str) -> ModuleType:
 
 
 def _verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    return env_flag(VERBOSE_ENV)
 
 
 def kernel_module() -> ModuleType | None:
@@ -261,13 +264,11 @@ def kernel_module() -> ModuleType | None:
 def _requested_isas() -> list[str]:
     """The builds to try, in order: the one ``TERNARY_HF_KERNEL_ISA`` names, else the best supported first."""
     supported = supported_isas()
-    choice = os.environ.get(ISA_ENV, "").strip().lower()
-    if choice in ("", "auto"):
+    choice = env_choice(ISA_ENV, ISA_CHOICES, "auto")
+    if choice == "auto":
         return supported
-    if choice not in ISA_CFLAGS:
-        warnings.warn(f"ternary_hf: {ISA_ENV}={choice!r} is not one of auto, {', '.join(ISA_CFLAGS)}; using auto",
-                      RuntimeWarning, stacklevel=4)
-        return supported
+    if choice == "reference":
+        return []
     if choice not in supported:
         warnings.warn(f"ternary_hf: {ISA_ENV}={choice!r} but this CPU lacks it; using auto", RuntimeWarning,
                       stacklevel=4)
@@ -311,24 +312,22 @@ def load_kernel_variant(isa: str) -> ModuleType:
 
 
 def load_kernel_module() -> ModuleType | None:
-    """The compiled kernel module, building it on first call; None (after one warning) if impossible."""
+    """The compiled kernel module, building it on first call; None (after one warning) if impossible.
+
+    Raises:
+        InvalidInputError: when a ``TERNARY_HF_*`` kernel variable holds a value it does not take.
+    """
     with _lock:
         if "module" in _state:
             return _state["module"]  # type: ignore[return-value]
         module: ModuleType | None = None
         problem = _cpu_problem()
-        if problem is None:
-            failures: list[str] = []
-            for isa in _requested_isas():
-                module, why = _try_build(isa)
-                if module is not None:
-                    break
-                failures.append(str(why))
-                if isa != "avx2":
-                    warnings.warn(f"ternary_hf: {why}; trying the AVX2 kernel instead", RuntimeWarning, stacklevel=3)
-            if module is None:
-                problem = failures[-1] if failures else "no kernel build matches this CPU"
-        if problem is not None:
+        forced_reference = env_choice(ISA_ENV, ISA_CHOICES, "auto") == "reference"
+        if forced_reference:
+            problem = f"{ISA_ENV}=reference forces the reference torch path"
+        elif problem is None:
+            module, problem = _build_first_that_works(_requested_isas())
+        if problem is not None and not forced_reference:
             warnings.warn(
                 f"ternary_hf: fast CPU kernel unavailable because {problem}. Ternary layers fall back to "
                 f"the slower reference torch path (same results). Set {DISABLE_ENV}=1 to silence this.",
@@ -342,13 +341,24 @@ def load_kernel_module() -> ModuleType | None:
         return module
 
 
+def _build_first_that_works(isas: list[str]) -> tuple[ModuleType | None, str | None]:
+    """(the first of ``isas`` that builds, None), or (None, why the last failed); one warning per failure
+    that leaves another build to try."""
+    failures: list[str] = []
+    for i, isa in enumerate(isas):
+        module, why = _try_build(isa)
+        if module is not None:
+            return module, None
+        failures.append(str(why))
+        if i + 1 < len(isas):
+            warnings.warn(f"ternary_hf: {why}; trying the {_ISA_LABEL[isas[i + 1]]} kernel instead", RuntimeWarning,
+                          stacklevel=4)
+    return None, failures[-1] if failures else "no kernel build matches this CPU"
+
+
 def _apply_parallel_setting(module: ModuleType) -> None:
-    choice = os.environ.get(PARALLEL_ENV, "").strip().lower()
+    choice = env_choice(PARALLEL_ENV, PARALLEL_CHOICES, "")
     if not choice:
-        return
-    if choice not in ("openmp", "helpers"):
-        warnings.warn(f"ternary_hf: {PARALLEL_ENV}={choice!r} is not 'openmp' or 'helpers'; using 'openmp'",
-                      RuntimeWarning, stacklevel=4)
         return
     module._set_parallel_backend(choice)
 

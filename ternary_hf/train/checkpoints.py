@@ -16,6 +16,7 @@ Accelerate dropped deleted.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -118,10 +119,14 @@ def save_checkpoint(accelerator, work_dir: Path, step: int, state: dict[str, Any
     accelerator.wait_for_everyone()
     config = accelerator.project_configuration
     config.project_dir, config.iteration = str(stage), step
+    pruning_note = logging.getLogger("accelerate.accelerator")  # "Deleting 1 checkpoints ...": the stand-ins
+    level = pruning_note.level
+    pruning_note.setLevel(logging.ERROR)
     try:
         accelerator.save_state()
     finally:
         config.project_dir = str(work_dir)
+        pruning_note.setLevel(level)
     accelerator.wait_for_everyone()
     final = work_dir / CHECKPOINTS / f"checkpoint_{step}"
     if accelerator.is_main_process:

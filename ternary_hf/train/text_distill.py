@@ -193,10 +193,7 @@ def _check_eval_tasks(cfg: DistillConfig) -> None:
     if cfg.eval_every:  # a typo fails now, not after an hour of training
         from ..evaluation import resolve_tasks
 
-        try:
-            resolve_tasks(cfg.eval_tasks, has_teacher=True)
-        except ValueError as exc:
-            raise InvalidInputError(f"eval_tasks (--eval-tasks): {exc}") from None
+        resolve_tasks(cfg.eval_tasks, has_teacher=True)
 
 
 def _prepare_student(teacher_model: nn.Module, cfg: DistillConfig, tcfg: TernaryConfig) -> nn.Module:

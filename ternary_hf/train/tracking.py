@@ -21,7 +21,7 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from ..errors import MissingDependencyError
 from ..utils.io import atomic_write_text
 
-__all__ = ["METRICS_FILES", "CSVTracker", "discard_logs", "make_trackers"]
+__all__ = ["METRICS_FILES", "RUN_NAME", "CSVTracker", "discard_logs", "make_trackers"]
 
 #: the CSV files a run writes in its work dir
 METRICS_FILES = ("metrics.csv", "evals.csv")
