@@ -27,8 +27,10 @@ name               package (registry)                     content               
 Sizes (texts per split) are in ``docs/data.md``. Each corpus has a hashed train / held-out split by
 group (:mod:`.splits`); :func:`broad_distillation_texts` uses train splits only, interleaved round-robin
 with the classic sources and Amazon review sentences (product text), and never returns a text of any
-held-out or test split. The packages ``cherche`` and gensim's test data are reserved for independent
-checks and are not used here.
+held-out or test split. ``django-docs`` and ``foldoc`` (:data:`EVALUATION_DOMAINS`) are in no mix:
+:mod:`.ood` evaluates on them as domains a student never saw (their train splits remain available,
+e.g. as a user's own text in ``distill --data``). The packages ``cherche`` and gensim's test data are
+reserved for independent checks and are not used here.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ from .corpora import cache_key, classic_pools, data_cache_dir, held_out_texts, i
 from .sources import DATASET_ERRORS
 from .splits import TextDataset, check_limit, check_split, is_test_group
 
-__all__ = ["BROAD_CORPORA", "BroadCorpus", "available_broad_corpora", "broad_distillation_texts", "django_pages",
-           "foldoc_definitions", "load_broad_corpus"]
+__all__ = ["BROAD_CORPORA", "BROAD_SOURCES", "EVALUATION_DOMAINS", "BroadCorpus", "available_broad_corpora",
+           "broad_distillation_texts", "broad_held_out_texts", "broad_pools", "django_pages", "foldoc_definitions",
+           "load_broad_corpus"]
 
 _FORTUNE_FILES = ("art", "computers", "education", "food", "goedel", "humorists", "kids", "law", "love", "magic",
                   "medicine", "miscellaneous", "news", "people", "pets", "platitudes", "politics", "science",
@@ -222,18 +225,38 @@ def load_broad_corpus(name: str, split: str = "train", limit: int | None = None,
     return _load_full(name, split, cache_key(cache_dir)).sample(limit, seed, f"broad:{name}:{split}")
 
 
-def broad_distillation_texts(limit: int | None = None, seed: int = 0,
-                             cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
-    """The broad distillation mix: the classic sources, Amazon review sentences and every broad corpus,
-    train splits only, each shuffled with ``seed`` and interleaved round-robin (equal shares until a
-    source runs out). No text of any test or held-out split is returned."""
-    check_limit(limit)
+#: broad corpora only evaluation reads (:mod:`.ood`): never in a distillation mix, so a student is
+#: measured there on domains it never saw
+EVALUATION_DOMAINS = ("django-docs", "foldoc")
+#: the sources of the broad mix, in interleaving order
+BROAD_SOURCES = ("20ng", "r52", "tweets", "rt", "nyt", "amazon",
+                 *(name for name in BROAD_CORPORA if name not in EVALUATION_DOMAINS))
+
+
+def broad_held_out_texts(cache_dir: str | os.PathLike[str] | None = None) -> set[str]:
+    """Every text of every test split and of every broad corpus's held-out split."""
     exclude = held_out_texts(cache_dir)
     for name in BROAD_CORPORA:
         exclude.update(load_broad_corpus(name, "test", cache_dir=cache_dir).texts)
+    return exclude
+
+
+def broad_pools(seed: int = 0, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, list[str]]:
+    """The train splits of :data:`BROAD_SOURCES` by name, each shuffled with ``seed``."""
     rng = np.random.default_rng([seed, 28])
     pools = classic_pools(seed, cache_dir)
-    for texts in [load_dataset("amazon", "train", cache_dir=cache_dir).texts] + [
-            load_broad_corpus(name, "train", cache_dir=cache_dir).texts for name in BROAD_CORPORA]:
-        pools.append([texts[i] for i in rng.permutation(len(texts))])
-    return interleave(pools, exclude, limit)
+    extra = {"amazon": load_dataset("amazon", "train", cache_dir=cache_dir).texts}
+    extra.update({name: load_broad_corpus(name, "train", cache_dir=cache_dir).texts for name in BROAD_SOURCES
+                  if name in BROAD_CORPORA})
+    for name, texts in extra.items():
+        pools[name] = [texts[i] for i in rng.permutation(len(texts))]
+    return pools
+
+
+def broad_distillation_texts(limit: int | None = None, seed: int = 0,
+                             cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """The broad distillation mix: the classic sources, Amazon review sentences and every broad corpus
+    but the evaluation-only ones, train splits only, each shuffled with ``seed`` and interleaved
+    round-robin (equal shares until a source runs out). No text of any test or held-out split is returned."""
+    check_limit(limit)
+    return interleave(list(broad_pools(seed, cache_dir).values()), broad_held_out_texts(cache_dir), limit)

@@ -50,7 +50,8 @@ text found in any ``test`` split;
 ``ternary_hf.evaluation`` tests on ``test`` splits and measures teacher agreement on the ``nyt`` test
 split (NYT train articles are distillation text; the split is by article, so no article is on both sides);
 ``real_sentences`` returns the ``tweets`` test split, which neither of them uses;
-``default_distillation_texts(mix="broad")`` adds the corpora of :mod:`.broad` (their train splits only).
+``default_distillation_texts(mix="broad")`` adds the corpora of :mod:`.broad` (their train splits only,
+never the evaluation-only ones of :mod:`.ood`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ __all__ = [
     "data_cache_dir",
     "dataset_info",
     "default_distillation_texts",
+    "distillation_sources",
     "ensure_source",
     "fetch",
     "classic_pools",
@@ -222,37 +224,62 @@ def interleave(pools: list[list[str]], exclude: set[str], limit: int | None) -> 
 
 
 def default_distillation_texts(
-    limit: int | None = None, seed: int = 0, cache_dir: str | os.PathLike[str] | None = None, mix: str = "classic"
+    limit: int | None = None, seed: int = 0, cache_dir: str | os.PathLike[str] | None = None, mix: str = "classic",
+    exclude: Sequence[str] = (),
 ) -> list[str]:
     """Unlabelled real text for distillation, from TRAIN splits only.
 
-    ``mix="classic"`` (today's default) takes 20NG, R52, tweets, Rotten Tomatoes and NYT; ``mix="broad"``
-    adds dictionary glosses, technical documentation, quotations, literature, speeches and dialogue
-    (:func:`ternary_hf.data.broad.broad_distillation_texts`). Each source is shuffled with ``seed`` and
-    the sources are interleaved round-robin, so any prefix (and ``limit``) mixes long documents and short
-    sentences in equal shares until a source runs out. Duplicates are removed. Never contains a text of
-    any ``test`` split (not even one that the official 20NG / Reuters train splits repeat): so neither
-    the ``nyt`` test split that measures teacher agreement nor the tweets test split of
-    :func:`real_sentences`.
+    ``mix="classic"`` takes 20NG, R52, tweets, Rotten Tomatoes and NYT; ``mix="broad"`` adds Amazon
+    review sentences, dictionary glosses, quotations, literature, speeches and dialogue
+    (:func:`ternary_hf.data.broad.broad_pools`; never the evaluation-only corpora of
+    :mod:`ternary_hf.data.ood`). ``exclude`` leaves named sources out (:func:`distillation_sources`
+    lists them), e.g. to measure a student on a domain it never saw. Each source is shuffled with
+    ``seed`` and the sources are interleaved round-robin, so any prefix (and ``limit``) mixes long
+    documents and short sentences in equal shares until a source runs out. Duplicates are removed.
+    Never contains a text of any ``test`` split (not even one that the official 20NG / Reuters train
+    splits repeat): so neither the ``nyt`` test split that measures teacher agreement nor the tweets
+    test split of :func:`real_sentences`.
+
+    Raises:
+        InvalidInputError: unknown mix, an excluded name that is not a source of the mix, or every
+            source excluded.
     """
     check_limit(limit)
     if mix not in DISTILLATION_MIXES:
         raise InvalidInputError(f"unknown distillation mix {mix!r}; use one of {', '.join(DISTILLATION_MIXES)}")
+    sources = distillation_sources(mix)
+    unknown = [name for name in exclude if name not in sources]
+    if unknown:
+        raise InvalidInputError(f"cannot exclude {', '.join(map(repr, unknown))}: not a source of the {mix!r} mix; "
+                                f"its sources are {', '.join(sources)}")
+    if not set(sources) - set(exclude):
+        raise InvalidInputError(f"every source of the {mix!r} mix is excluded; keep at least one")
     if mix == "broad":
-        from .broad import broad_distillation_texts
+        from .broad import broad_held_out_texts, broad_pools
 
-        return broad_distillation_texts(limit=limit, seed=seed, cache_dir=cache_dir)
-    return interleave(classic_pools(seed, cache_dir), held_out_texts(cache_dir), limit)
+        pools, held_out = broad_pools(seed, cache_dir), broad_held_out_texts(cache_dir)
+    else:
+        pools, held_out = classic_pools(seed, cache_dir), held_out_texts(cache_dir)
+    return interleave([pool for name, pool in pools.items() if name not in exclude], held_out, limit)
 
 
-def classic_pools(seed: int, cache_dir: str | os.PathLike[str] | None = None) -> list[list[str]]:
-    """The train splits of the classic distillation sources, each shuffled with ``seed`` (one generator,
-    drawn in source order, so the classic mix is the same as before the broad one existed)."""
+def distillation_sources(mix: str = "classic") -> list[str]:
+    """The source names of a distillation mix, in interleaving order (what ``exclude`` accepts)."""
+    if mix == "broad":
+        from .broad import BROAD_SOURCES
+
+        return list(BROAD_SOURCES)
+    return list(_DISTILLATION_SOURCES)
+
+
+def classic_pools(seed: int, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, list[str]]:
+    """The train splits of the classic distillation sources by name, each shuffled with ``seed`` (one
+    generator, drawn in source order, so the classic mix is the same as before the broad one existed)."""
     rng = np.random.default_rng(seed)
-    pools = []
+    pools = {}
     for name in _DISTILLATION_SOURCES:
         texts = load_dataset(name, "train", cache_dir=cache_dir).texts
-        pools.append([texts[i] for i in rng.permutation(len(texts))])
+        pools[name] = [texts[i] for i in rng.permutation(len(texts))]
     return pools
 
 

@@ -24,14 +24,12 @@ import functools
 import os
 
 from ..errors import InvalidInputError
-from .broad import django_pages, foldoc_definitions
+from .broad import EVALUATION_DOMAINS, django_pages, foldoc_definitions
 from .corpora import cache_key
 from .splits import TextDataset, check_split, is_test_group, sample_indices
 
 __all__ = ["EVALUATION_DOMAINS", "RETRIEVAL_SETS", "load_retrieval_pairs", "long_texts"]
 
-#: broad corpora that only evaluation uses: no default distillation mix contains them
-EVALUATION_DOMAINS = ("django-docs", "foldoc")
 #: retrieval set -> what its queries and documents are
 RETRIEVAL_SETS = {
     "django-sections": "Django documentation: section title -> section prose",

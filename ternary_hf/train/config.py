@@ -31,7 +31,8 @@ RESUMABLE = frozenset({"max_steps", "max_minutes", "save_every", "keep_checkpoin
 #: the smallest allowed value of the numeric settings (``None`` always allowed where the type says so)
 MINIMUM = {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 1, "bank_size": 1,
            "save_every": 1, "keep_checkpoints": 1, "log_every": 1, "num_threads": 1, "max_texts": 1,
-           "eval_limit": 1, "eval_every": 0, "learning_rate": 0.0, "weight_decay": 0.0, "warmup_ratio": 0.0,
+           "eval_limit": 1, "eval_every": 0, "batch_tokens": 0, "learning_rate": 0.0, "weight_decay": 0.0,
+           "warmup_ratio": 0.0,
            "similarity_temperature": 0.0, "teacher_forcing": 0.0, "teacher_cache_gb": 0.0, "max_minutes": 0.0,
            **dict.fromkeys(LOSS_WEIGHTS, 0.0)}
 
@@ -68,6 +69,16 @@ class DistillConfig:
     gradient_accumulation_steps: int = _field(1, "batches per optimizer step", aliases=["--grad-accum"])
     max_length: int = _field(64, "training texts are truncated to this many tokens: the bundled corpus is mostly "
                              "short sentences, so a shorter length buys more steps per minute")
+    batch_tokens: int = _field(0, "token budget of a batch (rows x its longest text, at most --batch-size rows): "
+                               "long texts come in batches of fewer rows, so a long --max-length costs about what "
+                               "short texts cost per step; 0: always --batch-size rows")
+    mix: Literal["classic", "broad"] = _field(
+        "classic", "the bundled corpus: classic (news, Reuters, tweets, movie reviews, NYT) or broad (classic plus "
+        "product reviews, dictionary glosses, quotations, literature, speeches, dialogue)")
+    exclude_sources: str = _field("", "bundled sources left out (comma list, e.g. 20ng,r52): measures the student "
+                                  "on a domain it never saw")
+    data_share: float = _field(1.0, "share of the training texts taken from --data; below 1 mixes them with the "
+                               "bundled corpus (--mix) so the student also keeps the rest")
     hidden_mse: float = _weight(1.0, "last-hidden-state MSE (real tokens only, unless --no-mask-padding)")
     pooled_cosine: float = _weight(1.0, "1 - cosine between pooled sentence embeddings")
     pooled_mse: float = _weight(0.0, "pooled-embedding MSE (keeps their norm)")
@@ -102,6 +113,11 @@ class DistillConfig:
     report_to: Literal["csv", "tensorboard"] = _field(
         "csv", "metrics.csv always; tensorboard adds event files in the work dir")
 
+    @property
+    def excluded_sources(self) -> list[str]:
+        """``exclude_sources`` as a list of names."""
+        return [name for name in self.exclude_sources.replace(",", " ").split() if name]
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -113,6 +129,9 @@ class DistillConfig:
                 raise InvalidInputError(f"DistillConfig: {f.name}={value!r} must be >= {minimum}")
         if sum(getattr(self, name) for name in LOSS_WEIGHTS) == 0:
             raise InvalidInputError("DistillConfig: every loss weight is 0; switch at least one loss on")
+        if not 0 < self.data_share <= 1:
+            raise InvalidInputError(f"DistillConfig: data_share={self.data_share!r} is the share of the training "
+                                    "texts taken from --data; choose 0 < data_share <= 1 (1: --data only)")
         if not self.teacher_forcing < 1.0:
             raise InvalidInputError(f"DistillConfig: teacher_forcing={self.teacher_forcing!r} is the fraction of "
                                     "the run trained layer by layer; choose 0 <= teacher_forcing < 1 (0: off)")

@@ -17,22 +17,26 @@ import torch
 
 from ..errors import InvalidInputError
 
-__all__ = ["IndexedTexts", "TextCollate", "batch_order", "corpus_fingerprint", "load_texts"]
+__all__ = ["IndexedTexts", "TextCollate", "batch_order", "corpus_fingerprint", "load_texts", "mix_texts",
+           "token_lengths"]
 
 
 def load_texts(source: str | os.PathLike | Sequence[str] | Any | None = None, limit: int | None = None,
-               seed: int = 0, text_field: str = "text") -> list[str]:
+               seed: int = 0, text_field: str = "text", mix: str = "classic", exclude: Sequence[str] = (),
+               share: float = 1.0) -> list[str]:
     """Distillation texts from a file (one per line; ``.jsonl`` with ``text_field``), a list, a
-    ``datasets.Dataset``, or ``None`` for the bundled real corpora (training splits only).
+    ``datasets.Dataset``, or ``None`` for the bundled real corpora (training splits only: the ``mix``
+    of :func:`ternary_hf.data.default_distillation_texts` without the ``exclude`` sources).
+
+    With a ``source`` and ``share`` below 1, the source's texts are mixed with the bundled corpus so
+    that they make ``share`` of the result (:func:`mix_texts`).
 
     Raises:
         MissingInputError / InvalidInputError: a missing or malformed file (see
             :func:`ternary_hf.data.texts.read_corpus`), a dataset without ``text_field``, no text at all.
     """
     if source is None:
-        from ..data.corpora import default_distillation_texts
-
-        texts = list(default_distillation_texts(limit=limit, seed=seed))
+        texts = _bundled(seed, mix, exclude, limit)  # a prefix of the round robin: every source shares it
     elif isinstance(source, (str, os.PathLike)):
         from ..data.texts import read_corpus
 
@@ -46,9 +50,33 @@ def load_texts(source: str | os.PathLike | Sequence[str] | Any | None = None, li
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InvalidInputError("no distillation text: the source is empty")
+    if source is not None and share < 1:
+        texts = mix_texts(texts, _bundled(seed, mix, exclude, None), share, seed)
     if limit is not None and len(texts) > limit:
         texts = random.Random(seed).sample(texts, limit)
     return texts
+
+
+def _bundled(seed: int, mix: str, exclude: Sequence[str], limit: int | None) -> list[str]:
+    from ..data.corpora import default_distillation_texts
+
+    return list(default_distillation_texts(limit=limit, seed=seed, mix=mix, exclude=exclude))
+
+
+def mix_texts(own: Sequence[str], bundled: Sequence[str], share: float, seed: int) -> list[str]:
+    """``own`` texts as ``share`` of a corpus whose rest is ``bundled``: all of the smaller side, the
+    other one sampled (seeded) to fit. Few own texts are repeated (each the same number of times, give
+    or take one), so training still sees them at ``share`` of its batches; many own texts take a
+    seeded sample of the bundled corpus."""
+    if not 0 < share < 1:
+        raise InvalidInputError(f"share must be between 0 and 1 to mix, got {share!r}")
+    rng = random.Random(seed)
+    wanted_own = round(share / (1 - share) * len(bundled))
+    if wanted_own <= len(own):
+        wanted_bundled = max(1, round((1 - share) / share * len(own)))
+        return list(own) + rng.sample(list(bundled), min(wanted_bundled, len(bundled)))
+    copies, rest = divmod(wanted_own, len(own))
+    return list(own) * copies + rng.sample(list(own), rest) + list(bundled)
 
 
 def corpus_fingerprint(texts: Sequence[str]) -> str:
@@ -60,12 +88,17 @@ def corpus_fingerprint(texts: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def batch_order(lengths: Sequence[int], batch_size: int, n_batches: int, seed: int) -> list[list[int]]:
+def batch_order(lengths: Sequence[int], batch_size: int, n_batches: int, seed: int,
+                max_tokens: int = 0) -> list[list[int]]:
     """``n_batches`` seeded batches of item indices, items of similar length together (less padding).
 
     Each epoch shuffles the items, sorts pools of ``32 * batch_size`` by length, cuts them into
     batches and shuffles the batches; incomplete batches are dropped unless an epoch has no complete
     one. Items of equal length (images) simply come out in shuffled batches.
+
+    With ``max_tokens``, a batch holds at most ``batch_size`` items and at most ``max_tokens`` padded
+    tokens (items x its longest length), so a batch of long texts has fewer rows and every step costs
+    about the same; a batch is complete when the next item would not fit.
     """
     rng = random.Random(seed)
     batches: list[list[int]] = []
@@ -73,13 +106,46 @@ def batch_order(lengths: Sequence[int], batch_size: int, n_batches: int, seed: i
         idx = list(range(len(lengths)))
         rng.shuffle(idx)
         pool = batch_size * 32
-        epoch_batches = []
+        epoch_batches: list[list[int]] = []
+        complete: list[bool] = []
         for start in range(0, len(idx), pool):
             chunk = sorted(idx[start:start + pool], key=lambda i: lengths[i])
-            epoch_batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(epoch_batches)
-        batches += [b for b in epoch_batches if len(b) == batch_size] or epoch_batches
+            cut = _token_budget_cut(chunk, lengths, batch_size, max_tokens) if max_tokens else [
+                chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+            epoch_batches += cut
+            complete += [len(b) == batch_size for b in cut] if not max_tokens else [True] * (len(cut) - 1) + [
+                len(cut[-1]) == _capacity(cut[-1], lengths, batch_size, max_tokens)]
+        order = list(range(len(epoch_batches)))
+        rng.shuffle(order)
+        batches += [epoch_batches[i] for i in order if complete[i]] or [epoch_batches[i] for i in order]
     return batches[:n_batches]
+
+
+def _capacity(batch: list[int], lengths: Sequence[int], batch_size: int, max_tokens: int) -> int:
+    """How many items a batch of this one's longest length may hold."""
+    return max(1, min(batch_size, max_tokens // max(1, max(lengths[i] for i in batch))))
+
+
+def _token_budget_cut(chunk: list[int], lengths: Sequence[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Cut length-sorted ``chunk`` into batches of at most ``batch_size`` items and ``max_tokens`` padded tokens."""
+    batches: list[list[int]] = [[]]
+    for i in chunk:
+        current = batches[-1]
+        if current and (len(current) >= batch_size or (len(current) + 1) * max(lengths[i], 1) > max_tokens):
+            batches.append([i])
+        else:
+            current.append(i)
+    return batches
+
+
+def token_lengths(texts: Sequence[str], tokenizer: Any, max_length: int) -> list[int]:
+    """Each text's token count (special tokens included) once truncated to ``max_length``."""
+    out: list[int] = []
+    for start in range(0, len(texts), 4096):
+        encoded = tokenizer(list(texts[start:start + 4096]), truncation=True, max_length=max_length,
+                            return_attention_mask=False, return_token_type_ids=False)
+        out += [len(ids) for ids in encoded["input_ids"]]
+    return out
 
 
 class IndexedTexts(torch.utils.data.Dataset):

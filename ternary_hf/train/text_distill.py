@@ -26,7 +26,7 @@ from ..integrations.config import TernaryConfig
 from ..utils.io import check_output_folder
 from ..utils.progress import bar_switch
 from .config import DistillConfig, DistillResult
-from .data import IndexedTexts, TextCollate, batch_order, corpus_fingerprint, load_texts
+from .data import IndexedTexts, TextCollate, batch_order, corpus_fingerprint, load_texts, token_lengths
 from .finalize import DISTILLATION_INFO, finalize
 from .loop import is_finished, make_accelerator, open_run, train
 from .losses import TeacherBank, distillation_loss, mean_pool, teacher_forced_loss
@@ -189,6 +189,15 @@ def _teacher_id(teacher: str | os.PathLike) -> str:
     return os.path.abspath(teacher) if os.path.exists(teacher) else str(teacher)
 
 
+def _check_data_settings(texts: Any, cfg: DistillConfig) -> None:
+    if texts is None and cfg.data_share < 1:
+        raise InvalidInputError(f"data_share={cfg.data_share} is the share of your own texts (--data), but none were "
+                                "given: pass --data FILE, or leave --data-share at 1")
+    if texts is not None and cfg.data_share == 1 and cfg.excluded_sources:
+        raise InvalidInputError("exclude_sources leaves sources of the bundled corpus out, which --data replaces "
+                                "entirely: set --data-share below 1 to mix the two, or drop --exclude-sources")
+
+
 def _check_eval_tasks(cfg: DistillConfig) -> None:
     if cfg.eval_every:  # a typo fails now, not after an hour of training
         from ..evaluation import resolve_tasks
@@ -261,7 +270,9 @@ def distill(
                                      hint="pass overwrite=True (CLI: --overwrite) to replace it")
     work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
     _check_eval_tasks(cfg)
-    corpus = load_texts(texts, limit=cfg.max_texts, seed=cfg.seed, text_field=text_field)
+    _check_data_settings(texts, cfg)
+    corpus = load_texts(texts, limit=cfg.max_texts, seed=cfg.seed, text_field=text_field, mix=cfg.mix,
+                        exclude=cfg.excluded_sources, share=cfg.data_share)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     accelerator = make_accelerator(cfg, work_dir)
@@ -305,7 +316,8 @@ def _text_batches(corpus: list[str], tokenizer: Any, cfg: DistillConfig, process
     """The DataLoader of the run: every process gets its own share of the batches (Accelerate shards
     the batch sampler), ``max_steps`` optimizer steps' worth."""
     total_batches = cfg.max_steps * cfg.gradient_accumulation_steps * processes
-    order = batch_order([len(t) for t in corpus], cfg.batch_size, total_batches, cfg.seed)
+    lengths = token_lengths(corpus, tokenizer, cfg.max_length) if cfg.batch_tokens else [len(t) for t in corpus]
+    order = batch_order(lengths, cfg.batch_size, total_batches, cfg.seed, max_tokens=cfg.batch_tokens)
     return torch.utils.data.DataLoader(IndexedTexts(corpus), batch_sampler=order,
                                        collate_fn=TextCollate(tokenizer, cfg.max_length))
 
