@@ -186,7 +186,8 @@ def test_finalized_model_matches_the_trained_student(tiny_st_dir, tmp_path):
     assert any(isinstance(m, TernaryLinear) for m in packed[0].auto_model.modules())
 
 
-@pytest.mark.parametrize("extra", [{}, {"bank_similarity": 5.0, "bank_size": 20}], ids=["default", "bank"])
+@pytest.mark.parametrize("extra", [{}, {"bank_similarity": 5.0, "bank_size": 20}, {"batch_tokens": 60}],
+                         ids=["default", "bank", "token-budget"])
 def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
     texts = tiny_sentences(120)
     cfg = DistillConfig(max_steps=6, **FAST, **extra)

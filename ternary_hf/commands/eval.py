@@ -28,6 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads while encoding")
     parser.add_argument("--device", default=None, help="torch device (default: sentence-transformers' choice)")
     parser.add_argument("--label", default=None, help="name of MODEL in the table and plot")
+    parser.add_argument("--teacher-embeddings", metavar="NPZ", default=None,
+                        help="keep the teacher's embeddings in this file, so evaluating several students against "
+                        "one teacher encodes its texts once")
     parser.add_argument("--out", metavar="JSON", default=None, help="write the result as JSON")
     parser.add_argument("--plot", metavar="PNG", default=None, help="write a retention plot")
     parser.add_argument(
@@ -50,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     previous = load_results(args.compare)
     settings = dict(teacher=args.teacher, tasks=args.tasks, limit=args.limit, seed=args.seed,
                     batch_size=args.batch_size, show_progress_bar=not args.no_progress, device=args.device,
-                    cache_dir=args.cache_dir, label=args.label, num_threads=args.threads)
+                    cache_dir=args.cache_dir, label=args.label, num_threads=args.threads,
+                    teacher_embeddings=args.teacher_embeddings)
     try:
         result = evaluate(args.model, **settings)
     except DatasetError as exc:  # until ternary_hf.data's errors derive from TernaryHfError

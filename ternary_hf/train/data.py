@@ -64,19 +64,21 @@ def _bundled(seed: int, mix: str, exclude: Sequence[str], limit: int | None) -> 
 
 
 def mix_texts(own: Sequence[str], bundled: Sequence[str], share: float, seed: int) -> list[str]:
-    """``own`` texts as ``share`` of a corpus whose rest is ``bundled``: all of the smaller side, the
-    other one sampled (seeded) to fit. Few own texts are repeated (each the same number of times, give
-    or take one), so training still sees them at ``share`` of its batches; many own texts take a
-    seeded sample of the bundled corpus."""
+    """``own`` texts as ``share`` of a corpus whose rest is ``bundled``. No text of either side is
+    dropped: the side short of its share is repeated (each of its texts the same number of times,
+    give or take one, the extra copies a seeded sample), so a few hundred own documents are still
+    seen at ``share`` of the training batches."""
     if not 0 < share < 1:
         raise InvalidInputError(f"share must be between 0 and 1 to mix, got {share!r}")
+    total = max(len(own) / share, len(bundled) / (1 - share))
     rng = random.Random(seed)
-    wanted_own = round(share / (1 - share) * len(bundled))
-    if wanted_own <= len(own):
-        wanted_bundled = max(1, round((1 - share) / share * len(own)))
-        return list(own) + rng.sample(list(bundled), min(wanted_bundled, len(bundled)))
-    copies, rest = divmod(wanted_own, len(own))
-    return list(own) * copies + rng.sample(list(own), rest) + list(bundled)
+    return _repeat(own, round(share * total), rng) + _repeat(bundled, round((1 - share) * total), rng)
+
+
+def _repeat(texts: Sequence[str], n: int, rng: random.Random) -> list[str]:
+    """``texts`` repeated to ``n`` items (at least once each)."""
+    copies, rest = divmod(max(n, len(texts)), len(texts))
+    return list(texts) * copies + rng.sample(list(texts), rest)
 
 
 def corpus_fingerprint(texts: Sequence[str]) -> str:
