@@ -30,7 +30,6 @@ __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
 
 _STATE = "demo_state.json"
 _SUMMARY = "demo_summary.json"  # in every finished output folder; marks one a re-run may replace
-_HEADLINE_METRICS = ("p@10", "accuracy", "v_measure")  # one number per task in the summary
 _OUT_HINT = "remove it if it is yours to replace"
 
 
@@ -75,6 +74,7 @@ class DemoSummary:
     speed: dict[str, Any]
     quality: dict[str, tuple[float, float, float | None]]  # "task metric": (teacher, student, retention %)
     teacher_agreement: dict[str, float]
+    length_agreement: dict[str, float]  # out of domain: "mean_cosine@N" (student-teacher, texts cut to N tokens)
     search: dict[str, Any]
     plain: dict[str, Any]
     seconds: float
@@ -217,6 +217,8 @@ def format_summary(s: DemoSummary) -> str:
         rows.append((name, f"{teacher:.3f}", f"{student:.3f}", "" if retention is None else f"{retention:.1f}%"))
     for metric, value in s.teacher_agreement.items():
         rows.append((f"teacher agreement: {metric}", "", f"{value:.3f}", ""))
+    for metric, value in s.length_agreement.items():
+        rows.append((f"out of domain: cosine to teacher, {metric.split('@')[-1]} tokens", "", f"{value:.3f}", ""))
     if s.search:
         rows.append(("20NG search: same group @10", f"{s.search['fp32_same_group_at_10']:.2f}",
                      f"{s.search['ternary_same_group_at_10']:.2f}",
@@ -286,15 +288,19 @@ def _evaluation(teacher: str, student_dir: Path, cfg: DemoConfig, cache: _Cache,
 
 def _summary(out: Path, teacher: str, student_dir: Path, info: dict[str, Any], plain: Any, evaluation: Any,
              speed: dict[str, Any], search: dict[str, Any], started: float, reused: list[str]) -> DemoSummary:
-    quality = {f"{m.task} {m.metric}": (float(m.teacher), float(m.student), m.retention) for m in evaluation.metrics
-               if m.metric in _HEADLINE_METRICS and m.student is not None and m.teacher is not None}
+    quality: dict[str, tuple[float, float, float | None]] = {}
+    for m in evaluation.metrics:  # one number per task: its first metric (P@10, accuracy, V-measure, nDCG@10)
+        if m.student is not None and m.teacher is not None and not any(k.startswith(m.task + " ") for k in quality):
+            quality[f"{m.task} {m.metric}"] = (float(m.teacher), float(m.student), m.retention)
     agreement = {m.metric: float(m.student) for m in evaluation.metrics
                  if m.task == "teacher-agreement" and m.student is not None}
+    lengths = {m.metric: float(m.student) for m in evaluation.metrics
+               if m.task == "ood-length-agreement" and m.student is not None}
     return DemoSummary(
         output_dir=str(out), teacher=teacher, distill_steps=int(info["steps"]),
         distill_seconds=float(info["seconds"]),
         size_bytes={"fp32": weight_files_bytes(teacher), "ternary": weight_files_bytes(student_dir)},
-        speed=speed, quality=quality, teacher_agreement=agreement, search=search,
+        speed=speed, quality=quality, teacher_agreement=agreement, length_agreement=lengths, search=search,
         plain={"size_ratio": plain.size_ratio, "mean_cosine": plain.mean_cosine},
         seconds=time.time() - started, reused=reused,
     )

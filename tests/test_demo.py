@@ -35,11 +35,15 @@ def test_demo_writes_a_loadable_model_card_plot_and_summary_then_reuses_its_cach
     assert summary.size_bytes["ternary"] < 0.15 * summary.size_bytes["fp32"]
     rates = summary.speed["sentences_per_s"]
     assert rates["fp32"] > 0 and rates["ternary"] > 0
-    assert {"20ng-retrieval p@10", "rt-sentiment accuracy", "teacher agreement"} <= {
+    assert {"20ng-retrieval p@10", "rt-sentiment accuracy", "ood-docs-retrieval ndcg@10",
+            "ood-terms-retrieval ndcg@10", "teacher agreement"} <= {
         *summary.quality, "teacher agreement" if summary.teacher_agreement else ""}
+    assert set(summary.length_agreement) == {f"mean_cosine@{n}" for n in (32, 64, 128, 256)}
     assert 0 <= summary.search["top10_overlap"] <= 1 and len(summary.search["queries"]) == 2
     table = format_summary(summary)
     assert "model size" in table and "encode sentences/s (FP32)" in table and table in "\n".join(lines)
+    assert "out of domain: cosine to teacher, 256 tokens" in table and "ood-docs-retrieval" in table
+    assert "out of domain" in card and "ood-length-agreement" in card
     saved = json.loads((out / "demo_summary.json").read_text())
     assert saved["size_bytes"] == summary.size_bytes
 

@@ -134,6 +134,7 @@ def _number(value: Any, prefer: tuple[str, ...] = ("main_score", "score", "value
 _TEACHER_KEYS = ("teacher", "teacher_score", "fp32", "reference")
 _STUDENT_KEYS = ("student", "student_score", "ternary", "quantized")
 _RETENTION_KEYS = ("retention", "retention_pct", "relative")
+_OUT_OF_DOMAIN_PREFIX = "ood-"  # ternary_hf.evaluation's out-of-domain task names
 
 
 def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> tuple[bool, Any]:
@@ -408,6 +409,7 @@ def _facts(
         "results": results,
         "summary": summary,
         "results_source": f"`{eval_path.name}` in this repo" if eval_path is not None else None,
+        "out_of_domain": any(row["task"].startswith(_OUT_OF_DOMAIN_PREFIX) for row in results),
         "weights_size": _size(weight_bytes) if weight_bytes else None,
         "size_ratio": f"{size_ratio:.1f}" if size_ratio else None,
         "size_ratio_reference": "the base model's weights",
