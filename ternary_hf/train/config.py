@@ -104,7 +104,8 @@ class DistillConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = _field("no", "Accelerate mixed precision")
     optimizer: Literal["adamw", "adamw8bit"] = _field("adamw", "optimizer (adamw8bit needs bitsandbytes)")
     num_threads: int | None = _field(None, "torch threads (default: torch's choice)")
-    max_texts: int | None = _field(None, "sample at most this many texts")
+    max_texts: int | None = _field(None, "at most this many texts: a prefix of the bundled corpus's round robin (every "
+                                    "source keeps its share), or a sample of --data (when mixing: of the bundled part)")
     max_minutes: float | None = _field(None, "time budget: stop (learning rate annealed) and finalize after this "
                                        "many minutes of training", aliases=["--minutes"])
     eval_every: int = _field(0, "evaluate the student against the teacher every N steps (0: off); see --eval-tasks")

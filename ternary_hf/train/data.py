@@ -29,7 +29,9 @@ def load_texts(source: str | os.PathLike | Sequence[str] | Any | None = None, li
     of :func:`ternary_hf.data.default_distillation_texts` without the ``exclude`` sources).
 
     With a ``source`` and ``share`` below 1, the source's texts are mixed with the bundled corpus so
-    that they make ``share`` of the result (:func:`mix_texts`).
+    that they make ``share`` of the result (:func:`mix_texts`); ``limit`` then caps the bundled part.
+    ``limit`` takes a prefix of the bundled corpus's round robin (so every source keeps its share), or
+    a seeded sample of the source's texts.
 
     Raises:
         MissingInputError / InvalidInputError: a missing or malformed file (see
@@ -51,7 +53,7 @@ def load_texts(source: str | os.PathLike | Sequence[str] | Any | None = None, li
     if not texts:
         raise InvalidInputError("no distillation text: the source is empty")
     if source is not None and share < 1:
-        texts = mix_texts(texts, _bundled(seed, mix, exclude, None), share, seed)
+        return mix_texts(texts, _bundled(seed, mix, exclude, limit), share, seed)
     if limit is not None and len(texts) > limit:
         texts = random.Random(seed).sample(texts, limit)
     return texts
