@@ -7,7 +7,9 @@ similarity), then evaluates the FP32 teacher, plain post-training ternarization 
 with :func:`ternary_hf.evaluation.tasks.evaluate` on real data. Prints one table and writes JSON per model.
 
 ``--recipes ternary-hf ternary-hf-128tok`` adds variants of the default, one change each, for an
-equal-time comparison (the earlier 128-token training sequences; TernaryBERT's per-layer hidden MSE).
+equal-time comparison (the earlier 128-token training sequences; TernaryBERT's per-layer hidden MSE;
+``classic-64`` / ``classic-256`` / ``broad-64`` / ``broad-256``: the bundled corpus and the training
+length of issue 28). The teacher's embeddings are encoded once and kept in ``OUT/teacher_limitN.npz``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ RECIPES = {
     # candidate changes to the default, each one change at a time (not run unless asked for)
     "ternary-hf-128tok": dict(ternary=dict(), distill=dict(max_length=128)),
     "ternary-hf-layers": dict(ternary=dict(), distill=dict(layer_mse=1.0)),
+    # issue 28: the corpus and the training length (each against "ternary-hf" at equal time)
+    "classic-64": dict(ternary=dict(), distill=dict(mix="classic", max_length=64, batch_tokens=0)),
+    "classic-256": dict(ternary=dict(), distill=dict(mix="classic", max_length=256, batch_tokens=2048)),
+    "broad-64": dict(ternary=dict(), distill=dict(mix="broad", max_length=64, batch_tokens=0)),
+    "broad-256": dict(ternary=dict(), distill=dict(mix="broad", max_length=256, batch_tokens=2048)),
 }
 DEFAULT_RECIPES = ["paper", "ternary-hf"]
 
@@ -41,6 +48,8 @@ def main() -> None:
                         help="at most this many steps (by default the time budget ends the run, LR annealed with it)")
     parser.add_argument("--limit", type=int, default=500, help="evaluation subset size per task")
     parser.add_argument("--recipes", nargs="*", default=DEFAULT_RECIPES, choices=list(RECIPES))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for training and evaluation (on a busy shared machine 1 can beat 2)")
     args = parser.parse_args()
 
     from ternary_hf import TernaryConfig
@@ -63,7 +72,8 @@ def main() -> None:
         if not (target / "distillation.json").is_file():
             started = time.time()
             distill(teacher, target, ternary_config=TernaryConfig(**recipe["ternary"]),
-                    config=DistillConfig(max_steps=args.steps, max_minutes=args.minutes, **recipe["distill"]))
+                    config=DistillConfig(max_steps=args.steps, max_minutes=args.minutes, num_threads=args.threads,
+                                         **recipe["distill"]))
             print(f"{name}: distilled in {(time.time() - started) / 60:.1f} min")
         info = json.loads((target / "distillation.json").read_text())
         models[f"distilled, {name} recipe ({info['steps']} steps, {info['seconds'] / 60:.0f} min)"] = str(target)
@@ -76,7 +86,8 @@ def main() -> None:
         if cached.is_file() and EvaluationResult.from_json(cached).label == label:
             result = EvaluationResult.from_json(cached)  # re-running the script only redoes what is missing
         else:
-            result = evaluate(model, teacher=teacher, limit=args.limit, label=label)
+            result = evaluate(model, teacher=teacher, limit=args.limit, label=label, num_threads=args.threads,
+                              teacher_embeddings=out / f"teacher_limit{args.limit}.npz")
             result.to_json(cached)
         results.append(result)
         print(result.to_table())

@@ -50,9 +50,9 @@ from .corpora import cache_key, classic_pools, data_cache_dir, held_out_texts, i
 from .sources import DATASET_ERRORS
 from .splits import TextDataset, check_limit, check_split, is_test_group
 
-__all__ = ["BROAD_CORPORA", "BROAD_SOURCES", "EVALUATION_DOMAINS", "BroadCorpus", "available_broad_corpora",
-           "broad_distillation_texts", "broad_held_out_texts", "broad_pools", "django_pages", "foldoc_definitions",
-           "load_broad_corpus"]
+__all__ = ["BROAD_CORPORA", "BROAD_SOURCES", "BROAD_SOURCE_CAP", "EVALUATION_DOMAINS", "BroadCorpus",
+           "available_broad_corpora", "broad_distillation_texts", "broad_held_out_texts", "broad_pools", "django_pages",
+           "foldoc_definitions", "load_broad_corpus"]
 
 _FORTUNE_FILES = ("art", "computers", "education", "food", "goedel", "humorists", "kids", "law", "love", "magic",
                   "medicine", "miscellaneous", "news", "people", "pets", "platitudes", "politics", "science",
@@ -241,8 +241,14 @@ def broad_held_out_texts(cache_dir: str | os.PathLike[str] | None = None) -> set
     return exclude
 
 
+#: texts a source contributes to the broad mix at most: WordNet alone has 128k glosses, and training
+#: draws uniformly from the corpus, so without a cap three texts in four would be dictionary glosses
+BROAD_SOURCE_CAP = 5000
+
+
 def broad_pools(seed: int = 0, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, list[str]]:
-    """The train splits of :data:`BROAD_SOURCES` by name, each shuffled with ``seed``."""
+    """The train splits of :data:`BROAD_SOURCES` by name, each shuffled with ``seed`` and cut to
+    :data:`BROAD_SOURCE_CAP` texts."""
     rng = np.random.default_rng([seed, 28])
     pools = classic_pools(seed, cache_dir)
     extra = {"amazon": load_dataset("amazon", "train", cache_dir=cache_dir).texts}
@@ -250,13 +256,14 @@ def broad_pools(seed: int = 0, cache_dir: str | os.PathLike[str] | None = None) 
                   if name in BROAD_CORPORA})
     for name, texts in extra.items():
         pools[name] = [texts[i] for i in rng.permutation(len(texts))]
-    return pools
+    return {name: pool[:BROAD_SOURCE_CAP] for name, pool in pools.items()}
 
 
 def broad_distillation_texts(limit: int | None = None, seed: int = 0,
                              cache_dir: str | os.PathLike[str] | None = None) -> list[str]:
     """The broad distillation mix: the classic sources, Amazon review sentences and every broad corpus
-    but the evaluation-only ones, train splits only, each shuffled with ``seed`` and interleaved
-    round-robin (equal shares until a source runs out). No text of any test or held-out split is returned."""
+    but the evaluation-only ones, train splits only, each shuffled with ``seed``, at most
+    :data:`BROAD_SOURCE_CAP` texts of each, interleaved round-robin (equal shares until a source runs
+    out). No text of any test or held-out split is returned."""
     check_limit(limit)
     return interleave(list(broad_pools(seed, cache_dir).values()), broad_held_out_texts(cache_dir), limit)
