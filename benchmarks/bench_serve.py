@@ -146,15 +146,19 @@ class Point:
     mismatched: int = 0
     latencies: list[float] = field(default_factory=list)
     error_kinds: dict[str, int] = field(default_factory=dict)
+    max_abs_diff: float = 0.0
+    min_cos: float = 1.0
 
 
-def check_rows(emb: np.ndarray, idx: np.ndarray, ref: np.ndarray, min_cos: float) -> int:
+def check_rows(emb: np.ndarray, idx: np.ndarray, ref: np.ndarray, min_cos: float, point: Point) -> int:
     """Rows whose own sentence is not the closest pool sentence, or is closer than ``min_cos``."""
     if emb.shape != (len(idx), ref.shape[1]):
         return len(idx)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     sims = emb @ ref.T
     own = sims[np.arange(len(idx)), idx]
+    point.max_abs_diff = max(point.max_abs_diff, float(np.abs(emb - ref[idx]).max()))
+    point.min_cos = min(point.min_cos, float(own.min()))
     return int(((own < min_cos) | (sims.max(axis=1) > own + 1e-6)).sum())
 
 
@@ -182,7 +186,7 @@ async def client_loop(
             continue
         data = sorted(resp.json()["data"], key=lambda d: d["index"])
         emb = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data])
-        point.mismatched += check_rows(emb, idx, server.ref, min_cos)
+        point.mismatched += check_rows(emb, idx, server.ref, min_cos, point)
         point.requests += 1
         point.texts += len(idx)
         point.latencies.append(done - sent)
@@ -237,7 +241,8 @@ def fmt_row(name: str, clients: int, p: Point, duration: float, mean_batch: floa
     errors = f"{p.errors}" + (f" {p.error_kinds}" if p.error_kinds else "")
     batch = f"{mean_batch:6.1f}" if mean_batch is not None else "     -"
     return (f"{name:<18} {clients:>7} {p.texts / duration:>8.0f} {p.requests / duration:>7.1f} {p50:>8.0f} "
-            f"{p99:>8.0f} {p99 / p50:>6.2f} {batch} {errors:>6} {p.mismatched:>9}")
+            f"{p99:>8.0f} {p99 / p50:>6.2f} {batch} {errors:>6} {p.mismatched:>9} {p.max_abs_diff:>9.4f} "
+            f"{p.min_cos:>8.5f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = {"ternary": [encode_rate(student, pool)], "fp32": [encode_rate(fp32, pool)]}
         say()
         say(f"{'server':<18} {'clients':>7} {'texts/s':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'p99/50':>6} {'batch':>6} {'errors':>6} {'mismatch':>9}")
+            f"{'p99/50':>6} {'batch':>6} {'errors':>6} {'mismatch':>9} {'max|diff|':>9} {'min cos':>8}")
         results: dict[tuple[str, int], Point] = {}
         for n in clients:
             for server in servers:

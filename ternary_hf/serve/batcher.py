@@ -4,11 +4,11 @@ Why this shape:
 
 * One worker thread owns the model. torch already spreads one batch over every core, so two batches
   at once would only fight for them; the event loop stays free to parse and answer HTTP meanwhile.
-* Each model batch is built around the oldest pending request (so nobody starves: the queue is FIFO
-  by request) and filled up to ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens with the
-  texts of other requests closest in length to it (so little compute goes to padding, which is what
-  makes batching pay). A request's own texts are taken in ``encode``'s order (longest first, in chunks
-  of ``max_batch_size``), so a request that runs alone gets exactly ``encode``'s batches.
+* Each model batch holds the oldest pending text (so nobody starves: texts are served in arrival
+  order at worst) and the pending texts next to it in length, from any request, up to
+  ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens (so little compute goes to padding,
+  which is what makes batching pay). Texts are ordered as ``encode`` orders them (longest first), so a
+  request that runs alone gets exactly ``encode``'s batches.
 * The worker waits up to ``max_wait`` for company only while other admitted requests are still being
   tokenized, i.e. when company is known to be on its way; a lone client is never delayed.
 * A request whose client disconnected is marked cancelled; its texts that have not reached the model
@@ -223,45 +223,36 @@ class Batcher:
         return len(tokens) * max(tokens) if tokens else 0
 
     def _select(self) -> list[tuple[Job, int]]:
-        """The next batch: the oldest job's next texts, then same-prompt texts closest in length."""
-        oldest = next(iter(self._pool.values()))
-        batch: list[tuple[Job, int]] = []
-        lengths: list[int] = []
-        for i in oldest.order:
-            if len(batch) == self.max_batch_size:
-                break
-            if batch and self._padded([*lengths, oldest.tokens[i]]) > self.max_batch_tokens:
-                break
-            batch.append((oldest, i))
-            lengths.append(oldest.tokens[i])
-        room = self.max_batch_size - len(batch)
-        if room > 0:
-            self._fill(batch, lengths, oldest, room)
-        return batch
+        """The next batch: the oldest pending text and its neighbours by length (same prompt).
 
-    def _fill(self, batch: list[tuple[Job, int]], lengths: list[int], oldest: Job, room: int) -> None:
-        """Add up to ``room`` texts of other jobs: first the longest that add no padding, then the shortest
-        longer ones, while the padded size stays within ``max_batch_tokens``."""
-        longest = max(lengths)
-        below, above = [], []
-        for job in self._pool.values():
-            if job is oldest or job.prompt != oldest.prompt:
-                continue
-            for i in job.order:
-                n = job.tokens[i]
-                (below if n <= longest else above).append((n, job.seq, i, job))
-        below.sort(key=lambda c: (-c[0], c[1]))
-        above.sort(key=lambda c: (c[0], c[1]))
-        for n, _, i, job in itertools.chain(below, above):
-            if room == 0:
+        Pending texts are sorted longest first, as ``encode`` sorts (characters, then arrival); the batch
+        is the window of consecutive texts that starts at the oldest text and runs towards shorter ones
+        (then, if that end is reached, back towards longer ones) within ``max_batch_size`` texts and
+        ``max_batch_tokens`` padded tokens. Consecutive texts have similar lengths, so little compute
+        goes to padding; the oldest text is in every batch, so every text is served in arrival order
+        at worst. A request alone is cut exactly as ``encode`` cuts it.
+        """
+        oldest = next(iter(self._pool.values()))
+        entries = sorted(
+            ((-len(job.texts[i]), job.seq, rank, job, i)
+             for job in self._pool.values() if job.prompt == oldest.prompt
+             for rank, i in enumerate(job.order)),
+            key=lambda e: e[:3],
+        )
+        start = next(k for k, e in enumerate(entries) if e[3] is oldest and e[2] == 0)
+        lo, hi = start, start + 1
+        longest = entries[start][3].tokens[entries[start][4]]
+        while hi - lo < self.max_batch_size and hi < len(entries):
+            n = entries[hi][3].tokens[entries[hi][4]]
+            if (hi - lo + 1) * max(longest, n) > self.max_batch_tokens:
                 break
-            if self._padded([*lengths, n]) > self.max_batch_tokens:
-                if n > longest:
-                    break  # the rest are longer still
-                continue
-            batch.append((job, i))
-            lengths.append(n)
-            room -= 1
+            longest, hi = max(longest, n), hi + 1
+        while hi - lo < self.max_batch_size and lo > 0:
+            n = entries[lo - 1][3].tokens[entries[lo - 1][4]]
+            if (hi - lo + 1) * max(longest, n) > self.max_batch_tokens:
+                break
+            longest, lo = max(longest, n), lo - 1
+        return [(e[3], e[4]) for e in entries[lo:hi]]
 
     def _run_batch(self, batch: list[tuple[Job, int]]) -> None:
         for job, i in batch:
