@@ -46,6 +46,7 @@ import numpy as np
 from _machine import cpu_model
 
 from ternary_hf.search import SemanticIndex, recall_at_k
+from ternary_hf.utils.tables import format_table
 
 
 def machine_line() -> str:
@@ -63,9 +64,9 @@ def machine_line() -> str:
 
 def load_corpus(n_docs: int, n_queries: int, seed: int):
     try:
-        from ternary_hf.datasets import DatasetError, load_dataset
+        from ternary_hf.data.corpora import DatasetError, load_dataset
     except ImportError as exc:
-        sys.exit(f"bench_search: ternary_hf.datasets is not available ({exc}); it provides the real 20NG "
+        sys.exit(f"bench_search: ternary_hf.data.corpora is not available ({exc}); it provides the real 20NG "
                  "documents this benchmark needs")
     try:
         docs = load_dataset("20ng", "train", limit=n_docs, seed=seed)
@@ -80,7 +81,7 @@ class Models:
 
     def __init__(self, teacher_path: str | None, student_path: str | None, max_seq_length: int) -> None:
         import ternary_hf
-        from ternary_hf.defaults import default_model_path
+        from ternary_hf.data.defaults import default_model_path
 
         teacher_path = str(teacher_path or default_model_path())
         self.paths = {"teacher": teacher_path, "student": student_path or teacher_path}
@@ -214,13 +215,14 @@ def bench_asymmetric(t_docs, t_queries, s_docs, s_queries, doc_labels, query_lab
 
 def print_tables(index_rows: list[dict], asym_rows: list[dict]) -> None:
     print("\n## Index types (recall@10 vs exact float search over the same embeddings)\n")
-    print("| embeddings | index | bytes/vector (index + rescore) | fixed KB | build s | QPS | recall@10 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    header = ["embeddings", "index", "bytes/vector (index + rescore)", "fixed KB", "build s", "QPS", "recall@10"]
+    rows = []
     for r in index_rows:
         extra = f" + {r['rescore_bytes_per_vector']:.0f}" if r["rescore_bytes_per_vector"] else ""
-        print(f"| {r['embeddings']} | {r['index']} | {r['index_bytes_per_vector']:.1f}{extra} | "
-              f"{r['fixed_bytes'] / 1024:.0f} | {r['build_s']:.2f} | {r['qps']:,.0f} | "
-              f"{r['recall@10']:.3f} |")
+        rows.append([r["embeddings"], r["index"], f"{r['index_bytes_per_vector']:.1f}{extra}",
+                     f"{r['fixed_bytes'] / 1024:.0f}", f"{r['build_s']:.2f}", f"{r['qps']:,.0f}",
+                     f"{r['recall@10']:.3f}"])
+    print(format_table(header, rows, style="markdown", left=2))
     by = {(r["embeddings"], r["index"]): r for r in index_rows}
     print("\nstudent / teacher ratios (same index type): ", end="")
     ratios = []
@@ -231,10 +233,9 @@ def print_tables(index_rows: list[dict], asym_rows: list[dict]) -> None:
             ratios.append(f"{name}: QPS x{r['qps'] / t['qps']:.2f}, recall {delta:+.3f}")
     print("; ".join(ratios))
     print("\n## 20NG query-by-example: asymmetric (teacher documents, student queries) vs ternary-only\n")
-    print("| index | queries -> documents | P@10 | top-10 overlap with teacher |")
-    print("|---|---|---:|---:|")
-    for r in asym_rows:
-        print(f"| {r['index']} | {r['mode']} | {r['P@10']:.3f} | {r['overlap@10 with teacher']:.3f} |")
+    rows = [[r["index"], r["mode"], f"{r['P@10']:.3f}", f"{r['overlap@10 with teacher']:.3f}"] for r in asym_rows]
+    print(format_table(["index", "queries -> documents", "P@10", "top-10 overlap with teacher"], rows,
+                       style="markdown", left=2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ models, and prints one row per metric: teacher score, ternary score and the rete
 in %). The result is also written to ``OUT/evaluation.json`` and drawn by
 :func:`ternary_hf.evaluation.plot_results` into ``OUT/evaluation.png`` (retention per task; quality vs
 size and speed). Data come from package registries on first use and are cached (see
-``ternary_hf.datasets``); models are never downloaded from the Hub. Expect plain ternary MiniLM to keep
+``ternary_hf.data.corpora``); models are never downloaded from the Hub. Expect plain ternary MiniLM to keep
 roughly 50-95% depending on the task (README, "Quality on real data"); distillation closes most of the gap.
 """
 
@@ -51,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import ternary_hf  # noqa: F401  (registers quant_method "ternary" before a ternary folder is loaded)
     from ternary_hf import TernaryConfig
-    from ternary_hf.datasets import DatasetError
-    from ternary_hf.defaults import default_model_path
+    from ternary_hf.data import DatasetError, default_model_path
     from ternary_hf.evaluation import evaluate, plot_results
 
     teacher = args.teacher or default_model_path()

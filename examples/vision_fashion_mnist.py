@@ -12,11 +12,7 @@ Fashion-MNIST train split (Debian package ``dataset-fashion-mnist``). Then:
 Printed: storage size and CPU time of the embedding forward (FP32 vs ternary measured side by side in
 interleaved rounds), linear-probe accuracy and image-to-image retrieval P@10 (test images querying the
 train images) with retention against the teacher. A rerun reuses the teacher and resumes distillation
-from ``OUT/ternary-distilled.work``; ``--fresh`` starts over.
-
-Measured 2026-11-25 with the defaults and ``--threads 1`` (2-vCPU Zen 3 shared with other benchmarks,
-7.5 min): teacher classifier 0.8385; linear probe 0.8429 (FP32) / 0.8397 plain ternary / 0.8423 distilled
-(99.9%); P@10 0.7970 / 0.7896 / 0.7967 (100.0%); size 0.098x; embedding time 0.69x FP32.
+from ``OUT/ternary-distilled.work``; ``--fresh`` starts over. Measured results: docs/vision.md.
 """
 
 from __future__ import annotations
@@ -33,6 +29,8 @@ import torch
 from transformers import AutoModel
 
 from ternary_hf import TernaryConfig
+from ternary_hf.utils.io import atomic_write_json
+from ternary_hf.utils.tables import format_table
 from ternary_hf.vision import (
     distill_vision,
     evaluate_vision,
@@ -125,9 +123,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"{n['n_test']} test images (probe accuracy and queries); pooling {args.pooling}; "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"speed: {len(test.images)} test images per round, batch 256, median of {args.rounds} interleaved rounds")
-    header = "| model | size | size ratio | embed time | speed ratio | linear probe (retention) | P@10 (retention) |"
-    print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    header = ["model", "size", "size ratio", "embed time", "speed ratio", "linear probe (retention)",
+              "P@10 (retention)"]
+    rows = []
     for name, s in scores.items():
         size = sizes[name]
         row = [name, f"{size / 1e6:.2f} MB", f"{size / sizes['teacher']:.3f}x", f"{times[name]:.3f} s",
@@ -135,12 +133,12 @@ def main(argv: list[str] | None = None) -> dict:
         for metric in ("linear_probe_accuracy", "p_at_10"):
             ret = s.get(f"retention_{metric}")
             row.append(f"{s[metric]:.4f}" + (f" ({100 * ret:.1f}%)" if ret is not None else ""))
-        print("| " + " | ".join(row) + " |")
+        rows.append(row)
+    print(format_table(header, rows, style="markdown"))
     report = {"dataset": args.dataset, "args": vars(args), "teacher": teacher_info, "scores": scores,
               "bytes": sizes, "seconds_per_round": times, "threads": torch.get_num_threads(),
               "distill_steps": distilled.steps, "wall_minutes": (time.time() - started) / 60}
-    with open(out / "results.json", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    atomic_write_json(out / "results.json", report)
     print(f"\nresults: {os.fspath(out / 'results.json')} ({report['wall_minutes']:.1f} min)")
     return report
 

@@ -1,4 +1,4 @@
-"""Behaviour of ternary_hf.search and `ternary-hf search`: cosine done right, recall, ids, save/load, errors.
+"""Behaviour of ternary_hf.search.index and `ternary-hf search`: cosine done right, recall, ids, save/load, errors.
 
 Most tests use random clustered vectors behind a fake encoder (fast, exact ground truth by numpy); one
 test uses the real bundled all-MiniLM-L6-v2 and one runs the CLI end to end.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ternary_hf.search import (
+from ternary_hf.search.index import (
     ALLOWED_INDEX_FORMS,
     Hit,
     SemanticIndex,
@@ -502,7 +502,7 @@ def test_cli_build_then_query_round_trip(minilm_path, tmp_path, capsys):
     assert len(result["hits"]) == 3
     bad = ["search", "build", minilm_path, str(corpus), str(tmp_path / "x"), "--index", "Bogus"]
     rc = main([*bad, "--no-progress"])
-    assert rc == 2 and "Bogus" in capsys.readouterr().err
+    assert rc == 1 and "Bogus" in capsys.readouterr().err
     lines = tmp_path / "lines.txt"
     lines.write_text("first line\n\nthird line about cats\n", encoding="utf-8")
     assert main(["search", "build", minilm_path, str(lines), str(tmp_path / "l"), "--no-progress"]) == 0

@@ -1,4 +1,4 @@
-"""Side-by-side encode timing (ternary_hf.speed) and the ``ternary-hf bench`` command."""
+"""Side-by-side encode timing (ternary_hf.evaluation.speed) and the ``ternary-hf bench`` command."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ternary_hf.cli import main
-from ternary_hf.speed import measure_encode_speed
+from ternary_hf.evaluation.speed import measure_encode_speed
 
 
 class _Sleeper:
@@ -62,3 +62,10 @@ def test_cli_bench_errors_say_what_to_do(tiny_st_dir, tmp_path, capsys):
     assert "give --teacher" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "missing")]) == 1
     assert "is not a model folder" in capsys.readouterr().err
+
+
+def test_cli_bench_onnx_names_what_the_teacher_folder_lacks_before_exporting(tiny_st_dir, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["bench", tiny_st_dir, "--teacher", tiny_st_dir, "--onnx", "--sentences", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "sentence_bert_config.json is missing" in err and "Traceback" not in err

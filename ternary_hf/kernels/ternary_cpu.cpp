@@ -320,10 +320,16 @@ inline __m256 gelu_avx2(__m256 x) {
   const __m256 erf_abs = _mm256_fnmadd_ps(poly, exp_neg_avx2(_mm256_mul_ps(_mm256_xor_ps(az, sign), az)),
                                           _mm256_set1_ps(1.0f));
   const __m256 erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign, z));  // erf is odd
-  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+  const __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+  // torch's GELU of +-inf is NaN, like that of NaN: so is ours (the polynomial would give +inf / NaN).
+  const __m256 non_finite = _mm256_cmp_ps(_mm256_andnot_ps(sign, x), _mm256_set1_ps(INFINITY), _CMP_NLT_UQ);
+  return _mm256_blendv_ps(y, _mm256_set1_ps(NAN), non_finite);
 }
 
-inline float gelu_scalar(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+inline float gelu_scalar(float x) {
+  if (!std::isfinite(x)) return NAN;  // as gelu_avx2
+  return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f));
+}
 
 struct Problem {
   const int8_t* q;        // [M][kp]

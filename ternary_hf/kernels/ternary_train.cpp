@@ -21,6 +21,7 @@
 #include <torch/extension.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -177,6 +178,24 @@ torch::Tensor prepare_from_values(const torch::Tensor& values) {
   return out;
 }
 
+// A row quantize_row flags (NaN or inf in it, or a zero where 1 / max|x| overflows), exactly as
+// quantize_activations_int8 treats it: torch's amax is NaN if the row holds a NaN (then
+// `where(amax > 0, amax, 1)` takes 1), the clamp keeps NaN, and x * inv may be inf * 0. So a NaN row
+// gives NaN where x is NaN and clamped codes / 127 elsewhere, an inf row NaN everywhere. Only a broken
+// input takes this scalar path; it keeps the trainer's fake quantization bit-equal to the reference.
+void fake_quantize_special_row(const float* x, int64_t k, float* out) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) amax = std::isnan(x[i]) || std::isnan(amax) ? NAN : std::max(amax, std::fabs(x[i]));
+  const float safe = amax > 0.0f ? amax : 1.0f;
+  const float inv = (1.0f / safe) * 127.0f;
+  const float sx = safe / 127.0f;
+  for (int64_t i = 0; i < k; ++i) {
+    float y = std::nearbyint(x[i] * inv);
+    if (!std::isnan(y)) y = std::min(std::max(y, -127.0f), 127.0f);
+    out[i] = y * sx;
+  }
+}
+
 // x (M, K) float32 -> q(x) * s_x as float32, with the kernel's per-token int8 rule.
 torch::Tensor fake_quantize_int8(const torch::Tensor& x) {
   TORCH_CHECK_VALUE(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
@@ -191,6 +210,10 @@ torch::Tensor fake_quantize_int8(const torch::Tensor& x) {
       float sx;
       quantize_row(xp + r * k, k, k, q.data(), &sx);
       float* orow = op + r * k;
+      if (!row_is_finite(sx)) {
+        fake_quantize_special_row(xp + r * k, k, orow);
+        continue;
+      }
       for (int64_t i = 0; i < k; ++i) orow[i] = static_cast<float>(q[i]) * sx;
     }
   });

@@ -1,0 +1,96 @@
+"""Pure row-wise quantization of embedding tables (the other half of a small checkpoint).
+
+In a small encoder the token-embedding table is about as large as all the linear layers together, so
+ternary linear layers alone leave most of the checkpoint's bytes in float (sizes per storage are in
+docs/format.md). Embedding rows are only gathered, never multiplied as a matrix, so they are stored apart:
+
+* ``"fp16"`` -- half precision, no scale.
+* ``"int8"`` -- symmetric per row: ``q = round(w / s)`` in ``[-127, 127]``, ``s = max|row| / 127``.
+* ``"int4"`` -- symmetric per group of :data:`INT4_GROUP_SIZE` columns, ``q`` in ``[-7, 7]``, stored two per
+  byte (value ``2j`` in the low nibble, ``2j+1`` in the high nibble, as ``q + 8``); a row whose width is
+  not a multiple of the group size is zero-padded. Finer groups than int8 because 15 levels over a
+  whole row would let one outlier flatten the rest.
+
+Scales are stored in float16 (the quantization uses the rounded scale, so dequantization is exact to
+what was quantized). Functions are pure and reject NaN / inf.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import InvalidInputError
+
+__all__ = ["EMBEDDING_STORAGES", "INT4_GROUP_SIZE", "quantize_rows", "dequantize_rows", "storage_shapes"]
+
+EMBEDDING_STORAGES = ("fp16", "int8", "int4")
+INT4_GROUP_SIZE = 32
+_SCALE_DTYPE = torch.float16
+
+
+def storage_shapes(rows: int, dim: int, storage: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shapes and dtypes of the stored tensors (``weight`` and, except fp16, ``weight_scale``)."""
+    if storage == "fp16":
+        return {"weight": ((rows, dim), torch.float16)}
+    if storage == "int8":
+        return {"weight": ((rows, dim), torch.int8), "weight_scale": ((rows, 1), _SCALE_DTYPE)}
+    if storage == "int4":
+        groups = -(-dim // INT4_GROUP_SIZE)
+        return {
+            "weight": ((rows, groups * INT4_GROUP_SIZE // 2), torch.uint8),
+            "weight_scale": ((rows, groups), _SCALE_DTYPE),
+        }
+    raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
+
+
+def _symmetric(groups: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = groups.abs().amax(dim=-1, keepdim=True)
+    scale = (amax / qmax).to(_SCALE_DTYPE)
+    safe = torch.where(scale > 0, scale.to(torch.float32), torch.ones_like(amax))
+    q = torch.round(groups / safe).clamp(-qmax, qmax)
+    return q, scale
+
+
+def quantize_rows(weight: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
+    """Quantize a ``(rows, dim)`` table; returns ``{"weight": ..., "weight_scale": ...}`` per :func:`storage_shapes`."""
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise InvalidInputError(f"expected a 2-D float embedding table, got {tuple(weight.shape)} {weight.dtype}")
+    if not bool(torch.isfinite(weight).all()):
+        raise InvalidInputError("embedding table contains NaN or inf; refusing to quantize")
+    w = weight.detach().to(torch.float32)
+    rows, dim = w.shape
+    if storage == "fp16":
+        if w.numel() and float(w.abs().max()) > torch.finfo(torch.float16).max:
+            raise InvalidInputError("embedding values exceed the float16 range; use embedding_storage='int8'")
+        return {"weight": w.to(torch.float16)}
+    if storage == "int8":
+        q, scale = _symmetric(w, 127)
+        return {"weight": q.to(torch.int8), "weight_scale": scale}
+    if storage == "int4":
+        groups = -(-dim // INT4_GROUP_SIZE)
+        padded = torch.zeros(rows, groups * INT4_GROUP_SIZE, dtype=torch.float32, device=w.device)
+        padded[:, :dim] = w
+        q, scale = _symmetric(padded.view(rows, groups, INT4_GROUP_SIZE), 7)
+        codes = (q.view(rows, -1) + 8).to(torch.uint8)
+        packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+        return {"weight": packed, "weight_scale": scale.view(rows, groups)}
+    raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
+
+
+def dequantize_rows(
+    stored: dict[str, torch.Tensor], storage: str, dim: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Inverse of :func:`quantize_rows` for any subset of rows (e.g. the rows gathered for a batch)."""
+    weight = stored["weight"]
+    if storage == "fp16":
+        return weight.to(dtype)
+    scale = stored["weight_scale"].to(torch.float32)
+    if storage == "int8":
+        return (weight.to(torch.float32) * scale).to(dtype)
+    if storage == "int4":
+        lead = weight.shape[:-1]
+        low = (weight & 0x0F).to(torch.int16) - 8
+        high = (weight >> 4).to(torch.int16) - 8
+        q = torch.stack([low, high], dim=-1).reshape(*lead, -1, INT4_GROUP_SIZE).to(torch.float32)
+        return (q * scale.unsqueeze(-1)).reshape(*lead, -1)[..., :dim].to(dtype)
+    raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
