@@ -50,18 +50,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def real_sentence_pool(n: int) -> list[str]:
-    try:
-        from ternary_hf.data import real_sentences
-    except ImportError:
-        from ternary_hf.datasets import real_sentences
+    from ternary_hf.data import real_sentences
+
     return real_sentences(n)
 
 
 def teacher_path() -> str:
-    try:
-        from ternary_hf.defaults import default_model_path
-    except ImportError:
-        from ternary_hf.data import default_model_path
+    from ternary_hf.data import default_model_path
+
     return default_model_path()
 
 

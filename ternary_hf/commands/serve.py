@@ -7,7 +7,8 @@ it instead of failing on an import. See ``docs/serving.md`` for the API and the 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from ..errors import MissingDependencyError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,23 +59,19 @@ def run_serve(args: argparse.Namespace) -> int:
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
-        print(f"ternary-hf serve: error: {exc.name} is not installed; install the server extra: "
-              "pip install 'ternary-hf[serve]'", file=sys.stderr)
-        return 2
-    from ..serve.config import ServeConfig, ServeConfigError
+        raise MissingDependencyError(
+            f"{exc.name} is not installed; `ternary-hf serve` needs the server extra: pip install 'ternary-hf[serve]'"
+        ) from None
+    from ..serve.config import ServeConfig
     from ..serve.runner import run
 
-    try:
-        config = ServeConfig(
-            model=args.model, index=args.index, host=args.host, port=args.port,
-            served_model_name=args.served_model_name, max_batch_tokens=args.max_batch_tokens,
-            max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-            max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
-            max_request_bytes=args.max_request_bytes, max_k=args.max_k, auto_truncate=args.auto_truncate,
-            threads=args.threads, tokenizer_workers=args.tokenizer_workers, warmup=not args.no_warmup,
-            graceful_timeout=args.graceful_timeout, device=args.device, log_level=args.log_level,
-        )
-    except ServeConfigError as exc:
-        print(f"ternary-hf serve: error: {exc}", file=sys.stderr)
-        return 2
+    config = ServeConfig(
+        model=args.model, index=args.index, host=args.host, port=args.port,
+        served_model_name=args.served_model_name, max_batch_tokens=args.max_batch_tokens,
+        max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
+        max_request_bytes=args.max_request_bytes, max_k=args.max_k, auto_truncate=args.auto_truncate,
+        threads=args.threads, tokenizer_workers=args.tokenizer_workers, warmup=not args.no_warmup,
+        graceful_timeout=args.graceful_timeout, device=args.device, log_level=args.log_level,
+    )
     return run(config, access_log=args.access_log)

@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from ..errors import InvalidInputError
 
-class ServeConfigError(ValueError):
+
+class ServeConfigError(InvalidInputError):
     """A server setting is out of range; the message names the flag to change."""
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InvalidInputError
+
 logger = logging.getLogger("ternary_hf.serve")
 
 _WARMUP_WORDS = "the quick brown fox jumps over the lazy dog while a server warms up its kernels".split()
@@ -57,9 +59,9 @@ class Encoder:
         try:
             model = SentenceTransformer(str(name), device=device)
         except (OSError, ValueError) as exc:
-            raise ValueError(
+            raise InvalidInputError(
                 f"could not load model {name!r} ({exc}); pass a local sentence-transformers folder, e.g. the "
-                "bundled one: python -c 'from ternary_hf.defaults import default_model_path as p; print(p())'"
+                "bundled one: python -c 'from ternary_hf.data import default_model_path as p; print(p())'"
             ) from None
         return cls(model)
 
