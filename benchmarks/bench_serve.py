@@ -44,6 +44,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from _machine import cpu_model, load_avg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,6 +145,9 @@ class Point:
     error_kinds: dict[str, int] = field(default_factory=dict)
     max_abs_diff: float = 0.0
     min_cos: float = 1.0
+    all_texts: int = 0  # answered during the whole point, warm-up and tail included
+    server_cpu: float = 0.0  # CPU seconds of the server process over the whole point
+    client_cpu: float = 0.0  # CPU seconds of this (client) process over the whole point
     done: dict[int, list[tuple[float, int]]] = field(default_factory=dict)  # client -> (time, texts)
 
     def rate(self, duration: float) -> float:
@@ -186,6 +190,8 @@ async def client_loop(
         else:
             kind = None if resp.status_code == 200 else f"HTTP {resp.status_code}"
         done = time.monotonic()
+        if kind is None:
+            point.all_texts += len(idx)
         if done < t_start or done > t_end:
             continue  # warm-up, or past the window: not counted
         if kind is not None:
@@ -205,6 +211,8 @@ async def run_point(server: Server, pool: list[str], clients: int, warmup: float
                     seed: int, min_cos: float) -> Point:
     point = Point()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    server_proc = psutil.Process(server.proc.pid)
+    cpu0, own0 = sum(server_proc.cpu_times()[:2]), time.process_time()
     async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
         t_start = time.monotonic() + warmup
         t_end = t_start + duration
@@ -212,6 +220,8 @@ async def run_point(server: Server, pool: list[str], clients: int, warmup: float
             client_loop(client, server, pool, seed * 1000 + c, t_start, t_end, point, min_cos)
             for c in range(clients)
         ])
+    point.server_cpu = sum(server_proc.cpu_times()[:2]) - cpu0
+    point.client_cpu = time.process_time() - own0
     return point
 
 
@@ -228,10 +238,11 @@ def batch_stats(server: Server) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------- in-process
-def encode_rate(model: object, pool: list[str]) -> float:
-    start = time.perf_counter()
+def encode_rate(model: object, pool: list[str]) -> tuple[float, float]:
+    """(texts per wall second, CPU milliseconds per text) of ``encode(pool, batch_size=32)``."""
+    start, cpu = time.perf_counter(), time.process_time()
     model.encode(pool, batch_size=32)
-    return len(pool) / (time.perf_counter() - start)
+    return len(pool) / (time.perf_counter() - start), (time.process_time() - cpu) * 1000 / len(pool)
 
 
 def make_plain_ternary(teacher: str, out: Path) -> str:
@@ -251,7 +262,11 @@ def fmt_row(name: str, clients: int, p: Point, duration: float, mean_batch: floa
     batch = f"{mean_batch:6.1f}" if mean_batch is not None else "     -"
     return (f"{name:<18} {clients:>7} {p.rate(duration):>8.0f} {p.requests / duration:>7.1f} {p50:>8.0f} "
             f"{p99:>8.0f} {p99 / p50:>6.2f} {batch} {errors:>6} {p.mismatched:>9} {p.max_abs_diff:>9.4f} "
-            f"{p.min_cos:>8.5f}")
+            f"{p.min_cos:>8.5f} {cpu_ms(p.server_cpu, p.all_texts):>8.2f} {cpu_ms(p.client_cpu, p.all_texts):>8.2f}")
+
+
+def cpu_ms(seconds: float, texts: int) -> float:
+    return seconds * 1000 / max(texts, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=15.0, help="measured seconds per point")
     ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each point")
     ap.add_argument("--pool", type=int, default=900, help="real sentences to draw requests from")
+    ap.add_argument("--encode-texts", type=int, default=320, help="pool sentences timed in-process per run")
     ap.add_argument("--threads", type=int, default=None, help="--threads of the ternary server")
     ap.add_argument("--min-cos", type=float, default=0.99, help="smallest cosine to the own sentence's reference")
     ap.add_argument("--infinity", default="/work/venvs/infinity/bin/infinity_emb", help="infinity_emb executable")
@@ -295,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"bench_serve {time.strftime('%Y-%m-%d %H:%M %Z')}: {cpu_model()} ({isa_flags()}), {os.cpu_count()} cores, "
         f"load avg {load_avg()}")
     say(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"ternary-hf {ternary_hf.__version__}")
+        f"ternary-hf {ternary_hf.__version__}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')} "
+        "(inherited by both servers)")
     say(f"model: {described}; Infinity: FP32 {teacher}")
     say(f"load: closed-loop clients, 1-16 real sentences per request (pool {len(pool)} tweets, mean "
         f"{np.mean([len(s) for s in pool]):.0f} chars), base64 floats, {args.warmup:.0f} s warm-up + "
@@ -312,10 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for server in servers:
             say(f"{server.name}: ready after {wait_ready(server, 600):.1f} s")
-        rates = {"ternary": [encode_rate(student, pool)], "fp32": [encode_rate(fp32, pool)]}
+        sample = pool[: args.encode_texts]
+        rates = {"ternary": [encode_rate(student, sample)], "fp32": [encode_rate(fp32, sample)]}
+        say("srv CPU / cli CPU: CPU milliseconds per text of the server process / of the load-generating "
+            "client process (robust to other load on the machine, unlike texts/s)")
         say()
         say(f"{'server':<18} {'clients':>7} {'texts/s':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'p99/50':>6} {'batch':>6} {'errors':>6} {'mismatch':>9} {'max|diff|':>9} {'min cos':>8}")
+            f"{'p99/50':>6} {'batch':>6} {'errors':>6} {'mismatch':>9} {'max|diff|':>9} {'min cos':>8} "
+            f"{'srv CPU':>8} {'cli CPU':>8}")
         results: dict[tuple[str, int], Point] = {}
         for n in clients:
             for server in servers:
@@ -327,12 +348,13 @@ def main(argv: list[str] | None = None) -> int:
                     mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
                 results[(server.name, n)] = point
                 say(fmt_row(server.name, n, point, args.duration, mean_batch))
-            rates["ternary"].append(encode_rate(student, pool))
-            rates["fp32"].append(encode_rate(fp32, pool))
+            rates["ternary"].append(encode_rate(student, sample))
+            rates["fp32"].append(encode_rate(fp32, sample))
         say()
-        enc_t, enc_f = float(np.median(rates["ternary"])), float(np.median(rates["fp32"]))
-        say(f"in-process encode(batch_size=32), median of {len(rates['ternary'])} runs between points: "
-            f"ternary {enc_t:.0f} texts/s, FP32 {enc_f:.0f} texts/s")
+        enc_t, enc_f = (np.median(np.array(rates[k]), axis=0) for k in ("ternary", "fp32"))
+        say(f"in-process encode({len(sample)} texts, batch_size=32), median of {len(rates['ternary'])} runs "
+            f"between points: ternary {enc_t[0]:.0f} texts/s ({enc_t[1]:.2f} CPU ms/text), FP32 {enc_f[0]:.0f} "
+            f"texts/s ({enc_f[1]:.2f} CPU ms/text)")
         summarize(say, results, servers, clients, args.duration, enc_t)
     finally:
         for server in servers:
@@ -345,19 +367,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def summarize(say, results, servers, clients, duration, enc_rate) -> None:
+def summarize(say, results, servers, clients, duration, enc) -> None:
     if 32 not in clients:
         return
     ours = results[(servers[0].name, 32)]
     rate = ours.rate(duration)
+    ours_cpu = cpu_ms(ours.server_cpu, ours.all_texts)
+    with_clients = ours_cpu + cpu_ms(ours.client_cpu, ours.all_texts)
     lat = np.array(ours.latencies) if ours.latencies else np.array([np.nan])
     ratio = np.percentile(lat, 99) / np.percentile(lat, 50)
-    say(f"targets at 32 clients: throughput {rate / enc_rate:.2f}x in-process encode (target >= 0.9); "
-        f"p99/p50 {ratio:.2f} (target <= 2); errors {ours.errors}, mismatched {ours.mismatched} (target 0)")
+    say(f"targets at 32 clients: throughput {rate / enc[0]:.2f}x in-process encode (target >= 0.9), per CPU "
+        f"second {enc[1] / ours_cpu:.2f}x (server only) / {enc[1] / with_clients:.2f}x "
+        f"(server + clients); p99/p50 {ratio:.2f} (target <= 2); errors {ours.errors}, mismatched "
+        f"{ours.mismatched} (target 0)")
     if len(servers) > 1:
         inf = results[(servers[1].name, 32)]
         inf_rate = inf.rate(duration)
-        say(f"vs Infinity FP32 at 32 clients: {rate / max(inf_rate, 1e-9):.2f}x its throughput (target >= 2); "
+        say(f"vs Infinity FP32 at 32 clients: {rate / max(inf_rate, 1e-9):.2f}x its throughput, "
+            f"{cpu_ms(inf.server_cpu, inf.all_texts) / ours_cpu:.2f}x per server CPU second (target >= 2); "
             f"Infinity errors {inf.errors}, mismatched {inf.mismatched}")
 
 
