@@ -34,6 +34,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -368,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers:
             code = server.stop()
             say(f"{server.name} stopped (exit {code})")
+        shutil.rmtree(tmp / "ternary-minilm", ignore_errors=True)  # keep the server logs
     say(f"load avg at the end: {load_avg()}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
