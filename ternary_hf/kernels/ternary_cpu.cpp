@@ -1,40 +1,43 @@
-// AVX2 ternary x int8 GEMM for ternary_hf (CPU inference path of TernaryLinear).
+// Ternary x int8 GEMM for ternary_hf (CPU inference path of TernaryLinear): AVX2, AVX-512 VNNI and
+// AMX-INT8 builds of this one file.
 //
 // Why this file exists: a ternary layer stores 2 bits per weight; the fast way to use it on an
 // AVX2 CPU without VNNI is to keep the weights as unsigned codes c = t + 1 in {0, 1, 2}, quantize
 // activations per token to int8, and let `vpmaddubsw` multiply unsigned codes by signed int8
 // activations (x . t = x . c - sum(x)).  Nothing here materialises a float weight matrix.
 //
-// Exactness: the per-token rule is the one of ternary_hf/functional.py, bit for bit:
+// Exactness: the per-token rule is the one of ternary_hf/quant/functional.py, bit for bit (common.h):
 //   amax = max|x|;  safe = amax > 0 ? amax : 1;  inv = (1 / safe) * 127   (torch computes
 //   `127 / tensor` as `tensor.reciprocal() * 127`);  q = clamp(nearbyint(x * inv), -127, 127);
-//   s_x = safe / 127.
+//   s_x = safe / 127; a row holding NaN / inf gives a NaN row, as on the reference path.
 // Accumulation is int32 and exact.  Saturation bounds: a `vpmaddubsw` pair is at most
 // 2*127 + 2*127 = 508 in magnitude; each int16 lane receives one pair per 4 k, and is widened to
 // int32 (`vpmaddwd` with ones) after at most 64 additions (256 k): 64 * 508 = 32512 < 32767.
 //
-// Kernel weight layout (built by prepare_weight in __init__.py, once at load time):
+// Kernel weight layout (built by kernels/layout.py prepare_weight, once at load time):
 //   uint8 [N16 = ceil(N/16)][KB = ceil(K/16)][64]; byte (p, kb, 32*v + 4*j + i) holds, at bits 2*s,
 //   the code of column n = 16p + 8v + j and input k = 16kb + 4s + i (padding: code 1).
 //   So `(load(block + 32v) >> 2s) & 3` is directly the `vpmaddubsw` operand for 8 columns x 4 k.
 //
 // Structure of one call (run()):
 //   1. quantize every row of x to int8 (+ row sum, + s_x) into a per-thread, grow-only scratch;
-//   2. split the output into units of 48 rows x 64 columns, claimed dynamically by the threads of
-//      torch's OpenMP pool (default) or by the caller and helpers on torch's inter-op pool
-//      (run_units: never waits for a helper that has not started);
+//   2. split the output into units of 48 rows x 64 columns (AMX: all rows x 64 columns), claimed
+//      dynamically by the threads of torch's OpenMP pool (default) or by the caller and helpers on
+//      torch's inter-op pool (run_units: never waits for a helper that has not started);
 //   3. per unit and 16-column panel: a lone row tile decodes the 2-bit codes in registers
 //      (micro_kernel); several row tiles share a panel chunk decoded once to bytes in L1
-//      (decode_chunk + micro_kernel_decoded); 6x16 register tiles; store_tile applies
-//      acc - sum(q), s_x, s_w, bias, and optionally GELU (fused activation);
+//      (decode_chunk + micro_kernel_decoded); 6x16 register tiles; store_tile (epilogue.h) applies
+//      acc - sum(q), s_x, s_w, bias, and optionally GELU (fused activation). The AMX build decodes
+//      each panel once per call into tiles instead (amx_gemm.h);
 //   4. outputs of 8 MB and more come from a small pool (new_output) to avoid per-call page faults.
-// Measured on one Zen 3 core: inner loop ~138-151 GMAC/s, whole op 100-126 GMAC/s; FP32 sgemm 40-47.
+// Speed per build and shape: benchmarks/README.md (bench_linear.py).
 //
-// Build: compiled on first use by torch.utils.cpp_extension with -O3 -mavx2 -mfma -fopenmp.  The
-// caller checks AVX2+FMA at run time before loading this module.  Only AVX2/FMA intrinsics are used
-// (no AVX-512 encodings: tests check the object code).  With -DTERNARY_HF_VNNI (and the AVX-512
-// flags, see _build.py) the same file builds a second module whose micro kernels use AVX-512 VNNI
-// `vpdpbusd` on the same weight layout; everything else (quantization, epilogue, threading) is shared.
+// Builds (kernels/_build.py): compiled on first use by torch.utils.cpp_extension with -O3 -mavx2
+// -mfma -fopenmp.  The caller checks AVX2+FMA at run time before loading this module.  Only AVX2/FMA
+// intrinsics are used (no AVX-512 encodings: tests check the object code).  With -DTERNARY_HF_VNNI
+// (and the AVX-512 flags) the micro kernels use AVX-512 VNNI `vpdpbusd` on the same weight layout;
+// with -DTERNARY_HF_AMX (and -mamx-tile -mamx-int8) AMX tiles replace them (amx_gemm.h, amx_tiles.h).
+// Everything else (quantization, epilogue, threading) is shared.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/extension.h>
