@@ -336,35 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say(f"Infinity skipped: {args.infinity} not found (create /work/venvs/infinity, see docs/serving.md)")
     try:
-        for server in servers:
-            say(f"{server.name}: ready after {wait_ready(server, 600):.1f} s")
-        sample = pool[: args.encode_texts]
-        rates = {"ternary": [encode_rate(student, sample)], "fp32": [encode_rate(fp32, sample)]}
-        say("srv CPU / cli CPU: CPU milliseconds per text of the server process / of the load-generating "
-            "client process (robust to other load on the machine, unlike texts/s)")
-        say()
-        say(f"{'server':<18} {'clients':>7} {'texts/s':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
-            f"{'p99/50':>6} {'batch':>6} {'errors':>6} {'mismatch':>9} {'max|diff|':>9} {'min cos':>8} "
-            f"{'srv CPU':>8} {'cli CPU':>8}")
-        results: dict[tuple[str, int], Point] = {}
-        for n in clients:
-            for server in servers:
-                before = batch_stats(server) if server.metrics else None
-                point = asyncio.run(run_point(server, pool, n, args.warmup, args.duration, args.seed + n, args.min_cos))
-                mean_batch = None
-                if before is not None:
-                    after = batch_stats(server)
-                    mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
-                results[(server.name, n)] = point
-                say(fmt_row(server.name, n, point, args.duration, mean_batch))
-            rates["ternary"].append(encode_rate(student, sample))
-            rates["fp32"].append(encode_rate(fp32, sample))
-        say()
-        enc_t, enc_f = (np.median(np.array(rates[k]), axis=0) for k in ("ternary", "fp32"))
-        say(f"in-process encode({len(sample)} texts, batch_size=32), median of {len(rates['ternary'])} runs "
-            f"between points: ternary {enc_t[0]:.0f} texts/s ({enc_t[1]:.2f} CPU ms/text), FP32 {enc_f[0]:.0f} "
-            f"texts/s ({enc_f[1]:.2f} CPU ms/text)")
-        summarize(say, results, servers, clients, args.duration, enc_t)
+        measure(args, say, servers, clients, pool, student, fp32)
     finally:
         for server in servers:
             code = server.stop()
@@ -375,6 +347,40 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(out.getvalue())
     return 0
+
+
+def measure(args: argparse.Namespace, say, servers: list[Server], clients: list[int], pool: list[str],
+            student: object, fp32: object) -> None:
+    """Every client count against every server, in-process encode between points, then the summary."""
+    for server in servers:
+        say(f"{server.name}: ready after {wait_ready(server, 600):.1f} s")
+    sample = pool[: args.encode_texts]
+    rates = {"ternary": [encode_rate(student, sample)], "fp32": [encode_rate(fp32, sample)]}
+    say("srv CPU / cli CPU: CPU milliseconds per text of the server process / of the load-generating "
+        "client process (robust to other load on the machine, unlike texts/s)")
+    say()
+    say(f"{'server':<18} {'clients':>7} {'texts/s':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'p99/50':>6} {'batch':>6} {'errors':>6} {'mismatch':>9} {'max|diff|':>9} {'min cos':>8} "
+        f"{'srv CPU':>8} {'cli CPU':>8}")
+    results: dict[tuple[str, int], Point] = {}
+    for n in clients:
+        for server in servers:
+            before = batch_stats(server) if server.metrics else None
+            point = asyncio.run(run_point(server, pool, n, args.warmup, args.duration, args.seed + n, args.min_cos))
+            mean_batch = None
+            if before is not None:
+                after = batch_stats(server)
+                mean_batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
+            results[(server.name, n)] = point
+            say(fmt_row(server.name, n, point, args.duration, mean_batch))
+        rates["ternary"].append(encode_rate(student, sample))
+        rates["fp32"].append(encode_rate(fp32, sample))
+    say()
+    enc_t, enc_f = (np.median(np.array(rates[k]), axis=0) for k in ("ternary", "fp32"))
+    say(f"in-process encode({len(sample)} texts, batch_size=32), median of {len(rates['ternary'])} runs "
+        f"between points: ternary {enc_t[0]:.0f} texts/s ({enc_t[1]:.2f} CPU ms/text), FP32 {enc_f[0]:.0f} "
+        f"texts/s ({enc_f[1]:.2f} CPU ms/text)")
+    summarize(say, results, servers, clients, args.duration, enc_t)
 
 
 def summarize(say, results, servers, clients, duration, enc) -> None:
