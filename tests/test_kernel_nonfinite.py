@@ -22,10 +22,12 @@ BAD = [float("nan"), float("inf"), float("-inf")]
 M, K, N = 6, 37, 45  # K = 32 (vector body) + 5 (scalar tail); N % 16 != 0 (scalar epilogue tail)
 
 
-@pytest.fixture(scope="module", params=["avx2", "avx512vnni"])
+@pytest.fixture(scope="module", params=["avx2", "avx512vnni", "amx", "amx_emulated"])
 def build(request: pytest.FixtureRequest):
-    """Each compiled build this CPU runs (the pybind module), loaded side by side."""
-    if request.param not in _build.supported_isas():
+    """Each compiled build this CPU runs (the pybind module), loaded side by side; the AMX code also
+    through its emulated tiles (the test-only build) where the CPU has no AMX."""
+    runnable = _build.supported_isas() + (["amx_emulated"] if "avx2" in _build.supported_isas() else [])
+    if request.param not in runnable:
         pytest.skip(f"this CPU cannot run the {request.param} build")
     try:
         return _build.load_kernel_variant(request.param)

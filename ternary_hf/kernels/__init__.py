@@ -1,49 +1,58 @@
 """Fast CPU inference for ternary linear layers: the public kernel API used by ``TernaryLinear``.
 
-Why a separate kernel layout: the on-disk format (:mod:`ternary_hf.packing`) is row-major 2-bit
-codes, good for storage and interchange; the kernel wants 16-column panels in which one shift and one
-mask yield the ``vpmaddubsw`` (AVX2) or ``vpdpbusd`` (AVX-512 VNNI) operand directly.
-:func:`prepare_weight` (:mod:`.layout`) converts once at load time (same 2 bits per weight, padded to
-multiples of 16), the on-disk format never changes.
+What the package owns: the C++ kernels (``ternary_cpu.cpp`` and its headers for inference,
+``ternary_train.cpp`` for the trainer's ops), their build-on-first-use loader (:mod:`._build`), the
+kernel weight layout (:mod:`.layout`), the ``torch.library`` operators (:mod:`.ops`) and the reading
+of every ``TERNARY_HF_*`` kernel variable (:mod:`.env`). It imports only :mod:`ternary_hf.quant` and
+:mod:`ternary_hf.errors`.
 
-Every entry point is also a ``torch.library`` operator (``torch.ops.ternary_hf.*``, :mod:`.ops`) with
-a fake implementation, so ``torch.compile(fullgraph=True)`` traces through the calls below; the Python
-functions here are what callers use, in eager mode and compiled alike.
+Why a separate kernel layout: the on-disk format (:mod:`ternary_hf.quant.packing`) is row-major 2-bit
+codes, good for storage and interchange; the kernel wants 16-column panels in which one shift and one
+mask yield the ``vpmaddubsw`` (AVX2), ``vpdpbusd`` (AVX-512 VNNI) or AMX tile operand directly.
+:func:`prepare_weight` converts once at load time (same 2 bits per weight, padded to multiples of 16);
+the on-disk format never changes.
 
 Call sequence (what ``TernaryLinear`` does)::
 
-    if cpu_kernel_available():                       # builds/loads once, never raises
+    if cpu_kernel_available():                       # builds/loads once, never raises on a bad toolchain
         prepared = prepare_weight(packed, in_features)   # once, at load
         y = ternary_linear_cpu(x2d, prepared, weight_scale, bias, in_features, out_features)
 
+Every entry point is also a ``torch.library`` operator (``torch.ops.ternary_hf.*``) with a fake
+implementation, so ``torch.compile(fullgraph=True)`` traces through the functions below; in eager mode
+they skip the dispatcher, whose per-call cost is comparable to a whole batch-1 layer.
+
 Numerics: activations are quantized per token to int8 with exactly the rule of
-:func:`ternary_hf.functional.quantize_activations_int8`; the int32 accumulators ``q(x) @ T.T`` are
-bit-identical to the reference path (tests check this through :func:`kernel_accumulators`). The float
-epilogue ``acc * s_x * s_w + b`` is computed in the same order in float32 (no FMA contraction), so in
-every test here the float output is bit-identical too; the documented guarantee is the looser
-``|y - y_ref| <= 1e-6 * (|y_ref| + max_row |y_ref|)`` (room for a different libm/compiler rounding
-``s_x`` differently). Broken numbers are never hidden: a row of ``x`` holding NaN or +-inf gives a
-row of NaN (as on the reference path, where the NaN reaches the matmul), a NaN or inf weight scale
-gives what the reference's ``* s_w`` gives, and so does a row so small that ``127 / max|x|``
-overflows (NaN if it holds a zero). Tests check every build against the reference for these inputs.
+:func:`ternary_hf.quant.functional.quantize_activations_int8`; the int32 accumulators ``q(x) @ T.T``
+are bit-identical to the reference path and across builds (tests check this through
+:func:`kernel_accumulators`). The float epilogue ``acc * s_x * s_w + b`` is computed in the same order
+in float32 (no FMA contraction), so in every test here the float output is bit-identical too; the
+documented guarantee is the looser ``|y - y_ref| <= 1e-6 * (|y_ref| + max_row |y_ref|)`` (room for a
+different libm/compiler rounding ``s_x`` differently). Broken numbers are never hidden: a row of ``x``
+holding NaN or +-inf gives a row of NaN (as on the reference path, where the NaN reaches the matmul),
+a NaN or inf weight scale gives what the reference's ``* s_w`` gives, and so does a row so small that
+``127 / max|x|`` overflows (NaN if it holds a zero). Tests check every build against the reference.
 
-Build (see :mod:`ternary_hf.kernels._build`): ``pip install "ternary-hf[kernel]"`` adds ``ninja``;
-with a C++ compiler present, the single source ``ternary_cpu.cpp`` (package data) is compiled on the
-first call of :func:`cpu_kernel_available` with ``-O3 -mavx2 -mfma -fopenmp`` (about 40 s on 2
-cores; on a CPU with AVX-512 VNNI a second build with ``-mavx512vnni`` is used instead, same results,
-``TERNARY_HF_KERNEL_ISA=avx2`` opts out, :func:`kernel_isa` says which runs) into
-``~/.cache/ternary_hf/kernels/<hash of source, flags, torch and Python version>/`` under a file lock,
-and later processes just load the cached ``.so``. No compiler, no ninja or no AVX2/FMA: one
-``RuntimeWarning`` naming the fix, then the reference path. ``TERNARY_HF_DISABLE_KERNEL=1`` forces
-the reference path; ``TERNARY_HF_KERNEL_CACHE`` moves the cache; ``TERNARY_HF_KERNEL_VERBOSE=1`` shows
-the compiler output.
+Builds (see :mod:`._build`): ``pip install "ternary-hf[kernel]"`` adds ``ninja``; with a C++ compiler
+present, the sources are compiled on the first call of :func:`cpu_kernel_available` into
+``~/.cache/ternary_hf/kernels/<hash of sources, flags, torch and Python version>/`` under a file lock
+(a minute or two, once; later processes load the cached ``.so``). One source, one build per
+instruction set, the best the CPU runs chosen: ``amx`` (AMX-INT8 tiles, Sapphire Rapids and later),
+``avx512vnni``, ``avx2``; :func:`kernel_isa` says which runs, ``TERNARY_HF_KERNEL_ISA`` forces one (or
+``reference``). A build that fails or that the OS refuses (AMX tile permission) gives one warning and
+the next build is tried; no compiler, no ninja or no AVX2/FMA: one ``RuntimeWarning`` naming the fix,
+then the reference path. ``TERNARY_HF_DISABLE_KERNEL=1`` forces the reference path;
+``TERNARY_HF_KERNEL_CACHE`` moves the cache; ``TERNARY_HF_KERNEL_VERBOSE=1`` shows the compiler output.
+The AMX build's tile code is tested bit for bit against the other builds through a test-only build
+that emulates the tile instructions; the real instructions have only run where a CPU has AMX (the
+development machine of the tests so far has none; see benchmarks/README.md for where it was measured).
 
-Threads: up to ``torch.get_num_threads()`` threads, but only as many as the problem pays for (at least
-~4M multiply-adds each), shared out on torch's OpenMP pool like torch's own ops. On a machine shared
-with other jobs, ``TERNARY_HF_KERNEL_PARALLEL=helpers`` instead shares work through helpers on torch's
-inter-op pool and never waits for a helper that has not started (an OpenMP join can stall 8-40 ms on
-a descheduled thread; helpers degrade to single-thread speed instead), but on a quiet machine it is
-much slower (MiniLM forward, 2 threads: 141 vs 97 ms; benchmarks/README.md).
+Threads: up to ``torch.get_num_threads()`` threads, but only as many as the problem pays for (a few
+million multiply-adds each), shared out on torch's OpenMP pool like torch's own ops. On a machine
+shared with other jobs, ``TERNARY_HF_KERNEL_PARALLEL=helpers`` instead shares work through helpers on
+torch's inter-op pool and never waits for a helper that has not started (an OpenMP join can stall for
+a scheduler time slice on a descheduled thread; helpers degrade to single-thread speed instead), but
+on a quiet machine it is much slower (figures in benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -133,7 +142,7 @@ def kernel_accumulators(x: torch.Tensor, prepared: torch.Tensor, in_features: in
 
 
 # --------------------------------------------------------------------------------------------- training
-# The distillation trainer's fast path (ternary_hf.training): one C++ pass each for what the student
+# The distillation trainer's fast path (ternary_hf.train.student): one C++ pass each for what the student
 # does to every layer on every step. Same results as the Python definitions (tests check bit equality).
 
 
@@ -145,7 +154,7 @@ def training_ops_available() -> bool:
 def ternarize_calibrated_cpu(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``ternarize(weight, "calibrated", "channel")`` as ``(int8 values, float32 scale)``, in one pass.
 
-    Bit for bit the same values and scales as :func:`ternary_hf.ternarize.ternarize` (a radix sort of the
+    Bit for bit the same values and scales as :func:`ternary_hf.quant.ternarize.ternarize` (a radix sort of the
     magnitudes instead of NumPy's sort; same float64 sums). Operator ``ternary_hf::ternarize_calibrated``.
 
     Raises:
@@ -164,7 +173,7 @@ def prepare_from_values(values: torch.Tensor) -> torch.Tensor:
 
 
 def fake_quantize_int8_cpu(x: torch.Tensor) -> torch.Tensor:
-    """``q(x) * s_x`` for a 2-D float32 ``x``: :func:`ternary_hf.functional.quantize_activations_int8`,
+    """``q(x) * s_x`` for a 2-D float32 ``x``: :func:`ternary_hf.quant.functional.quantize_activations_int8`,
     computed by the kernel's own quantization routine (bit for bit the same). Operator
     ``ternary_hf::fake_quantize_int8``."""
     return torch.ops.ternary_hf.fake_quantize_int8(x)

@@ -1,17 +1,21 @@
-"""Build-on-first-use loader for the ternary CPU kernel (``ternary_cpu.cpp``: AVX2, or AVX-512 VNNI).
+"""Build-on-first-use loader for the ternary CPU kernel (``ternary_cpu.cpp``: AMX-INT8, AVX-512 VNNI, AVX2).
 
-Why build on first use: a ternary layer's speed comes from AVX2 integer instructions, but wheels
-built for one CPU and one torch ABI break on the next; compiling the single small source file on the
-user's machine the first time a ternary layer runs (about a minute, then cached) works for every
-torch version ``pip install ternary-hf[kernel]`` can resolve, and needs only a C++ compiler plus
-``ninja`` (the ``kernel`` extra).
+Why build on first use: a ternary layer's speed comes from integer SIMD instructions, but wheels
+built for one CPU and one torch ABI break on the next; compiling the small sources on the user's
+machine the first time a ternary layer runs (once, then cached) works for every torch version
+``pip install ternary-hf[kernel]`` can resolve, and needs only a C++ compiler plus ``ninja`` (the
+``kernel`` extra).
 
-* Instruction set: the one source builds two modules. ``avx2`` (``vpmaddubsw``; any x86-64 CPU with
-  AVX2 + FMA) and ``avx512vnni`` (``vpdpbusd``; CPUs whose flags include avx512f/bw/vl and avx512_vnni:
-  Intel Cascade Lake / Ice Lake and later, AMD Zen 4 and later), which is picked when the CPU has it
-  because it does the same integer work in fewer instructions. ``TERNARY_HF_KERNEL_ISA=avx2`` forces
-  the AVX2 build (for comparisons); if the VNNI build fails (an old compiler), the AVX2 build is used
-  after one warning. Both give bit-identical results.
+* Instruction set: the one source builds one module per ISA, picked in the order of
+  :data:`PREFERENCE`: ``amx`` (``tdpbsud`` on 16 x 64 int8 tiles; CPUs with the ``amx_tile`` and
+  ``amx_int8`` flags: Intel Sapphire Rapids and later; Linux must grant the tile state, requested once
+  per process with ``arch_prctl``), ``avx512vnni`` (``vpdpbusd``; avx512f/bw/vl + avx512_vnni: Intel
+  Cascade Lake / Ice Lake and later, AMD Zen 4 and later) and ``avx2`` (``vpmaddubsw``; any x86-64 CPU
+  with AVX2 + FMA). Each does the same integer work in fewer instructions than the next; all give
+  bit-identical results. ``TERNARY_HF_KERNEL_ISA`` forces one (for comparisons) or ``reference``; a
+  build that fails (an old compiler) or that the OS refuses is skipped after one warning. The
+  test-only ``amx_emulated`` build (:data:`TEST_CFLAGS`) runs the AMX code with emulated tile
+  instructions, so its logic is tested on CPUs without AMX; it is never selected at run time.
 * Cache: ``$TERNARY_HF_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/ternary_hf/kernels`` (default
   ``~/.cache/ternary_hf/kernels``), one folder per hash of (source, flags, torch version, Python
   version, instruction set), so upgrading torch or the package rebuilds instead of loading a stale binary.
@@ -51,23 +55,35 @@ from .env import CACHE_ENV, DISABLE_ENV, ISA_ENV, PARALLEL_ENV, VERBOSE_ENV, env
 
 __all__ = [
     "SOURCE", "SOURCES", "HEADERS", "CFLAGS", "ISA_CFLAGS", "kernel_disabled", "cache_root", "kernel_module",
-    "load_kernel_module", "load_kernel_variant", "supported_isas", "kernel_isa", "kernel_status",
+    "load_kernel_module", "load_kernel_variant", "build_variant", "supported_isas", "kernel_isa", "kernel_status",
+    "TEST_CFLAGS", "PREFERENCE",
 ]
 
 SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
 #: Everything the build reads (hashed into the cache key): the inference kernel, the trainer's ops
-#: and the header they share.
+#: and the headers they share.
 SOURCES = (SOURCE, SOURCE.with_name("ternary_train.cpp"))
-HEADERS = (SOURCE.with_name("common.h"),)
-#: Flags of every build; ISA_CFLAGS adds the instruction set (the VNNI build also defines TERNARY_HF_VNNI).
+HEADERS = tuple(SOURCE.with_name(h) for h in ("common.h", "epilogue.h", "amx_tiles.h", "amx_gemm.h"))
+#: Flags of every build; ISA_CFLAGS adds the instruction set and the define that selects its GEMM code.
 CFLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")
 ISA_CFLAGS: dict[str, tuple[str, ...]] = {
     "avx2": ("-mavx2", "-mfma"),
     "avx512vnni": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-DTERNARY_HF_VNNI"),
+    "amx": ("-mavx2", "-mfma", "-mamx-tile", "-mamx-int8", "-DTERNARY_HF_AMX"),
 }
+#: Builds for tests only, never selected at run time: the AMX build with its tile instructions replaced
+#: by a scalar emulation (amx_tiles.h), so its tiling logic runs on CPUs without AMX.
+TEST_CFLAGS: dict[str, tuple[str, ...]] = {
+    "amx_emulated": ("-mavx2", "-mfma", "-DTERNARY_HF_AMX", "-DTERNARY_HF_AMX_EMULATE"),
+}
+_ALL_CFLAGS = {**ISA_CFLAGS, **TEST_CFLAGS}
+#: Selection order at run time: the first of these this CPU runs.
+PREFERENCE = ("amx", "avx512vnni", "avx2")
 #: /proc/cpuinfo flags each build needs beyond what _cpu_problem checks (AVX2 + FMA).
-_ISA_CPU_FLAGS = {"avx2": (), "avx512vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
-_ISA_LABEL = {"avx2": "AVX2", "avx512vnni": "AVX-512 VNNI"}
+_ISA_CPU_FLAGS = {"avx2": (), "avx512vnni": ("avx512f", "avx512bw", "avx512vl", "avx512_vnni"),
+                  "amx": ("amx_tile", "amx_int8"), "amx_emulated": ()}
+_ISA_LABEL = {"avx2": "AVX2", "avx512vnni": "AVX-512 VNNI", "amx": "AMX-INT8",
+              "amx_emulated": "AMX-INT8 (emulated tiles, tests only)"}
 LDFLAGS = ("-fopenmp",)
 #: Values of TERNARY_HF_KERNEL_ISA: the best build this CPU runs, one build, or no build at all.
 ISA_CHOICES = ("auto", *ISA_CFLAGS, "reference")
@@ -96,7 +112,7 @@ def _build_name(isa: str) -> str:
     h = hashlib.sha256()
     for path in SOURCES + HEADERS:
         h.update(path.read_bytes())
-    h.update(" ".join(CFLAGS + ISA_CFLAGS[isa] + LDFLAGS).encode())
+    h.update(" ".join(CFLAGS + _ALL_CFLAGS[isa] + LDFLAGS).encode())
     h.update(torch.__version__.encode())
     h.update(f"{sys.version_info[0]}.{sys.version_info[1]}".encode())
     return f"ternary_hf_cpu_{isa}_{h.hexdigest()[:16]}"
@@ -119,7 +135,7 @@ def supported_isas() -> list[str]:
     if _cpu_problem() is not None:
         return []
     flags = _cpu_flags()
-    return [isa for isa in ("avx512vnni", "avx2") if all(flag in flags for flag in _ISA_CPU_FLAGS[isa])]
+    return [isa for isa in PREFERENCE if all(flag in flags for flag in _ISA_CPU_FLAGS[isa])]
 
 
 def _cpu_problem() -> str | None:
@@ -236,12 +252,12 @@ def _build(name: str, isa: str) -> ModuleType:
         if problem is not None:
             raise _Unavailable(problem)
         if not _verbose():
-            _say(f"compiling the {_ISA_LABEL[isa]} kernel into {build_dir} (once per machine and version; "
-                 f"about a minute)")
+            _say(f"compiling the {_ISA_LABEL[isa]} kernel into {build_dir} (once per machine and version, "
+                 f"a minute or two)")
         return cpp_extension.load(
             name=name,
             sources=[str(path) for path in SOURCES],
-            extra_cflags=list(CFLAGS + ISA_CFLAGS[isa]),  # copies: torch appends to the lists it is given
+            extra_cflags=list(CFLAGS + _ALL_CFLAGS[isa]),  # copies: torch appends to the lists it is given
             extra_ldflags=list(LDFLAGS),
             build_directory=str(build_dir),
             verbose=_verbose(),
@@ -277,9 +293,9 @@ def _requested_isas() -> list[str]:
 
 
 def _try_build(isa: str) -> tuple[ModuleType | None, str | None]:
-    """(module, None) or (None, why it could not be built)."""
+    """(module, None) or (None, why it could not be built or cannot run)."""
     try:
-        return _build(_build_name(isa), isa), None
+        module = _build(_build_name(isa), isa)
     except _Unavailable as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - any build failure means "use the fallback"
@@ -287,21 +303,46 @@ def _try_build(isa: str) -> tuple[ModuleType | None, str | None]:
             f"building the {_ISA_LABEL[isa]} kernel failed ({type(exc).__name__}: {str(exc)[-500:]}); "
             f"set TERNARY_HF_KERNEL_VERBOSE=1 to see the compiler output"
         )
+    if isa == "amx":  # Linux grants the tile state on request only (once per process)
+        refused = module._amx_permission()
+        if refused:
+            return None, f"the OS refused the AMX tile state: {refused}"
+    return module, None
+
+
+def build_variant(isa: str) -> ModuleType:
+    """Compile (or load from the cache) and import one build WITHOUT checking that this CPU runs it.
+
+    For tests that a build compiles (e.g. the AMX build on a CPU without AMX): importing runs none of
+    its instructions, calling its functions on such a CPU would. Use :func:`load_kernel_variant` to run one.
+
+    Raises:
+        ValueError: for an unknown name.
+        RuntimeError: when it cannot be built (the message says why).
+    """
+    if isa not in _ALL_CFLAGS:
+        raise ValueError(f"unknown kernel build {isa!r}; use one of {', '.join(_ALL_CFLAGS)}")
+    try:
+        return _build(_build_name(isa), isa)
+    except _Unavailable as exc:
+        raise RuntimeError(str(exc)) from exc
 
 
 def load_kernel_variant(isa: str) -> ModuleType:
-    """One specific build (``"avx2"`` or ``"avx512vnni"``), for tests and benchmarks that compare them.
+    """One specific build, for tests and benchmarks that compare them: a name of :data:`ISA_CFLAGS`
+    (``"avx2"``, ``"avx512vnni"``, ``"amx"``) or of :data:`TEST_CFLAGS` (``"amx_emulated"``).
 
     Raises:
         ValueError: for an unknown name.
         RuntimeError: when this CPU cannot run it or it cannot be built (the message says why).
     """
-    if isa not in ISA_CFLAGS:
-        raise ValueError(f"unknown kernel instruction set {isa!r}; use one of {', '.join(ISA_CFLAGS)}")
+    if isa not in _ALL_CFLAGS:
+        raise ValueError(f"unknown kernel instruction set {isa!r}; use one of {', '.join(_ALL_CFLAGS)}")
     with _lock:
         if isa in _variants:
             return _variants[isa]
-        if isa not in supported_isas():
+        runnable = supported_isas() + (list(TEST_CFLAGS) if "avx2" in supported_isas() else [])
+        if isa not in runnable:
             why = _cpu_problem() or "it lacks " + ", ".join(_ISA_CPU_FLAGS[isa])
             raise RuntimeError(f"this CPU cannot run the {_ISA_LABEL[isa]} kernel: {why}")
         module, problem = _try_build(isa)

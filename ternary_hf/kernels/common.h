@@ -11,7 +11,11 @@
 #include <cstring>
 #include <limits>
 
+// Everything in these headers has internal linkage (an anonymous namespace): several builds of the
+// kernel (AVX2, VNNI, AMX, ...) are loaded side by side into one process, and an inline function with
+// external linkage would share its static variables across them (GCC merges such statics process-wide).
 namespace ternary_hf_kernel {
+namespace {
 
 constexpr int64_t kNR = 16;        // columns per register tile (= per weight panel)
 constexpr int64_t kKB = 16;        // k values per weight block
@@ -108,4 +112,25 @@ inline int32_t quantize_row(const float* x, int64_t k, int64_t kp, int8_t* q, fl
   return sum;
 }
 
+// Bytes per decoded block (one byte per code: 4 steps x 64).
+constexpr int64_t kDecodedBlockBytes = 256;
+
+// 2-bit panel blocks -> one byte per code c in {0, 1, 2}: block kb's step s (k = 16kb + 4s + i) lands at
+// wd + 256 kb + 64 s, byte 4 * col + i. That is the operand of the AVX2 / VNNI micro kernels and, four
+// blocks at a time, exactly one AMX B tile (16 rows of 4 k x 16 columns). wd must be 32-byte aligned.
+inline void decode_chunk(const uint8_t* w, int64_t nkb, uint8_t* wd) {
+  const __m256i mask = _mm256_set1_epi8(3);
+  for (int64_t kb = 0; kb < nkb; ++kb, w += kBlockBytes, wd += kDecodedBlockBytes) {
+    const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
+    for (int s = 0; s < 4; ++s) {
+      const __m128i sh = _mm_cvtsi32_si128(2 * s);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(wd + 64 * s), _mm256_and_si256(_mm256_srl_epi16(p0, sh), mask));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(wd + 64 * s + 32),
+                         _mm256_and_si256(_mm256_srl_epi16(p1, sh), mask));
+    }
+  }
+}
+
+}  // namespace
 }  // namespace ternary_hf_kernel

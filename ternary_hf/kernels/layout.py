@@ -1,6 +1,6 @@
 """The kernel's weight layout: 16-column panels of 2-bit codes, converted once from the on-disk format.
 
-Why a separate layout: the on-disk format (:mod:`ternary_hf.packing`) is row-major 2-bit codes, good
+Why a separate layout: the on-disk format (:mod:`ternary_hf.quant.packing`) is row-major 2-bit codes, good
 for storage and interchange; the kernel wants 16-column panels in which one shift and one mask yield
 the ``vpmaddubsw`` (AVX2), ``vpdpbusd`` (AVX-512 VNNI) or AMX tile operand directly. Same 2 bits per
 weight, padded to multiples of 16; the on-disk format never changes.
@@ -31,7 +31,7 @@ def prepare_weight(packed: torch.Tensor, in_features: int) -> torch.Tensor:
 
     Args:
         packed: ``uint8`` ``(out_features, ceil(in_features / 4))`` in the layout of
-            :mod:`ternary_hf.packing`.
+            :mod:`ternary_hf.quant.packing`.
         in_features: unpadded input width.
 
     Returns:

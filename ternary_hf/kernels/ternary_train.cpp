@@ -1,19 +1,18 @@
-// CPU ops of the distillation trainer's fast path (ternary_hf/training.py, FakeTernaryLinear).
+// CPU ops of the distillation trainer's fast path (ternary_hf/train/student.py, FakeTernaryLinear).
 //
 // Why this file exists: the student re-ternarizes every linear layer on every step and fake-quantizes
 // every activation. Done with torch ops, that bookkeeping cost more than the student's own matrix
-// products (all-MiniLM-L6-v2, batch 32, 2 threads: 0.33 s of ternarization + 0.12 s of fake
-// quantization + the straight-through adds, in a 2.6 s step). Here each is one pass in C++, and the
+// products (benchmarks/README.md, bench_train_step.py). Here each is one pass in C++, and the
 // ternary codes go straight into the inference kernel's layout, so the student's forward runs the
 // very kernel the finalized model runs.
 //
 // Exactness (tests check each against the Python definition):
-//   * ternarize_calibrated == ternary_hf.ternarize.ternarize(w, "calibrated", "channel"): the same
+//   * ternarize_calibrated == ternary_hf.quant.ternarize.ternarize(w, "calibrated", "channel"): the same
 //     sorted magnitudes (a radix sort of the float bit patterns gives exactly the values any sort
 //     gives), the same sequential float64 prefix sums and `csum * csum / k` (no FMA: built with
 //     -ffp-contract=off), the first maximum, the same threshold and mask; the scale is the float64
 //     sum of the kept magnitudes over their count, rounded once to float32, as ternarize.py computes it.
-//   * fake_quantize_int8 == ternary_hf.functional.quantize_activations_int8 (q * s_x): it calls the
+//   * fake_quantize_int8 == ternary_hf.quant.functional.quantize_activations_int8 (q * s_x): it calls the
 //     kernel's own quantize_row (common.h).
 //   * prepare_from_values == kernels.prepare_weight(pack_ternary(values), K), without the 2-bit
 //     round trip.
