@@ -16,9 +16,17 @@ in ONE run:
   VNNI, ORT's u8 x s8 path can saturate int16 pair sums, which costs accuracy (MPNet!);
 * ``ternary-avx2`` - (optional) ours with the AVX2 kernel build forced (``TERNARY_HF_KERNEL_ISA=avx2``):
   on a CPU with AVX-512 VNNI, where ``ternary`` runs the VNNI build, this shows what VNNI buys;
+* ``openvino`` - OpenVINO at its default precision (it picks bf16 on CPUs with AMX, f32 elsewhere; the
+  table names what it picked), the model converted with ``openvino.convert_model`` (``_openvino.py``);
+* ``openvino-int8`` - the same graph quantized with NNCF (static int8, ``ModelType.TRANSFORMER``,
+  calibrated on 300 Amazon review sentences, none of them in the benchmark set);
+* ``torch-bf16`` - plain ``SentenceTransformer`` with the model in ``torch.bfloat16`` (run only when the
+  CPU has AMX-BF16 or AVX512-BF16, where oneDNN has native bf16 kernels);
 * ``qdyn``     - ``torch.ao.quantization.quantize_dynamic`` int8 on every ``nn.Linear``;
-* ``bnb-int8`` - bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with the reason
-  otherwise). It is several times slower than FP32 here, so it encodes only a fraction of each round.
+* ``ternary-eager`` - (optional) ours through transformers' own layer-by-layer forward
+  (``TERNARY_HF_FAST_FORWARD=0``): the path before ``ternary_hf.runtime``;
+* ``bnb-int8`` - (optional) bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with
+  the reason otherwise). It is several times slower than FP32 here, so it encodes only a fraction of each round.
 
 How it measures: every backend lives in its own worker process (so peak RSS, ``VmHWM`` from
 ``/proc/self/status``, is its own; ``ru_maxrss`` would be inherited across fork+exec). All workers of
@@ -67,13 +75,19 @@ from _machine import cpu_model, load_avg
 from ternary_hf.checkpoint import folder_fingerprint
 from ternary_hf.onnx_baseline import OnnxEncoder
 
-BACKENDS = ["fp32", "ternary", "onnx-int8", "qdyn", "bnb-int8"]
+BACKENDS = ["fp32", "ternary", "onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn"]
 #: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI);
-#: ternary-avx2: ours with the AVX2 kernel build forced (TERNARY_HF_KERNEL_ISA=avx2), on a VNNI CPU
-EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2"]
+#: ternary-avx2: ours with the AVX2 kernel build forced (TERNARY_HF_KERNEL_ISA=avx2), on a VNNI CPU;
+#: ternary-eager: ours through transformers' own forward (TERNARY_HF_FAST_FORWARD=0); bnb-int8: bitsandbytes
+EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2", "ternary-eager", "bnb-int8"]
+#: The stock engines a CPU user would pick instead (issue 29): ours must beat the fastest of them.
+STOCK = ("onnx-int8", "openvino", "openvino-int8", "torch-bf16")
+OV_CALIBRATION = 300  # NNCF calibration sentences (Amazon reviews: not in the benchmark set)
 TARGET_VS_FP32 = 3.0
-TARGET_VS_ONNX = 1.0
+TARGET_VS_STOCK = 1.25
 TARGET_LATENCY = 1.0
+#: /proc/cpuinfo flags printed with every run (what the engines can use on this CPU).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,22 +156,49 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | None) -> Any:
+_NOTES: list[str] = []
+
+
+def cpu_isa_flags() -> list[str]:
+    """The ISA_FLAGS this CPU reports in /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    return [flag for flag in ISA_FLAGS if flag in flags]
+
+
+def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | None, ov_dir: str | None) -> Any:
     """Returns an object with ``encode(texts, batch_size) -> np.ndarray`` (normalised or not)."""
     if backend in ("onnx-int8", "onnx-u8"):
         assert onnx_path is not None
         if backend == "onnx-u8":
             onnx_path = str(Path(onnx_path).with_name("model_uint8.onnx"))
         return OnnxEncoder(onnx_path, model_dir, threads)
+    if backend in ("openvino", "openvino-int8"):
+        from _openvino import openvino_encoder
+
+        assert ov_dir is not None
+        xml = Path(ov_dir) / ("model_int8.xml" if backend == "openvino-int8" else "model.xml")
+        enc, precision = openvino_encoder(xml, model_dir, threads)
+        _NOTES.append(precision)  # what OpenVINO picked: shown beside the backend's name
+        return enc
     import torch
     from sentence_transformers import SentenceTransformer
 
     _set_threads(threads)
     if backend == "fp32":
         st = SentenceTransformer(model_dir, device="cpu")
-    elif backend in ("ternary", "ternary-avx2"):
+    elif backend == "torch-bf16":
+        if not {"avx512_bf16", "amx_bf16"} & set(cpu_isa_flags()):
+            raise RuntimeError("this CPU has neither AVX512-BF16 nor AMX-BF16 (bf16 would be emulated)")
+        st = SentenceTransformer(model_dir, device="cpu").to(torch.bfloat16)
+    elif backend in ("ternary", "ternary-avx2", "ternary-eager"):
         if backend == "ternary-avx2":
             os.environ["TERNARY_HF_KERNEL_ISA"] = "avx2"  # read when the kernel first loads, below
+        if backend == "ternary-eager":
+            os.environ["TERNARY_HF_FAST_FORWARD"] = "0"  # read on every forward
         import ternary_hf
         from ternary_hf.kernels import cpu_kernel_available, kernel_status
 
@@ -190,8 +231,9 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
 
     class _ST:
         def encode(self, texts: Sequence[str], batch_size: int) -> Any:
-            with torch.inference_mode():
-                return st.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+            with torch.inference_mode():  # as a tensor first: numpy has no bfloat16 (torch-bf16)
+                emb = st.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+                return emb.float().numpy()
 
     return _ST()
 
@@ -226,7 +268,7 @@ def worker_main(args: argparse.Namespace) -> None:
     logging.disable(logging.WARNING)
     texts: list[str] = json.loads(Path(args.sentences).read_text())
     try:
-        enc = _load_backend(args.worker, args.model_dir, args.threads, args.onnx_path)
+        enc = _load_backend(args.worker, args.model_dir, args.threads, args.onnx_path, args.ov_dir)
         enc.encode(texts[: args.batch_size], args.batch_size)  # warm-up (lazy inits, kernel build/load)
         enc.encode(texts[:1], 1)
     except Exception as exc:  # reported as "skipped: reason" by the main process
@@ -235,7 +277,8 @@ def worker_main(args: argparse.Namespace) -> None:
     load_peak = proc_status_kb("VmHWM")
     rss_ready = proc_status_kb("VmRSS")
     reset_ok = reset_peak_rss()
-    _emit({"status": "ready", "load_peak_kb": load_peak, "rss_ready_kb": rss_ready, "reset_ok": reset_ok})
+    _emit({"status": "ready", "load_peak_kb": load_peak, "rss_ready_kb": rss_ready, "reset_ok": reset_ok,
+           "note": ", ".join(_NOTES)})
     embeddings: dict[int, Any] = {}
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -495,7 +538,7 @@ class Worker:
 
 def run_cell(
     model_name: str, model_dir: str, threads: int, backends: list[str], args: argparse.Namespace,
-    workdir: Path, sentences_file: Path, n: int, onnx_path: str | None,
+    workdir: Path, sentences_file: Path, n: int, onnx_path: str | None, ov_dir: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     import numpy as np
 
@@ -506,11 +549,16 @@ def run_cell(
         if b.startswith("onnx") and onnx_path is None:
             results[b] = {"skipped": "ONNX export failed (see above)"}
             continue
+        if b.startswith("openvino") and ov_dir is None:
+            results[b] = {"skipped": "OpenVINO conversion failed (see above)"}
+            continue
         out = workdir / f"{model_name}-t{threads}-{b}"
         cmd = [sys.executable, __file__, "--worker", b, "--model-dir", model_dir, "--threads", str(threads),
                "--batch-size", str(args.batch_size), "--sentences", str(sentences_file), "--out", str(out)]
         if onnx_path:
             cmd += ["--onnx-path", onnx_path]
+        if ov_dir:
+            cmd += ["--ov-dir", ov_dir]
         w = Worker(b, cmd, workdir / f"{out.name}.log", env)
         if w.info.get("status") != "ready":
             results[b] = {"skipped": w.info.get("error", "unknown error")}
@@ -518,6 +566,7 @@ def run_cell(
             continue
         workers[b] = w
         results[b] = {"load_peak_kb": w.info["load_peak_kb"], "reset_ok": w.info["reset_ok"], "rounds": [],
+                      "note": w.info.get("note", ""),
                       "count": 0, "seconds": 0.0, "lat": []}
     order = list(workers)
     rounds = args.rounds
@@ -581,31 +630,70 @@ def run_cell(
     return results
 
 
+def fastest_stock(results: dict[str, dict[str, Any]], key: str = "throughput") -> tuple[str, float] | None:
+    """(backend, value) of the best stock engine measured: the highest throughput or lowest latency."""
+    got = [(b, results[b][key]) for b in STOCK if key in results.get(b, {})]
+    if not got:
+        return None
+    return max(got, key=lambda kv: kv[1]) if key == "throughput" else min(got, key=lambda kv: kv[1])
+
+
 def print_cell(model_name: str, threads: int, results: dict[str, dict[str, Any]], bnb_fraction: float) -> None:
     print(f"\n#### {model_name}, threads={threads}, batch 32\n")
-    print("| backend | sentences/s | best round | x FP32 | x ONNX-int8 | batch-1 ms (median) | latency x FP32 "
-          "| peak RSS MB: load / encode | mean cos to FP32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    best = fastest_stock(results)
+    best_lat = fastest_stock(results, "latency_ms")
+    print("| backend | sentences/s | best round | x FP32 | x fastest stock | batch-1 ms (median) | latency x FP32 "
+          "| latency x fastest stock | peak RSS MB: load / encode | mean cos to FP32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     fp = results.get("fp32", {})
-    ox = results.get("onnx-int8", {})
     for b, res in results.items():
         if b == "ternary-saved":
             if "skipped" not in res:
                 enc = f"{res['encode_peak_kb'] / 1024:.0f}" if res.get("reset_ok") and res["encode_peak_kb"] else "-"
-                print(f"| ternary, loaded from its saved 2-bit folder (RSS only) | | | | | | | "
+                print(f"| ternary, loaded from its saved 2-bit folder (RSS only) | | | | | | | | "
                       f"{(res['load_peak_kb'] or 0) / 1024:.0f} / {enc} | |")
             continue
         if "skipped" in res:
-            print(f"| {b} | skipped: {res['skipped']} | | | | | | | |")
+            print(f"| {b} | skipped: {res['skipped']} | | | | | | | | |")
             continue
         vs_fp = f"{res['throughput'] / fp['throughput']:.2f}" if "throughput" in fp else "-"
-        vs_ox = f"{res['throughput'] / ox['throughput']:.2f}" if "throughput" in ox else "-"
+        vs_best = f"{res['throughput'] / best[1]:.2f}" if best else "-"
         lat_fp = f"{res['latency_ms'] / fp['latency_ms']:.2f}" if "latency_ms" in fp else "-"
+        lat_best = f"{res['latency_ms'] / best_lat[1]:.2f}" if best_lat else "-"
         load_peak = f"{(res['load_peak_kb'] or 0) / 1024:.0f}"
         enc_peak = f"{res['encode_peak_kb'] / 1024:.0f}" if res.get("reset_ok") and res["encode_peak_kb"] else "-"
         name = b + (f" ({bnb_fraction:.0%} of the sentences)" if b == "bnb-int8" else "")
-        print(f"| {name} | {res['throughput']:.1f} | {res['best']:.1f} | {vs_fp} | {vs_ox} | {res['latency_ms']:.2f} | "
-              f"{lat_fp} | {load_peak} / {enc_peak} | {res.get('cos', float('nan')):.4f} |")
+        name += f" ({res['note']})" if res.get("note") else ""
+        print(f"| {name} | {res['throughput']:.1f} | {res['best']:.1f} | {vs_fp} | {vs_best} | "
+              f"{res['latency_ms']:.2f} | {lat_fp} | {lat_best} | {load_peak} / {enc_peak} | "
+              f"{res.get('cos', float('nan')):.4f} |")
+    if best:
+        print(f"\nfastest stock engine: {best[0]} ({best[1]:.1f} sentences/s); lowest stock batch-1 latency: "
+              f"{best_lat[0]} ({best_lat[1]:.2f} ms)")
+
+
+def print_targets(all_results: dict[tuple[str, int], dict[str, dict[str, Any]]]) -> None:
+    """Issue 29's targets, per (model, threads): ours vs FP32 and vs the fastest stock engine."""
+    print(f"\n### Targets (issue 29): batch 32: >= {TARGET_VS_STOCK}x the fastest stock engine and "
+          f">= {TARGET_VS_FP32:.0f}x FP32 torch; batch-1 latency <= the fastest stock engine's (2 threads)\n")
+    for (model_name, threads), res in all_results.items():
+        t, f = res.get("ternary", {}), res.get("fp32", {})
+        best, best_lat = fastest_stock(res), fastest_stock(res, "latency_ms")
+        if "throughput" not in t:
+            continue
+        parts = []
+        if "throughput" in f:
+            vs_f = t["throughput"] / f["throughput"]
+            parts.append(f"{vs_f:.2f}x FP32 [{'met' if vs_f >= TARGET_VS_FP32 else 'NOT met'}]")
+        if best:
+            vs_s = t["throughput"] / best[1]
+            parts.append(f"{vs_s:.2f}x {best[0]} [{'met' if vs_s >= TARGET_VS_STOCK else 'NOT met'}]")
+        if best_lat:
+            lat = t["latency_ms"] / best_lat[1]
+            parts.append(f"batch-1 latency {t['latency_ms']:.2f} ms = {lat:.2f}x {best_lat[0]}'s "
+                         f"[{'met' if lat <= TARGET_LATENCY else 'NOT met'}]")
+        mark = "" if threads == 2 else " (targets are stated for 2 threads)"
+        print(f"# {model_name} threads={threads}: ternary " + ", ".join(parts) + mark)
 
 
 def export_onnx(model_name: str, model_dir: str, sentences_file: Path, workdir: Path) -> str | None:
@@ -629,6 +717,35 @@ def export_onnx(model_name: str, model_dir: str, sentences_file: Path, workdir: 
         print(f"# ONNX pipeline check ({model_name}, fp32 graph vs sentence-transformers, 16 sentences): "
               f"min cos {cos:.6f}")
     return str(int8)
+
+
+def export_openvino(model_name: str, model_dir: str, workdir: Path) -> str | None:
+    """Convert (and NNCF-quantize) the model for OpenVINO once, in a subprocess; the folder, or None."""
+    ov_dir = cache_root() / "openvino" / f"{model_name}-{folder_fingerprint(model_dir)}"
+    if not (ov_dir / "model_int8.xml").exists():
+        print(f"# converting {model_name} for OpenVINO (+ NNCF int8, {OV_CALIBRATION} calibration sentences) "
+              f"into {ov_dir} ...", flush=True)
+        t0 = time.time()
+        cmd = [sys.executable, __file__, "--worker", "ov-export", "--model-dir", model_dir, "--ov-dir", str(ov_dir)]
+        log = workdir / f"ov-export-{model_name}.log"
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc != 0 or not (ov_dir / "model_int8.xml").exists():
+            print(f"# OpenVINO conversion of {model_name} FAILED (rc={rc}): "
+                  f"{' | '.join(log.read_text().splitlines()[-3:])}")
+            return None
+        print(f"#   done in {time.time() - t0:.0f} s", flush=True)
+    return str(ov_dir)
+
+
+def ov_export_main(args: argparse.Namespace) -> None:
+    from _openvino import convert_openvino
+
+    from ternary_hf.datasets import load_dataset
+
+    warnings.simplefilter("ignore")
+    calibration = list(dict.fromkeys(load_dataset("amazon", "train").texts))[:OV_CALIBRATION]
+    print(convert_openvino(args.model_dir, Path(args.ov_dir), calibration))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -658,11 +775,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--onnx-path", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--onnx-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ov-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         args.threads = args.threads[0]
     if args.worker == "export":
         return export_main(args)
+    if args.worker == "ov-export":
+        return ov_export_main(args)
     if args.worker == "profile":
         return profile_main(args)
     if args.worker == "save":
@@ -691,7 +811,7 @@ def main(argv: list[str] | None = None) -> None:
 
     versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}",
                 f"sentence-transformers {sentence_transformers.__version__}"]
-    for mod in ("onnxruntime", "onnx", "bitsandbytes"):
+    for mod in ("onnxruntime", "onnx", "openvino", "nncf", "bitsandbytes"):
         try:
             versions.append(f"{mod} {__import__(mod).__version__}")
         except Exception as exc:  # noqa: BLE001
@@ -702,6 +822,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"# machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; load average {load_avg()}")
+    print(f"# ISA flags: {' '.join(cpu_isa_flags()) or 'none of ' + ' '.join(ISA_FLAGS)}")
     print(f"# versions: {', '.join(versions)}")
     print(f"# ternary kernel: {kernel_status()}")
 
@@ -721,33 +842,20 @@ def main(argv: list[str] | None = None) -> None:
             m_n = (args.mpnet_n or n) if model_name == "mpnet" else n
             need_onnx = any(b.startswith("onnx") for b in args.backends)
             onnx_path = export_onnx(model_name, model_dir, sentences_file, workdir) if need_onnx else None
+            need_ov = any(b.startswith("openvino") for b in args.backends)
+            ov_dir = export_openvino(model_name, model_dir, workdir) if need_ov else None
             if "ternary" in args.backends and args.saved_probe:  # prepared here so no probe pays for it
                 cmd = [sys.executable, __file__, "--worker", "save", "--model-dir", model_dir]
                 subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
             for threads in args.threads:
                 res = run_cell(model_name, model_dir, threads, list(args.backends), args, workdir, sentences_file,
-                               m_n, onnx_path)
+                               m_n, onnx_path, ov_dir)
                 all_results[(model_name, threads)] = res
                 print(f"\n# {model_name}: {m_n} sentences, load average now {load_avg()}")
                 print_cell(model_name, threads, res, args.bnb_fraction)
                 sys.stdout.flush()
         if all_results:
-            print("\n### Targets (issue 5): batch 32, 2 threads: >= 3x FP32 torch and >= 1.0x ONNX int8; "
-                  "batch-1 latency <= 1.0x FP32\n")
-            for (model_name, threads), res in all_results.items():
-                t, f, o = res.get("ternary", {}), res.get("fp32", {}), res.get("onnx-int8", {})
-                if "throughput" not in t or "throughput" not in f:
-                    continue
-                vs_f = t["throughput"] / f["throughput"]
-                vs_o = t["throughput"] / o["throughput"] if "throughput" in o else float("nan")
-                lat = t["latency_ms"] / f["latency_ms"]
-                mark = "" if threads == 2 else " (targets are stated for 2 threads)"
-                onnx_txt = "ONNX-int8 not measured" if vs_o != vs_o else (
-                    f"{vs_o:.2f}x ONNX-int8 [{'met' if vs_o >= TARGET_VS_ONNX else 'NOT met'}]")
-                print(f"# {model_name} threads={threads}: ternary {vs_f:.2f}x FP32 "
-                      f"[{'met' if vs_f >= TARGET_VS_FP32 else 'NOT met'}], {onnx_txt}, "
-                      f"batch-1 latency {lat:.2f}x FP32 "
-                      f"[{'met' if lat <= TARGET_LATENCY else 'NOT met'}]{mark}")
+            print_targets(all_results)
         if args.profile:
             for threads in args.threads:
                 cmd = [sys.executable, __file__, "--worker", "profile", "--model-dir", model_dirs["minilm"],

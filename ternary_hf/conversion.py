@@ -91,7 +91,9 @@ def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
 def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every ternary module by the float module it stands for (in place; returns ``model``)."""
     from .fusion import unfuse_activations
+    from .runtime import disable_fast_forward
 
+    disable_fast_forward(model)  # the fast forward runs ternary layers; a float model takes its own forward
     unfuse_activations(model)  # a fused GELU goes back to its own module before the layer turns float
     for name, module in ternary_modules(model).items():
         parent_name, _, child_name = name.rpartition(".")

@@ -25,6 +25,7 @@ from .conversion import dequantize_model, replace_with_ternary
 from .fusion import fuse_activations
 from .modules import QuantizedEmbedding, TernaryLinear
 from .remote_code import attach_autoload_on_save, detach_autoload_on_save
+from .runtime import disable_fast_forward, enable_fast_forward
 
 __all__ = ["TernaryHfQuantizer", "TernaryQuantize"]
 
@@ -119,6 +120,7 @@ class TernaryHfQuantizer(HfQuantizer):
             self._zero_layers_missing_from_checkpoint(model)
         n_fused = fuse_activations(model)
         logger.info("ternary-hf: fused %d GELU activations into the preceding ternary layers", n_fused)
+        enable_fast_forward(model)  # padding-free, batch-invariant forward for the encoders it covers
         attach_autoload_on_save(model)
         return model
 
@@ -147,6 +149,7 @@ class TernaryHfQuantizer(HfQuantizer):
         return TernaryQuantize(self)
 
     def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:
+        disable_fast_forward(model)
         dequantize_model(model, dtype)
         detach_autoload_on_save(model)
         return model

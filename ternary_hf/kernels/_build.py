@@ -44,9 +44,9 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
-#: Everything the build reads (hashed into the cache key): the inference kernel, the trainer's ops
-#: and the header they share.
-SOURCES = (SOURCE, SOURCE.with_name("ternary_train.cpp"))
+#: Everything the build reads (hashed into the cache key): the inference kernel, the trainer's ops,
+#: the fast encoder forward's fused ops (ternary_hf.runtime) and the header they share.
+SOURCES = (SOURCE, SOURCE.with_name("ternary_train.cpp"), SOURCE.with_name("encoder_ops.cpp"))
 HEADERS = (SOURCE.with_name("common.h"),)
 #: Flags of every build; ISA_CFLAGS adds the instruction set (the VNNI build also defines TERNARY_HF_VNNI).
 CFLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")

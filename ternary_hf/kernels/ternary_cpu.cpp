@@ -643,6 +643,7 @@ torch::Tensor ternary_accumulators(const torch::Tensor& x, const torch::Tensor& 
 }  // namespace
 
 void register_training_ops(pybind11::module_& m);  // ternary_train.cpp
+void register_encoder_ops(pybind11::module_& m);   // encoder_ops.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if defined(TERNARY_HF_VNNI)
@@ -671,4 +672,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ternary_accumulators", &ternary_accumulators, "int32 q(x) @ T.T (for tests)", py::arg("x"),
         py::arg("prepared"), py::arg("in_features"), py::arg("out_features"));
   register_training_ops(m);
+  register_encoder_ops(m);
 }
