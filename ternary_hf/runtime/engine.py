@@ -47,13 +47,13 @@ _HANDLED = {"input_ids", "attention_mask", "token_type_ids", "pixel_values", "in
 
 
 def _kernel_module():
-    """The compiled kernel module when it has the encoder ops, else None (then torch references run)."""
-    from .. import kernels
+    """The compiled kernel module when it runs here and has the encoder ops, else None (then every
+    step takes its torch reference, as ``TernaryLinear`` does). Checked on every call, like the
+    ``TERNARY_HF_DISABLE_KERNEL`` switch it honours."""
+    from ..kernels import _build
 
-    if not kernels.cpu_kernel_available():
-        return None
-    module = kernels._build.kernel_module()  # noqa: SLF001
-    return module if hasattr(module, "varlen_attention") else None
+    module = _build.kernel_module()
+    return module if module is not None and hasattr(module, "varlen_attention") else None
 
 
 class _Linear:
@@ -64,30 +64,34 @@ class _Linear:
     else (a float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
     """
 
-    def __init__(self, modules: list[nn.Module], activation: nn.Module | None, kernels: Any) -> None:
+    def __init__(self, modules: list[nn.Module], activation: nn.Module | None) -> None:
         self.modules = modules
         self.activation = None if type(activation).__name__ == "FusedIntoLinear" else activation
         ternary = all(isinstance(m, TernaryLinear) and m.quantize_activations for m in modules)
         same_k = len({m.in_features for m in modules}) == 1
         aligned = all(m.out_features % 16 == 0 for m in modules[:-1])
-        self.fused = kernels is not None and ternary and same_k and aligned
+        self.fusable = ternary and same_k and aligned
         self.sources = [t for m in modules for t in (m.weight, getattr(m, "weight_scale", None), m.bias)
                         if t is not None]
-        if not self.fused:
-            return
+        self.prepared: torch.Tensor | None = None  # built on the first kernel call
+
+    def _prepare(self, kernels: Any) -> None:
+        modules = self.modules
         self.k = modules[0].in_features
         self.n = sum(m.out_features for m in modules)
         self.act = modules[0].fused_activation if len(modules) == 1 else None
         with torch.no_grad():
-            self.prepared = torch.cat([m._prepared_weight(kernels) for m in modules]).contiguous()  # noqa: SLF001
             self.scale = torch.cat([m.weight_scale.float().expand(m.out_features) if m.weight_scale.numel() == 1
                                     else m.weight_scale.float() for m in modules]).contiguous()
             has_bias = any(m.bias is not None for m in modules)
             self.bias = torch.cat([m.bias.float() if m.bias is not None else torch.zeros(m.out_features)
                                    for m in modules]).contiguous() if has_bias else None
+            self.prepared = torch.cat([m._prepared_weight(kernels) for m in modules]).contiguous()  # noqa: SLF001
 
     def __call__(self, x: torch.Tensor, kernels: Any) -> torch.Tensor:
-        if self.fused:
+        if kernels is not None and self.fusable:
+            if self.prepared is None:
+                self._prepare(kernels)
             y = kernels.ternary_linear_cpu(x, self.prepared, self.scale, self.bias, self.k, self.n, self.act)
         elif len(self.modules) == 1:
             y = self.modules[0](x)
@@ -97,11 +101,11 @@ class _Linear:
 
 
 class _Layer:
-    def __init__(self, lp: Any, kernels: Any) -> None:
-        self.qkv = _Linear([lp.q, lp.k, lp.v], None, kernels)
-        self.o = _Linear([lp.o], None, kernels)
-        self.up = _Linear([lp.up], lp.act, kernels)
-        self.down = _Linear([lp.down], None, kernels)
+    def __init__(self, lp: Any) -> None:
+        self.qkv = _Linear([lp.q, lp.k, lp.v], None)
+        self.o = _Linear([lp.o], None)
+        self.up = _Linear([lp.up], lp.act)
+        self.down = _Linear([lp.down], None)
         self.ln_attn, self.ln_ffn = lp.ln_attn, lp.ln_ffn
 
 
@@ -119,12 +123,7 @@ class FastEncoder:
         self._build()
 
     def _build(self) -> None:
-        from .. import kernels as kernels_pkg
-
-        self.module = _kernel_module()
-        kernel_api = kernels_pkg if self.module is not None else None
-        self.layers = [_Layer(lp, kernel_api) for lp in self.plan.layers]
-        self.kernels = kernel_api
+        self.layers = [_Layer(lp) for lp in self.plan.layers]
         self.key = self._key()
 
     def _key(self) -> tuple:
@@ -211,7 +210,10 @@ class FastEncoder:
 
     # ------------------------------------------------------------------------------------------ layers
     def _encode(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
-        plan, km, kernels = self.plan, self.module, self.kernels
+        from .. import kernels as kernel_api
+
+        plan, km = self.plan, _kernel_module()
+        kernels = kernel_api if km is not None else None
         rel, center = None, 0
         if plan.rel_bias is not None:
             rel = relative_bias_table(plan, max_len, self.model.encoder.relative_position_bucket)

@@ -76,7 +76,7 @@ class EncoderPlan:
     layers: list[LayerPlan]
     final_norm: nn.LayerNorm | None
     pooler: nn.Module | None
-    rel_bias: nn.Embedding | None
+    rel_bias: nn.Module | None  # an embedding (float or QuantizedEmbedding): bucket -> per-head bias
     rel_buckets: int = 32
     extras: dict = field(default_factory=dict)
 
@@ -133,7 +133,7 @@ def build_plan(model: nn.Module) -> tuple[EncoderPlan | None, str]:
         return None, f"{name}: head_dim {head_dim} x {heads} heads != hidden size {hidden}"
     final_norm = _get(model, layout.final_norm) if layout.final_norm else None
     rel_bias = _get(model, layout.rel_bias) if layout.rel_bias else None
-    if layout.rel_bias and not isinstance(rel_bias, nn.Embedding):
+    if layout.rel_bias and not isinstance(rel_bias, nn.Module):  # nn.Embedding or a QuantizedEmbedding
         return None, f"{name}: no relative attention bias at {layout.rel_bias}"
     plan = EncoderPlan(
         layout=layout, heads=heads, scale=1.0 / math.sqrt(head_dim), embeddings=embeddings, layers=layers,
@@ -147,6 +147,6 @@ def relative_bias_table(plan: EncoderPlan, max_len: int, bucket_fn) -> torch.Ten
     """MPNet's relative-position bias as ``(heads, 2 * max_len - 1)``: column ``max_len - 1 + j - i``
     holds the bias of query ``i`` and key ``j`` (it depends on ``j - i`` only, so one table serves
     every sequence up to ``max_len`` tokens)."""
-    offsets = torch.arange(-(max_len - 1), max_len, device=plan.rel_bias.weight.device)
+    offsets = torch.arange(-(max_len - 1), max_len)
     buckets = bucket_fn(offsets, num_buckets=plan.rel_buckets)
-    return plan.rel_bias(buckets).t().contiguous().float()
+    return plan.rel_bias(buckets).float().t().contiguous()
