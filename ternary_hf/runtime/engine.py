@@ -57,16 +57,18 @@ def _kernel_module():
 
 
 class _Linear:
-    """One GEMM of the plan: ``modules`` side by side (outputs concatenated), then ``activation``.
+    """One GEMM of the plan: ``modules`` side by side (outputs concatenated), then the activation.
 
     Ternary layers with int8 activations run as one kernel call over their concatenated panels
     (possible when every part but the last has a multiple of 16 outputs, the panel width); anything
     else (a float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
+    The activation is looked up on every call (``activation_at``: owner module and attribute), as is
+    the layer's ``fused_activation``: ``fuse_activations`` / ``unfuse_activations`` may swap them.
     """
 
-    def __init__(self, modules: list[nn.Module], activation: nn.Module | None) -> None:
+    def __init__(self, modules: list[nn.Module], activation_at: tuple[nn.Module, str] | None = None) -> None:
         self.modules = modules
-        self.activation = None if type(activation).__name__ == "FusedIntoLinear" else activation
+        self.activation_at = activation_at
         ternary = all(isinstance(m, TernaryLinear) and m.quantize_activations for m in modules)
         same_k = len({m.in_features for m in modules}) == 1
         aligned = all(m.out_features % 16 == 0 for m in modules[:-1])
@@ -79,7 +81,6 @@ class _Linear:
         modules = self.modules
         self.k = modules[0].in_features
         self.n = sum(m.out_features for m in modules)
-        self.act = modules[0].fused_activation if len(modules) == 1 else None
         with torch.no_grad():
             self.scale = torch.cat([m.weight_scale.float().expand(m.out_features) if m.weight_scale.numel() == 1
                                     else m.weight_scale.float() for m in modules]).contiguous()
@@ -92,20 +93,24 @@ class _Linear:
         if kernels is not None and self.fusable:
             if self.prepared is None:
                 self._prepare(kernels)
-            y = kernels.ternary_linear_cpu(x, self.prepared, self.scale, self.bias, self.k, self.n, self.act)
+            act = self.modules[0].fused_activation if len(self.modules) == 1 else None
+            y = kernels.ternary_linear_cpu(x, self.prepared, self.scale, self.bias, self.k, self.n, act)
         elif len(self.modules) == 1:
             y = self.modules[0](x)
         else:
             y = torch.cat([m(x) for m in self.modules], dim=-1)
-        return y if self.activation is None else self.activation(y)
+        if self.activation_at is None:
+            return y
+        activation = getattr(*self.activation_at)
+        return y if type(activation).__name__ == "FusedIntoLinear" else activation(y)
 
 
 class _Layer:
     def __init__(self, lp: Any) -> None:
-        self.qkv = _Linear([lp.q, lp.k, lp.v], None)
-        self.o = _Linear([lp.o], None)
-        self.up = _Linear([lp.up], lp.act)
-        self.down = _Linear([lp.down], None)
+        self.qkv = _Linear([lp.q, lp.k, lp.v])
+        self.o = _Linear([lp.o])
+        self.up = _Linear([lp.up], lp.act_at)
+        self.down = _Linear([lp.down])
         self.ln_attn, self.ln_ffn = lp.ln_attn, lp.ln_ffn
 
 

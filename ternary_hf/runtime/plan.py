@@ -65,6 +65,7 @@ class LayerPlan:
     act: nn.Module
     down: nn.Module
     ln_ffn: nn.LayerNorm
+    act_at: tuple[nn.Module, str] | None = None  # (owner, attribute) of the activation: looked up per call
 
 
 @dataclass
@@ -116,13 +117,14 @@ def build_plan(model: nn.Module) -> tuple[EncoderPlan | None, str]:
         return None, f"{name} has no {layout.blocks} / embeddings"
     layers = []
     for block in blocks:
-        parts = {f: _get(block, getattr(layout, f)) for f in LayerPlan.__dataclass_fields__}
+        parts = {f: _get(block, getattr(layout, f)) for f in LayerPlan.__dataclass_fields__ if f != "act_at"}
         missing = [f for f, m in parts.items() if m is None]
         if missing:
             return None, f"{name}: a block lacks {', '.join(missing)}"
         if not (isinstance(parts["ln_attn"], nn.LayerNorm) and isinstance(parts["ln_ffn"], nn.LayerNorm)):
             return None, f"{name}: a block's norms are not nn.LayerNorm"
-        layers.append(LayerPlan(**parts))
+        owner, _, attr = layout.act.rpartition(".")
+        layers.append(LayerPlan(**parts, act_at=(_get(block, owner) if owner else block, attr)))
     config = model.config
     heads = int(config.num_attention_heads)
     hidden = layers[0].ln_attn.normalized_shape[0]
