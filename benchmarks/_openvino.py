@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ternary_hf.onnx_baseline import OnnxEncoder
+from ternary_hf.evaluation.onnx_baseline import OnnxEncoder
 
 __all__ = ["convert_openvino", "openvino_encoder"]
 

@@ -5,7 +5,7 @@
 Builds, from the same FP32 teacher, (a) the plain ternary model (``from_pretrained(...,
 quantization_config=TernaryConfig())``: each weight rounded on its own) and (b) the calibrated one
 (``ternary-hf quantize --calibrate N``: each layer ternarized to preserve its outputs on N real
-training texts), evaluates both against the teacher with :func:`ternary_hf.evaluation.evaluate`,
+training texts), evaluates both against the teacher with :func:`ternary_hf.evaluation.tasks.evaluate`,
 prints one table with the retention of each and writes the JSON results to ``--out``.
 
 Evaluating a large teacher is slow (all-mpnet-base-v2: ~20 min on one core at limit 500), so
@@ -27,7 +27,7 @@ AGREEMENT = "teacher-agreement"
 
 def _evaluate(model, teacher: str, limit: int, reuse, label: str, threads: int):
     """``evaluate(model, teacher)``, or with ``reuse`` the student alone + teacher agreement, merged."""
-    from ternary_hf.evaluation import TASKS, EvaluationResult, evaluate
+    from ternary_hf.evaluation.tasks import TASKS, EvaluationResult, evaluate
 
     if reuse is None:
         return evaluate(model, teacher=teacher, limit=limit, label=label, num_threads=threads)
@@ -58,9 +58,9 @@ def main() -> None:
     import torch
 
     from ternary_hf import TernaryConfig
-    from ternary_hf.defaults import default_model_path
-    from ternary_hf.evaluation import EvaluationResult
-    from ternary_hf.quantize import load_encoder, quantize_folder
+    from ternary_hf.data.defaults import default_model_path
+    from ternary_hf.evaluation.tasks import EvaluationResult
+    from ternary_hf.ptq.quantize import load_encoder, quantize_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@ Trains, on the same data and time budget, (a) the founding paper's recipe (per-t
 float activations, unmasked last-hidden-state MSE only) and (b) ternary-hf's default recipe
 (per-channel calibrated rule, int8 activations, masked hidden MSE + pooled cosine + in-batch
 similarity), then evaluates the FP32 teacher, plain post-training ternarization and both students
-with :func:`ternary_hf.evaluation.evaluate` on real data. Prints one table and writes JSON per model.
+with :func:`ternary_hf.evaluation.tasks.evaluate` on real data. Prints one table and writes JSON per model.
 
 ``--recipes ternary-hf ternary-hf-128tok`` adds variants of the default, one change each, for an
 equal-time comparison (the earlier 128-token training sequences; TernaryBERT's per-layer hidden MSE).
@@ -44,9 +44,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from ternary_hf import TernaryConfig
-    from ternary_hf.defaults import default_model_path
+    from ternary_hf.data.defaults import default_model_path
     from ternary_hf.distill import DistillConfig, distill
-    from ternary_hf.evaluation import evaluate
+    from ternary_hf.evaluation.tasks import evaluate
 
     teacher = args.teacher or default_model_path()
     out = Path(args.out)
@@ -54,7 +54,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; teacher {teacher}")
 
     models: dict[str, object] = {"FP32 teacher": teacher}
-    from ternary_hf.quantize import load_encoder
+    from ternary_hf.ptq.quantize import load_encoder
 
     models["plain ternary (no training)"] = load_encoder(teacher, TernaryConfig())
     for name in args.recipes:
@@ -68,7 +68,7 @@ def main() -> None:
         info = json.loads((target / "distillation.json").read_text())
         models[f"distilled, {name} recipe ({info['steps']} steps, {info['seconds'] / 60:.0f} min)"] = str(target)
 
-    from ternary_hf.evaluation import EvaluationResult
+    from ternary_hf.evaluation.tasks import EvaluationResult
 
     results = []
     for i, (label, model) in enumerate(models.items()):

@@ -72,8 +72,8 @@ from typing import Any
 
 from _machine import cpu_model, load_avg
 
-from ternary_hf.checkpoint import folder_fingerprint
-from ternary_hf.onnx_baseline import OnnxEncoder
+from ternary_hf.evaluation.onnx_baseline import OnnxEncoder
+from ternary_hf.utils.io import folder_fingerprint
 
 BACKENDS = ["fp32", "ternary", "onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn"]
 #: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI);
@@ -121,7 +121,7 @@ def benchmark_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
     """``n`` distinct real sentences: ``real_sentences`` (917 tweets), topped up with movie-review sentences."""
     import numpy as np
 
-    from ternary_hf.datasets import load_dataset, real_sentences
+    from ternary_hf.data.corpora import load_dataset, real_sentences
 
     tweets_available = 917
     tweets = real_sentences(min(n, tweets_available), seed=seed)
@@ -310,7 +310,7 @@ def export_main(args: argparse.Namespace) -> None:
     """Export a separate copy of the model to ONNX (fp32), quantize it to int8, check the ONNX pipeline."""
     import numpy as np
 
-    from ternary_hf.onnx_baseline import export_onnx
+    from ternary_hf.evaluation.onnx_baseline import export_onnx
 
     warnings.simplefilter("ignore")
     out_dir = Path(args.onnx_dir)
@@ -348,7 +348,7 @@ def _profile_one(st: Any, features: dict[str, Any], reps: int) -> tuple[dict[str
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from ternary_hf.modules import TernaryLinear
+    from ternary_hf.integrations.modules import TernaryLinear
 
     auto = st[0].auto_model
     labels: dict[int, str] = {}
@@ -438,9 +438,9 @@ def profile_main(args: argparse.Namespace) -> None:
     from sentence_transformers import SentenceTransformer
 
     import ternary_hf
+    from ternary_hf.integrations.modules import TernaryLinear
     from ternary_hf.kernels import prepare_weight, ternary_linear_cpu
-    from ternary_hf.modules import TernaryLinear
-    from ternary_hf.packing import pack_ternary
+    from ternary_hf.quant.packing import pack_ternary
 
     warnings.simplefilter("ignore")
     _set_threads(args.threads)
@@ -741,7 +741,7 @@ def export_openvino(model_name: str, model_dir: str, workdir: Path) -> str | Non
 def ov_export_main(args: argparse.Namespace) -> None:
     from _openvino import convert_openvino
 
-    from ternary_hf.datasets import load_dataset
+    from ternary_hf.data.corpora import load_dataset
 
     warnings.simplefilter("ignore")
     calibration = list(dict.fromkeys(load_dataset("amazon", "train").texts))[:OV_CALIBRATION]
@@ -797,7 +797,7 @@ def main(argv: list[str] | None = None) -> None:
     models = args.models or (["minilm"] if args.quick else ["minilm", "mpnet"])
     if args.profile_only:
         models, args.profile = [], True
-    from ternary_hf.defaults import default_model_path
+    from ternary_hf.data.defaults import default_model_path
 
     model_dirs = {"minilm": args.minilm or default_model_path(), "mpnet": args.mpnet}
     if "mpnet" in models and not args.mpnet:

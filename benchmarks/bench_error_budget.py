@@ -19,10 +19,10 @@ from torch import nn
 
 import ternary_hf  # noqa: F401  (registers the quantizer)
 from ternary_hf import TernaryConfig
-from ternary_hf.conversion import is_skipped
-from ternary_hf.defaults import default_model_path
-from ternary_hf.evaluation import evaluate
-from ternary_hf.training import fake_quantize_int8
+from ternary_hf.data.defaults import default_model_path
+from ternary_hf.evaluation.tasks import evaluate
+from ternary_hf.integrations.conversion import is_skipped
+from ternary_hf.train.student import fake_quantize_int8
 
 _METRICS = ("spearman_pair_similarity", "mean_cosine", "top10_overlap")
 
@@ -56,7 +56,7 @@ def _ternary_per_group(model_path: str, group: int):
     would buy agreement (each group is ternarized with the same calibrated rule as a whole row)."""
     from sentence_transformers import SentenceTransformer
 
-    from ternary_hf.ternarize import ternarize
+    from ternary_hf.quant.ternarize import ternarize
 
     model = SentenceTransformer(model_path, device="cpu")
     with torch.no_grad():

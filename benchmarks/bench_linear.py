@@ -39,10 +39,10 @@ import torch
 from _machine import cpu_model
 from torch import nn
 
-from ternary_hf.functional import ternary_linear_reference
 from ternary_hf.kernels import cpu_kernel_available, kernel_isa, kernel_status, prepare_weight, ternary_linear_cpu
 from ternary_hf.kernels._build import load_kernel_variant
-from ternary_hf.packing import pack_ternary
+from ternary_hf.quant.functional import ternary_linear_reference
+from ternary_hf.quant.packing import pack_ternary
 
 SHAPES = ["384x384", "384x1536", "1536x384", "768x768", "768x3072", "3072x768"]  # in x out
 QUICK_SHAPES = ["384x1536", "768x768", "3072x768"]

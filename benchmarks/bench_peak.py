@@ -145,7 +145,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from ternary_hf.kernels import cpu_kernel_available, kernel_status, prepare_weight, ternary_linear_cpu
-    from ternary_hf.packing import pack_ternary
+    from ternary_hf.quant.packing import pack_ternary
 
     print(f"# machine: {cpu_model()}, 1 thread, torch {torch.__version__}; load average before: {load_avg()}")
     print(f"# kernel: {kernel_status()}")

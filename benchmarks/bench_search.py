@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from _machine import cpu_model
 
-from ternary_hf.search import SemanticIndex, recall_at_k
+from ternary_hf.search.index import SemanticIndex, recall_at_k
 
 
 def machine_line() -> str:
@@ -63,9 +63,9 @@ def machine_line() -> str:
 
 def load_corpus(n_docs: int, n_queries: int, seed: int):
     try:
-        from ternary_hf.datasets import DatasetError, load_dataset
+        from ternary_hf.data.corpora import DatasetError, load_dataset
     except ImportError as exc:
-        sys.exit(f"bench_search: ternary_hf.datasets is not available ({exc}); it provides the real 20NG "
+        sys.exit(f"bench_search: ternary_hf.data.corpora is not available ({exc}); it provides the real 20NG "
                  "documents this benchmark needs")
     try:
         docs = load_dataset("20ng", "train", limit=n_docs, seed=seed)
@@ -80,7 +80,7 @@ class Models:
 
     def __init__(self, teacher_path: str | None, student_path: str | None, max_seq_length: int) -> None:
         import ternary_hf
-        from ternary_hf.defaults import default_model_path
+        from ternary_hf.data.defaults import default_model_path
 
         teacher_path = str(teacher_path or default_model_path())
         self.paths = {"teacher": teacher_path, "student": student_path or teacher_path}

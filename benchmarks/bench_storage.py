@@ -42,7 +42,7 @@ def _storage_rows(model_dir: str) -> list[dict]:
 
     import ternary_hf  # noqa: F401
     from ternary_hf import TernaryConfig
-    from ternary_hf.quantize import _linear_bytes, checkpoint_bytes
+    from ternary_hf.ptq.quantize import _linear_bytes, checkpoint_bytes
 
     fp32 = checkpoint_bytes(model_dir)
     rows = []
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocess")
     args = parser.parse_args()
     if not args.models:
-        from ternary_hf.defaults import default_model_path
+        from ternary_hf.data.defaults import default_model_path
 
         args.models = [default_model_path()]
     cpu = platform.processor() or platform.machine()
@@ -79,7 +79,7 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", _RSS_PROBE, model_dir], capture_output=True, text=True,
                                  check=True).stdout.strip().splitlines()[-1]
             rss = json.loads(out)
-            from ternary_hf.quantize import checkpoint_bytes
+            from ternary_hf.ptq.quantize import checkpoint_bytes
 
             fp32 = checkpoint_bytes(model_dir)
             print(f"peak RSS while quantizing on the fly: {rss['peak_rss'] / 1e6:.0f} MB = "

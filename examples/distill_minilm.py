@@ -5,7 +5,7 @@
 
 The teacher is the FP32 model itself; the student learns on the bundled real corpora (training splits
 only). Killed runs resume from OUT_DIR.work. Afterwards the distilled model is scored against the teacher
-with :func:`ternary_hf.evaluation.evaluate` on ``--limit`` texts per split (``--limit 0``: skip it); the
+with :func:`ternary_hf.evaluation.tasks.evaluate` on ``--limit`` texts per split (``--limit 0``: skip it); the
 table is printed and saved as ``OUT_DIR/eval_results.json``, which ``ternary-hf push`` puts in the model
 card. Scale out with ``torchrun --nproc_per_node N examples/distill_minilm.py`` (CPU, gloo) or
 ``accelerate launch`` on GPUs.
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ternary_hf import TernaryConfig
-from ternary_hf.defaults import default_model_path
+from ternary_hf.data import default_model_path
 from ternary_hf.distill import DistillConfig, distill
 
 
@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=500,
                    help="evaluation: at most N texts per split of each data set (default 500; 0: no evaluation)")
     p.add_argument("--tasks", nargs="+", metavar="TASK", default=None,
-                   help="evaluation tasks (default: all; see ternary_hf.evaluation.TASKS)")
+                   help="evaluation tasks (default: all; see ternary_hf.evaluation.tasks.TASKS)")
     return p.parse_args(argv)
 
 

@@ -7,8 +7,8 @@ it at a local Hub-compatible server). It needs a token with write access (``HF_T
     python examples/push_to_hub.py me/all-MiniLM-L6-v2-ternary            # bundled MiniLM (ternary-hf[minilm])
     python examples/push_to_hub.py me/my-model-ternary --source path/to/float-model --verify
 
-Steps: (1) ternarize ``--source`` into ``--output`` with :func:`ternary_hf.quantize.quantize_folder`
-unless it is already ternary; (2) :func:`ternary_hf.hub.push_to_hub` renders the model card and uploads
+Steps: (1) ternarize ``--source`` into ``--output`` with :func:`ternary_hf.ptq.quantize.quantize_folder`
+unless it is already ternary; (2) :func:`ternary_hf.hub.push.push_to_hub` renders the model card and uploads
 the folder (an unchanged folder makes no new commit); (3) with ``--verify``, reload the model from the
 Hub with sentence-transformers and compare its embeddings with the local folder's.
 """
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import ternary_hf  # noqa: F401  registers the ternary quantizer with transformers
+    from ternary_hf import quantize_folder
     from ternary_hf.hub import HubPushError, push_folder
-    from ternary_hf.quantize import quantize_folder
 
     source = args.source or default_source()
     if os.path.isdir(source) and is_ternary_folder(Path(source)):

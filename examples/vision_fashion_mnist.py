@@ -7,7 +7,7 @@ No pretrained image model ships in any package here, so the FP32 teacher is a sm
 Fashion-MNIST train split (Debian package ``dataset-fashion-mnist``). Then:
 
 * plain ternary: ``AutoModel.from_pretrained(teacher, quantization_config=TernaryConfig())``;
-* distilled ternary: :func:`ternary_hf.vision.distill_vision` on the (unlabeled) train images.
+* distilled ternary: :func:`ternary_hf.vision.distill.distill_vision` on the (unlabeled) train images.
 
 Printed: storage size and CPU time of the embedding forward (FP32 vs ternary measured side by side in
 interleaved rounds), linear-probe accuracy and image-to-image retrieval P@10 (test images querying the
@@ -33,6 +33,7 @@ import torch
 from transformers import AutoModel
 
 from ternary_hf import TernaryConfig
+from ternary_hf.utils.tables import format_table
 from ternary_hf.vision import (
     distill_vision,
     evaluate_vision,
@@ -125,9 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"{n['n_test']} test images (probe accuracy and queries); pooling {args.pooling}; "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"speed: {len(test.images)} test images per round, batch 256, median of {args.rounds} interleaved rounds")
-    header = "| model | size | size ratio | embed time | speed ratio | linear probe (retention) | P@10 (retention) |"
-    print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    header = ["model", "size", "size ratio", "embed time", "speed ratio", "linear probe (retention)",
+              "P@10 (retention)"]
+    rows = []
     for name, s in scores.items():
         size = sizes[name]
         row = [name, f"{size / 1e6:.2f} MB", f"{size / sizes['teacher']:.3f}x", f"{times[name]:.3f} s",
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
         for metric in ("linear_probe_accuracy", "p_at_10"):
             ret = s.get(f"retention_{metric}")
             row.append(f"{s[metric]:.4f}" + (f" ({100 * ret:.1f}%)" if ret is not None else ""))
-        print("| " + " | ".join(row) + " |")
+        rows.append(row)
+    print(format_table(header, rows, style="markdown"))
     report = {"dataset": args.dataset, "args": vars(args), "teacher": teacher_info, "scores": scores,
               "bytes": sizes, "seconds_per_round": times, "threads": torch.get_num_threads(),
               "distill_steps": distilled.steps, "wall_minutes": (time.time() - started) / 60}

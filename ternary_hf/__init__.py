@@ -3,23 +3,45 @@
 Importing the package registers the ``"ternary"`` quantization method with transformers, so
 ``AutoModel.from_pretrained(path, quantization_config=TernaryConfig())`` ternarizes a float model and
 ``AutoModel.from_pretrained(ternary_dir)`` loads a saved ternary one.
+
+Layout (each sub-package's ``__init__`` says what it owns and what it may import; imports only point
+down this list): ``errors``, ``utils`` -> ``quant`` (pure math) -> ``kernels`` (CPU kernels) ->
+``integrations`` (transformers glue) -> ``data`` -> ``ptq``, ``evaluation``, ``search``, ``hub`` ->
+``train`` -> ``vision``, ``demo``, ``commands`` / ``cli``.
 """
 
 from __future__ import annotations
 
-from . import remote_code
-from .config import TernaryConfig
-from .conversion import dequantize_model
-from .modules import QuantizedEmbedding, TernaryLinear
-from .packing import pack_ternary, unpack_ternary
-from .quantizer import TernaryHfQuantizer
-from .registration import register
-from .ternarize import TernaryWeight, ternarize
+import importlib
+from typing import Any
+
+from .errors import TernaryHfError
+from .integrations import remote_code
+from .integrations.config import TernaryConfig
+from .integrations.conversion import dequantize_model
+from .integrations.modules import QuantizedEmbedding, TernaryLinear
+from .integrations.quantizer import TernaryHfQuantizer
+from .integrations.registration import register
+from .quant.packing import pack_ternary, unpack_ternary
+from .quant.ternarize import TernaryWeight, ternarize
 
 __version__ = "0.1.0"
 
+# Heavier entry points, imported on first use so `import ternary_hf` stays cheap.
+_LAZY = {
+    "quantize_folder": "ternary_hf.ptq",
+    "QuantizeReport": "ternary_hf.ptq",
+    "calibrate_model": "ternary_hf.ptq",
+    "DistillConfig": "ternary_hf.train",
+    "distill": "ternary_hf.train",
+    "evaluate": "ternary_hf.evaluation",
+    "SemanticIndex": "ternary_hf.search",
+    "push_to_hub": "ternary_hf.hub",
+}
+
 __all__ = [
     "TernaryConfig",
+    "TernaryHfError",
     "TernaryHfQuantizer",
     "TernaryLinear",
     "QuantizedEmbedding",
@@ -31,6 +53,14 @@ __all__ = [
     "register",
     "remote_code",
     "__version__",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ternary_hf' has no attribute {name!r}")
+
 
 register()

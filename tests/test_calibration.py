@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ternary_hf import TernaryConfig
-from ternary_hf.calibration import (
+from ternary_hf.ptq.calibration import (
     _calibration_targets,
     _collect,
     _cut_short,
@@ -16,7 +16,7 @@ from ternary_hf.calibration import (
     gptq_ternarize,
     output_error,
 )
-from ternary_hf.ternarize import ternarize
+from ternary_hf.quant.ternarize import ternarize
 
 
 def _correlated_inputs(n: int, k: int, seed: int) -> torch.Tensor:
@@ -147,7 +147,7 @@ def test_calibrated_model_tracks_the_float_model_better_and_reloads_exactly(kind
     layer_name = next(iter(report.layers))
     loaded = calibrated.get_submodule(layer_name)
     original = model.get_submodule(layer_name).weight
-    from ternary_hf.packing import unpack_ternary
+    from ternary_hf.quant.packing import unpack_ternary
 
     values = unpack_ternary(loaded.weight, loaded.in_features, torch.float32)
     assert torch.allclose(values * loaded.weight_scale.reshape(-1, 1), original, rtol=1e-5, atol=1e-8)
@@ -174,7 +174,7 @@ def test_block_by_block_replay_gives_the_full_forward_result_with_fewer_model_ca
                                                                                    monkeypatch):
     from transformers import AutoModel
 
-    from ternary_hf import calibration
+    from ternary_hf.ptq import calibration
 
     teacher = AutoModel.from_pretrained(tiny_model_dirs[kind]).eval()
     batches = _tiny_batches(kind, 3)
@@ -201,7 +201,7 @@ def test_block_by_block_replay_gives_the_full_forward_result_with_fewer_model_ca
 def test_blocks_that_cannot_be_replayed_fall_back_to_full_forwards(tiny_model_dirs, monkeypatch):
     from transformers import AutoModel
 
-    from ternary_hf import calibration
+    from ternary_hf.ptq import calibration
 
     teacher = AutoModel.from_pretrained(tiny_model_dirs["bert"]).eval()
     batches = _tiny_batches("bert", 2)

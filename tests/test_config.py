@@ -9,7 +9,7 @@ import pytest
 
 import ternary_hf
 from ternary_hf import TernaryConfig
-from ternary_hf.config import ACTIVATION_MODES
+from ternary_hf.integrations.config import ACTIVATION_MODES
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_registration_is_idempotent_across_imports_and_reloads():
 
     ternary_hf.register()
     ternary_hf.register()
-    importlib.reload(importlib.import_module("ternary_hf.registration"))
+    importlib.reload(importlib.import_module("ternary_hf.integrations.registration"))
     importlib.import_module("ternary_hf").register()
     assert AUTO_QUANTIZATION_CONFIG_MAPPING["ternary"].__name__ == "TernaryConfig"
     assert AUTO_QUANTIZER_MAPPING["ternary"].__name__ == "TernaryHfQuantizer"

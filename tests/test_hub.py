@@ -81,7 +81,7 @@ def _perturb(folder: str, seed: int) -> None:
 
 
 def _op_push(step: dict[str, Any]) -> dict[str, Any]:
-    from ternary_hf.hub import HubPushError, push_folder
+    from ternary_hf.hub.push import HubPushError, push_folder
 
     before = _folder_digest(step["folder"])
     try:
@@ -161,7 +161,7 @@ def _op_pull(step: dict[str, Any]) -> dict[str, Any]:
 
     snapshot = snapshot_download(repo_id, revision=revision)
     remote_files = _folder_digest(snapshot)
-    from ternary_hf.hub import _stage_for_upload
+    from ternary_hf.hub.push import _stage_for_upload
 
     with tempfile.TemporaryDirectory() as staging:  # the upload's view: JSON records without local paths
         local_files = _folder_digest(str(_stage_for_upload(Path(local), Path(staging) / "m")))
@@ -509,8 +509,8 @@ def test_pushed_records_and_card_name_no_local_paths(xet_run, xet_server):
 
 
 def test_upload_staging_redacts_json_records_and_links_the_rest(tmp_path):
-    from ternary_hf.hub import _stage_for_upload
-    from ternary_hf.model_card import redact_local_paths
+    from ternary_hf.hub.model_card import redact_local_paths
+    from ternary_hf.hub.push import _stage_for_upload
 
     assert redact_local_paths({"a": ["/home/alice/m (quantized on load)", "org/name", "rel/dir", 3]}) == {
         "a": ["m (quantized on load)", "org/name", "rel/dir", 3]}
@@ -726,7 +726,7 @@ def test_model_card_metadata_validates_and_links_base_model(tiny_models, tmp_pat
     from hub_server import _parse_front_matter
     from huggingface_hub import ModelCard
 
-    from ternary_hf.model_card import write_model_card
+    from ternary_hf.hub.model_card import write_model_card
 
     folder = Path(_copy(_needs_ternary(tiny_models), tmp_path / "model"))
     base = tmp_path / "base"
@@ -764,7 +764,7 @@ def test_model_card_metadata_validates_and_links_base_model(tiny_models, tmp_pat
 
 
 def test_model_card_for_plain_transformers_model(tiny_models, tmp_path):
-    from ternary_hf.model_card import render_model_card
+    from ternary_hf.hub.model_card import render_model_card
 
     card = render_model_card(tiny_models["hf"], "tester/plain")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "feature-extraction"
@@ -773,7 +773,7 @@ def test_model_card_for_plain_transformers_model(tiny_models, tmp_path):
 
 
 def test_model_card_says_when_the_model_was_calibrated(tiny_models, tmp_path):
-    from ternary_hf.model_card import render_model_card
+    from ternary_hf.hub.model_card import render_model_card
 
     folder = Path(_copy(_needs_ternary(tiny_models), tmp_path / "model"))
     assert "GPTQ" not in str(render_model_card(folder, "tester/x"))
@@ -787,7 +787,7 @@ def test_model_card_says_when_the_model_was_calibrated(tiny_models, tmp_path):
 def test_hand_written_readme_keeps_its_text_and_gains_metadata(tiny_models, tmp_path):
     from huggingface_hub import ModelCard
 
-    from ternary_hf.model_card import write_model_card
+    from ternary_hf.hub.model_card import write_model_card
 
     folder = Path(_copy(tiny_models["hf"], tmp_path / "model"))
     (folder / "README.md").write_text("---\nlicense: mit\ntags: [mine]\n---\n# My notes\nKeep me.\n")
@@ -797,7 +797,7 @@ def test_hand_written_readme_keeps_its_text_and_gains_metadata(tiny_models, tmp_
 
 
 def test_eval_results_parser_is_tolerant():
-    from ternary_hf.model_card import load_eval_results
+    from ternary_hf.hub.model_card import load_eval_results
 
     rows, _ = load_eval_results({"tasks": {"sts": {"teacher": 0.8, "student": 0.6}, "r8": {"retention": 0.95}}})
     assert [(r["task"], r["retention"]) for r in rows] == [("tasks/sts", "75.0%"), ("tasks/r8", "95.0%")]
@@ -814,7 +814,7 @@ def test_cli_push_reports_errors_and_exits_1(tmp_path, capsys):
 
 
 def test_push_refuses_a_folder_that_is_not_a_saved_model(tiny_models, tmp_path):
-    from ternary_hf.hub import HubPushError, validate_model_folder
+    from ternary_hf.hub.push import HubPushError, validate_model_folder
 
     with pytest.raises(HubPushError, match="no config.json"):
         validate_model_folder(tmp_path)

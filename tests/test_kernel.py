@@ -1,4 +1,4 @@
-"""Tests of the ternary CPU kernel (AVX2 and AVX-512 VNNI builds) against the reference path of ternary_hf.functional.
+"""Tests of the ternary CPU kernel (AVX2 and AVX-512 VNNI builds) against the reference path (quant.functional).
 
 The integer part must be bit-exact (checked through ``kernel_accumulators``); the float output may
 differ only by float32 rounding of the epilogue (tolerance documented in ternary_hf.kernels).
@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from ternary_hf import kernels
-from ternary_hf.functional import quantize_activations_int8, ternary_linear_reference
 from ternary_hf.kernels import _build
-from ternary_hf.packing import pack_ternary
+from ternary_hf.quant.functional import quantize_activations_int8, ternary_linear_reference
+from ternary_hf.quant.packing import pack_ternary
 
 RTOL = 1e-6
 

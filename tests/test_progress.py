@@ -11,7 +11,7 @@ import pytest
 _SCRIPT = (
     "import sys\n"
     "from tqdm.auto import tqdm\n"
-    "from ternary_hf.progress import bar_switch\n"
+    "from ternary_hf.utils.progress import bar_switch\n"
     "for _ in tqdm(range(3), desc='probe', file=sys.stderr, **bar_switch(sys.argv[1] == 'show')): pass\n"
 )
 

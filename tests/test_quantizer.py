@@ -18,7 +18,7 @@ from transformers import AutoModel
 
 import ternary_hf
 from ternary_hf import QuantizedEmbedding, TernaryConfig, TernaryLinear
-from ternary_hf.checkpoint import CheckpointError
+from ternary_hf.integrations.safetensors_checks import CheckpointError
 
 KINDS = ["bert", "mpnet", "vit"]
 
@@ -45,7 +45,7 @@ def test_on_the_fly_converts_every_linear_layer(tiny_model_dirs, kind):
     float_linears = {n: m for n, m in float_model.named_modules() if type(m) is nn.Linear}
     for name, module in model.named_modules():
         if isinstance(module, TernaryLinear):
-            expected = ternary_hf.ternarize(float_linears[name].weight, "calibrated", "channel")
+            expected = ternary_hf.quant.ternarize(float_linears[name].weight, "calibrated", "channel")
             assert torch.equal(module.ternary_values(), expected.values)
             assert torch.equal(module.weight_scale, expected.scale)
             assert torch.equal(module.bias, float_linears[name].bias)
@@ -186,14 +186,14 @@ def test_a_layer_missing_from_the_checkpoint_gets_zero_weights_not_stale_memory(
     """sentence-transformers exports often drop BERT's pooler; it must still load and run."""
     from safetensors.torch import load_file, save_file
 
-    from ternary_hf.packing import ZERO_BYTE
+    from ternary_hf.quant.packing import ZERO_BYTE
 
     src = tmp_path / "no-pooler"
     shutil.copytree(tiny_model_dirs["bert"], src)
     state = load_file(str(src / "model.safetensors"))
     save_file({k: v for k, v in state.items() if not k.startswith("pooler.")}, str(src / "model.safetensors"),
               metadata={"format": "pt"})
-    with caplog.at_level("WARNING", logger="ternary_hf.quantizer"):
+    with caplog.at_level("WARNING", logger="ternary_hf.integrations.quantizer"):
         model = AutoModel.from_pretrained(str(src), quantization_config=TernaryConfig())
     pooler = model.pooler.dense
     assert isinstance(pooler, TernaryLinear)
@@ -208,7 +208,7 @@ def test_a_layer_missing_from_the_checkpoint_gets_zero_weights_not_stale_memory(
 
 
 def test_folder_fingerprint_follows_the_weights_not_the_reads(tmp_path):
-    from ternary_hf.checkpoint import folder_fingerprint
+    from ternary_hf.utils.io import folder_fingerprint
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
@@ -226,7 +226,7 @@ def test_folder_fingerprint_follows_the_weights_not_the_reads(tmp_path):
 
 def _mlp_blocks(model):
     """(block, up-projection, activation attribute name) of each feed-forward block."""
-    from ternary_hf.fusion import FUSION_PATTERNS
+    from ternary_hf.integrations.fusion import FUSION_PATTERNS
 
     return [(m, getattr(m, lin), act) for m in model.modules() for lin, act in FUSION_PATTERNS
             if hasattr(m, lin) and hasattr(m, act)]
@@ -236,7 +236,7 @@ def _mlp_blocks(model):
 def test_gelu_is_fused_into_the_up_projection_and_undone_by_dequantize(tiny_model_dirs, kind):
     from transformers.activations import GELUActivation
 
-    from ternary_hf.fusion import FusedIntoLinear, unfuse_activations
+    from ternary_hf.integrations.fusion import FusedIntoLinear, unfuse_activations
 
     model = _quantize(tiny_model_dirs[kind])
     blocks = _mlp_blocks(model)

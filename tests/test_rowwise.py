@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ternary_hf.rowwise import EMBEDDING_STORAGES, dequantize_rows, quantize_rows, storage_shapes
+from ternary_hf.quant.rowwise import EMBEDDING_STORAGES, dequantize_rows, quantize_rows, storage_shapes
 
 
 @settings(max_examples=60, deadline=None)

@@ -137,7 +137,7 @@ def test_embeddings_are_batch_invariant(minilm_path, kernel, monkeypatch):
     lengths gives the same embedding, bit for bit (before: max |diff| 0.0104, cosine 0.9984)."""
     from sentence_transformers import SentenceTransformer
 
-    from ternary_hf.datasets import real_sentences
+    from ternary_hf.data.corpora import real_sentences
 
     if kernel and not cpu_kernel_available():
         pytest.skip("the CPU kernel cannot run here")

@@ -1,4 +1,4 @@
-"""Behaviour of ternary_hf.search and `ternary-hf search`: cosine done right, recall, ids, save/load, errors.
+"""Behaviour of ternary_hf.search.index and `ternary-hf search`: cosine done right, recall, ids, save/load, errors.
 
 Most tests use random clustered vectors behind a fake encoder (fast, exact ground truth by numpy); one
 test uses the real bundled all-MiniLM-L6-v2 and one runs the CLI end to end.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from ternary_hf.search import (
+from ternary_hf.search.index import (
     ALLOWED_INDEX_FORMS,
     Hit,
     SemanticIndex,

@@ -1,4 +1,4 @@
-"""Side-by-side encode timing (ternary_hf.speed) and the ``ternary-hf bench`` command."""
+"""Side-by-side encode timing (ternary_hf.evaluation.speed) and the ``ternary-hf bench`` command."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from ternary_hf.cli import main
-from ternary_hf.speed import measure_encode_speed
+from ternary_hf.evaluation.speed import measure_encode_speed
 
 
 class _Sleeper:

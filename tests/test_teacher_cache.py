@@ -9,7 +9,7 @@ from conftest import tiny_sentences
 from safetensors.torch import load_file
 
 from ternary_hf.distill import DistillConfig, distill
-from ternary_hf.teacher_cache import TeacherCache, cache_supported
+from ternary_hf.train.teacher_cache import TeacherCache, cache_supported
 
 FAST = dict(batch_size=8, save_every=3, log_every=1, num_threads=1)
 
@@ -125,7 +125,7 @@ def test_the_refill_after_a_resume_is_not_counted_as_training_time(tiny_st_dir, 
     # rate schedule) must not see it: make the refill take 3 s and check the session's training clock.
     import time
 
-    import ternary_hf.distill as distill_module
+    import ternary_hf.train.loop as distill_module
 
     texts = tiny_sentences(24)
     cfg = DistillConfig(max_steps=6, **FAST)

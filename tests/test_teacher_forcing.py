@@ -11,8 +11,8 @@ from torch import nn
 
 from ternary_hf import TernaryConfig
 from ternary_hf.distill import DistillConfig, distill
-from ternary_hf.teacher_forcing import LayerwiseTeacherForcing, find_layer_list
-from ternary_hf.training import build_student
+from ternary_hf.train.student import build_student
+from ternary_hf.train.teacher_forcing import LayerwiseTeacherForcing, find_layer_list
 
 
 @pytest.mark.parametrize("kind", ["bert", "mpnet"])

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ternary_hf.ternarize import (
+from ternary_hf.quant.ternarize import (
     SCALE_GRANULARITIES,
     THRESHOLD_METHODS,
     dequantize_ternary,
@@ -127,7 +127,7 @@ def test_dequantize_broadcasts_per_channel_scale():
 def test_calibrated_threshold_numpy_route_equals_torch_route(seed, rows, cols, with_ties):
     # The CPU route sorts with NumPy (speed); it must give the very thresholds of the torch route,
     # including ties, repeated values and all-zero rows.
-    from ternary_hf.ternarize import _calibrated_threshold_numpy, _calibrated_threshold_torch
+    from ternary_hf.quant.ternarize import _calibrated_threshold_numpy, _calibrated_threshold_torch
 
     mag = _weights(seed, rows, cols).abs()
     if with_ties:

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ternary_hf import TernaryLinear, kernels
-from ternary_hf.functional import quantize_activations_int8
-from ternary_hf.packing import pack_ternary
-from ternary_hf.ternarize import ternarize
-from ternary_hf.training import FakeTernaryLinear, _training_kernels, set_int8_grad_input
+from ternary_hf.quant.functional import quantize_activations_int8
+from ternary_hf.quant.packing import pack_ternary
+from ternary_hf.quant.ternarize import ternarize
+from ternary_hf.train.student import FakeTernaryLinear, _training_kernels, set_int8_grad_input
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModel
 
-from ternary_hf import TernaryConfig, TernaryLinear, vision
-from ternary_hf.training import FakeTernaryLinear
-from ternary_hf.vision import (
+from ternary_hf import TernaryConfig, TernaryLinear
+from ternary_hf.train.student import FakeTernaryLinear
+from ternary_hf.vision import distill as vision
+from ternary_hf.vision.distill import (
     distill_vision,
     embed_images,
     evaluate_vision,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import ACTIVATION_MODES, TernaryConfig
-from ..rowwise import EMBEDDING_STORAGES
-from ..ternarize import SCALE_GRANULARITIES, THRESHOLD_METHODS
+from ..integrations.config import ACTIVATION_MODES, TernaryConfig
+from ..quant.rowwise import EMBEDDING_STORAGES
+from ..quant.ternarize import SCALE_GRANULARITIES, THRESHOLD_METHODS
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:

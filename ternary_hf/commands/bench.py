@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     import ternary_hf  # noqa: F401  (registers the quantizer before a ternary folder is loaded)
 
-    from ..datasets import DatasetError, real_sentences
-    from ..speed import measure_encode_speed
+    from ..data.corpora import DatasetError, real_sentences
+    from ..evaluation.speed import measure_encode_speed
 
     if args.onnx and not args.teacher:
         print("ternary-hf bench: error: --onnx exports the teacher: give --teacher too", file=sys.stderr)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         encoders[Path(args.model).name or args.model] = SentenceTransformer(args.model, device="cpu")
         with tempfile.TemporaryDirectory(prefix="ternary-hf-bench-") as tmp:
             if args.onnx:
-                from ..onnx_baseline import OnnxEncoder, export_onnx, onnx_available
+                from ..evaluation.onnx_baseline import OnnxEncoder, export_onnx, onnx_available
 
                 ok, why = onnx_available()
                 if not ok:

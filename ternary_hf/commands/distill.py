@@ -13,7 +13,7 @@ from ._common import add_config_arguments, config_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..distill import DistillConfig
+    from ..train.loop import DistillConfig
 
     d = DistillConfig()
     parser = subparsers.add_parser(
@@ -67,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distill import DistillConfig, distill
+    from ..train.loop import DistillConfig, distill
 
     try:
         config = DistillConfig(

@@ -7,7 +7,7 @@ import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation import TASKS
+    from ..evaluation.tasks import TASKS
 
     parser = subparsers.add_parser(
         "eval",
@@ -46,8 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import ternary_hf  # noqa: F401  (registers the ternary quantizer before a ternary folder is loaded)
 
-    from ..datasets import DatasetError
-    from ..evaluation import evaluate, load_results, plot_results
+    from ..data.corpora import DatasetError
+    from ..evaluation.tasks import evaluate, load_results, plot_results
 
     try:
         previous = load_results(args.compare)

@@ -13,7 +13,7 @@ import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..models import available_models
+    from ..data.models import available_models
 
     parser = subparsers.add_parser(
         "fetch-model",
@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import ModelError, fetch_model
+    from ..data.models import ModelError, fetch_model
 
     try:
         path = fetch_model(

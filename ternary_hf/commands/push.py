@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import HubPushError, push_folder
+    from ..hub.push import HubPushError, push_folder
 
     try:
         result = push_folder(

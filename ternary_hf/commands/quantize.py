@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..quantize import quantize_folder
+    from ..ptq.quantize import quantize_folder
 
     try:
         config = config_from_args(args)

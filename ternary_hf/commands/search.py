@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,40 +84,9 @@ def _load_model(name: str) -> Any:
         ) from None
 
 
-def read_corpus(
-    path: str | Path, text_field: str = "text", id_field: str | None = None
-) -> Iterator[tuple[Any, str]]:
-    """Yield ``(id, text)`` from a JSONL file (``.jsonl`` / ``.json`` / ``.ndjson``) or a text file.
-
-    The file is read lazily. Ids are ``id_field`` values, or the 1-based line number. Blank lines
-    are skipped (line numbers still count them).
-    """
-    path = Path(path)
-    is_jsonl = path.suffix.lower() in {".jsonl", ".json", ".ndjson"}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            if not is_jsonl:
-                yield lineno, line.rstrip("\r\n")
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{path}:{lineno}: not valid JSON ({exc.msg}); expected one JSON object per line"
-                ) from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise ValueError(
-                    f"{path}:{lineno}: no {text_field!r} field; choose the text field with --text-field"
-                )
-            if id_field is not None and id_field not in record:
-                raise ValueError(f"{path}:{lineno}: no {id_field!r} field; fix --id-field or drop it")
-            yield (record[id_field] if id_field is not None else lineno), str(record[text_field])
-
-
 def run_build(args: argparse.Namespace) -> int:
-    from ..search import SemanticIndex
+    from ..data.texts import read_corpus
+    from ..search.index import SemanticIndex
 
     if not Path(args.corpus).is_file():
         return _error(f"corpus file {args.corpus} not found")
@@ -150,7 +118,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from ..search import METADATA_FILE, SemanticIndex
+    from ..search.index import METADATA_FILE, SemanticIndex
 
     meta_file = Path(args.index_dir) / METADATA_FILE
     if not meta_file.is_file():

@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import apply_activation, ternary_linear_reference, validate_activation
-from ..packing import unpack_ternary
+from ..quant.functional import apply_activation, ternary_linear_reference, validate_activation
+from ..quant.packing import unpack_ternary
 from ._build import kernel_isa, kernel_module, kernel_status
 
 __all__ = [

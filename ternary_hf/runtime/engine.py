@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..modules import TernaryLinear
+from ..integrations.modules import TernaryLinear
 from . import ops
 from .plan import EncoderPlan, build_plan, relative_bias_table
 

@@ -1,0 +1,21 @@
+"""The transformers glue: what makes ``from_pretrained(..., quantization_config=TernaryConfig())`` and
+``from_pretrained(ternary_dir)`` work.
+
+Owns: :mod:`.config` (``TernaryConfig``), :mod:`.registration` (the ``"ternary"`` entry in transformers'
+registries), :mod:`.quantizer` (the thin ``HfQuantizer``), :mod:`.modules` (``TernaryLinear`` and
+``QuantizedEmbedding``, the inference layers), :mod:`.conversion` (swapping ``nn.Linear`` /
+``nn.Embedding`` for them and back), :mod:`.fusion` (activations fused into a layer at load time),
+:mod:`.remote_code` (the ``trust_remote_code`` shim written into saved folders) and
+:mod:`.safetensors_checks` (up-front checks of checkpoint files).
+Imports: :mod:`ternary_hf.quant`, :mod:`ternary_hf.kernels`, :mod:`ternary_hf.utils` and
+:mod:`ternary_hf.errors`, and (inside functions) :mod:`ternary_hf.runtime`, whose fast forward the
+quantizer attaches at load; never the training, evaluation or application packages.
+"""
+
+from .config import TernaryConfig
+from .conversion import dequantize_model
+from .modules import QuantizedEmbedding, TernaryLinear
+from .quantizer import TernaryHfQuantizer
+from .registration import register
+
+__all__ = ["QuantizedEmbedding", "TernaryConfig", "TernaryHfQuantizer", "TernaryLinear", "dequantize_model", "register"]

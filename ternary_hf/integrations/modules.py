@@ -1,0 +1,248 @@
+"""Inference modules: ``TernaryLinear`` (replaces ``nn.Linear``) and ``QuantizedEmbedding``.
+
+Both keep their stored tensor under the name ``weight`` (uint8 packed ternary codes, or int8/int4/fp16
+rows), as buffers of a different shape than the float original: a ternary checkpoint loaded without
+the plugin then fails with a loud size mismatch instead of silently random-initialising.
+Neither ever materialises the whole float matrix in its forward on CPU when the kernel is present;
+the reference path unpacks the codes (exact, slower) where no kernel applies.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..quant import rowwise
+from ..quant.functional import apply_activation, ternary_linear_reference
+from ..quant.packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
+from ..quant.ternarize import dequantize_ternary, ternarize
+
+__all__ = ["TernaryLinear", "QuantizedEmbedding"]
+
+_ROW_CHUNK = 4096
+
+
+def _kernel():
+    """The CPU kernel module if it is importable and usable here, else ``None`` (reference path)."""
+    if os.environ.get("TERNARY_HF_DISABLE_KERNEL") == "1":
+        return None
+    try:
+        from .. import kernels
+    except ImportError:
+        return None
+    available = getattr(kernels, "cpu_kernel_available", None)
+    return kernels if available is not None and available() else None
+
+
+class TernaryLinear(nn.Module):
+    """A linear layer with ternary weights: ``y = (x @ T.T) * scale + bias``.
+
+    Buffers (saved in the checkpoint):
+        weight: ``uint8`` ``(out_features, ceil(in_features / 4))``, see :mod:`ternary_hf.packing`.
+        weight_scale: ``float32`` ``(out_features,)`` (per channel) or ``(1,)`` (per tensor).
+    Parameter: ``bias`` as in ``nn.Linear``.
+
+    ``fused_activation`` (not saved; set by :func:`ternary_hf.fusion.fuse_activations` at load time):
+    ``"gelu"`` makes the layer return ``gelu(y)``, computed by the CPU kernel while the output tile is
+    still in registers instead of in a separate pass over the output.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        threshold_method: str = "calibrated",
+        granularity: str = "channel",
+        quantize_activations: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.threshold_method = threshold_method
+        self.granularity = granularity
+        self.quantize_activations = quantize_activations
+        n_scales = out_features if granularity == "channel" else 1
+        packed = torch.zeros(packed_shape(out_features, in_features), dtype=torch.uint8, device=device)
+        self.register_buffer("weight", packed)
+        self.register_buffer("weight_scale", torch.zeros(n_scales, dtype=torch.float32, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype or torch.float32))
+        else:
+            self.register_parameter("bias", None)
+        self._prepared: tuple[tuple, torch.Tensor] | None = None
+        self.fused_activation: str | None = None
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        threshold_method: str = "calibrated",
+        granularity: str = "channel",
+        quantize_activations: bool = True,
+    ) -> TernaryLinear:
+        """Ternarize an existing ``nn.Linear`` (which is left untouched)."""
+        module = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            threshold_method=threshold_method,
+            granularity=granularity,
+            quantize_activations=quantize_activations,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
+        for name, tensor in module.quantize_weight(linear.weight).items():
+            getattr(module, name).copy_(tensor)
+        if linear.bias is not None:
+            with torch.no_grad():
+                module.bias.copy_(linear.bias)
+        return module
+
+    @torch.no_grad()
+    def reset_stored_weights(self) -> None:
+        """All-zero ternary weights (the packed code of 0), scale 0 and bias 0: a defined layer for
+        one whose weights were missing from a checkpoint."""
+        self.weight.fill_(ZERO_BYTE)
+        self.weight_scale.zero_()
+        if self.bias is not None:
+            self.bias.zero_()
+        self._prepared = None
+
+    def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Float weight -> the stored tensors (``weight``, ``weight_scale``) under this layer's rule."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(
+                f"weight of shape {tuple(weight.shape)} does not fit a TernaryLinear "
+                f"({self.out_features}, {self.in_features})"
+            )
+        t = ternarize(weight, self.threshold_method, self.granularity)
+        return {"weight": pack_ternary(t.values), "weight_scale": t.scale}
+
+    def ternary_values(self) -> torch.Tensor:
+        """The ``{-1, 0, +1}`` matrix as int8 (unpacked on demand; not cached)."""
+        return unpack_ternary(self.weight, self.in_features)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_ternary(self.ternary_values(), self.weight_scale, dtype)
+
+    def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
+        """A float ``nn.Linear`` computing ``scale * T`` (activation quantization is dropped)."""
+        dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.dequantized_weight(dtype))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def _prepared_weight(self, kernels) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = (key, kernels.prepare_weight(self.weight, self.in_features))
+        return self._prepared[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.quantize_activations and not x.requires_grad:
+            kernels = _kernel()
+            if kernels is not None:
+                lead = x.shape[:-1]
+                x2d = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+                y = kernels.ternary_linear_cpu(
+                    x2d, self._prepared_weight(kernels), self.weight_scale, self.bias,
+                    self.in_features, self.out_features, self.fused_activation,
+                )
+                return y.reshape(*lead, self.out_features).to(x.dtype)
+        # Device-agnostic path (CUDA, MPS, autograd, or no kernel): plain torch ops.
+        y = ternary_linear_reference(
+            x, self.weight, self.weight_scale, self.bias, self.in_features, self.quantize_activations
+        )
+        return apply_activation(y, self.fused_activation)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"threshold={self.threshold_method}, granularity={self.granularity}, "
+            f"activations={'int8' if self.quantize_activations else 'float'}"
+            + (f", fused_activation={self.fused_activation}" if self.fused_activation else "")
+        )
+
+
+class QuantizedEmbedding(nn.Module):
+    """An embedding table stored as fp16, int8 (per row) or int4 (per group), see :mod:`ternary_hf.rowwise`.
+
+    Only the looked-up rows are dequantized, into ``compute_dtype``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        storage: str = "int4",
+        padding_idx: int | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.storage = storage
+        self.padding_idx = padding_idx
+        self.compute_dtype = compute_dtype
+        for name, (shape, dtype) in rowwise.storage_shapes(num_embeddings, embedding_dim, storage).items():
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding, storage: str = "int4") -> QuantizedEmbedding:
+        module = cls(embedding.num_embeddings, embedding.embedding_dim, storage, embedding.padding_idx,
+                     embedding.weight.dtype, embedding.weight.device)
+        for name, tensor in module.quantize_weight(embedding.weight).items():
+            getattr(module, name).copy_(tensor)
+        return module
+
+    @torch.no_grad()
+    def reset_stored_weights(self) -> None:
+        """All-zero table (zero codes and scales), for a table missing from a checkpoint."""
+        for buffer in self.buffers(recurse=False):
+            buffer.zero_()
+
+    def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        if tuple(weight.shape) != (self.num_embeddings, self.embedding_dim):
+            raise ValueError(
+                f"embedding of shape {tuple(weight.shape)} does not fit a QuantizedEmbedding "
+                f"({self.num_embeddings}, {self.embedding_dim})"
+            )
+        # In row chunks: the float temporaries of a whole 30k-row table would cost ~4x its size at once.
+        parts = [rowwise.quantize_rows(weight[i : i + _ROW_CHUNK], self.storage)
+                 for i in range(0, max(self.num_embeddings, 1), _ROW_CHUNK)]
+        return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+    def _stored(self, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        stored = {"weight": self.weight}
+        if self.storage != "fp16":
+            stored["weight_scale"] = self.weight_scale
+        if index is None:
+            return stored
+        return {k: v[index] for k, v in stored.items()}
+
+    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return rowwise.dequantize_rows(self._stored(), self.storage, self.embedding_dim, dtype or self.compute_dtype)
+
+    def to_embedding(self, dtype: torch.dtype | None = None) -> nn.Embedding:
+        weight = self.dequantized_weight(dtype)
+        embedding = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
+                                 device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            embedding.weight.copy_(weight)
+        return embedding
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return rowwise.dequantize_rows(self._stored(input_ids), self.storage, self.embedding_dim, self.compute_dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, storage={self.storage}, padding_idx={self.padding_idx}"

@@ -1,0 +1,250 @@
+"""One call from a float model folder (or repo id) to a saved ternary folder, with the numbers that matter.
+
+:func:`quantize_folder` is what ``ternary-hf quantize`` runs: it loads the source through the quantizer
+(layer by layer, never a full float copy in memory), writes the result into a temporary folder that is
+renamed into place only when complete (an interrupted run leaves nothing half-written), and measures
+the size ratio and the mean cosine between teacher and ternary sentence embeddings on real text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..integrations.config import TernaryConfig
+from ..integrations.modules import QuantizedEmbedding, TernaryLinear
+from ..utils.io import check_output_folder, replace_folder
+
+__all__ = ["QuantizeReport", "quantize_folder", "is_sentence_transformers_folder", "checkpoint_bytes", "load_encoder"]
+
+logger = logging.getLogger(__name__)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@dataclass
+class QuantizeReport:
+    """What :func:`quantize_folder` did, JSON-ready."""
+
+    source: str
+    output: str
+    config: dict[str, Any]
+    source_bytes: int
+    output_bytes: int
+    size_ratio: float
+    linear_fp32_bytes: int
+    linear_ternary_bytes: int
+    linear_ratio: float
+    n_linear: int
+    n_embedding: int
+    mean_cosine: float | None = None
+    min_cosine: float | None = None
+    n_sentences: int = 0
+    calibration: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        lines = [
+            f"source:        {self.source}",
+            f"output:        {self.output}",
+            f"weights:       {self.source_bytes / 1e6:.1f} MB -> {self.output_bytes / 1e6:.1f} MB "
+            f"(size ratio {self.size_ratio:.3f}x)",
+            f"linear layers: {self.n_linear} ternarized, {self.linear_fp32_bytes / 1e6:.1f} MB fp32 -> "
+            f"{self.linear_ternary_bytes / 1e6:.2f} MB (linear-only ratio {self.linear_ratio:.3f}x)",
+            f"embeddings:    {self.n_embedding} tables stored as {self.config.get('embedding_storage')}",
+        ]
+        if self.mean_cosine is not None:
+            lines.append(
+                f"teacher vs ternary: mean cosine {self.mean_cosine:.4f} (min {self.min_cosine:.4f}) "
+                f"on {self.n_sentences} real sentences"
+            )
+        if self.calibration:
+            lines.append(f"calibration:   {self.calibration}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
+    return Path(path, "modules.json").is_file()
+
+
+def checkpoint_bytes(folder: str | os.PathLike) -> int:
+    """Bytes of the weight files in a model folder (sub-folders included, e.g. a Dense layer).
+
+    Safetensors files only when there are any (folders often ship the same weights twice, as
+    ``model.safetensors`` and ``pytorch_model.bin``).
+    """
+    files = [os.path.join(root, f) for root, _, names in os.walk(folder) for f in names if f.endswith(_WEIGHT_SUFFIXES)]
+    safetensors = [f for f in files if f.endswith(".safetensors")]
+    return sum(os.path.getsize(f) for f in (safetensors or files))
+
+
+def load_encoder(source: str, config: TernaryConfig | None = None, device: str = "cpu"):
+    """Load ``source`` as a SentenceTransformer (a plain transformers folder gets mean pooling).
+
+    With ``config`` the model is ternarized on the fly; a ternary folder loads as it is.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    model_kwargs = {"quantization_config": config} if config is not None else {}
+    return SentenceTransformer(source, device=device, model_kwargs=model_kwargs)
+
+
+def _auto_model(encoder) -> torch.nn.Module:
+    return encoder[0].auto_model
+
+
+def _linear_bytes(model: torch.nn.Module) -> tuple[int, int]:
+    fp32 = stored = 0
+    for module in model.modules():
+        if isinstance(module, TernaryLinear):
+            fp32 += module.in_features * module.out_features * 4
+            stored += module.weight.numel() * module.weight.element_size()
+            stored += module.weight_scale.numel() * module.weight_scale.element_size()
+    return fp32, stored
+
+
+def _mean_cosine(teacher, student, sentences: list[str], batch_size: int) -> tuple[float, float]:
+    kwargs = dict(batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    a = teacher.encode(sentences, **kwargs)
+    b = student.encode(sentences, **kwargs)
+    cos = (a * b).sum(dim=-1)
+    return float(cos.mean()), float(cos.min())
+
+
+def quantize_folder(
+    source: str,
+    output: str | os.PathLike,
+    config: TernaryConfig | None = None,
+    sentences: list[str] | None = None,
+    num_sentences: int = 300,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    device: str = "cpu",
+    calibration_texts: int | list[str] | None = None,
+    show_progress_bar: bool = True,
+) -> QuantizeReport:
+    """Ternarize ``source`` (a transformers or sentence-transformers folder, or a Hub repo id) into ``output``.
+
+    Args:
+        source: model folder or repo id.
+        output: folder to create; it must not exist unless ``overwrite``.
+        config: the :class:`TernaryConfig` (defaults to ``TernaryConfig()``).
+        sentences: texts for the teacher-vs-ternary cosine; by default ``num_sentences`` real
+            sentences from :func:`ternary_hf.datasets.real_sentences` (skipped with a note if the data
+            package cannot be fetched).
+        overwrite: replace an existing ``output``.
+        calibration_texts: ternarize each layer to preserve its outputs on real text (GPTQ on the
+            ternary grid, :mod:`ternary_hf.calibration`) instead of rounding its weights: a number of
+            texts from the bundled training corpora, or the texts themselves. Slower (a minute or two
+            for a small model on a CPU) and much closer to the float model.
+
+    Returns:
+        A :class:`QuantizeReport`; also written to ``output/ternary_quantize.json``.
+    """
+    config = config or TernaryConfig()
+    output = check_output_folder(output, overwrite=overwrite,
+                                 hint="pass overwrite=True (CLI: --overwrite) to replace it")
+    if os.path.isdir(source) and not Path(source, "config.json").is_file() and not is_sentence_transformers_folder(
+        source
+    ):
+        raise FileNotFoundError(f"{source} is neither a transformers folder (config.json) nor a sentence-transformers "
+                                "folder (modules.json)")
+    notes: list[str] = []
+    calibration_summary = None
+    if calibration_texts is not None:
+        student, calibration_summary = _load_calibrated(source, config, device, calibration_texts, batch_size,
+                                                        show_progress_bar)
+    else:
+        student = load_encoder(source, config, device)
+    model = _auto_model(student)
+    if not getattr(model, "is_quantized", False):
+        raise RuntimeError(f"{source} did not load as a ternary model; is ternary_hf registered?")
+    n_linear = sum(isinstance(m, TernaryLinear) for m in model.modules())
+    n_embedding = sum(isinstance(m, QuantizedEmbedding) for m in model.modules())
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        student.save(str(tmp))
+        replace_folder(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    source_dir = source if os.path.isdir(source) else _resolved_dir(source)
+    src_bytes = checkpoint_bytes(source_dir) if source_dir else 0
+    out_bytes = checkpoint_bytes(output)
+    fp32, stored = _linear_bytes(model)
+    report = QuantizeReport(
+        source=str(source), output=str(output), config=config.to_dict(),
+        source_bytes=src_bytes, output_bytes=out_bytes,
+        size_ratio=out_bytes / src_bytes if src_bytes else float("nan"),
+        linear_fp32_bytes=fp32, linear_ternary_bytes=stored, linear_ratio=stored / fp32 if fp32 else float("nan"),
+        n_linear=n_linear, n_embedding=n_embedding, calibration=calibration_summary, notes=notes,
+    )
+    if sentences is None and num_sentences > 0:
+        try:
+            from ..data.corpora import real_sentences
+
+            sentences = real_sentences(num_sentences)
+        except Exception as exc:  # data package unreachable: the model is still written
+            notes.append(f"teacher-vs-ternary cosine skipped: {exc}")
+    if sentences:
+        teacher = load_encoder(source, None, device)
+        report.mean_cosine, report.min_cosine = _mean_cosine(teacher, student, sentences, batch_size)
+        report.n_sentences = len(sentences)
+    with open(output / "ternary_quantize.json", "w", encoding="utf-8") as f:
+        json.dump(report.to_dict(), f, indent=2)
+    return report
+
+
+def _load_calibrated(source: str, config: TernaryConfig, device: str, texts: int | list[str], batch_size: int,
+                     show_progress_bar: bool):
+    """``(ternary encoder, summary)``: ``source`` calibrated in float, then loaded through the quantizer.
+
+    The calibrated float weights are ``alpha * T``, which the quantizer maps to themselves, so the
+    packed model holds exactly the calibrated values (written through a temporary float folder)."""
+    from .calibration import calibrate_model
+
+    if isinstance(texts, int):
+        if texts < 1:
+            raise ValueError(f"calibration_texts must be >= 1, got {texts}")
+        from ..data.corpora import default_distillation_texts
+
+        texts = default_distillation_texts(limit=texts)
+    if not texts:
+        raise ValueError("calibration_texts is empty")
+    encoder = load_encoder(source, None, device)
+    model = _auto_model(encoder)
+    tokenizer = encoder[0].tokenizer
+    max_length = min(encoder.max_seq_length or 128, 128)
+    ordered = sorted(texts, key=len)  # little padding per batch
+    batches = [dict(tokenizer(ordered[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt").to(device)) for i in range(0, len(ordered), batch_size)]
+    report = calibrate_model(model, batches, config, show_progress_bar=show_progress_bar)
+    with tempfile.TemporaryDirectory(prefix=".calibrated.") as tmp:
+        encoder.save(tmp)
+        student = load_encoder(tmp, config, device)
+        # the quantizer has read everything it needs; nothing points into tmp afterwards
+    return student, report.summary()
+
+
+def _resolved_dir(repo_id: str) -> str | None:
+    """Local snapshot folder of a Hub repo already in the cache (for the size ratio)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:
+        return None

@@ -1,0 +1,217 @@
+"""Trainable stand-ins for the inference modules: latent float weights, ternary forward, straight-through gradient.
+
+The distillation student is the teacher with every converted ``nn.Linear`` swapped for
+:class:`FakeTernaryLinear` and every stored embedding table for :class:`FakeQuantEmbedding`. Both
+keep a float tensor named ``weight`` of the original shape, so the student's ``state_dict`` is a
+plain float checkpoint of the teacher's architecture: finalizing it means loading that checkpoint
+through the quantizer, which applies the very same :func:`~ternary_hf.ternarize.ternarize` rule (and,
+for activations, the same int8 rule from :mod:`ternary_hf.functional`) as the forward used in training.
+
+On CPU with the compiled kernel (:mod:`ternary_hf.kernels`) and int8 activations, a student layer's
+forward *is* the inference layer's: its latent weight is ternarized by one C++ pass (bit for bit the
+same values and scales as :func:`~ternary_hf.ternarize.ternarize` for the default calibrated
+per-channel rule), put in the kernel's layout and multiplied by the same CPU kernel the finalized
+model uses; the backward is the straight-through estimator in float32 (``grad_x = grad_y @ (s_w T)``,
+``grad_W = grad_y.T @ (q(x) s_x)``). Elsewhere (GPU, float activations, no compiler) the plain torch
+forward below computes the same thing up to float rounding.
+
+``int8_grad_input`` (:func:`set_int8_grad_input`) also runs the input gradient on the kernel:
+``grad_x = grad_y @ (s_w T)`` is ``(grad_y * s_w) @ T``, an int8 x ternary product like the forward,
+with the rows of ``grad_y * s_w`` quantized per token to int8 (SwitchBack's split, arXiv 2304.13013:
+int8 for the input gradient, float for the weight gradient, whose sums over every token are where
+precision matters). About 2-2.5x faster than the float32 product at a relative error of ~1% on the
+input gradient; the weight gradient stays float32.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..integrations.config import TernaryConfig
+from ..integrations.conversion import swap_modules
+from ..quant import rowwise
+from ..quant.functional import quantize_activations_int8
+from ..quant.ternarize import dequantize_ternary, ternarize
+
+__all__ = ["FakeTernaryLinear", "FakeQuantEmbedding", "build_student", "to_float_model", "fake_quantize_int8",
+           "set_int8_grad_input"]
+
+
+def fake_quantize_int8(x: torch.Tensor) -> torch.Tensor:
+    """Per-token int8 quantize-dequantize with a straight-through gradient (identity backward)."""
+    q, scale = quantize_activations_int8(x.detach())
+    # ``x - x.detach()`` is exactly 0 in the forward (so the value is exactly the quantized one, as at
+    # inference) and the identity in the backward; ``x + (q - x).detach()`` would be off by a rounding.
+    return (q * scale).to(x.dtype) + (x - x.detach())
+
+
+class FakeTernaryLinear(nn.Module):
+    """``nn.Linear`` whose forward uses ``ternarize(weight)`` and whose backward updates the latent ``weight``."""
+
+    def __init__(self, linear: nn.Linear, threshold_method: str, granularity: str, quantize_activations: bool):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.threshold_method, self.granularity = threshold_method, granularity
+        self.quantize_activations = quantize_activations
+        self.weight = nn.Parameter(linear.weight.detach().clone())
+        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+        #: input gradient on the int8 kernel (kernel path only; see the module docstring)
+        self.int8_grad_input = False
+
+    def quantized_weight(self) -> torch.Tensor:
+        with torch.no_grad():
+            return ternarize(self.weight, self.threshold_method, self.granularity).dequantize(self.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernels = _training_kernels(x, self)
+        if kernels is not None:
+            values, scale = self._ternary_values(kernels)
+            prepared = kernels.prepare_from_values(values)
+            return _KernelTernaryLinear.apply(x, self.weight, self.bias, values, scale, prepared,
+                                              self.int8_grad_input)
+        w = self.quantized_weight() + (self.weight - self.weight.detach())  # exact value, identity gradient
+        if self.quantize_activations:
+            x = fake_quantize_int8(x)
+        return F.linear(x, w, self.bias)
+
+    def _ternary_values(self, kernels) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ternarize(weight)`` as (int8 values, float32 scale); the default rule in one C++ pass."""
+        with torch.no_grad():
+            if self.threshold_method == "calibrated" and self.granularity == "channel" and self.in_features > 0:
+                return kernels.ternarize_calibrated_cpu(self.weight)
+            ternary = ternarize(self.weight, self.threshold_method, self.granularity)
+            return ternary.values.contiguous(), ternary.scale.contiguous()
+
+    def to_linear(self) -> nn.Linear:
+        """The latent weights as a plain ``nn.Linear`` (what the quantizer then ternarizes)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+
+def _training_kernels(x: torch.Tensor, layer: FakeTernaryLinear):
+    """The kernel module when this layer's forward can run on it (CPU, float32, int8 activations)."""
+    if not (layer.quantize_activations and x.device.type == "cpu" and x.dtype == torch.float32
+            and layer.weight.dtype == torch.float32 and layer.in_features > 0 and layer.out_features > 0
+            and not torch.is_autocast_enabled("cpu")):
+        return None
+    from ..integrations.modules import _kernel
+
+    return _kernel()
+
+
+class _KernelTernaryLinear(torch.autograd.Function):
+    """Forward: the inference kernel on the freshly ternarized weight. Backward: straight-through."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, values, scale, prepared, int8_grad_input=False):
+        from ..kernels import fake_quantize_int8_cpu, ternary_linear_cpu
+
+        out_features, in_features = values.shape
+        x2d = x.reshape(-1, in_features).contiguous()
+        y = ternary_linear_cpu(x2d, prepared, scale, None if bias is None else bias.detach(), in_features,
+                               out_features)
+        # grad_W needs the activations the kernel multiplied: q(x) * s_x, by the kernel's own rule.
+        xq = fake_quantize_int8_cpu(x2d) if ctx.needs_input_grad[1] else None
+        ctx.save_for_backward(xq, values, scale)
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        ctx.int8_grad_input = int8_grad_input
+        return y.reshape(*x.shape[:-1], out_features)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        xq, values, scale = ctx.saved_tensors
+        g = grad_y.reshape(-1, values.shape[0])
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (_int8_input_grad(g, values, scale) if ctx.int8_grad_input
+                      else g @ dequantize_ternary(values, scale)).reshape(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = g.t() @ xq
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = g.sum(0)
+        return grad_x, grad_w, grad_b, None, None, None, None
+
+
+_UNIT_SCALE = torch.ones(1)
+
+
+def _int8_input_grad(g: torch.Tensor, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``g @ (s_w T)`` on the int8 kernel: ``(g * s_w)`` quantized per row, times ``T`` (given to the
+    kernel as the weight ``T.T``: the product's inputs are the layer's outputs)."""
+    from ..kernels import prepare_from_values, ternary_linear_cpu
+
+    out_features, in_features = values.shape
+    transposed = prepare_from_values(values.t().contiguous())
+    return ternary_linear_cpu((g * scale).contiguous(), transposed, _UNIT_SCALE, None, out_features, in_features)
+
+
+def set_int8_grad_input(model: nn.Module, enabled: bool) -> int:
+    """Switch the int8 input gradient (module docstring) on or off for every student layer of
+    ``model``; returns how many layers were set. Only the CPU kernel path uses it."""
+    layers = [m for m in model.modules() if isinstance(m, FakeTernaryLinear)]
+    for layer in layers:
+        layer.int8_grad_input = bool(enabled)
+    return len(layers)
+
+
+class FakeQuantEmbedding(nn.Module):
+    """Frozen embedding table whose looked-up rows go through the configured row-wise storage.
+
+    Row-wise quantization treats each row on its own, so quantizing the gathered rows gives exactly
+    what gathering from the stored table gives at inference.
+    """
+
+    def __init__(self, embedding: nn.Embedding, storage: str):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx, self.storage = embedding.padding_idx, storage
+        self.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(input_ids, self.weight).reshape(-1, self.embedding_dim)
+        stored = rowwise.quantize_rows(rows, self.storage)
+        out = rowwise.dequantize_rows(stored, self.storage, self.embedding_dim, self.weight.dtype)
+        return out.reshape(*input_ids.shape, self.embedding_dim)
+
+    def to_embedding(self) -> nn.Embedding:
+        embedding = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx,
+                                 device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            embedding.weight.copy_(self.weight)
+        return embedding
+
+
+def build_student(teacher: nn.Module, config: TernaryConfig) -> nn.Module:
+    """A trainable ternary copy of ``teacher`` (the teacher itself is not modified)."""
+    student = copy.deepcopy(teacher)
+    skip = config.skipped_modules() + list(getattr(teacher, "_keep_in_fp32_modules", None) or [])
+    n_linear, _ = swap_modules(
+        student, config, skip,
+        lambda m: FakeTernaryLinear(m, config.threshold_method, config.granularity, config.quantize_activations),
+        lambda m: FakeQuantEmbedding(m, config.embedding_storage),
+    )
+    if n_linear == 0:
+        raise ValueError(f"{type(teacher).__name__} has no nn.Linear layer to ternarize (skipped: {skip})")
+    return student
+
+
+def to_float_model(student: nn.Module) -> nn.Module:
+    """A copy of the student with plain float modules holding the latent weights."""
+    model = copy.deepcopy(student)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, (FakeTernaryLinear, FakeQuantEmbedding)):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            new = module.to_linear() if isinstance(module, FakeTernaryLinear) else module.to_embedding()
+            setattr(parent, child, new)
+    return model
