@@ -23,6 +23,10 @@ in ONE run:
 * ``torch-bf16`` - plain ``SentenceTransformer`` with the model in ``torch.bfloat16`` (run only when the
   CPU has AMX-BF16 or AVX512-BF16, where oneDNN has native bf16 kernels);
 * ``qdyn``     - ``torch.ao.quantization.quantize_dynamic`` int8 on every ``nn.Linear``;
+* ``ternary-lean`` - ours with the ONNX/OpenVINO rows' own tokenizer, mean pooling and normalisation
+  (``OnnxEncoder`` with the torch model as its session) instead of ``SentenceTransformer.encode``: the
+  same work around the network as those rows, so their latencies compare network with network
+  (``encode`` adds ~2 ms of bookkeeping per call: ``model.eval()``, device lookup, tokenizer wrappers);
 * ``ternary-eager`` - (optional) ours through transformers' own layer-by-layer forward
   (``TERNARY_HF_FAST_FORWARD=0``): the path before ``ternary_hf.runtime``;
 * ``bnb-int8`` - (optional) bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with
@@ -75,7 +79,7 @@ from _machine import cpu_model, load_avg
 from ternary_hf.evaluation.onnx_baseline import OnnxEncoder
 from ternary_hf.utils.io import folder_fingerprint
 
-BACKENDS = ["fp32", "ternary", "onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn"]
+BACKENDS = ["fp32", "ternary", "ternary-lean", "onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn"]
 #: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI);
 #: ternary-avx2: ours with the AVX2 kernel build forced (TERNARY_HF_KERNEL_ISA=avx2), on a VNNI CPU;
 #: ternary-eager: ours through transformers' own forward (TERNARY_HF_FAST_FORWARD=0); bnb-int8: bitsandbytes
@@ -159,6 +163,30 @@ def _set_threads(threads: int) -> None:
 _NOTES: list[str] = []
 
 
+class _TorchSession:
+    """ONNX Runtime's session interface over the ternary torch model (for ``ternary-lean``)."""
+
+    def __init__(self, model_dir: str) -> None:
+        from transformers import AutoModel
+
+        import ternary_hf
+        from ternary_hf.kernels import cpu_kernel_available, kernel_status
+
+        if not cpu_kernel_available():
+            raise RuntimeError(f"the ternary CPU kernel is not available: {kernel_status()}")
+        self.model = AutoModel.from_pretrained(model_dir, quantization_config=ternary_hf.TernaryConfig()).eval()
+
+    def get_inputs(self) -> list[Any]:
+        return [type("Input", (), {"name": name})() for name in ("input_ids", "attention_mask")]
+
+    def run(self, _outputs: Any, feeds: dict[str, Any]) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        return [out.last_hidden_state.numpy()]
+
+
 def cpu_isa_flags() -> list[str]:
     """The ISA_FLAGS this CPU reports in /proc/cpuinfo."""
     try:
@@ -188,6 +216,8 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
     from sentence_transformers import SentenceTransformer
 
     _set_threads(threads)
+    if backend == "ternary-lean":
+        return OnnxEncoder(None, model_dir, threads, session=_TorchSession(model_dir))
     if backend == "fp32":
         st = SentenceTransformer(model_dir, device="cpu")
     elif backend == "torch-bf16":
