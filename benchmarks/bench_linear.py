@@ -1,29 +1,32 @@
-"""Per-layer benchmark of the ternary CPU kernel (issue 5, benchmark 1).
+"""Per-layer benchmark of the ternary CPU kernel: every build this CPU runs, side by side with FP32.
 
 Why this script: the kernel is only worth its build step if a ternary layer beats the FP32
-``nn.Linear`` it replaces. For the linear shapes of all-MiniLM-L6-v2 (384x384, 384x1536, 1536x384)
-and all-mpnet-base-v2 (768x768, 768x3072, 3072x768), at M = 1, 16, 256, 4096 tokens and 1 and 2
-threads, it times side by side, interleaved within one run (so a noisy, shared machine hits every
-method alike):
+``nn.Linear`` it replaces, and each instruction-set build (AVX2, AVX-512 VNNI, AMX-INT8) is only worth
+its code if it beats the one below it. For the linear shapes of all-MiniLM-L6-v2 (384x384, 384x1536,
+1536x384) and all-mpnet-base-v2 (768x768, 768x3072, 3072x768), at M = 1, 16, 256, 4096 tokens and 1
+and 2 threads, it times side by side, interleaved within one run (so a noisy, shared machine hits
+every method alike):
 
 * ``fp32``    - ``nn.Linear`` (MKL/oneDNN sgemm), the baseline of every ratio;
-* ``ours``    - :func:`ternary_hf.kernels.ternary_linear_cpu` (int8 activations x 2-bit weights);
+* one column per kernel build this CPU runs (``amx``, ``avx512vnni``, ``avx2``, best first; the first
+  is what :func:`ternary_hf.kernels.ternary_linear_cpu` uses here), each called directly on the same
+  prepared weights (int8 activations x 2-bit weights; bit-identical results);
 * ``unpack``  - the reference path that unpacks the 2-bit weights to float and calls ``F.linear``
   on every forward (what transformers' BitNet integration does);
-* ``qdyn``    - ``torch.ao.quantization.quantize_dynamic`` int8 ``nn.Linear``;
-* ``avx2``    - only where the active kernel is the AVX-512 VNNI build: the same call through the AVX2
-  build (``load_kernel_variant("avx2")``), so one run shows what VNNI buys on this CPU.
+* ``qdyn``    - ``torch.ao.quantization.quantize_dynamic`` int8 ``nn.Linear``.
 
 Each cell is the median over ``--reps`` interleaved rounds; ratios are ``time / fp32 time`` (lower
-is better; the issue's target for ``ours`` is <= 0.30 at M >= 256). The column ``ours/fp32 best``
-compares the fastest round of each, an estimate of the uncontended ratio when other processes share
-the machine (medians then include scheduler stalls, which hit OpenMP-based FP32 at 2 threads hard).
+is better; the target for the best build is <= 0.30 at M >= 256). The column ``best/fp32 min``
+compares the fastest round of the best build and of FP32, an estimate of the uncontended ratio when
+other processes share the machine (medians then include scheduler stalls, which hit OpenMP-based
+FP32 at 2 threads hard). The AMX column appears only on a CPU with ``amx_tile`` and ``amx_int8``.
 
 Usage::
 
     python benchmarks/bench_linear.py            # full grid (a few minutes on 2 cores)
     python benchmarks/bench_linear.py --quick    # 3 shapes, M in {1, 256}, fewer rounds
     python benchmarks/bench_linear.py --threads 1 --m 256 4096 --shapes 768x3072
+    python benchmarks/bench_linear.py --builds avx2   # only some builds
 """
 
 from __future__ import annotations
@@ -39,15 +42,15 @@ import torch
 from _machine import cpu_model
 from torch import nn
 
-from ternary_hf.kernels import cpu_kernel_available, kernel_isa, kernel_status, prepare_weight, ternary_linear_cpu
-from ternary_hf.kernels._build import load_kernel_variant
+from ternary_hf.kernels import cpu_kernel_available, kernel_status, prepare_weight
+from ternary_hf.kernels._build import load_kernel_variant, supported_isas
 from ternary_hf.quant.functional import ternary_linear_reference
 from ternary_hf.quant.packing import pack_ternary
 
 SHAPES = ["384x384", "384x1536", "1536x384", "768x768", "768x3072", "3072x768"]  # in x out
 QUICK_SHAPES = ["384x1536", "768x768", "3072x768"]
 MS = [1, 16, 256, 4096]
-METHODS = ["fp32", "ours", "unpack", "qdyn"]
+BASELINES = ["unpack", "qdyn"]
 
 
 def ternarize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +70,7 @@ def time_call(fn: Callable[[], object], inner: int) -> float:
 
 
 def bench_cell(
-    in_f: int, out_f: int, m: int, reps: int, min_time: float, avx2_module: object | None = None
+    in_f: int, out_f: int, m: int, reps: int, min_time: float, builds: dict[str, object]
 ) -> dict[str, list[float]]:
     torch.manual_seed(0)
     linear = nn.Linear(in_f, out_f)
@@ -79,14 +82,11 @@ def bench_cell(
         warnings.simplefilter("ignore")  # torch.ao deprecation notice
         qdyn = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
     x = torch.randn(m, in_f)
-    fns: dict[str, Callable[[], object]] = {
-        "fp32": lambda: linear(x),
-        "ours": lambda: ternary_linear_cpu(x, prepared, scale, bias, in_f, out_f),
-        "unpack": lambda: ternary_linear_reference(x, packed, scale, bias, in_f, quantize_activations=True),
-        "qdyn": lambda: qdyn(x),
-    }
-    if avx2_module is not None:
-        fns["avx2"] = lambda: avx2_module.ternary_linear(x, prepared, scale, bias, in_f, out_f, False)
+    fns: dict[str, Callable[[], object]] = {"fp32": lambda: linear(x)}
+    for name, module in builds.items():
+        fns[name] = lambda module=module: module.ternary_linear(x, prepared, scale, bias, in_f, out_f, False)
+    fns["unpack"] = lambda: ternary_linear_reference(x, packed, scale, bias, in_f, quantize_activations=True)
+    fns["qdyn"] = lambda: qdyn(x)
     with torch.inference_mode():
         inner = {}
         for name, fn in fns.items():  # warm up, then pick a repeat count giving >= min_time per sample
@@ -100,6 +100,16 @@ def bench_cell(
     return samples
 
 
+def load_builds(names: list[str] | None) -> dict[str, object]:
+    """The kernel builds to time, best first: every one this CPU runs, or those named."""
+    available = supported_isas()
+    chosen = [isa for isa in available if names is None or isa in names]
+    missing = sorted(set(names or ()) - set(available))
+    if missing:
+        raise SystemExit(f"this CPU cannot run the build(s) {', '.join(missing)}; it runs {', '.join(available)}")
+    return {isa: load_kernel_variant(isa) for isa in chosen}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 shapes, M in {1, 256}, 5 rounds")
@@ -108,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--reps", type=int, default=None, help="interleaved rounds per cell (median)")
     parser.add_argument("--min-time", type=float, default=0.01, help="seconds per timing sample")
+    parser.add_argument("--builds", nargs="+", default=None, help="kernel builds to time (default: all this CPU runs)")
     args = parser.parse_args(argv)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     ms = args.m or ([1, 256] if args.quick else MS)
@@ -115,45 +126,43 @@ def main(argv: list[str] | None = None) -> None:
 
     if not cpu_kernel_available():
         raise SystemExit(f"the ternary CPU kernel is not available ({kernel_status()}); nothing to benchmark")
+    builds = load_builds(args.builds)
+    best = next(iter(builds))
     print(
         f"# machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
         f"capability {torch.backends.cpu.get_cpu_capability()}"
     )
-    print(f"# kernel: {kernel_status()}")
-    avx2_module = load_kernel_variant("avx2") if kernel_isa() != "avx2" else None
-    avx2_head = " avx2 ms | ours/avx2 |" if avx2_module is not None else ""
+    print(f"# kernel: {kernel_status()}; timed builds (best first): {', '.join(builds)}")
     print(
         f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {reps} interleaved rounds"
     )
     print("# ratio = time / fp32 time (lower is better)\n")
-    print(
-        "| layer (in x out) | M | threads | fp32 ms | ours ms | ours/fp32 | ours/fp32 best | unpack/fp32 | qdyn/fp32 |"
-        + avx2_head
-    )
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if avx2_module is not None else ""))
-    summary: dict[int, list[float]] = {}
+    build_head = "".join(f" {b} ms | {b}/fp32 |" for b in builds)
+    print(f"| layer (in x out) | M | threads | fp32 ms |{build_head} best/fp32 min | unpack/fp32 | qdyn/fp32 |")
+    print("|---|---|---|---|" + "---|---|" * len(builds) + "---|---|---|")
+    summary: dict[tuple[int, str], list[float]] = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         for shape in shapes:
             in_f, out_f = (int(v) for v in shape.lower().split("x"))
             for m in ms:
-                samples = bench_cell(in_f, out_f, m, reps, args.min_time, avx2_module)
+                samples = bench_cell(in_f, out_f, m, reps, args.min_time, builds)
                 t = {k: statistics.median(v) for k, v in samples.items()}
-                ratio = {k: t[k] / t["fp32"] for k in METHODS}
-                avx2_cell = f" {t['avx2'] * 1e3:.3f} | {t['ours'] / t['avx2']:.2f} |" if "avx2" in t else ""
-                best = min(samples["ours"]) / min(samples["fp32"])
+                cells = "".join(f" {t[b] * 1e3:.3f} | {t[b] / t['fp32']:.2f} |" for b in builds)
+                fastest = min(samples[best]) / min(samples["fp32"])
                 if m >= 256:
-                    summary.setdefault(threads, []).append(ratio["ours"])
+                    for b in builds:
+                        summary.setdefault((threads, b), []).append(t[b] / t["fp32"])
                 print(
-                    f"| {in_f}x{out_f} | {m} | {threads} | {t['fp32'] * 1e3:.3f} | {t['ours'] * 1e3:.3f} | "
-                    f"{ratio['ours']:.2f} | {best:.2f} | {ratio['unpack']:.2f} | {ratio['qdyn']:.2f} |{avx2_cell}",
+                    f"| {in_f}x{out_f} | {m} | {threads} | {t['fp32'] * 1e3:.3f} |{cells} {fastest:.2f} | "
+                    f"{t['unpack'] / t['fp32']:.2f} | {t['qdyn'] / t['fp32']:.2f} |",
                     flush=True,
                 )
     print()
-    for threads, ratios in summary.items():
+    for (threads, build), ratios in summary.items():
         geo = statistics.geometric_mean(ratios)
         print(
-            f"# threads={threads}: ours/fp32 at M>=256: geometric mean {geo:.2f}, "
+            f"# threads={threads} {build}: time/fp32 at M>=256: geometric mean {geo:.2f}, "
             f"range {min(ratios):.2f}-{max(ratios):.2f} (target <= 0.30)"
         )
     print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

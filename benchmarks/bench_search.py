@@ -45,7 +45,8 @@ from pathlib import Path
 import numpy as np
 from _machine import cpu_model
 
-from ternary_hf.search.index import SemanticIndex, recall_at_k
+from ternary_hf.search import SemanticIndex, recall_at_k
+from ternary_hf.utils.tables import format_table
 
 
 def machine_line() -> str:
@@ -214,13 +215,14 @@ def bench_asymmetric(t_docs, t_queries, s_docs, s_queries, doc_labels, query_lab
 
 def print_tables(index_rows: list[dict], asym_rows: list[dict]) -> None:
     print("\n## Index types (recall@10 vs exact float search over the same embeddings)\n")
-    print("| embeddings | index | bytes/vector (index + rescore) | fixed KB | build s | QPS | recall@10 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    header = ["embeddings", "index", "bytes/vector (index + rescore)", "fixed KB", "build s", "QPS", "recall@10"]
+    rows = []
     for r in index_rows:
         extra = f" + {r['rescore_bytes_per_vector']:.0f}" if r["rescore_bytes_per_vector"] else ""
-        print(f"| {r['embeddings']} | {r['index']} | {r['index_bytes_per_vector']:.1f}{extra} | "
-              f"{r['fixed_bytes'] / 1024:.0f} | {r['build_s']:.2f} | {r['qps']:,.0f} | "
-              f"{r['recall@10']:.3f} |")
+        rows.append([r["embeddings"], r["index"], f"{r['index_bytes_per_vector']:.1f}{extra}",
+                     f"{r['fixed_bytes'] / 1024:.0f}", f"{r['build_s']:.2f}", f"{r['qps']:,.0f}",
+                     f"{r['recall@10']:.3f}"])
+    print(format_table(header, rows, style="markdown", left=2))
     by = {(r["embeddings"], r["index"]): r for r in index_rows}
     print("\nstudent / teacher ratios (same index type): ", end="")
     ratios = []
@@ -231,10 +233,9 @@ def print_tables(index_rows: list[dict], asym_rows: list[dict]) -> None:
             ratios.append(f"{name}: QPS x{r['qps'] / t['qps']:.2f}, recall {delta:+.3f}")
     print("; ".join(ratios))
     print("\n## 20NG query-by-example: asymmetric (teacher documents, student queries) vs ternary-only\n")
-    print("| index | queries -> documents | P@10 | top-10 overlap with teacher |")
-    print("|---|---|---:|---:|")
-    for r in asym_rows:
-        print(f"| {r['index']} | {r['mode']} | {r['P@10']:.3f} | {r['overlap@10 with teacher']:.3f} |")
+    rows = [[r["index"], r["mode"], f"{r['P@10']:.3f}", f"{r['overlap@10 with teacher']:.3f}"] for r in asym_rows]
+    print(format_table(["index", "queries -> documents", "P@10", "top-10 overlap with teacher"], rows,
+                       style="markdown", left=2))
 
 
 def main(argv: list[str] | None = None) -> int:

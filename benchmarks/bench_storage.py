@@ -42,16 +42,17 @@ def _storage_rows(model_dir: str) -> list[dict]:
 
     import ternary_hf  # noqa: F401
     from ternary_hf import TernaryConfig
-    from ternary_hf.ptq.quantize import _linear_bytes, checkpoint_bytes
+    from ternary_hf.ptq.quantize import linear_layer_bytes
+    from ternary_hf.utils.io import weight_files_bytes
 
-    fp32 = checkpoint_bytes(model_dir)
+    fp32 = weight_files_bytes(model_dir)
     rows = []
     for storage in (None, "fp16", "int8", "int4"):
         model = AutoModel.from_pretrained(model_dir, quantization_config=TernaryConfig(embedding_storage=storage))
         with tempfile.TemporaryDirectory() as tmp:
             model.save_pretrained(tmp)
-            size = checkpoint_bytes(tmp)
-        lin_fp32, lin_stored = _linear_bytes(model)
+            size = weight_files_bytes(tmp)
+        lin_fp32, lin_stored = linear_layer_bytes(model)
         rows.append({"embedding_storage": str(storage), "bytes": size, "ratio": size / fp32,
                      "linear_ratio": lin_stored / lin_fp32, "fp32_bytes": fp32})
     return rows
@@ -79,9 +80,9 @@ def main() -> None:
             out = subprocess.run([sys.executable, "-c", _RSS_PROBE, model_dir], capture_output=True, text=True,
                                  check=True).stdout.strip().splitlines()[-1]
             rss = json.loads(out)
-            from ternary_hf.ptq.quantize import checkpoint_bytes
+            from ternary_hf.utils.io import weight_files_bytes
 
-            fp32 = checkpoint_bytes(model_dir)
+            fp32 = weight_files_bytes(model_dir)
             print(f"peak RSS while quantizing on the fly: {rss['peak_rss'] / 1e6:.0f} MB = "
                   f"{rss['peak_rss'] / fp32:.2f}x the FP32 checkpoint ({fp32 / 1e6:.0f} MB); "
                   f"process after imports {rss['baseline_rss'] / 1e6:.0f} MB; "

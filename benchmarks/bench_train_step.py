@@ -41,20 +41,23 @@ def main() -> None:
     from ternary_hf import TernaryConfig
     from ternary_hf.data.defaults import default_model_path
     from ternary_hf.kernels import kernel_status
-    from ternary_hf.train.loop import DistillConfig, _batch_order, _load_teacher, distillation_loss, load_texts
+    from ternary_hf.train.config import DistillConfig
+    from ternary_hf.train.data import batch_order, load_texts
+    from ternary_hf.train.losses import distillation_loss
     from ternary_hf.train.student import build_student, set_int8_grad_input
     from ternary_hf.train.teacher_cache import TeacherCache
+    from ternary_hf.train.text_distill import load_teacher
 
     torch.set_num_threads(args.threads)
     teacher = args.teacher or default_model_path()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, load "
           f"{os.getloadavg()[0]:.2f}; torch {torch.__version__}, {args.threads} threads; {kernel_status()}")
-    _, teacher_model, tokenizer = _load_teacher(teacher)
+    _, teacher_model, tokenizer = load_teacher(teacher)
     teacher_model.eval()
     cfg = DistillConfig(batch_size=args.batch_size, max_length=args.max_length)
     texts = load_texts(None)
     n_batches = args.rounds * args.steps + 1
-    order = _batch_order([len(t) for t in texts], args.batch_size, n_batches, seed=0)
+    order = batch_order([len(t) for t in texts], args.batch_size, n_batches, seed=0)
     batches = [dict(tokenizer([texts[i] for i in b], padding=True, truncation=True, max_length=args.max_length,
                               return_tensors="pt")) for b in order]
     student = build_student(teacher_model, TernaryConfig()).train()

@@ -9,12 +9,12 @@ on the fly with the default ``TernaryConfig()`` (plain post-training ternarizati
 folder written by ``examples/quantize_minilm.py`` or ``examples/distill_minilm.py`` is evaluated as saved.
 The FP32 teacher is the bundled model unless ``--teacher`` names another folder.
 
-What it shows: :func:`ternary_hf.evaluation.tasks.evaluate` runs the same real-data tasks (20 Newsgroups
+What it shows: :func:`ternary_hf.evaluation.evaluate` runs the same real-data tasks (20 Newsgroups
 query-by-example retrieval, Reuters R8 / R52 and two sentiment sets by logistic regression, KMeans
 clustering, and how closely the student agrees with the teacher) on the same seeded subsets for both
 models, and prints one row per metric: teacher score, ternary score and the retention (ternary / teacher,
 in %). The result is also written to ``OUT/evaluation.json`` and drawn by
-:func:`ternary_hf.evaluation.tasks.plot_results` into ``OUT/evaluation.png`` (retention per task; quality vs
+:func:`ternary_hf.evaluation.plot_results` into ``OUT/evaluation.png`` (retention per task; quality vs
 size and speed). Data come from package registries on first use and are cached (see
 ``ternary_hf.data.corpora``); models are never downloaded from the Hub. Expect plain ternary MiniLM to keep
 roughly 50-95% depending on the task (README, "Quality on real data"); distillation closes most of the gap.

@@ -15,7 +15,7 @@ from sentence_transformers import SentenceTransformer
 import ternary_hf  # noqa: F401  (registers quant_method "ternary" with transformers)
 from ternary_hf import TernaryConfig
 from ternary_hf.data import default_model_path
-from ternary_hf.ptq.quantize import checkpoint_bytes
+from ternary_hf.utils.io import weight_files_bytes
 
 
 def main(out_dir: str = "minilm-ternary") -> None:
@@ -31,8 +31,8 @@ def main(out_dir: str = "minilm-ternary") -> None:
     assert torch.equal(a, b), "reloaded embeddings must be identical"
 
     t = teacher.encode(sentences, convert_to_tensor=True)
-    print(f"saved {out_dir}: {checkpoint_bytes(out_dir) / 1e6:.1f} MB "
-          f"({checkpoint_bytes(out_dir) / checkpoint_bytes(source):.3f}x of FP32)")
+    print(f"saved {out_dir}: {weight_files_bytes(out_dir) / 1e6:.1f} MB "
+          f"({weight_files_bytes(out_dir) / weight_files_bytes(source):.3f}x of FP32)")
     print("cosine FP32 vs ternary (no distillation):", [round(float(x), 3) for x in (t * b).sum(-1)])
     print("ternary similarity matrix:\n", (b @ b.T).numpy().round(3))
 

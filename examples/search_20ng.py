@@ -1,4 +1,4 @@
-"""Semantic search over real 20 Newsgroups posts with a ternary MiniLM and ``ternary_hf.search.index``.
+"""Semantic search over real 20 Newsgroups posts with a ternary MiniLM and ``ternary_hf.search``.
 
     python examples/search_20ng.py                                # 2,000 posts, plain ternary (~2-3 min on 1 core)
     python examples/search_20ng.py minilm-ternary-distilled       # a saved (e.g. distilled) ternary folder
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     import ternary_hf  # noqa: F401  (registers quant_method "ternary" before a ternary folder is loaded)
     from ternary_hf.data import DatasetError, default_model_path, load_dataset
     from ternary_hf.search import SemanticIndex, recall_at_k
+    from ternary_hf.utils.tables import format_table
 
     try:
         docs = load_dataset("20ng", "train", limit=args.limit, seed=args.seed)
@@ -191,13 +192,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n## {len(queries)} queries, k={K}: recall@10 vs exact float search over the same document "
           "embeddings, vs the FP32 teacher's exact search, and P@10 (same newsgroup)\n")
-    header = ("| documents | queries | index | bytes / vector | recall@10 vs exact float | "
-              "recall@10 vs FP32 teacher | P@10 |")
-    print(header)
-    print("|---|---|---|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r['documents']} | {r['queries']} | {r['index']} | {r['bytes_per_vector']:.0f} | "
-              f"{r['recall@10_vs_exact_float']:.3f} | {r['recall@10_vs_fp32_teacher']:.3f} | {r['p@10']:.3f} |")
+    header = ["documents", "queries", "index", "bytes / vector", "recall@10 vs exact float",
+              "recall@10 vs FP32 teacher", "P@10"]
+    cells = [[r["documents"], r["queries"], r["index"], f"{r['bytes_per_vector']:.0f}",
+              f"{r['recall@10_vs_exact_float']:.3f}", f"{r['recall@10_vs_fp32_teacher']:.3f}", f"{r['p@10']:.3f}"]
+             for r in results]
+    print(format_table(header, cells, style="markdown", left=3))
 
     report = {"student": student_name, "teacher": teacher_path, "documents": len(docs), "queries": len(queries),
               "max_seq_length": args.max_seq_length, "k": K, "rescore_multiplier": args.rescore_multiplier,

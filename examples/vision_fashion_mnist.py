@@ -7,16 +7,12 @@ No pretrained image model ships in any package here, so the FP32 teacher is a sm
 Fashion-MNIST train split (Debian package ``dataset-fashion-mnist``). Then:
 
 * plain ternary: ``AutoModel.from_pretrained(teacher, quantization_config=TernaryConfig())``;
-* distilled ternary: :func:`ternary_hf.vision.distill.distill_vision` on the (unlabeled) train images.
+* distilled ternary: :func:`ternary_hf.vision.distill_vision` on the (unlabeled) train images.
 
 Printed: storage size and CPU time of the embedding forward (FP32 vs ternary measured side by side in
 interleaved rounds), linear-probe accuracy and image-to-image retrieval P@10 (test images querying the
 train images) with retention against the teacher. A rerun reuses the teacher and resumes distillation
-from ``OUT/ternary-distilled.work``; ``--fresh`` starts over.
-
-Measured 2026-11-25 with the defaults and ``--threads 1`` (2-vCPU Zen 3 shared with other benchmarks,
-7.5 min): teacher classifier 0.8385; linear probe 0.8429 (FP32) / 0.8397 plain ternary / 0.8423 distilled
-(99.9%); P@10 0.7970 / 0.7896 / 0.7967 (100.0%); size 0.098x; embedding time 0.69x FP32.
+from ``OUT/ternary-distilled.work``; ``--fresh`` starts over. Measured results: docs/vision.md.
 """
 
 from __future__ import annotations
@@ -33,6 +29,7 @@ import torch
 from transformers import AutoModel
 
 from ternary_hf import TernaryConfig
+from ternary_hf.utils.io import atomic_write_json
 from ternary_hf.utils.tables import format_table
 from ternary_hf.vision import (
     distill_vision,
@@ -141,8 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"dataset": args.dataset, "args": vars(args), "teacher": teacher_info, "scores": scores,
               "bytes": sizes, "seconds_per_round": times, "threads": torch.get_num_threads(),
               "distill_steps": distilled.steps, "wall_minutes": (time.time() - started) / 60}
-    with open(out / "results.json", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+    atomic_write_json(out / "results.json", report)
     print(f"\nresults: {os.fspath(out / 'results.json')} ({report['wall_minutes']:.1f} min)")
     return report
 

@@ -16,6 +16,7 @@ import importlib
 from typing import Any
 
 from .errors import TernaryHfError
+from .hub.stock_push import install as install_stock_push_cards
 from .integrations import remote_code
 from .integrations.config import TernaryConfig
 from .integrations.conversion import dequantize_model
@@ -64,3 +65,5 @@ def __getattr__(name: str) -> Any:
 
 
 register()
+# Stock `push_to_hub` of sentence-transformers and transformers publish the ternary model card too.
+install_stock_push_cards()

@@ -7,24 +7,23 @@ with the teacher -> one summary table, a PNG plot and a model card, ready for ``
 
 Every stage keeps its result in ``<out>.work/`` (keyed by the settings that produced it), so a re-run
 only repeats what changed and a killed run resumes distillation from its last checkpoint. The
-published folder ``<out>`` is assembled in a temporary folder next to it and renamed at the very end:
-Ctrl-C never leaves a half-written model there.
+published folder ``<out>`` is assembled in a staging folder next to it and renamed at the very end
+(``ternary_hf.utils.io.staged_folder``): Ctrl-C never leaves a half-written model there.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidInputError, MissingDependencyError, MissingInputError
 from .integrations.config import TernaryConfig
-from .utils.io import check_output_folder, folder_fingerprint, replace_folder
+from .utils.io import atomic_write_json, check_output_folder, folder_fingerprint, staged_folder, weight_files_bytes
 from .utils.tables import format_table
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
@@ -32,12 +31,13 @@ __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
 _STATE = "demo_state.json"
 _SUMMARY = "demo_summary.json"  # in every finished output folder; marks one a re-run may replace
 _HEADLINE_METRICS = ("p@10", "accuracy", "v_measure")  # one number per task in the summary
+_OUT_HINT = "remove it if it is yours to replace"
 
 
 @dataclass
 class DemoConfig:
-    """Settings of a demo run. Defaults: a 12-minute distillation and 300 texts per evaluation split
-    (about 20 minutes in all on 2 cores); the tests run it with tiny ones."""
+    """Settings of a demo run. Defaults: a 12-minute distillation and 300 texts per evaluation split;
+    the tests run it with tiny ones."""
 
     out: str = "ternary-minilm-l6"
     teacher: str | None = None  # default: the bundled all-MiniLM-L6-v2
@@ -58,9 +58,9 @@ class DemoConfig:
         for name in ("max_steps", "batch_size", "max_length", "eval_limit", "speed_sentences", "index_docs",
                      "n_queries"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"DemoConfig: {name}={getattr(self, name)!r} must be >= 1")
+                raise InvalidInputError(f"DemoConfig: {name}={getattr(self, name)!r} must be >= 1")
         if not self.minutes > 0:
-            raise ValueError(f"DemoConfig: minutes={self.minutes!r} must be > 0")
+            raise InvalidInputError(f"DemoConfig: minutes={self.minutes!r} must be > 0")
 
 
 @dataclass
@@ -91,26 +91,37 @@ class _Cache:
             shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)
         self.settings = settings
-        state_file = root / _STATE
-        old = json.loads(state_file.read_text()) if state_file.is_file() else None
+        old = self._read(root / _STATE)
         if old is not None and old != settings:
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            known = old if isinstance(old, dict) else {}  # an unreadable state invalidates every stage
+            changed = sorted(k for k in set(known) | set(settings) if known.get(k, _UNKNOWN) != settings.get(k))
             say(f"settings changed ({', '.join(changed)}): the stages that depend on them are redone")
             for key in changed:
                 for stage in _DEPENDS.get(key, ()):
                     shutil.rmtree(root / stage, ignore_errors=True)
                     (root / f"{stage}.json").unlink(missing_ok=True)
-        state_file.write_text(json.dumps(settings, indent=2, sort_keys=True))
+        atomic_write_json(root / _STATE, settings, sort_keys=True)
+
+    @staticmethod
+    def _read(path: Path) -> Any | None:
+        """The JSON in ``path``; None when absent, ``_UNKNOWN`` when unreadable (a kill, a hand edit)."""
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return _UNKNOWN
 
     def json(self, name: str) -> Any | None:
-        path = self.root / f"{name}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        """The cached result of stage ``name``, or None (an unreadable one is redone)."""
+        value = self._read(self.root / f"{name}.json")
+        return None if value is _UNKNOWN else value
 
     def put(self, name: str, value: Any) -> None:
-        tmp = self.root / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(value, indent=2))
-        os.replace(tmp, self.root / f"{name}.json")
+        atomic_write_json(self.root / f"{name}.json", value)
 
+
+_UNKNOWN = object()
 
 # which cached stages each setting invalidates
 _DEPENDS: dict[str, tuple[str, ...]] = {
@@ -126,42 +137,33 @@ _DEPENDS: dict[str, tuple[str, ...]] = {
 # ------------------------------------------------------------------------------------------- stages
 def _speed(teacher_dir: str, student_dir: str, cache: _Cache, n: int, say: Callable[[str], None]) -> dict[str, Any]:
     """Sentences/s of FP32, ternary and (when installed) ONNX Runtime int8, interleaved rounds."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from .data.corpora import real_sentences
-    from .evaluation.onnx_baseline import OnnxEncoder, export_onnx, onnx_available
+    from .data import real_sentences
+    from .evaluation.encoders import open_sentence_transformer
+    from .evaluation.onnx_baseline import onnx_int8_encoder
     from .evaluation.speed import measure_encode_speed
 
     texts = real_sentences(n)
     encoders: dict[str, Any] = {
-        "fp32": SentenceTransformer(teacher_dir, device="cpu"),
-        "ternary": SentenceTransformer(student_dir, device="cpu"),
+        "fp32": open_sentence_transformer(teacher_dir, "teacher", device="cpu"),
+        "ternary": open_sentence_transformer(student_dir, "student", device="cpu"),
     }
     note = ""
-    ok, why = onnx_available()
-    if ok:
-        say("exporting the FP32 teacher to ONNX and quantizing it to int8 (cached) ...")
-        paths = export_onnx(teacher_dir, cache.root / "onnx")
-        encoders["onnx-int8"] = OnnxEncoder(paths["int8"], teacher_dir, threads=torch.get_num_threads())
-    else:
-        note = f"ONNX-int8 not measured: {why}"
+    try:
+        encoders["onnx-int8"] = onnx_int8_encoder(teacher_dir, cache.root / "onnx", say=say)
+    except MissingDependencyError as exc:
+        note = f"ONNX-int8 not measured: {exc}"
     result = measure_encode_speed(encoders, texts, batch_size=32, rounds=2)
     return {"sentences_per_s": result.sentences_per_s, "n_sentences": result.n_sentences,
             "batch_size": result.batch_size, "threads": result.threads, "rounds": result.rounds, "note": note}
 
 
-def _search(teacher_dir: str, student_dir: str, n_docs: int, n_queries: int) -> dict[str, Any]:
-    """Index real 20NG training documents with each model; query with the openings of test documents."""
-    from sentence_transformers import SentenceTransformer
+def _queries(n_queries: int) -> tuple[list[str], list[str]]:
+    """The openings of real 20NG test posts, one per newsgroup, and their newsgroups."""
+    from .data import load_dataset
 
-    from .data.corpora import load_dataset
-    from .search.index import SemanticIndex
-
-    docs = load_dataset("20ng", "train", limit=n_docs, seed=0)
     tests = load_dataset("20ng", "test", limit=200, seed=1)
     queries, query_groups, seen = [], [], set()
-    for text, label in zip(tests.texts, tests.labels, strict=True):  # one query per newsgroup
+    for text, label in zip(tests.texts, tests.labels, strict=True):
         if label in seen:
             continue
         seen.add(label)
@@ -169,11 +171,22 @@ def _search(teacher_dir: str, student_dir: str, n_docs: int, n_queries: int) -> 
         query_groups.append(tests.label_names[label])
         if len(queries) == n_queries:
             break
+    return queries, query_groups
+
+
+def _search(teacher_dir: str, student_dir: str, n_docs: int, n_queries: int) -> dict[str, Any]:
+    """Index real 20NG training documents with each model; query with the openings of test documents."""
+    from .data import load_dataset
+    from .evaluation.encoders import open_sentence_transformer
+    from .evaluation.metrics import topk_overlap
+    from .search import SemanticIndex
+
+    docs = load_dataset("20ng", "train", limit=n_docs, seed=0)
+    queries, query_groups = _queries(n_queries)
     results: dict[str, Any] = {"queries": queries, "query_groups": query_groups, "n_docs": len(docs.texts)}
     hits_by_model: dict[str, list[list[Any]]] = {}
     for name, path in (("fp32", teacher_dir), ("ternary", student_dir)):
-        model = SentenceTransformer(path, device="cpu")
-        index = SemanticIndex(model, "Flat")
+        index = SemanticIndex(open_sentence_transformer(path, name, device="cpu"), "Flat")
         index.add(docs.texts, ids=list(range(len(docs.texts))), show_progress_bar=True)
         hits = index.search(queries, k=10)
         hits_by_model[name] = [[h.id for h in row] for row in hits]
@@ -183,8 +196,7 @@ def _search(teacher_dir: str, student_dir: str, n_docs: int, n_queries: int) -> 
         results[f"{name}_same_group_at_10"] = sum(
             docs.label_names[docs.labels[h.id]] == g for row, g in zip(hits, query_groups, strict=True) for h in row
         ) / (10 * len(queries))
-    overlap = [len(set(a) & set(b)) / 10 for a, b in zip(hits_by_model["fp32"], hits_by_model["ternary"], strict=True)]
-    results["top10_overlap"] = sum(overlap) / len(overlap)
+    results["top10_overlap"] = topk_overlap(hits_by_model["fp32"], hits_by_model["ternary"], k=10)
     return results
 
 
@@ -224,112 +236,132 @@ def _print_queries(search: dict[str, Any], say: Callable[[str], None]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- main
-def run_demo(cfg: DemoConfig | None = None, say: Callable[[str], None] = print) -> DemoSummary:
-    """Run (or resume) the whole main job; see the module docstring."""
-    from sentence_transformers import SentenceTransformer
+def _cached(cache: _Cache, name: str, reused: list[str], compute: Callable[[], Any]) -> Any:
+    """The cached JSON result of stage ``name``, or ``compute()``'s, cached for the next run."""
+    value = cache.json(name)
+    if value is not None:
+        reused.append(name)
+        return value
+    value = compute()
+    cache.put(name, value)
+    return value
 
-    from .data.defaults import default_model_path
-    from .evaluation.tasks import EvaluationResult, evaluate, plot_results
-    from .hub.model_card import write_model_card
-    from .ptq.quantize import QuantizeReport, checkpoint_bytes, quantize_folder
-    from .train.loop import DistillConfig, distill
 
-    cfg = cfg or DemoConfig()
-    started = time.time()
-    teacher = str(cfg.teacher or default_model_path())
-    out = check_output_folder(Path(cfg.out).resolve(), marker=_SUMMARY,
-                              hint="remove it if it is yours to replace")
-    dcfg_kwargs: dict[str, Any] = dict(max_steps=cfg.max_steps, max_minutes=cfg.minutes, batch_size=cfg.batch_size,
-                                       max_length=cfg.max_length, save_every=25, log_every=10)
-    if cfg.learning_rate is not None:
-        dcfg_kwargs["learning_rate"] = cfg.learning_rate
-    dcfg = DistillConfig(**dcfg_kwargs)
-    settings = {"teacher": folder_fingerprint(teacher), "ternary_config": cfg.ternary_config.to_dict(),
-                "distill": asdict(dcfg), "eval_limit": cfg.eval_limit, "speed_sentences": cfg.speed_sentences,
-                "index": [cfg.index_docs, cfg.n_queries]}
-    cache = _Cache(out.with_name(out.name + ".work"), settings, cfg.fresh, say)
-    reused: list[str] = []
+def _plain(teacher: str, cfg: DemoConfig, cache: _Cache, reused: list[str]) -> Any:
+    """Plain post-training ternarization: the starting point, and what distillation improves on."""
+    from .ptq.quantize import QuantizeReport, quantize_folder
 
-    # 1. plain post-training ternarization: the starting point, and what distillation improves on
-    say(f"[1/6] quantize {teacher} -> ternary (2-bit weights, per-channel scales)")
     plain_dir = cache.root / "plain"
-    if (plain_dir / "ternary_quantize.json").is_file():
-        plain = QuantizeReport(**json.loads((plain_dir / "ternary_quantize.json").read_text()))
+    report = plain_dir / "ternary_quantize.json"
+    if report.is_file():
         reused.append("quantize")
-    else:
-        plain = quantize_folder(teacher, plain_dir, config=cfg.ternary_config, overwrite=True)
-    say(plain.summary())
+        return QuantizeReport(**json.loads(report.read_text()))
+    return quantize_folder(teacher, plain_dir, config=cfg.ternary_config, overwrite=True)
 
-    # 2. distillation: resumes from <out>.work/distill after a kill
+
+def _distilled(teacher: str, cfg: DemoConfig, dcfg: Any, cache: _Cache, reused: list[str]) -> dict[str, Any]:
+    """Distill into ``<out>.work/student`` (resuming from ``<out>.work/distill`` after a kill); its record."""
+    from .train import distill
+
     student_dir = cache.root / "student"
-    say(f"[2/6] distill: the FP32 model teaches its ternary copy ({cfg.minutes:g} min budget, "
-        f"at most {cfg.max_steps} steps; Ctrl-C and re-run to resume)")
-    if (student_dir / "distillation.json").is_file():
-        info = json.loads((student_dir / "distillation.json").read_text())
+    record = student_dir / "distillation.json"
+    if record.is_file():
         reused.append("distill")
     else:
-        distill(teacher, student_dir, ternary_config=cfg.ternary_config, config=dcfg,
-                work_dir=cache.root / "distill")
-        info = json.loads((student_dir / "distillation.json").read_text())
-    say(f"distilled {info['steps']} steps in {info['seconds'] / 60:.1f} min (final loss {info['final_loss']:.4f})")
+        distill(teacher, student_dir, ternary_config=cfg.ternary_config, config=dcfg, work_dir=cache.root / "distill")
+    return json.loads(record.read_text())
 
-    # 3. reload from the 2-bit safetensors with sentence-transformers and evaluate against the teacher
-    say("[3/6] reload the 2-bit model with sentence-transformers and evaluate it against the FP32 teacher")
-    student = SentenceTransformer(str(student_dir), device="cpu")
-    cached_eval = cache.json("evaluation")
-    if cached_eval is not None:
-        evaluation = EvaluationResult.from_dict(cached_eval)
-        reused.append("evaluation")
-    else:
-        evaluation = evaluate(student, teacher=teacher, limit=cfg.eval_limit, label="ternary (distilled)")
-        cache.put("evaluation", evaluation.to_dict())
-    del student
 
-    # 4. speed
-    say(f"[4/6] encode speed on {cfg.speed_sentences} real sentences (batch 32): FP32 vs ternary vs ONNX-int8")
-    speed = cache.json("speed")
-    if speed is not None:
-        reused.append("speed")
-    else:
-        speed = _speed(teacher, str(student_dir), cache, cfg.speed_sentences, say)
-        cache.put("speed", speed)
+def _evaluation(teacher: str, student_dir: Path, cfg: DemoConfig, cache: _Cache, reused: list[str]) -> Any:
+    """The student reloaded from its 2-bit safetensors, evaluated against the teacher."""
+    from .evaluation import EvaluationResult, evaluate
+    from .evaluation.encoders import open_sentence_transformer
 
-    # 5. search
-    say(f"[5/6] FAISS search over {cfg.index_docs} real 20 Newsgroups posts, FP32 teacher vs ternary")
-    search = cache.json("search")
-    if search is not None:
-        reused.append("search")
-    else:
-        search = _search(teacher, str(student_dir), cfg.index_docs, cfg.n_queries)
-        cache.put("search", search)
-    _print_queries(search, say)
+    def run() -> dict[str, Any]:
+        student = open_sentence_transformer(student_dir, "student", device="cpu")
+        return evaluate(student, teacher=teacher, limit=cfg.eval_limit, label="ternary (distilled)").to_dict()
 
-    # 6. publish: assemble next to <out>, rename at the end
+    return EvaluationResult.from_dict(_cached(cache, "evaluation", reused, run))
+
+
+def _summary(out: Path, teacher: str, student_dir: Path, info: dict[str, Any], plain: Any, evaluation: Any,
+             speed: dict[str, Any], search: dict[str, Any], started: float, reused: list[str]) -> DemoSummary:
     quality = {f"{m.task} {m.metric}": (float(m.teacher), float(m.student), m.retention) for m in evaluation.metrics
                if m.metric in _HEADLINE_METRICS and m.student is not None and m.teacher is not None}
     agreement = {m.metric: float(m.student) for m in evaluation.metrics
                  if m.task == "teacher-agreement" and m.student is not None}
-    summary = DemoSummary(
+    return DemoSummary(
         output_dir=str(out), teacher=teacher, distill_steps=int(info["steps"]),
         distill_seconds=float(info["seconds"]),
-        size_bytes={"fp32": checkpoint_bytes(teacher), "ternary": checkpoint_bytes(student_dir)},
+        size_bytes={"fp32": weight_files_bytes(teacher), "ternary": weight_files_bytes(student_dir)},
         speed=speed, quality=quality, teacher_agreement=agreement, search=search,
         plain={"size_ratio": plain.size_ratio, "mean_cosine": plain.mean_cosine},
         seconds=time.time() - started, reused=reused,
     )
+
+
+def _publish(out: Path, student_dir: Path, evaluation: Any, summary: DemoSummary, repo_id: str) -> None:
+    """Assemble the model folder beside ``out`` and swap it in whole (Ctrl-C leaves ``out`` as it was)."""
+    from .evaluation import plot_results
+    from .hub.model_card import write_model_card
+
+    with staged_folder(out, marker=_SUMMARY, hint=_OUT_HINT) as staging:
+        shutil.copytree(student_dir, staging, dirs_exist_ok=True)
+        evaluation.to_json(staging / "eval_results.json")
+        plot_results(evaluation, staging / "retention.png")
+        atomic_write_json(staging / _SUMMARY, asdict(summary))
+        write_model_card(staging, repo_id)  # base model: from distillation.json's teacher
+
+
+def _distill_config(cfg: DemoConfig) -> Any:
+    from .train import DistillConfig
+
+    kwargs: dict[str, Any] = dict(max_steps=cfg.max_steps, max_minutes=cfg.minutes, batch_size=cfg.batch_size,
+                                  max_length=cfg.max_length, save_every=25, log_every=10)
+    if cfg.learning_rate is not None:
+        kwargs["learning_rate"] = cfg.learning_rate
+    return DistillConfig(**kwargs)
+
+
+def run_demo(cfg: DemoConfig | None = None, say: Callable[[str], None] = print) -> DemoSummary:
+    """Run (or resume) the whole main job; see the module docstring."""
+    from .data import default_model_path
+
+    cfg = cfg or DemoConfig()
+    started = time.time()
+    teacher = str(cfg.teacher or default_model_path())
+    out = check_output_folder(Path(cfg.out).resolve(), marker=_SUMMARY, hint=_OUT_HINT)
+    if not Path(teacher).is_dir():
+        raise MissingInputError(f"teacher {teacher} is not a model folder; pass a sentence-transformers folder")
+    dcfg = _distill_config(cfg)
+    settings = {"teacher": folder_fingerprint(teacher), "ternary_config": cfg.ternary_config.to_dict(),
+                "distill": asdict(dcfg), "eval_limit": cfg.eval_limit, "speed_sentences": cfg.speed_sentences,
+                "index": [cfg.index_docs, cfg.n_queries]}
+    cache = _Cache(out.with_name(out.name + ".work"), settings, cfg.fresh, say)
+    student_dir = cache.root / "student"
+    reused: list[str] = []
+
+    say(f"[1/6] quantize {teacher} -> ternary (2-bit weights, per-channel scales)")
+    plain = _plain(teacher, cfg, cache, reused)
+    say(plain.summary())
+    say(f"[2/6] distill: the FP32 model teaches its ternary copy ({cfg.minutes:g} min budget, "
+        f"at most {cfg.max_steps} steps; Ctrl-C and re-run to resume)")
+    info = _distilled(teacher, cfg, dcfg, cache, reused)
+    loss = info.get("final_loss")
+    loss_text = f"final loss {loss:.4f}" if isinstance(loss, (int, float)) else "final loss not recorded"
+    say(f"distilled {info['steps']} steps in {info['seconds'] / 60:.1f} min ({loss_text})")
+    say("[3/6] reload the 2-bit model with sentence-transformers and evaluate it against the FP32 teacher")
+    evaluation = _evaluation(teacher, student_dir, cfg, cache, reused)
+    say(f"[4/6] encode speed on {cfg.speed_sentences} real sentences (batch 32): FP32 vs ternary vs ONNX-int8")
+    speed = _cached(cache, "speed", reused, lambda: _speed(teacher, str(student_dir), cache, cfg.speed_sentences, say))
+    say(f"[5/6] FAISS search over {cfg.index_docs} real 20 Newsgroups posts, FP32 teacher vs ternary")
+    search = _cached(cache, "search", reused,
+                     lambda: _search(teacher, str(student_dir), cfg.index_docs, cfg.n_queries))
+    _print_queries(search, say)
+
+    summary = _summary(out, teacher, student_dir, info, plain, evaluation, speed, search, started, reused)
     say("[6/6] write the model folder, the plot and the model card")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model_dir = staging / "model"
-        shutil.copytree(student_dir, model_dir)
-        evaluation.to_json(model_dir / "eval_results.json")
-        plot_results(evaluation, model_dir / "retention.png")
-        (model_dir / _SUMMARY).write_text(json.dumps(asdict(summary), indent=2))
-        write_model_card(model_dir, cfg.repo_id)  # base model: from distillation.json's teacher
-        replace_folder(model_dir, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    _publish(out, student_dir, evaluation, summary, cfg.repo_id)
     say("\n" + format_summary(summary))
     say(f"\nternary model, plot and model card: {out}\n"
         f"push it with: ternary-hf push {out} {cfg.repo_id}"

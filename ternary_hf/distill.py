@@ -4,6 +4,6 @@
 trainer itself lives in :mod:`ternary_hf.train`.
 """
 
-from .train import DistillConfig, DistillResult, distill
+from .train import DistillConfig, DistillResult, SettingsChangedError, distill
 
-__all__ = ["DistillConfig", "DistillResult", "distill"]
+__all__ = ["DistillConfig", "DistillResult", "SettingsChangedError", "distill"]

@@ -9,11 +9,13 @@ so ``except ValueError`` keeps working. Messages say what to do next.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "ChecksumError",
     "InvalidInputError",
     "MissingDependencyError",
     "MissingInputError",
     "OutputExistsError",
+    "RegistrationError",
     "ResourceUnavailableError",
     "TernaryHfError",
 ]
@@ -27,6 +29,10 @@ class InvalidInputError(TernaryHfError, ValueError):
     """An argument, a config, or the content of an input file is not what it must be."""
 
 
+class CheckpointError(InvalidInputError):
+    """A weights file is truncated or corrupt, lacks a tensor, or does not match the model it is loaded into."""
+
+
 class MissingInputError(TernaryHfError, FileNotFoundError):
     """An input path (model folder, corpus, index) does not exist or lacks a required file."""
 
@@ -37,6 +43,10 @@ class OutputExistsError(TernaryHfError, FileExistsError):
 
 class ResourceUnavailableError(TernaryHfError, RuntimeError):
     """A model or data set is neither cached nor obtainable (e.g. no registry access)."""
+
+
+class RegistrationError(TernaryHfError, RuntimeError):
+    """transformers already has the ``"ternary"`` quantization method from another library."""
 
 
 class ChecksumError(TernaryHfError, RuntimeError):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import ternary_hf
-from ternary_hf import TernaryConfig
+from ternary_hf import TernaryConfig, TernaryHfError
 from ternary_hf.integrations.config import ACTIVATION_MODES
 
 
@@ -81,3 +81,71 @@ def test_foreign_registration_is_refused():
             ternary_hf.register()
     finally:
         AUTO_QUANTIZER_MAPPING["ternary"] = saved
+
+
+def test_a_string_is_one_module_name_never_split():
+    config = TernaryConfig(modules_to_not_convert="pooler")
+    assert config.modules_to_not_convert == ["pooler"] and config.skipped_modules() == ["pooler"]
+    assert config.to_dict()["modules_to_not_convert"] == ["pooler"]
+    config.modules_to_not_convert = "encoder.layer.1"
+    assert config.modules_to_not_convert == ["encoder.layer.1"]
+    assert TernaryConfig(modules_to_not_convert=("a", "b")).modules_to_not_convert == ["a", "b"]
+
+
+@pytest.mark.parametrize("value", [{"pooler"}, {"pooler": 1}, 3, b"pooler", ["layer[0"]])
+def test_other_module_lists_are_refused(value):
+    with pytest.raises(ValueError, match="modules_to_not_convert"):
+        TernaryConfig(modules_to_not_convert=value)
+
+
+def test_unknown_keyword_arguments_are_refused_naming_the_known_ones():
+    with pytest.raises(TernaryHfError) as info:
+        TernaryConfig(threshold="twn")
+    assert isinstance(info.value, ValueError)
+    for name in ("threshold", "threshold_method", "granularity", "modules_to_not_convert"):
+        assert name in str(info.value)
+    with pytest.raises(ValueError, match="quant_method"):
+        TernaryConfig(quant_method="bitnet")
+    assert TernaryConfig(**TernaryConfig(granularity="tensor").to_dict()) == TernaryConfig(granularity="tensor")
+
+
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [("threshold_method", "median", "calibrated"), ("granularity", "row", "tensor"), ("activations", "int4", "float"),
+     ("embedding_storage", "int2", "fp16"), ("packing_format", "v0", "ternary-2bit-rowmajor-v1"),
+     ("quant_method", "bitnet", "ternary"), ("modules_to_not_convert", [""], "non-empty")],
+)
+def test_fields_set_after_construction_are_checked(field, value, allowed):
+    config = TernaryConfig()
+    with pytest.raises(ValueError) as info:
+        setattr(config, field, value)
+    assert field in str(info.value) and repr(value).strip("[]") in str(info.value) and allowed in str(info.value)
+    assert config == TernaryConfig()  # the bad value was not stored
+    with pytest.raises(ValueError, match=field):
+        config.update(**{field: value})  # transformers' own setter path
+    with pytest.raises(ValueError, match=field):
+        TernaryConfig.from_dict({"quant_method": "ternary"}, **{field: value})
+
+
+def test_valid_assignments_are_kept_and_copies_work():
+    import copy
+    import pickle
+
+    config = TernaryConfig()
+    config.threshold_method = "twn"
+    config.embedding_storage = None
+    assert config.to_dict()["threshold_method"] == "twn" and config.to_dict()["embedding_storage"] is None
+    assert copy.deepcopy(config) == config and pickle.loads(pickle.dumps(config)) == config
+
+
+def test_saved_folder_reloads_with_the_same_config(tiny_model_dirs, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    config = TernaryConfig(threshold_method="twn", modules_to_not_convert="pooler")
+    AutoModel.from_pretrained(tiny_model_dirs["bert"], quantization_config=config).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert saved == config.to_dict() and saved["modules_to_not_convert"] == ["pooler"]
+    model = AutoModel.from_pretrained(tmp_path)
+    assert model.config.quantization_config == config
+    assert type(model.pooler.dense).__name__ == "Linear"
+    assert TernaryConfig.from_dict(AutoConfig.from_pretrained(tmp_path).quantization_config) == config

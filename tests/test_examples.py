@@ -136,7 +136,7 @@ def quantized(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
 
 def test_quantize_minilm_saves_a_small_ternary_model_that_reloads(quantized):
     from ternary_hf.data.defaults import default_model_path
-    from ternary_hf.ptq.quantize import checkpoint_bytes
+    from ternary_hf.utils.io import weight_files_bytes as checkpoint_bytes
 
     proc, folder = quantized
     m = re.search(r"saved minilm-ternary: ([\d.]+) MB \(([\d.]+)x of FP32\)", proc.stdout)

@@ -13,7 +13,7 @@ from transformers import AutoModel
 import ternary_hf  # noqa: F401  (registers the quantizer)
 from ternary_hf import TernaryConfig
 from ternary_hf.cli import main
-from ternary_hf.ptq.quantize import checkpoint_bytes
+from ternary_hf.utils.io import weight_files_bytes as checkpoint_bytes
 
 pytestmark = pytest.mark.integration
 

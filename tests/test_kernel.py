@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ternary_hf import kernels
+from ternary_hf.errors import InvalidInputError
 from ternary_hf.kernels import _build
 from ternary_hf.quant.functional import quantize_activations_int8, ternary_linear_reference
 from ternary_hf.quant.packing import pack_ternary
@@ -326,10 +327,8 @@ def test_unknown_fused_activation_is_rejected(kernel_ready) -> None:
                                    activation="relu")
 
 
-@pytest.mark.parametrize(("env", "expected", "warns"), [(None, "openmp", False), ("helpers", "helpers", False),
-                                                         ("OpenMP", "openmp", False), ("threads", "openmp", True)])
-def test_parallel_backend_env_var(kernel_ready, env, expected, warns) -> None:
-    import os
+@pytest.mark.parametrize(("env", "expected"), [(None, "openmp"), ("helpers", "helpers"), ("OpenMP", "openmp")])
+def test_parallel_backend_env_var(kernel_ready, env, expected) -> None:
     import sys
 
     script = ("import warnings, sys\nwarnings.simplefilter('always')\n"
@@ -340,7 +339,14 @@ def test_parallel_backend_env_var(kernel_ready, env, expected, warns) -> None:
     proc = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == expected
-    assert (_build.PARALLEL_ENV in proc.stderr) is warns
+    assert _build.PARALLEL_ENV not in proc.stderr
+
+
+def test_unknown_parallel_backend_is_refused(kernel_ready, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_build, "_state", {})
+    monkeypatch.setenv(_build.PARALLEL_ENV, "threads")
+    with pytest.raises(InvalidInputError, match="TERNARY_HF_KERNEL_PARALLEL='threads' is not one of openmp, helpers"):
+        _build.load_kernel_module()
 
 
 # ------------------------------------------------------------------------------------ instruction sets
@@ -409,8 +415,8 @@ def test_failed_vnni_build_falls_back_to_avx2_with_one_warning(kernel_ready, mon
     assert len(messages) == 1 and "simulated compiler error" in messages[0] and "AVX2" in messages[0]
 
 
-@pytest.mark.parametrize(("env", "warns"), [("avx2", False), ("AVX2", False), ("sse4", True)])
-def test_isa_env_var(kernel_ready, env: str, warns: bool) -> None:
+@pytest.mark.parametrize("env", ["avx2", "AVX2"])
+def test_isa_env_var(kernel_ready, env: str) -> None:
     import sys
 
     script = ("import warnings\nwarnings.simplefilter('always')\n"
@@ -418,6 +424,21 @@ def test_isa_env_var(kernel_ready, env: str, warns: bool) -> None:
     environ = dict(os.environ, **{_build.ISA_ENV: env})
     proc = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    expected = "avx2" if not warns else _build.supported_isas()[0]
-    assert proc.stdout.strip().splitlines()[-1] == expected
-    assert (_build.ISA_ENV in proc.stderr) is warns
+    assert proc.stdout.strip().splitlines()[-1] == "avx2"
+    assert _build.ISA_ENV not in proc.stderr
+
+
+def test_isa_env_var_reference_forces_the_torch_path_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_build, "_state", {})
+    monkeypatch.setenv(_build.ISA_ENV, "Reference")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernels.cpu_kernel_available() is False
+    assert "reference" in kernels.kernel_status() and kernels.kernel_isa() is None
+
+
+def test_unknown_isa_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_build, "_state", {})
+    monkeypatch.setenv(_build.ISA_ENV, "sse4")
+    with pytest.raises(InvalidInputError, match="TERNARY_HF_KERNEL_ISA='sse4' is not one of auto, avx2"):
+        kernels.cpu_kernel_available()

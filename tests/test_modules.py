@@ -68,3 +68,23 @@ def test_quantized_embedding_looks_up_dequantized_rows(storage):
     assert (q(ids) - emb(ids)).abs().max() < tol * emb.weight.abs().max()
     back = q.to_embedding()
     assert torch.equal(back(ids), q(ids)) and back.padding_idx == 0
+
+
+@pytest.mark.parametrize("value, kernel_used", [("1", False), ("true", False), ("yes", False), ("0", True),
+                                                ("", True), ("false", True)])
+def test_the_disable_variable_is_read_as_the_kernels_read_it(monkeypatch, value, kernel_used):
+    from ternary_hf import kernels
+
+    monkeypatch.delenv("TERNARY_HF_DISABLE_KERNEL", raising=False)
+    if not kernels.cpu_kernel_available():
+        pytest.skip("no CPU kernel on this machine")
+    calls = []
+    original = kernels.ternary_linear_cpu
+    monkeypatch.setattr(kernels, "ternary_linear_cpu", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", value)
+    torch.manual_seed(0)
+    layer = TernaryLinear.from_linear(torch.nn.Linear(16, 8))
+    with torch.no_grad():
+        layer(torch.randn(3, 16))
+    assert bool(calls) is kernel_used
+    assert kernels.cpu_kernel_available() is kernel_used

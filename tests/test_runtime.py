@@ -52,6 +52,28 @@ def test_fast_forward_matches_the_eager_forward(tiny_model_dirs, kind, kernel, m
     assert torch.allclose(fast.pooler_output, eager.pooler_output, atol=1e-5)
 
 
+@needs_kernel
+@pytest.mark.parametrize("kind", ["bert", "mpnet", "vit"])
+def test_the_one_call_forward_equals_the_op_by_op_loop(tiny_model_dirs, kind, monkeypatch):
+    from ternary_hf.runtime.native import NativeEncoder
+
+    model = _quantize(tiny_model_dirs[kind])
+    engine = model._ternary_fast_forward
+    inputs = tiny_inputs(kind, batch=6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # 6 sequences >= 2 per thread: the batch is split into chunks
+        with torch.no_grad():  # worker threads take the caller's grad mode (not inference mode here)
+            native = model(**inputs).last_hidden_state
+        assert isinstance(engine.native, NativeEncoder)
+        monkeypatch.setattr(engine, "use_native", False)
+        with torch.inference_mode():
+            loop = model(**inputs).last_hidden_state
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(native, loop)
+
+
 def test_the_fast_path_runs_and_falls_back(tiny_model_dirs, monkeypatch):
     model = _quantize(tiny_model_dirs["bert"])
     inputs = tiny_inputs("bert", batch=3)

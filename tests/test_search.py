@@ -502,7 +502,7 @@ def test_cli_build_then_query_round_trip(minilm_path, tmp_path, capsys):
     assert len(result["hits"]) == 3
     bad = ["search", "build", minilm_path, str(corpus), str(tmp_path / "x"), "--index", "Bogus"]
     rc = main([*bad, "--no-progress"])
-    assert rc == 2 and "Bogus" in capsys.readouterr().err
+    assert rc == 1 and "Bogus" in capsys.readouterr().err
     lines = tmp_path / "lines.txt"
     lines.write_text("first line\n\nthird line about cats\n", encoding="utf-8")
     assert main(["search", "build", minilm_path, str(lines), str(tmp_path / "l"), "--no-progress"]) == 0

@@ -62,3 +62,10 @@ def test_cli_bench_errors_say_what_to_do(tiny_st_dir, tmp_path, capsys):
     assert "give --teacher" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "missing")]) == 1
     assert "is not a model folder" in capsys.readouterr().err
+
+
+def test_cli_bench_onnx_names_what_the_teacher_folder_lacks_before_exporting(tiny_st_dir, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["bench", tiny_st_dir, "--teacher", tiny_st_dir, "--onnx", "--sentences", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "sentence_bert_config.json is missing" in err and "Traceback" not in err

@@ -125,12 +125,12 @@ def test_the_refill_after_a_resume_is_not_counted_as_training_time(tiny_st_dir, 
     # rate schedule) must not see it: make the refill take 3 s and check the session's training clock.
     import time
 
-    import ternary_hf.train.loop as distill_module
+    import ternary_hf.train.text_distill as distill_module
 
     texts = tiny_sentences(24)
     cfg = DistillConfig(max_steps=6, **FAST)
     distill(tiny_st_dir, tmp_path / "out", texts=texts, config=cfg, stop_after=4, show_progress_bar=False)
-    refill = distill_module._replay_cache
+    refill = distill_module.replay_teacher_cache
     calls = []
 
     def slow_refill(*args, **kwargs):
@@ -138,7 +138,7 @@ def test_the_refill_after_a_resume_is_not_counted_as_training_time(tiny_st_dir, 
         time.sleep(3.0)
         return refill(*args, **kwargs)
 
-    monkeypatch.setattr(distill_module, "_replay_cache", slow_refill)
+    monkeypatch.setattr(distill_module, "replay_teacher_cache", slow_refill)
     started = time.time()
     distill(tiny_st_dir, tmp_path / "out", texts=texts, config=cfg, show_progress_bar=False)
     wall = time.time() - started

@@ -18,8 +18,8 @@ from transformers import AutoModel
 
 from ternary_hf import TernaryConfig, TernaryLinear
 from ternary_hf.train.student import FakeTernaryLinear
-from ternary_hf.vision import distill as vision
-from ternary_hf.vision.distill import (
+from ternary_hf.vision import data as vision_data
+from ternary_hf.vision import (
     distill_vision,
     embed_images,
     evaluate_vision,
@@ -190,7 +190,7 @@ def test_unknown_dataset_and_split_name_the_allowed_ones():
 
 
 def test_missing_fashion_mnist_files_say_which_package_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(vision, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(vision_data, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
     with pytest.raises(FileNotFoundError, match=r"apt-get install -y dataset-fashion-mnist"):
         load_image_dataset("fashion-mnist", "test")
     with pytest.raises(FileNotFoundError, match=r"dataset-fashion-mnist"):
@@ -216,7 +216,7 @@ def test_fashion_mnist_format_is_read_from_an_explicit_folder(tmp_path):
         load_image_dataset(str(tmp_path), "test")
 
 
-@pytest.mark.skipif(not os.path.isdir(vision.FASHION_MNIST_DIR), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not os.path.isdir(vision_data.FASHION_MNIST_DIR), reason="dataset-fashion-mnist not installed")
 def test_installed_fashion_mnist_loads():
     test = load_image_dataset("fashion-mnist", "test", limit=100)
     assert test.images.shape == (100, 28, 28) and test.images.dtype == np.uint8

@@ -6,4 +6,4 @@ The CLI imports the modules listed in ``COMMAND_MODULES`` lazily, so a command w
 dependencies are missing does not break the others.
 """
 
-COMMAND_MODULES = ("quantize", "demo", "eval", "search", "distill", "bench", "push", "fetch_model")
+COMMAND_MODULES = ("quantize", "demo", "eval", "search", "distill", "bench", "push", "fetch_model", "serve")

@@ -8,7 +8,6 @@ than the one it came from, on this machine", side by side in one process.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -38,47 +37,46 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from sentence_transformers import SentenceTransformer
 
-    import ternary_hf  # noqa: F401  (registers the quantizer before a ternary folder is loaded)
-
-    from ..data.corpora import DatasetError, real_sentences
+    from ..errors import InvalidInputError, MissingInputError
+    from ..evaluation.encoders import open_sentence_transformer
+    from ..evaluation.onnx_baseline import onnx_int8_encoder
     from ..evaluation.speed import measure_encode_speed
+    from ..utils.io import atomic_write_json
 
     if args.onnx and not args.teacher:
-        print("ternary-hf bench: error: --onnx exports the teacher: give --teacher too", file=sys.stderr)
-        return 1
+        raise InvalidInputError("--onnx exports the teacher: give --teacher too")
     for path in filter(None, (args.model, args.teacher)):
         if not Path(path).is_dir():
-            print(f"ternary-hf bench: error: {path} is not a model folder", file=sys.stderr)
-            return 1
+            raise MissingInputError(f"{path} is not a model folder; pass a sentence-transformers folder")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        texts = real_sentences(args.sentences)
-        encoders = {}
-        if args.teacher:
-            encoders["teacher (FP32)"] = SentenceTransformer(args.teacher, device="cpu")
-        encoders[Path(args.model).name or args.model] = SentenceTransformer(args.model, device="cpu")
-        with tempfile.TemporaryDirectory(prefix="ternary-hf-bench-") as tmp:
-            if args.onnx:
-                from ..evaluation.onnx_baseline import OnnxEncoder, export_onnx, onnx_available
-
-                ok, why = onnx_available()
-                if not ok:
-                    raise ValueError(f"ONNX Runtime int8 not available: {why}")
-                print("exporting the teacher to ONNX and quantizing it to int8 ...", file=sys.stderr)
-                paths = export_onnx(args.teacher, tmp)
-                encoders["teacher ONNX int8"] = OnnxEncoder(paths["int8"], args.teacher,
-                                                            threads=torch.get_num_threads())
-            result = measure_encode_speed(encoders, texts, batch_size=args.batch_size, rounds=args.rounds,
-                                          latency_sentences=args.latency)
-    except (ValueError, OSError, DatasetError) as exc:
-        print(f"ternary-hf bench: error: {exc}", file=sys.stderr)
-        return 1
+    texts = _sentences(args.sentences)
+    encoders = {}
+    if args.teacher:
+        encoders["teacher (FP32)"] = open_sentence_transformer(args.teacher, "teacher", device="cpu")
+    encoders[Path(args.model).name or args.model] = open_sentence_transformer(args.model, "model", device="cpu")
+    with tempfile.TemporaryDirectory(prefix="ternary-hf-bench-") as tmp:
+        if args.onnx:
+            encoders["teacher ONNX int8"] = onnx_int8_encoder(args.teacher, tmp,
+                                                              say=lambda msg: print(msg, file=sys.stderr))
+        result = measure_encode_speed(encoders, texts, batch_size=args.batch_size, rounds=args.rounds,
+                                      latency_sentences=args.latency)
     print(f"{result.n_sentences} real sentences, batch {result.batch_size}, {result.threads} threads, "
           f"best of {result.rounds} interleaved rounds")
     print(result.table())
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        atomic_write_json(args.json, result.to_dict())
     return 0
+
+
+def _sentences(n: int) -> list[str]:
+    from ..data import DatasetError, real_sentences
+    from ..errors import InvalidInputError, ResourceUnavailableError
+
+    try:
+        return real_sentences(n)
+    except DatasetError as exc:  # until ternary_hf.data's errors derive from TernaryHfError
+        raise ResourceUnavailableError(str(exc)) from None
+    except ValueError as exc:
+        raise InvalidInputError(f"--sentences {n}: {exc}") from None

@@ -49,7 +49,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: {args.out} is untouched; run the same command again to resume "
               f"(cached stages and distillation checkpoints are in {args.out}.work)", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
-        print(f"ternary-hf demo: error: {exc}", file=sys.stderr)
-        return 1
     return 0

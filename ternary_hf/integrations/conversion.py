@@ -7,10 +7,11 @@ model is ever built) and by :func:`dequantize_model` to give back a plain float 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 
 import torch
 from torch import nn
+from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .config import TernaryConfig
 from .modules import QuantizedEmbedding, TernaryLinear
@@ -20,15 +21,29 @@ __all__ = ["is_skipped", "swap_modules", "replace_with_ternary", "dequantize_mod
 logger = logging.getLogger(__name__)
 
 
-def is_skipped(name: str, skip: list[str]) -> bool:
+def is_skipped(name: str, skip: Iterable[str]) -> bool:
     """True if the qualified module ``name`` matches a ``modules_to_not_convert`` entry.
 
-    An entry matches the module itself, any module under it, or any module whose dotted name contains
-    it as whole components (``"pooler"`` matches ``pooler.dense``; ``"attention.output"`` matches
-    ``encoder.layer.0.attention.output.dense``).
+    An entry keeps a module in full precision when any of these holds:
+
+    1. transformers' rule (``transformers.quantizers.quantizers_utils.should_convert_module``, the one
+       every HF quantizer applies, called here so the two never drift apart):
+
+       a. the entry, read as a regular expression, matches the start of ``name`` up to a dot or the
+          end (``"encoder.layer.1"`` matches ``encoder.layer.1.output.dense`` but not
+          ``encoder.layer.11.output.dense``; ``"encoder.layer.*.attention"`` matches every layer's
+          attention);
+       b. ``name`` ends with the entry as a plain string (``"fc1"`` matches ``encoder.layers.0.fc1``;
+          note ``"classifier"`` also matches ``pre_classifier``).
+    2. ternary-hf's rule, kept so the lists saved in existing ``config.json`` files keep their
+       meaning: the entry occurs in ``name`` as whole dotted components (``"pooler"`` matches
+       ``bert.pooler.dense``; ``"attention.self"`` matches ``encoder.layer.0.attention.self.query``).
     """
+    skip = list(skip)
+    if not skip:
+        return False
     padded = f".{name}."
-    return any(f".{entry}." in padded for entry in skip)
+    return not should_convert_module(name, skip) or any(f".{entry}." in padded for entry in skip)
 
 
 def swap_modules(
@@ -37,16 +52,18 @@ def swap_modules(
     skip: list[str],
     make_linear: Callable[[nn.Linear], nn.Module],
     make_embedding: Callable[[nn.Embedding], nn.Module],
+    convert_anyway: Collection[str] = (),
 ) -> tuple[int, int]:
     """Replace, in place, every plain ``nn.Linear`` (and ``nn.Embedding`` when the config stores
     embeddings) outside ``skip`` with what the factories build; returns ``(n_linear, n_embedding)``.
 
     The one walk shared by the quantizer (inference modules) and the trainer (trainable ones), so both
-    convert exactly the same set of modules.
+    convert exactly the same set of modules. Modules named in ``convert_anyway`` are converted even if
+    ``skip`` matches them (a pre-quantized checkpoint that stores them ternary).
     """
     n_linear = n_embedding = 0
     for name, module in list(model.named_modules()):
-        if not name or is_skipped(name, skip):
+        if not name or (is_skipped(name, skip) and name not in convert_anyway):
             continue
         if type(module) is nn.Linear:
             new = make_linear(module)
@@ -56,15 +73,17 @@ def swap_modules(
             n_embedding += 1
         else:
             continue
-        parent_name, _, child_name = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child_name, new)
+        model.set_submodule(name, new, strict=True)
     return n_linear, n_embedding
 
 
-def replace_with_ternary(model: nn.Module, config: TernaryConfig, skip: list[str]) -> tuple[int, int]:
+def replace_with_ternary(
+    model: nn.Module, config: TernaryConfig, skip: list[str], convert_anyway: Collection[str] = ()
+) -> tuple[int, int]:
     """Swap in empty inference modules (``TernaryLinear`` / ``QuantizedEmbedding``), e.g. on the meta device.
 
     New modules are created on the device of the module they replace; returns ``(n_linear, n_embedding)``.
+    ``convert_anyway`` as in :func:`swap_modules`.
     """
 
     def linear(module: nn.Linear) -> nn.Module:
@@ -80,7 +99,7 @@ def replace_with_ternary(model: nn.Module, config: TernaryConfig, skip: list[str
             padding_idx=module.padding_idx, compute_dtype=module.weight.dtype, device=module.weight.device,
         )
 
-    return swap_modules(model, config, skip, linear, embedding)
+    return swap_modules(model, config, skip, linear, embedding, convert_anyway)
 
 
 def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -96,10 +115,6 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.M
     disable_fast_forward(model)  # the fast forward runs ternary layers; a float model takes its own forward
     unfuse_activations(model)  # a fused GELU goes back to its own module before the layer turns float
     for name, module in ternary_modules(model).items():
-        parent_name, _, child_name = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if isinstance(module, TernaryLinear):
-            setattr(parent, child_name, module.to_linear(dtype))
-        else:
-            setattr(parent, child_name, module.to_embedding(dtype))
+        float_module = module.to_linear(dtype) if isinstance(module, TernaryLinear) else module.to_embedding(dtype)
+        model.set_submodule(name, float_module, strict=True)
     return model

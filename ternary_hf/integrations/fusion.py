@@ -4,8 +4,8 @@ Transformer encoders compute their feed-forward up-projection as ``intermediate_
 inside an ``*Intermediate`` module (BERT, MPNet, RoBERTa, ...) or ``activation_fn(fc1(x))`` inside an
 ``*MLP`` module (ViT, CLIP, ...). With a ternary up-projection the
 CPU kernel can apply the exact-erf GELU to each output tile while it is in registers, which saves a
-separate pass over the largest activation of the layer (tokens x 4 * hidden; ~10% of a MiniLM
-forward on CPU). The fusion is a load-time rewrite that changes no weight and nothing that is saved:
+separate pass over the largest activation of the layer (tokens x 4 * hidden; its share of a forward
+is in benchmarks/README.md). The fusion is a load-time rewrite that changes no weight and nothing that is saved:
 the module's activation attribute becomes a :class:`FusedIntoLinear` placeholder that remembers
 the original, and :func:`unfuse_activations` (called by ``dequantize``) puts it back.
 

@@ -9,17 +9,16 @@ the reference path unpacks the codes (exact, slower) where no kernel applies.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from ..quant import rowwise
 from ..quant.functional import apply_activation, ternary_linear_reference
 from ..quant.packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
 from ..quant.ternarize import dequantize_ternary, ternarize
 
-__all__ = ["TernaryLinear", "QuantizedEmbedding"]
+__all__ = ["QuantizedEmbedding", "TernaryLinear"]
 
 _ROW_CHUNK = 4096
 #: QuantizedEmbedding tables whose float copy is at most this size keep that copy (see _small_table).
@@ -27,26 +26,28 @@ _SMALL_TABLE_BYTES = 2 << 20
 
 
 def _kernel():
-    """The CPU kernel module if it is importable and usable here, else ``None`` (reference path)."""
-    if os.environ.get("TERNARY_HF_DISABLE_KERNEL") == "1":
-        return None
+    """The CPU kernel module if it is usable here, else ``None`` (reference path).
+
+    Asked on every CPU forward: :func:`ternary_hf.kernels.cpu_kernel_available` reads
+    ``TERNARY_HF_DISABLE_KERNEL`` each time (the one reading of it), so the path can be switched at
+    run time.
+    """
     try:
         from .. import kernels
     except ImportError:
         return None
-    available = getattr(kernels, "cpu_kernel_available", None)
-    return kernels if available is not None and available() else None
+    return kernels if kernels.cpu_kernel_available() else None
 
 
 class TernaryLinear(nn.Module):
     """A linear layer with ternary weights: ``y = (x @ T.T) * scale + bias``.
 
     Buffers (saved in the checkpoint):
-        weight: ``uint8`` ``(out_features, ceil(in_features / 4))``, see :mod:`ternary_hf.packing`.
+        weight: ``uint8`` ``(out_features, ceil(in_features / 4))``, see :mod:`ternary_hf.quant.packing`.
         weight_scale: ``float32`` ``(out_features,)`` (per channel) or ``(1,)`` (per tensor).
     Parameter: ``bias`` as in ``nn.Linear``.
 
-    ``fused_activation`` (not saved; set by :func:`ternary_hf.fusion.fuse_activations` at load time):
+    ``fused_activation`` (not saved; set by :func:`ternary_hf.integrations.fusion.fuse_activations` at load time):
     ``"gelu"`` makes the layer return ``gelu(y)``, computed by the CPU kernel while the output tile is
     still in registers instead of in a separate pass over the output.
     """
@@ -118,7 +119,7 @@ class TernaryLinear(nn.Module):
     def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         """Float weight -> the stored tensors (``weight``, ``weight_scale``) under this layer's rule."""
         if tuple(weight.shape) != (self.out_features, self.in_features):
-            raise ValueError(
+            raise InvalidInputError(
                 f"weight of shape {tuple(weight.shape)} does not fit a TernaryLinear "
                 f"({self.out_features}, {self.in_features})"
             )
@@ -176,7 +177,7 @@ class TernaryLinear(nn.Module):
 
 
 class QuantizedEmbedding(nn.Module):
-    """An embedding table stored as fp16, int8 (per row) or int4 (per group), see :mod:`ternary_hf.rowwise`.
+    """An embedding table stored as fp16, int8 (per row) or int4 (per group), see :mod:`ternary_hf.quant.rowwise`.
 
     Only the looked-up rows are dequantized, into ``compute_dtype``.
     """
@@ -215,11 +216,11 @@ class QuantizedEmbedding(nn.Module):
 
     def quantize_weight(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         if tuple(weight.shape) != (self.num_embeddings, self.embedding_dim):
-            raise ValueError(
+            raise InvalidInputError(
                 f"embedding of shape {tuple(weight.shape)} does not fit a QuantizedEmbedding "
                 f"({self.num_embeddings}, {self.embedding_dim})"
             )
-        # In row chunks: the float temporaries of a whole 30k-row table would cost ~4x its size at once.
+        # In row chunks: the float temporaries of a whole table would cost several times its size at once.
         parts = [rowwise.quantize_rows(weight[i : i + _ROW_CHUNK], self.storage)
                  for i in range(0, max(self.num_embeddings, 1), _ROW_CHUNK)]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}

@@ -24,7 +24,12 @@ from .conversion import dequantize_model, replace_with_ternary
 from .fusion import fuse_activations
 from .modules import QuantizedEmbedding, TernaryLinear
 from .remote_code import attach_autoload_on_save, detach_autoload_on_save
-from .safetensors_checks import read_safetensors_header, validate_ternary_checkpoint
+from .safetensors_checks import (
+    linears_stored_ternary,
+    read_safetensors_header,
+    validate_loaded_modules,
+    validate_ternary_checkpoint,
+)
 
 __all__ = ["TernaryHfQuantizer", "TernaryQuantize"]
 
@@ -45,7 +50,7 @@ def _release_freed_memory() -> None:
     """Hand freed heap pages back to the OS after each layer.
 
     glibc keeps the float temporaries of one layer in its heap and reuses them only partly, so
-    without this the process grows with every layer converted (MPNet-base: peak 2.0 GB -> see README).
+    without this the process grows with every layer converted (peak memory: docs/format.md).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
@@ -96,7 +101,11 @@ class TernaryHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> None:
         skip = self.quantization_config.skipped_modules() + list(getattr(model, "_keep_in_fp32_modules", None) or [])
         self.modules_to_not_convert = skip
-        n_linear, n_embedding = replace_with_ternary(model, self.quantization_config, skip)
+        files = kwargs.get("checkpoint_files") or []
+        prefix = getattr(model, "base_model_prefix", "")
+        # A folder saved by an older ternary-hf may have matched its list differently: its files win.
+        stored = linears_stored_ternary(files, model, prefix) if self.pre_quantized else set()
+        n_linear, n_embedding = replace_with_ternary(model, self.quantization_config, skip, stored)
         if n_linear == 0:
             warnings.warn(
                 f"{type(model).__name__} has no nn.Linear layer to ternarize (skipped: {skip}); the model is "
@@ -105,10 +114,9 @@ class TernaryHfQuantizer(HfQuantizer):
                 stacklevel=2,
             )
         logger.info("ternary-hf: converted %d linear layers and %d embedding tables", n_linear, n_embedding)
-        files = kwargs.get("checkpoint_files") or []
         self.quantized_modules: set[str] = set()  # filled by TernaryQuantize as weights stream in
         if self.pre_quantized:
-            validate_ternary_checkpoint(files, model, getattr(model, "base_model_prefix", ""))
+            validate_ternary_checkpoint(files, model, prefix)
         else:
             for path in files:
                 if str(path).endswith(".safetensors"):
@@ -117,6 +125,8 @@ class TernaryHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         if not self.pre_quantized:
             self._zero_layers_missing_from_checkpoint(model)
+        source = str(getattr(model, "name_or_path", "") or "the checkpoint")
+        validate_loaded_modules(model, source, require_loaded=self.pre_quantized)
         n_fused = fuse_activations(model)
         logger.info("ternary-hf: fused %d GELU activations into the preceding ternary layers", n_fused)
         from ..runtime import enable_fast_forward  # here: runtime imports this package's modules

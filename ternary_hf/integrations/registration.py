@@ -14,6 +14,7 @@ from transformers.quantizers.auto import (
     register_quantizer,
 )
 
+from ..errors import RegistrationError
 from .config import QUANT_METHOD, TernaryConfig
 from .quantizer import TernaryHfQuantizer
 
@@ -36,7 +37,7 @@ def register() -> None:
         if existing is None:
             registrar(QUANT_METHOD)(ours)
         elif not _same_class(existing, ours):
-            raise RuntimeError(
+            raise RegistrationError(
                 f"transformers already has a quantization method {QUANT_METHOD!r} registered by "
                 f"{existing.__module__}.{existing.__qualname__}; ternary-hf cannot register its own."
             )

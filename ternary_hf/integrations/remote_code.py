@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any
 
+from ..errors import InvalidInputError
+
 __all__ = [
     "AUTOLOAD_MODULE",
     "AUTOLOAD_CLASS",
@@ -73,7 +75,7 @@ def load_base_model(pretrained_model_name_or_path: str, *model_args: Any, **kwar
         model_class = getattr(transformers, name, None)
         if model_class is not None:
             return model_class.from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
-    raise ValueError(
+    raise InvalidInputError(
         f"config.json of {pretrained_model_name_or_path} names architectures {names}, none of which transformers "
         "provides; load it with that architecture's class after `import ternary_hf`."
     )

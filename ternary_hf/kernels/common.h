@@ -8,8 +8,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 
+// Everything in these headers has internal linkage (an anonymous namespace): several builds of the
+// kernel (AVX2, VNNI, AMX, ...) are loaded side by side into one process, and an inline function with
+// external linkage would share its static variables across them (GCC merges such statics process-wide).
 namespace ternary_hf_kernel {
+namespace {
 
 constexpr int64_t kNR = 16;        // columns per register tile (= per weight panel)
 constexpr int64_t kKB = 16;        // k values per weight block
@@ -19,18 +25,54 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Activation quantization: one row of x (K floats) -> int8 codes padded with zeros to kp, returns
 // sum(q) and writes s_x.
+//
+// A row holding NaN or +-inf has no meaningful int8 codes: on the reference path (functional.py)
+// the NaN (or inf * 0) reaches the matmul and every output of the row is NaN. Here such a row gets
+// zero codes and s_x = NaN, so the epilogue's `acc * s_x` makes every output of the row NaN too
+// (also a row whose max|x| is so small that 1 / max|x| overflows, when it holds a zero: see below).
+// The max runs on the integer bit patterns of |x|: for non-negative floats their int32 order is the
+// float order, and NaN / inf (exponent all ones) are the largest, where a float max would drop a
+// NaN operand. Callers can test the row with row_is_finite(*sx).
+inline bool row_is_finite(float sx) { return !std::isnan(sx); }
+
 inline int32_t quantize_row(const float* x, int64_t k, int64_t kp, int8_t* q, float* sx) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  __m256 vmax = _mm256_setzero_ps();
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+  __m256i vmax = _mm256_setzero_si256();
   int64_t i = 0;
-  for (; i + 8 <= k; i += 8) vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmax);
-  float amax = 0.0f;
-  for (int l = 0; l < 8; ++l) amax = std::max(amax, lanes[l]);
-  for (; i < k; ++i) amax = std::max(amax, std::fabs(x[i]));
+  for (; i + 8 <= k; i += 8) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    vmax = _mm256_max_epi32(vmax, _mm256_and_si256(bits, abs_mask));
+  }
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), vmax);
+  int32_t amax_bits = 0;
+  for (int l = 0; l < 8; ++l) amax_bits = std::max(amax_bits, lanes[l]);
+  for (; i < k; ++i) {
+    int32_t bits;
+    std::memcpy(&bits, x + i, 4);
+    amax_bits = std::max(amax_bits, bits & 0x7FFFFFFF);
+  }
+  if (amax_bits >= 0x7F800000) {  // NaN or inf in the row
+    std::memset(q, 0, static_cast<size_t>(kp));
+    *sx = std::numeric_limits<float>::quiet_NaN();
+    return 0;
+  }
+  float amax;
+  std::memcpy(&amax, &amax_bits, 4);
   const float safe = amax > 0.0f ? amax : 1.0f;
   const float inv = (1.0f / safe) * 127.0f;
+  if (inv == std::numeric_limits<float>::infinity()) {
+    // max|x| below ~2.9e-39 (subnormal): 1 / amax overflows, and on the reference path a zero in the
+    // row becomes 0 * inf = NaN, so the row is NaN there too; without a zero, x * inf saturates to
+    // +-127 exactly as the code below does.
+    for (int64_t j = 0; j < k; ++j) {
+      if (x[j] == 0.0f) {
+        std::memset(q, 0, static_cast<size_t>(kp));
+        *sx = std::numeric_limits<float>::quiet_NaN();
+        return 0;
+      }
+    }
+  }
   *sx = safe / 127.0f;
 
   const __m256 vinv = _mm256_set1_ps(inv);
@@ -70,4 +112,25 @@ inline int32_t quantize_row(const float* x, int64_t k, int64_t kp, int8_t* q, fl
   return sum;
 }
 
+// Bytes per decoded block (one byte per code: 4 steps x 64).
+constexpr int64_t kDecodedBlockBytes = 256;
+
+// 2-bit panel blocks -> one byte per code c in {0, 1, 2}: block kb's step s (k = 16kb + 4s + i) lands at
+// wd + 256 kb + 64 s, byte 4 * col + i. That is the operand of the AVX2 / VNNI micro kernels and, four
+// blocks at a time, exactly one AMX B tile (16 rows of 4 k x 16 columns). wd must be 32-byte aligned.
+inline void decode_chunk(const uint8_t* w, int64_t nkb, uint8_t* wd) {
+  const __m256i mask = _mm256_set1_epi8(3);
+  for (int64_t kb = 0; kb < nkb; ++kb, w += kBlockBytes, wd += kDecodedBlockBytes) {
+    const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
+    for (int s = 0; s < 4; ++s) {
+      const __m128i sh = _mm_cvtsi32_si128(2 * s);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(wd + 64 * s), _mm256_and_si256(_mm256_srl_epi16(p0, sh), mask));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(wd + 64 * s + 32),
+                         _mm256_and_si256(_mm256_srl_epi16(p1, sh), mask));
+    }
+  }
+}
+
+}  // namespace
 }  // namespace ternary_hf_kernel

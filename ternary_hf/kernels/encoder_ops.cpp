@@ -17,15 +17,22 @@
 // 1 / sum per output). Tests compare with torch's scaled_dot_product_attention and layer_norm.
 // Only AVX2 + FMA intrinsics: both kernel builds (AVX2, AVX-512 VNNI) compile this file as it is.
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <immintrin.h>
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+// ternary_cpu.cpp: the ternary GEMM (int8 activations quantized inside, optional GELU epilogue).
+torch::Tensor ternary_linear_op(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                                const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features,
+                                bool gelu);
 
 namespace {
 
@@ -476,6 +483,128 @@ std::vector<torch::Tensor> add_layernorm(const torch::Tensor& y, const c10::opti
   return {out};
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// The whole encoder in one call (the runtime's default when every layer fits): the layers below run
+// on packed tokens exactly as the Python loop of ternary_hf/runtime/engine.py runs them, with the same
+// ops, so the two give identical results. Why in C++: with two threads, every op of the Python loop
+// is an OpenMP fork and join (~60 per MiniLM forward), and on a machine shared with other jobs each
+// join waits whenever the other thread is descheduled. Here, when a batch has enough sequences, the
+// sequences are split into chunks that the threads claim one at a time and encode through all layers
+// single-threaded: one join per forward, and a late thread just claims fewer chunks. Chunking cannot
+// change a result: every row depends on its own sequence only. A batch with too few sequences runs
+// as one chunk whose ops share the threads as usual.
+struct Gemm {
+  torch::Tensor w, s;
+  c10::optional<torch::Tensor> b;
+  int64_t k, n;
+  bool gelu;
+  torch::Tensor operator()(const torch::Tensor& x) const { return ternary_linear_op(x, w, s, b, k, n, gelu); }
+};
+struct Norm {
+  torch::Tensor w, b;
+  double eps;
+};
+struct Layer {
+  Gemm qkv, o, up, down;
+  Norm attn, ffn;  // post-LN: after each residual; pre-LN: before attention / before the feed-forward block
+};
+struct Encoder {
+  std::vector<Layer> layers;
+  bool pre_norm;
+  c10::optional<Norm> final_norm;
+  int64_t heads;
+  double scale;
+  c10::optional<torch::Tensor> rel_bias;
+  int64_t center;
+};
+
+torch::Tensor encode_chunk(const Encoder& E, torch::Tensor x, const torch::Tensor& cu) {
+  const auto attend_all = [&](const torch::Tensor& qkv) {
+    return varlen_attention(qkv, cu, E.heads, E.scale, E.rel_bias, E.center);
+  };
+  if (!E.pre_norm) {
+    for (const Layer& L : E.layers) {
+      x = add_layernorm(L.o(attend_all(L.qkv(x))), x, L.attn.w, L.attn.b, L.attn.eps, false)[0];
+      x = add_layernorm(L.down(L.up(x)), x, L.ffn.w, L.ffn.b, L.ffn.eps, false)[0];
+    }
+    return x;
+  }
+  torch::Tensor r = x;
+  torch::Tensor h = add_layernorm(r, c10::nullopt, E.layers[0].attn.w, E.layers[0].attn.b, E.layers[0].attn.eps,
+                                  false)[0];
+  for (size_t i = 0; i < E.layers.size(); ++i) {
+    const Layer& L = E.layers[i];
+    auto hr = add_layernorm(L.o(attend_all(L.qkv(h))), r, L.ffn.w, L.ffn.b, L.ffn.eps, true);
+    const torch::Tensor f = L.down(L.up(hr[0]));
+    r = hr[1];
+    const Norm* next = i + 1 < E.layers.size() ? &E.layers[i + 1].attn : (E.final_norm ? &*E.final_norm : nullptr);
+    if (next == nullptr) return f + r;
+    hr = add_layernorm(f, r, next->w, next->b, next->eps, true);
+    h = hr[0];
+    r = hr[1];
+  }
+  return h;
+}
+
+c10::optional<torch::Tensor> optional_bias(const torch::Tensor& t) {
+  return t.numel() > 0 ? c10::optional<torch::Tensor>(t) : c10::nullopt;
+}
+
+// gemms: per layer 12 tensors (qkv, o, up, down: prepared, scale, bias or an empty tensor), dims: per
+// layer 8 (k, n of each), norms: per layer 4 (attention norm weight, bias, feed-forward norm weight,
+// bias), eps: per layer 2; final_norm: weight, bias (pre-LN models) or empty; chunks: the threads'
+// work units when the batch is split (0 or 1: not split).
+torch::Tensor encoder_forward(const torch::Tensor& x, const torch::Tensor& cu_seqlens,
+                              const std::vector<torch::Tensor>& gemms, const std::vector<int64_t>& dims,
+                              const std::vector<torch::Tensor>& norms, const std::vector<double>& eps,
+                              bool pre_norm, const std::vector<torch::Tensor>& final_norm, double final_eps,
+                              int64_t heads, double scale, const c10::optional<torch::Tensor>& rel_bias,
+                              int64_t center, int64_t chunks) {
+  const size_t n_layers = eps.size() / 2;
+  TORCH_CHECK_VALUE(n_layers > 0 && gemms.size() == 12 * n_layers && dims.size() == 8 * n_layers &&
+                        norms.size() == 4 * n_layers && eps.size() == 2 * n_layers,
+                    "encoder_forward: per layer 12 GEMM tensors, 8 dims, 4 norm tensors and 2 eps are expected");
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+                    "encoder_forward: x must be a contiguous float32 (tokens, hidden) tensor");
+  Encoder E{{}, pre_norm, c10::nullopt, heads, scale, rel_bias, center};
+  for (size_t l = 0; l < n_layers; ++l) {
+    Gemm g[4];
+    for (int i = 0; i < 4; ++i) {
+      g[i] = Gemm{gemms[12 * l + 3 * i], gemms[12 * l + 3 * i + 1], optional_bias(gemms[12 * l + 3 * i + 2]),
+                  dims[8 * l + 2 * i], dims[8 * l + 2 * i + 1], i == 2};
+    }
+    E.layers.push_back(Layer{g[0], g[1], g[2], g[3], Norm{norms[4 * l], norms[4 * l + 1], eps[2 * l]},
+                             Norm{norms[4 * l + 2], norms[4 * l + 3], eps[2 * l + 1]}});
+  }
+  if (final_norm.size() == 2) E.final_norm = Norm{final_norm[0], final_norm[1], final_eps};
+  const int64_t n_seq = cu_seqlens.numel() - 1;
+  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+  if (chunks <= 1 || n_seq < 2) return encode_chunk(E, x, cu_seqlens);
+  // Split the sequences into `chunks` runs of about equal token counts.
+  std::vector<int64_t> bounds{0};
+  const int64_t tokens = cu[n_seq];
+  for (int64_t c = 1; c < chunks; ++c) {
+    const int64_t target = tokens * c / chunks;
+    const int64_t b = std::upper_bound(cu, cu + n_seq + 1, target) - cu - 1;
+    if (b > bounds.back() && b < n_seq) bounds.push_back(b);
+  }
+  bounds.push_back(n_seq);
+  const int64_t n_chunks = static_cast<int64_t>(bounds.size()) - 1;
+  torch::Tensor out = torch::empty_like(x);
+  std::atomic<int64_t> next{0};
+  const at::ThreadLocalState caller_state;  // grad / inference mode of the caller, for the worker threads
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), n_chunks), 1, [&](int64_t, int64_t) {
+    at::ThreadLocalStateGuard guard(caller_state);
+    for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) {
+      const int64_t s0 = bounds[c], s1 = bounds[c + 1];
+      const torch::Tensor local = cu_seqlens.slice(0, s0, s1 + 1) - cu[s0];
+      const torch::Tensor y = encode_chunk(E, x.slice(0, cu[s0], cu[s1]), local.contiguous());
+      out.slice(0, cu[s0], cu[s1]).copy_(y);
+    }
+  });
+  return out;
+}
 }  // namespace
 
 void register_encoder_ops(pybind11::module_& m) {
@@ -486,4 +615,9 @@ void register_encoder_ops(pybind11::module_& m) {
   m.def("add_layernorm", &add_layernorm, "[LayerNorm(y + residual)] or [LayerNorm(y + residual), y + residual]",
         py::arg("y"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
         py::arg("return_sum"), py::call_guard<py::gil_scoped_release>());
+  m.def("encoder_forward", &encoder_forward,
+        "every layer of a post-LN or pre-LN encoder over packed tokens (see ternary_hf/runtime/engine.py)",
+        py::arg("x"), py::arg("cu_seqlens"), py::arg("gemms"), py::arg("dims"), py::arg("norms"), py::arg("eps"),
+        py::arg("pre_norm"), py::arg("final_norm"), py::arg("final_eps"), py::arg("heads"), py::arg("scale"),
+        py::arg("rel_bias"), py::arg("center"), py::arg("chunks"), py::call_guard<py::gil_scoped_release>());
 }

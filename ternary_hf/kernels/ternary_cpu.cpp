@@ -1,46 +1,53 @@
-// AVX2 ternary x int8 GEMM for ternary_hf (CPU inference path of TernaryLinear).
+// Ternary x int8 GEMM for ternary_hf (CPU inference path of TernaryLinear): AVX2, AVX-512 VNNI and
+// AMX-INT8 builds of this one file.
 //
 // Why this file exists: a ternary layer stores 2 bits per weight; the fast way to use it on an
 // AVX2 CPU without VNNI is to keep the weights as unsigned codes c = t + 1 in {0, 1, 2}, quantize
 // activations per token to int8, and let `vpmaddubsw` multiply unsigned codes by signed int8
 // activations (x . t = x . c - sum(x)).  Nothing here materialises a float weight matrix.
 //
-// Exactness: the per-token rule is the one of ternary_hf/functional.py, bit for bit:
+// Exactness: the per-token rule is the one of ternary_hf/quant/functional.py, bit for bit (common.h):
 //   amax = max|x|;  safe = amax > 0 ? amax : 1;  inv = (1 / safe) * 127   (torch computes
 //   `127 / tensor` as `tensor.reciprocal() * 127`);  q = clamp(nearbyint(x * inv), -127, 127);
-//   s_x = safe / 127.
+//   s_x = safe / 127; a row holding NaN / inf gives a NaN row, as on the reference path.
 // Accumulation is int32 and exact.  Saturation bounds: a `vpmaddubsw` pair is at most
 // 2*127 + 2*127 = 508 in magnitude; each int16 lane receives one pair per 4 k, and is widened to
 // int32 (`vpmaddwd` with ones) after at most 64 additions (256 k): 64 * 508 = 32512 < 32767.
 //
-// Kernel weight layout (built by prepare_weight in __init__.py, once at load time):
+// Kernel weight layout (built by kernels/layout.py prepare_weight, once at load time):
 //   uint8 [N16 = ceil(N/16)][KB = ceil(K/16)][64]; byte (p, kb, 32*v + 4*j + i) holds, at bits 2*s,
 //   the code of column n = 16p + 8v + j and input k = 16kb + 4s + i (padding: code 1).
 //   So `(load(block + 32v) >> 2s) & 3` is directly the `vpmaddubsw` operand for 8 columns x 4 k.
 //
 // Structure of one call (run()):
 //   1. quantize every row of x to int8 (+ row sum, + s_x) into a per-thread, grow-only scratch;
-//   2. split the output into units of 48 rows x 64 columns, claimed dynamically by the threads of
-//      torch's OpenMP pool (default) or by the caller and helpers on torch's inter-op pool
-//      (run_units: never waits for a helper that has not started);
+//   2. split the output into units of 48 rows x 64 columns (AMX: all rows x 64 columns), claimed
+//      dynamically by the threads of torch's OpenMP pool (default) or by the caller and helpers on
+//      torch's inter-op pool (run_units: never waits for a helper that has not started);
 //   3. per unit and 16-column panel: a lone row tile decodes the 2-bit codes in registers
 //      (micro_kernel); several row tiles share a panel chunk decoded once to bytes in L1
-//      (decode_chunk + micro_kernel_decoded); 6x16 register tiles; store_tile applies
-//      acc - sum(q), s_x, s_w, bias, and optionally GELU (fused activation);
+//      (decode_chunk + micro_kernel_decoded); 6x16 register tiles; store_tile (epilogue.h) applies
+//      acc - sum(q), s_x, s_w, bias, and optionally GELU (fused activation). The AMX build decodes
+//      each panel once per call into tiles instead (amx_gemm.h);
 //   4. outputs of 8 MB and more come from a small pool (new_output) to avoid per-call page faults.
-// Measured on one Zen 3 core: inner loop ~138-151 GMAC/s, whole op 100-126 GMAC/s; FP32 sgemm 40-47.
+// Speed per build and shape: benchmarks/README.md (bench_linear.py).
 //
-// Build: compiled on first use by torch.utils.cpp_extension with -O3 -mavx2 -mfma -fopenmp.  The
-// caller checks AVX2+FMA at run time before loading this module.  Only AVX2/FMA intrinsics are used
-// (no AVX-512 encodings: tests check the object code).  With -DTERNARY_HF_VNNI (and the AVX-512
-// flags, see _build.py) the same file builds a second module whose micro kernels use AVX-512 VNNI
-// `vpdpbusd` on the same weight layout; everything else (quantization, epilogue, threading) is shared.
+// Builds (kernels/_build.py): compiled on first use by torch.utils.cpp_extension with -O3 -mavx2
+// -mfma -fopenmp.  The caller checks AVX2+FMA at run time before loading this module.  Only AVX2/FMA
+// intrinsics are used (no AVX-512 encodings: tests check the object code).  With -DTERNARY_HF_VNNI
+// (and the AVX-512 flags) the micro kernels use AVX-512 VNNI `vpdpbusd` on the same weight layout;
+// with -DTERNARY_HF_AMX (and -mamx-tile -mamx-int8) AMX tiles replace them (amx_gemm.h, amx_tiles.h).
+// Everything else (quantization, epilogue, threading) is shared.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/extension.h>
 #include <unistd.h>
 
 #include "common.h"
+#include "epilogue.h"
+#if defined(TERNARY_HF_AMX)
+#include "amx_gemm.h"
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -64,8 +71,6 @@ constexpr int64_t kWidenBlocks = 16;  // 16 blocks * 16 k = 256 k per int16 accu
 constexpr int64_t kRowBlock = 48;   // rows sharing one pass over the weights (q block stays in L2)
 constexpr int64_t kColBlock = 64;   // columns per parallel work unit
 
-// Bytes per decoded block (one byte per code: 4 steps x 64), see micro_kernel_decoded.
-constexpr int64_t kDecodedBlockBytes = 256;
 
 #if !defined(TERNARY_HF_VNNI)
 // ---------------------------------------------------------------------------------------------
@@ -266,114 +271,6 @@ constexpr DecodedFn kMicroDecoded[kMR + 1] = {nullptr,
                                               micro_kernel_decoded<5>,
                                               micro_kernel_decoded<6>};
 
-// 2-bit panel blocks [kb0, kb0 + nkb) -> one byte per code, in the layout micro_kernel_decoded reads.
-void decode_chunk(const uint8_t* w, int64_t nkb, uint8_t* wd) {
-  const __m256i mask = _mm256_set1_epi8(3);
-  for (int64_t kb = 0; kb < nkb; ++kb, w += kBlockBytes, wd += kDecodedBlockBytes) {
-    const __m256i p0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-    const __m256i p1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 32));
-    for (int s = 0; s < 4; ++s) {
-      const __m128i sh = _mm_cvtsi32_si128(2 * s);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(wd + 64 * s), _mm256_and_si256(_mm256_srl_epi16(p0, sh), mask));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(wd + 64 * s + 32),
-                         _mm256_and_si256(_mm256_srl_epi16(p1, sh), mask));
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fused GELU epilogue (exact-erf GELU, what BERT / MPNet / ViT use: 0.5 x (1 + erf(x / sqrt 2))).
-// Applied to the tile while it is in registers, it saves the separate pass torch's GELU makes over the
-// whole (tokens x 4*hidden) intermediate output (~10% of a MiniLM forward, benchmarks/README.md).
-// erf: Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7 over all x), with exp(-u^2) from a degree-6
-// polynomial after range reduction by ln 2 (relative error ~2e-7); the GELU output is then within
-// ~2e-7 * (|x| + 1) of torch's erf-based GELU (tests check 1e-6 * (|y| + 1)).
-inline __m256 exp_neg_avx2(__m256 y) {  // exp(y) for y <= 0 (y >= -87.3 clamped: result ~1e-38)
-  y = _mm256_max_ps(y, _mm256_set1_ps(-87.3f));
-  const __m256 k = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), y);  // ln 2 split in two parts
-  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-inline __m256 gelu_avx2(__m256 x) {
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  const __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));  // x / sqrt(2)
-  const __m256 az = _mm256_andnot_ps(sign, z);
-  const __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(az, _mm256_set1_ps(0.3275911f),
-                                                                      _mm256_set1_ps(1.0f)));
-  __m256 poly = _mm256_set1_ps(1.061405429f);
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-1.453152027f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(1.421413741f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(-0.284496736f));
-  poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(0.254829592f));
-  poly = _mm256_mul_ps(poly, t);
-  const __m256 erf_abs = _mm256_fnmadd_ps(poly, exp_neg_avx2(_mm256_mul_ps(_mm256_xor_ps(az, sign), az)),
-                                          _mm256_set1_ps(1.0f));
-  const __m256 erf = _mm256_or_ps(erf_abs, _mm256_and_ps(sign, z));  // erf is odd
-  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
-}
-
-inline float gelu_scalar(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
-
-struct Problem {
-  const int8_t* q;        // [M][kp]
-  const int32_t* qsum;    // [M]
-  const float* sx;        // [M]
-  const uint8_t* w;       // prepared
-  const float* sw;        // [N] or [1]
-  bool sw_per_channel;
-  const float* bias;      // [N] or nullptr
-  int64_t m, n, kp, kblocks;
-  float* y;               // [M][N] float output, or nullptr
-  int32_t* acc;           // [M][N] int32 output (debug), or nullptr
-  bool gelu;              // apply GELU to the float output (fused activation)
-};
-
-// Float (or debug int32) epilogue of one R x 16 tile: acc = tile - sum(q); y = acc * s_x * s_w + b.
-void store_tile(const Problem& P, int64_t mb, int64_t rows, int64_t nb, const int32_t* tile) {
-  const int64_t ncols = std::min(kNR, P.n - nb);
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t m = mb + r;
-    const int32_t rs = P.qsum[m];
-    const int32_t* t = tile + r * kNR;
-    if (P.acc != nullptr) {
-      for (int64_t j = 0; j < ncols; ++j) P.acc[m * P.n + nb + j] = t[j] - rs;
-      continue;
-    }
-    float* yr = P.y + m * P.n + nb;
-    const float sxm = P.sx[m];
-    if (ncols == kNR) {
-      const __m256i vrs = _mm256_set1_epi32(rs);
-      const __m256 vsx = _mm256_set1_ps(sxm);
-      for (int h = 0; h < 2; ++h) {
-        const __m256i a = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(t + 8 * h)), vrs);
-        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(a), vsx);
-        v = _mm256_mul_ps(v, P.sw_per_channel ? _mm256_loadu_ps(P.sw + nb + 8 * h) : _mm256_set1_ps(P.sw[0]));
-        if (P.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(P.bias + nb + 8 * h));
-        if (P.gelu) v = gelu_avx2(v);
-        _mm256_storeu_ps(yr + 8 * h, v);
-      }
-    } else {
-      for (int64_t j = 0; j < ncols; ++j) {
-        float v = static_cast<float>(t[j] - rs) * sxm;
-        v = v * (P.sw_per_channel ? P.sw[nb + j] : P.sw[0]);
-        if (P.bias != nullptr) v = v + P.bias[nb + j];
-        yr[j] = P.gelu ? gelu_scalar(v) : v;
-      }
-    }
-  }
-}
-
 bool g_decode_panels = true;  // switchable for benchmarks (_set_decode_panels)
 bool g_prefetch_out = true;   // switchable for benchmarks (_set_prefetch_output)
 
@@ -493,9 +390,19 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
   const int64_t k = in_features;
   const int64_t n = out_features;
   const int64_t kblocks = ceil_div(k, kKB);
+#if defined(TERNARY_HF_AMX)
+  // AMX tiles: rows of q padded to a multiple of 64 bytes and the row count to a multiple of 16 (amx_gemm.h).
+  const std::string& amx_problem = amx_permission();
+  TORCH_CHECK(amx_problem.empty(), "ternary kernel: the AMX tiles are unavailable (", amx_problem,
+              "); set TERNARY_HF_KERNEL_ISA=avx512vnni or avx2");
+  const int64_t kp = ceil_div(k, kAmxK) * kAmxK;
+  const int64_t m_alloc = ceil_div(m, kAmxRows) * kAmxRows;
+#else
   const int64_t kp = kblocks * kKB;
+  const int64_t m_alloc = m;
+#endif
   Scratch& s = scratch();
-  if (static_cast<int64_t>(s.q.size()) < m * kp) s.q.resize(m * kp);
+  if (static_cast<int64_t>(s.q.size()) < m_alloc * kp) s.q.resize(m_alloc * kp);
   if (static_cast<int64_t>(s.qsum.size()) < m) {
     s.qsum.resize(m);
     s.sx.resize(m);
@@ -517,17 +424,23 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
     }
   };
   run_units(ceil_div(m, qchunk), nthreads, quant);
+  if (m_alloc > m) std::memset(qp + m * kp, 0, static_cast<size_t>((m_alloc - m) * kp));
 
   // 2) GEMM over (row block x column block) units, claimed dynamically in row-major order.
   Problem P{qp, qs, sxp, prepared.data_ptr<uint8_t>(), weight_scale.data_ptr<float>(), weight_scale.numel() > 1,
             bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, kp, kblocks, y, acc, gelu};
+#if defined(TERNARY_HF_AMX)
+  const int64_t row_block = m;  // one unit spans all rows: each weight panel is decoded once per call
+  const auto block = run_amx_block;
+#else
   const int64_t row_block = std::min<int64_t>(kRowBlock, m);
+  const auto block = run_tile_block;
+#endif
   const int64_t n_rb = ceil_div(m, row_block);
   const int64_t n_cb = ceil_div(n, kColBlock);
   const std::function<void(int64_t)> unit = [&](int64_t u) {
     const int64_t rb = u / n_cb, cb = u % n_cb;
-    run_tile_block(P, rb * row_block, std::min(m, (rb + 1) * row_block), cb * kColBlock,
-                   std::min(n, (cb + 1) * kColBlock));
+    block(P, rb * row_block, std::min(m, (rb + 1) * row_block), cb * kColBlock, std::min(n, (cb + 1) * kColBlock));
   };
   run_units(n_rb * n_cb, nthreads, unit);
 }
@@ -642,11 +555,24 @@ torch::Tensor ternary_accumulators(const torch::Tensor& x, const torch::Tensor& 
 
 }  // namespace
 
+// The GEMM for C++ callers in this module: the fused encoder forward of encoder_ops.cpp.
+torch::Tensor ternary_linear_op(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                                const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features,
+                                bool gelu) {
+  return ternary_linear(x, prepared, weight_scale, bias, in_features, out_features, gelu);
+}
+
 void register_training_ops(pybind11::module_& m);  // ternary_train.cpp
 void register_encoder_ops(pybind11::module_& m);   // encoder_ops.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-#if defined(TERNARY_HF_VNNI)
+#if defined(TERNARY_HF_AMX_EMULATE)
+  m.doc() = "AMX-INT8 ternary-weight x int8-activation linear layer, tile instructions EMULATED (tests only)";
+  m.attr("ISA") = "amx_emulated";
+#elif defined(TERNARY_HF_AMX)
+  m.doc() = "AMX-INT8 ternary-weight x int8-activation linear layer (ternary_hf)";
+  m.attr("ISA") = "amx";
+#elif defined(TERNARY_HF_VNNI)
   m.doc() = "AVX-512 VNNI ternary-weight x int8-activation linear layer (ternary_hf)";
   m.attr("ISA") = "avx512vnni";
 #else
@@ -669,6 +595,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "_set_prefetch_output", [](bool on) { g_prefetch_out = on; },
       "benchmarks only: prefetch each panel's output lines before computing it (default on)");
+#if defined(TERNARY_HF_AMX)
+  m.def(
+      "_amx_permission", []() { return amx_permission(); },
+      "request the AMX tile state from the OS (once per process): '' when granted, else why not");
+#endif
   m.def("ternary_accumulators", &ternary_accumulators, "int32 q(x) @ T.T (for tests)", py::arg("x"),
         py::arg("prepared"), py::arg("in_features"), py::arg("out_features"));
   register_training_ops(m);

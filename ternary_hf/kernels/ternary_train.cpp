@@ -1,19 +1,18 @@
-// CPU ops of the distillation trainer's fast path (ternary_hf/training.py, FakeTernaryLinear).
+// CPU ops of the distillation trainer's fast path (ternary_hf/train/student.py, FakeTernaryLinear).
 //
 // Why this file exists: the student re-ternarizes every linear layer on every step and fake-quantizes
 // every activation. Done with torch ops, that bookkeeping cost more than the student's own matrix
-// products (all-MiniLM-L6-v2, batch 32, 2 threads: 0.33 s of ternarization + 0.12 s of fake
-// quantization + the straight-through adds, in a 2.6 s step). Here each is one pass in C++, and the
+// products (benchmarks/README.md, bench_train_step.py). Here each is one pass in C++, and the
 // ternary codes go straight into the inference kernel's layout, so the student's forward runs the
 // very kernel the finalized model runs.
 //
 // Exactness (tests check each against the Python definition):
-//   * ternarize_calibrated == ternary_hf.ternarize.ternarize(w, "calibrated", "channel"): the same
+//   * ternarize_calibrated == ternary_hf.quant.ternarize.ternarize(w, "calibrated", "channel"): the same
 //     sorted magnitudes (a radix sort of the float bit patterns gives exactly the values any sort
 //     gives), the same sequential float64 prefix sums and `csum * csum / k` (no FMA: built with
 //     -ffp-contract=off), the first maximum, the same threshold and mask; the scale is the float64
 //     sum of the kept magnitudes over their count, rounded once to float32, as ternarize.py computes it.
-//   * fake_quantize_int8 == ternary_hf.functional.quantize_activations_int8 (q * s_x): it calls the
+//   * fake_quantize_int8 == ternary_hf.quant.functional.quantize_activations_int8 (q * s_x): it calls the
 //     kernel's own quantize_row (common.h).
 //   * prepare_from_values == kernels.prepare_weight(pack_ternary(values), K), without the 2-bit
 //     round trip.
@@ -21,6 +20,7 @@
 #include <torch/extension.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -177,6 +177,24 @@ torch::Tensor prepare_from_values(const torch::Tensor& values) {
   return out;
 }
 
+// A row quantize_row flags (NaN or inf in it, or a zero where 1 / max|x| overflows), exactly as
+// quantize_activations_int8 treats it: torch's amax is NaN if the row holds a NaN (then
+// `where(amax > 0, amax, 1)` takes 1), the clamp keeps NaN, and x * inv may be inf * 0. So a NaN row
+// gives NaN where x is NaN and clamped codes / 127 elsewhere, an inf row NaN everywhere. Only a broken
+// input takes this scalar path; it keeps the trainer's fake quantization bit-equal to the reference.
+void fake_quantize_special_row(const float* x, int64_t k, float* out) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < k; ++i) amax = std::isnan(x[i]) || std::isnan(amax) ? NAN : std::max(amax, std::fabs(x[i]));
+  const float safe = amax > 0.0f ? amax : 1.0f;
+  const float inv = (1.0f / safe) * 127.0f;
+  const float sx = safe / 127.0f;
+  for (int64_t i = 0; i < k; ++i) {
+    float y = std::nearbyint(x[i] * inv);
+    if (!std::isnan(y)) y = std::min(std::max(y, -127.0f), 127.0f);
+    out[i] = y * sx;
+  }
+}
+
 // x (M, K) float32 -> q(x) * s_x as float32, with the kernel's per-token int8 rule.
 torch::Tensor fake_quantize_int8(const torch::Tensor& x) {
   TORCH_CHECK_VALUE(x.device().is_cpu() && x.scalar_type() == torch::kFloat32 && x.dim() == 2 && x.is_contiguous(),
@@ -191,6 +209,10 @@ torch::Tensor fake_quantize_int8(const torch::Tensor& x) {
       float sx;
       quantize_row(xp + r * k, k, k, q.data(), &sx);
       float* orow = op + r * k;
+      if (!row_is_finite(sx)) {
+        fake_quantize_special_row(xp + r * k, k, orow);
+        continue;
+      }
       for (int64_t i = 0; i < k; ++i) orow[i] = static_cast<float>(q[i]) * sx;
     }
   });

@@ -1,6 +1,6 @@
 """Data-aware ternarization: choose each layer's ternary matrix to preserve its *outputs*, not its weights.
 
-Plain ternarization (:func:`ternary_hf.ternarize.ternarize`) rounds every weight on its own: it
+Plain ternarization (:func:`ternary_hf.quant.ternarize.ternarize`) rounds every weight on its own: it
 minimises ``||W - alpha T||``. What the model needs is the layer's output on real inputs,
 ``||X W^T - X (alpha T)^T||``, and the two differ because input features are correlated: the rounding
 error of one weight can be cancelled by nudging the weights of correlated inputs. This module does
@@ -17,9 +17,10 @@ the quantizer reproduces exactly these values: for the ``calibrated`` and ``twn`
 only ``{-alpha, 0, +alpha}`` ternarizes to itself. Those are the only rules allowed here (``absmean`` and
 ``paper`` derive the scale from ``mean|W|``, which would move it).
 
-Why it matters: without any training, all-MiniLM-L6-v2 ternarized by weight rounding keeps a mean
-cosine of 0.46 to the FP32 embeddings, calibrated 0.69; all-mpnet-base-v2 0.18 vs 0.55 (README,
-``ternary-hf quantize --calibrate N``). As the starting point of distillation it did not help (README).
+Why it matters: without any training, a calibrated model is much closer to its float teacher than a
+rounded one (``ternary-hf quantize --calibrate N``); as the starting point of distillation it did not
+help. The measurements are in ``docs/quality.md`` ("rounding vs calibration",
+``benchmarks/bench_calibration.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
 from ..integrations.config import TernaryConfig
 from ..integrations.conversion import is_skipped
 from ..quant.ternarize import TernaryWeight, ternarize
@@ -47,10 +49,10 @@ CALIBRATION_METHODS = ("calibrated", "twn")
 
 def _check_hessian(hessian: torch.Tensor, in_features: int) -> None:
     if hessian.shape != (in_features, in_features):
-        raise ValueError(f"hessian must be ({in_features}, {in_features}) to match the weight, "
+        raise InvalidInputError(f"hessian must be ({in_features}, {in_features}) to match the weight, "
                          f"got {tuple(hessian.shape)}")
     if not bool(torch.isfinite(hessian).all()):
-        raise ValueError("hessian contains NaN or inf (check the calibration inputs)")
+        raise InvalidInputError("hessian contains NaN or inf (check the calibration inputs)")
 
 
 def _grid_round(w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -106,10 +108,10 @@ def gptq_ternarize(
         ValueError: on a rule outside :data:`CALIBRATION_METHODS`, mismatched shapes, NaN / inf.
     """
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration needs a threshold method in {CALIBRATION_METHODS} (the quantizer must map "
-                         f"alpha*T to itself), got {method!r}")
+        raise InvalidInputError(f"calibration needs a threshold method in {CALIBRATION_METHODS} (the quantizer "
+                                f"must map alpha*T to itself), got {method!r}")
     if not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping!r}")
+        raise InvalidInputError(f"damping must be >= 0, got {damping!r}")
     initial = ternarize(weight, method, granularity)  # validates weight, method and granularity
     out_features, in_features = weight.shape
     _check_hessian(hessian, in_features)
@@ -134,7 +136,7 @@ def gptq_ternarize(
         hinv = torch.cholesky_inverse(torch.linalg.cholesky(h_perm))
         upper = torch.linalg.cholesky(hinv, upper=True).to(torch.float32)
     except RuntimeError as exc:  # not positive definite even after damping
-        raise ValueError(f"hessian is not positive definite (raise damping, now {damping}): {exc}") from exc
+        raise InvalidInputError(f"hessian is not positive definite (raise damping, now {damping}): {exc}") from exc
 
     fallback = alpha[:, 0] if not per_tensor else alpha[:1, 0]
     for _ in range(max(1, passes)):
@@ -250,15 +252,8 @@ def calibrate_model(
     from tqdm.auto import tqdm
 
     config = config or TernaryConfig()
-    if config.threshold_method not in CALIBRATION_METHODS:
-        raise ValueError(f"calibration needs threshold_method in {CALIBRATION_METHODS}, got "
-                         f"{config.threshold_method!r} (its scale would not survive reloading)")
     batches = list(batches)
-    if not batches:
-        raise ValueError("calibration needs at least one batch of inputs")
-    targets = _calibration_targets(model, config)
-    if not targets:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to calibrate")
+    targets = _checked_targets(model, batches, config)
     was_training = model.training
     model.eval()
     report = CalibrationReport(n_samples=sum(int(next(iter(b.values())).shape[0]) for b in batches))
@@ -285,37 +280,8 @@ def calibrate_model(
             done.add(member_name)
             bar.update(1)
 
-    def run_model(i: int) -> None:
-        _cut_short(lambda: model(**batches[i]))
-
     try:
-        order = _call_order(model, batches[0], targets)
-        blocks = _replayable_blocks(model, batches, order)
-        if blocks is None:
-            for name in order:
-                if name not in done:
-                    calibrate(name, run_model)
-        else:
-            prefix, stack, inputs = blocks
-            in_block = {name: int(name[len(prefix) + 1:].split(".")[0]) for name in order
-                        if name.startswith(prefix + ".")}
-            first = min(order.index(n) for n in in_block)
-            for name in order[:first]:  # layers before the stack (rare: an input projection)
-                if name not in done:
-                    calibrate(name, run_model)
-            inputs = _block_inputs(model, stack[0], batches) if order[:first] else inputs
-            for index, block in enumerate(stack):
-                def run_block(i: int, block: nn.Module = block, inputs: list = inputs) -> None:
-                    args, kwargs = inputs[i]
-                    _cut_short(lambda: block(*args, **kwargs))
-
-                for name in order:
-                    if in_block.get(name) == index and name not in done:
-                        calibrate(name, run_block)
-                inputs = [_advance(block, item) for item in inputs]
-            for name in order:  # after the stack (a pooler), or never called
-                if name not in done:
-                    calibrate(name, run_model)
+        _calibrate_in_call_order(model, batches, targets, done, calibrate)
     finally:
         bar.close()
         model.train(was_training)
@@ -323,6 +289,56 @@ def calibrate_model(
         logger.warning("calibration: %d layer(s) never received an input (%s); ternarized from weights alone",
                        len(report.skipped), ", ".join(report.skipped))
     return report
+
+
+def _checked_targets(model: nn.Module, batches: list, config: TernaryConfig) -> list[tuple[str, nn.Linear]]:
+    """The layers to calibrate, after refusing a rule whose scale would move and empty inputs."""
+    if config.threshold_method not in CALIBRATION_METHODS:
+        raise InvalidInputError(f"calibration needs threshold_method in {CALIBRATION_METHODS}, got "
+                                f"{config.threshold_method!r} (its scale would not survive reloading)")
+    if not batches:
+        raise InvalidInputError("calibration needs at least one batch of inputs")
+    targets = _calibration_targets(model, config)
+    if not targets:
+        raise InvalidInputError(f"{type(model).__name__} has no nn.Linear layer to calibrate")
+    return targets
+
+
+def _calibrate_in_call_order(model: nn.Module, batches: list, targets, done: set[str],
+                             calibrate: Callable[[str, Callable[[int], None]], None]) -> None:
+    """Call ``calibrate(layer, run)`` for every target in the order the model calls them, where ``run(i)``
+    feeds batch ``i`` up to that layer: through the whole model, or, inside the stack of repeated
+    blocks, through the current block only (from the inputs the previous calibrated block produced)."""
+
+    def run_model(i: int) -> None:
+        _cut_short(lambda: model(**batches[i]))
+
+    order = _call_order(model, batches[0], targets)
+    blocks = _replayable_blocks(model, batches, order)
+    if blocks is None:
+        for name in order:
+            if name not in done:
+                calibrate(name, run_model)
+        return
+    prefix, stack, inputs = blocks
+    in_block = {name: int(name[len(prefix) + 1:].split(".")[0]) for name in order if name.startswith(prefix + ".")}
+    first = min(order.index(n) for n in in_block)
+    for name in order[:first]:  # layers before the stack (rare: an input projection)
+        if name not in done:
+            calibrate(name, run_model)
+    inputs = _block_inputs(model, stack[0], batches) if order[:first] else inputs
+    for index, block in enumerate(stack):
+        def run_block(i: int, block: nn.Module = block, inputs: list = inputs) -> None:
+            args, kwargs = inputs[i]
+            _cut_short(lambda: block(*args, **kwargs))
+
+        for name in order:
+            if in_block.get(name) == index and name not in done:
+                calibrate(name, run_block)
+        inputs = [_advance(block, item) for item in inputs]
+    for name in order:  # after the stack (a pooler), or never called
+        if name not in done:
+            calibrate(name, run_model)
 
 
 def _call_order(model: nn.Module, batch: Mapping[str, torch.Tensor], targets) -> list[str]:

@@ -1,9 +1,12 @@
 """One call from a float model folder (or repo id) to a saved ternary folder, with the numbers that matter.
 
 :func:`quantize_folder` is what ``ternary-hf quantize`` runs: it loads the source through the quantizer
-(layer by layer, never a full float copy in memory), writes the result into a temporary folder that is
-renamed into place only when complete (an interrupted run leaves nothing half-written), and measures
-the size ratio and the mean cosine between teacher and ternary sentence embeddings on real text.
+(layer by layer, never a full float copy in memory), measures the size ratio and the mean cosine between
+teacher and ternary sentence embeddings on real text, and writes the model and its report into a staging
+folder that is renamed into place only when complete (:func:`ternary_hf.utils.io.staged_folder`: an
+interrupted run leaves nothing half-written, and the folder gets normal permissions). Inputs that would
+lose data or report nonsense are refused before any work: an output that is, contains or lies inside
+the source, and a source that is already ternary.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,14 +21,22 @@ from typing import Any
 
 import torch
 
+from ..errors import InvalidInputError, MissingInputError
 from ..integrations.config import TernaryConfig
 from ..integrations.modules import QuantizedEmbedding, TernaryLinear
-from ..utils.io import check_output_folder, replace_folder
+from ..utils.io import atomic_write_json, check_output_folder, staged_folder, weight_files_bytes
 
-__all__ = ["QuantizeReport", "quantize_folder", "is_sentence_transformers_folder", "checkpoint_bytes", "load_encoder"]
+__all__ = [
+    "QuantizeReport",
+    "check_source_and_output",
+    "is_sentence_transformers_folder",
+    "linear_layer_bytes",
+    "load_encoder",
+    "quantize_folder",
+]
 
 logger = logging.getLogger(__name__)
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_OVERWRITE_HINT = "pass overwrite=True (CLI: --overwrite) to replace it"
 
 
 @dataclass
@@ -75,18 +85,53 @@ class QuantizeReport:
 
 
 def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a sentence-transformers folder (it has ``modules.json``)."""
     return Path(path, "modules.json").is_file()
 
 
-def checkpoint_bytes(folder: str | os.PathLike) -> int:
-    """Bytes of the weight files in a model folder (sub-folders included, e.g. a Dense layer).
+def _config_files(folder: Path) -> list[Path]:
+    """``config.json`` of a transformers folder, and of a sentence-transformers folder's first module."""
+    found = [folder / "config.json"]
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        found += [folder / m["path"] / "config.json" for m in modules if isinstance(m, dict) and m.get("path")]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return [p for p in found if p.is_file()]
 
-    Safetensors files only when there are any (folders often ship the same weights twice, as
-    ``model.safetensors`` and ``pytorch_model.bin``).
+
+def _is_ternary_folder(folder: Path) -> bool:
+    for path in _config_files(folder):
+        try:
+            qcfg = json.loads(path.read_text(encoding="utf-8")).get("quantization_config") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(qcfg, dict) and qcfg.get("quant_method") == "ternary":
+            return True
+    return False
+
+
+def check_source_and_output(source: str, output: str | os.PathLike) -> None:
+    """Refuse, before any work, a quantization that would destroy its source or report nonsense.
+
+    Raises:
+        MissingInputError: ``source`` is a folder but not a model folder.
+        InvalidInputError: ``output`` is ``source``, holds it or lies inside it (after resolving symlinks;
+            writing the output whole would delete the float model), or ``source`` is already ternary.
     """
-    files = [os.path.join(root, f) for root, _, names in os.walk(folder) for f in names if f.endswith(_WEIGHT_SUFFIXES)]
-    safetensors = [f for f in files if f.endswith(".safetensors")]
-    return sum(os.path.getsize(f) for f in (safetensors or files))
+    if not os.path.isdir(source):
+        return  # a Hub repo id
+    src, out = Path(os.path.realpath(source)), Path(os.path.realpath(output))
+    if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+        where = "is" if out == src else ("contains" if src.is_relative_to(out) else "is inside")
+        raise InvalidInputError(f"the output folder {output} {where} the source folder {source}; writing it would "
+                                "delete the float model: choose an output outside the source")
+    if not (src / "config.json").is_file() and not is_sentence_transformers_folder(src):
+        raise MissingInputError(f"{source} is neither a transformers folder (config.json) nor a sentence-transformers "
+                                "folder (modules.json)")
+    if _is_ternary_folder(src):
+        raise InvalidInputError(f"{source} is already a ternary model (its config.json has a ternary "
+                                "quantization_config): use it as it is, or quantize the float model it came from")
 
 
 def load_encoder(source: str, config: TernaryConfig | None = None, device: str = "cpu"):
@@ -104,7 +149,8 @@ def _auto_model(encoder) -> torch.nn.Module:
     return encoder[0].auto_model
 
 
-def _linear_bytes(model: torch.nn.Module) -> tuple[int, int]:
+def linear_layer_bytes(model: torch.nn.Module) -> tuple[int, int]:
+    """``(fp32 bytes, stored bytes)`` of the ternary linear layers of ``model`` (weights and scales)."""
     fp32 = stored = 0
     for module in model.modules():
         if isinstance(module, TernaryLinear):
@@ -138,28 +184,31 @@ def quantize_folder(
 
     Args:
         source: model folder or repo id.
-        output: folder to create; it must not exist unless ``overwrite``.
+        output: folder to create; it must not exist unless ``overwrite``, and must not be, hold or lie
+            inside ``source``.
         config: the :class:`TernaryConfig` (defaults to ``TernaryConfig()``).
         sentences: texts for the teacher-vs-ternary cosine; by default ``num_sentences`` real
-            sentences from :func:`ternary_hf.datasets.real_sentences` (skipped with a note if the data
-            package cannot be fetched).
+            sentences from :func:`ternary_hf.data.real_sentences` (skipped with a note if the data
+            package cannot be fetched; 0 skips the check).
+        batch_size: texts per forward pass (cosine check and calibration).
         overwrite: replace an existing ``output``.
         calibration_texts: ternarize each layer to preserve its outputs on real text (GPTQ on the
-            ternary grid, :mod:`ternary_hf.calibration`) instead of rounding its weights: a number of
-            texts from the bundled training corpora, or the texts themselves. Slower (a minute or two
-            for a small model on a CPU) and much closer to the float model.
+            ternary grid, :mod:`ternary_hf.ptq.calibration`) instead of rounding its weights: a number of
+            texts from the bundled training corpora, or the texts themselves. Slower, and much closer to
+            the float model.
 
     Returns:
         A :class:`QuantizeReport`; also written to ``output/ternary_quantize.json``.
+
+    Raises:
+        InvalidInputError: a bad count, an output that would overwrite the source, an already ternary source.
+        MissingInputError: ``source`` is a folder but not a model folder.
+        OutputExistsError: ``output`` exists and ``overwrite`` is not set.
     """
     config = config or TernaryConfig()
-    output = check_output_folder(output, overwrite=overwrite,
-                                 hint="pass overwrite=True (CLI: --overwrite) to replace it")
-    if os.path.isdir(source) and not Path(source, "config.json").is_file() and not is_sentence_transformers_folder(
-        source
-    ):
-        raise FileNotFoundError(f"{source} is neither a transformers folder (config.json) nor a sentence-transformers "
-                                "folder (modules.json)")
+    _check_counts(num_sentences=num_sentences, batch_size=batch_size)
+    check_source_and_output(source, output)
+    output = check_output_folder(output, overwrite=overwrite, hint=_OVERWRITE_HINT)
     notes: list[str] = []
     calibration_summary = None
     if calibration_texts is not None:
@@ -170,43 +219,47 @@ def quantize_folder(
     model = _auto_model(student)
     if not getattr(model, "is_quantized", False):
         raise RuntimeError(f"{source} did not load as a ternary model; is ternary_hf registered?")
-    n_linear = sum(isinstance(m, TernaryLinear) for m in model.modules())
-    n_embedding = sum(isinstance(m, QuantizedEmbedding) for m in model.modules())
+    with staged_folder(output, overwrite=overwrite, hint=_OVERWRITE_HINT) as staging:
+        student.save(str(staging))
+        report = _report(source, output, staging, config, model, calibration_summary, notes)
+        if sentences is None and num_sentences > 0:
+            try:
+                from ..data.corpora import real_sentences
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        student.save(str(tmp))
-        replace_folder(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                sentences = real_sentences(num_sentences)
+            except Exception as exc:  # data package unreachable: the model is still written
+                notes.append(f"teacher-vs-ternary cosine skipped: {exc}")
+        if sentences:
+            teacher = load_encoder(source, None, device)
+            report.mean_cosine, report.min_cosine = _mean_cosine(teacher, student, sentences, batch_size)
+            report.n_sentences = len(sentences)
+        atomic_write_json(staging / "ternary_quantize.json", report.to_dict())
+    return report
 
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        low = 0 if name == "num_sentences" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _report(source: str, output: Path, saved: Path, config: TernaryConfig, model: torch.nn.Module,
+            calibration: str | None, notes: list[str]) -> QuantizeReport:
+    """The size facts of the model saved in ``saved`` (the staging folder that becomes ``output``)."""
     source_dir = source if os.path.isdir(source) else _resolved_dir(source)
-    src_bytes = checkpoint_bytes(source_dir) if source_dir else 0
-    out_bytes = checkpoint_bytes(output)
-    fp32, stored = _linear_bytes(model)
-    report = QuantizeReport(
+    src_bytes = weight_files_bytes(source_dir) if source_dir else 0
+    out_bytes = weight_files_bytes(saved)
+    fp32, stored = linear_layer_bytes(model)
+    return QuantizeReport(
         source=str(source), output=str(output), config=config.to_dict(),
         source_bytes=src_bytes, output_bytes=out_bytes,
         size_ratio=out_bytes / src_bytes if src_bytes else float("nan"),
         linear_fp32_bytes=fp32, linear_ternary_bytes=stored, linear_ratio=stored / fp32 if fp32 else float("nan"),
-        n_linear=n_linear, n_embedding=n_embedding, calibration=calibration_summary, notes=notes,
+        n_linear=sum(isinstance(m, TernaryLinear) for m in model.modules()),
+        n_embedding=sum(isinstance(m, QuantizedEmbedding) for m in model.modules()),
+        calibration=calibration, notes=notes,
     )
-    if sentences is None and num_sentences > 0:
-        try:
-            from ..data.corpora import real_sentences
-
-            sentences = real_sentences(num_sentences)
-        except Exception as exc:  # data package unreachable: the model is still written
-            notes.append(f"teacher-vs-ternary cosine skipped: {exc}")
-    if sentences:
-        teacher = load_encoder(source, None, device)
-        report.mean_cosine, report.min_cosine = _mean_cosine(teacher, student, sentences, batch_size)
-        report.n_sentences = len(sentences)
-    with open(output / "ternary_quantize.json", "w", encoding="utf-8") as f:
-        json.dump(report.to_dict(), f, indent=2)
-    return report
 
 
 def _load_calibrated(source: str, config: TernaryConfig, device: str, texts: int | list[str], batch_size: int,
@@ -218,13 +271,13 @@ def _load_calibrated(source: str, config: TernaryConfig, device: str, texts: int
     from .calibration import calibrate_model
 
     if isinstance(texts, int):
-        if texts < 1:
-            raise ValueError(f"calibration_texts must be >= 1, got {texts}")
+        if isinstance(texts, bool) or texts < 1:
+            raise InvalidInputError(f"calibration_texts must be >= 1, got {texts}")
         from ..data.corpora import default_distillation_texts
 
         texts = default_distillation_texts(limit=texts)
     if not texts:
-        raise ValueError("calibration_texts is empty")
+        raise InvalidInputError("calibration_texts is empty")
     encoder = load_encoder(source, None, device)
     model = _auto_model(encoder)
     tokenizer = encoder[0].tokenizer

@@ -4,7 +4,7 @@ row-wise embedding storage.
 Owns: :mod:`.packing` (the one definition of the on-disk layout), :mod:`.ternarize` (float matrix ->
 ``scale * T``), :mod:`.functional` (the plain-torch ternary linear map and per-token int8 activations:
 the reference every fast path is tested against) and :mod:`.rowwise` (int8 / int4 embedding rows).
-Imports: torch and numpy only; nothing else from ternary_hf, so everything above can depend on it.
+Imports: torch, numpy and :mod:`ternary_hf.errors` only, so everything above can depend on it.
 """
 
 from .functional import quantize_activations_int8, ternary_linear_reference

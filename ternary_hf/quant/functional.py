@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidInputError
 from .packing import unpack_ternary
 
 __all__ = [
@@ -56,7 +57,7 @@ def ternary_linear_reference(
 
     Args:
         x: input of shape ``(..., in_features)``.
-        packed_weight: ``uint8`` weights in the layout of :mod:`ternary_hf.packing`.
+        packed_weight: ``uint8`` weights in the layout of :mod:`ternary_hf.quant.packing`.
         weight_scale: float scale, shape ``(out_features,)`` (per channel) or ``(1,)`` (per tensor).
         bias: optional float bias of shape ``(out_features,)``.
         in_features: unpadded input width.
@@ -86,7 +87,9 @@ FUSABLE_ACTIVATIONS = ("gelu",)
 def validate_activation(activation: str | None) -> None:
     """Raise ``ValueError`` unless ``activation`` is ``None`` or one of :data:`FUSABLE_ACTIVATIONS`."""
     if activation is not None and activation not in FUSABLE_ACTIVATIONS:
-        raise ValueError(f"activation={activation!r} cannot be fused; choose None or one of {FUSABLE_ACTIVATIONS}")
+        raise InvalidInputError(
+            f"activation={activation!r} cannot be fused; choose None or one of {FUSABLE_ACTIVATIONS}"
+        )
 
 
 def apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import InvalidInputError
+
 __all__ = [
     "PACKING_FORMAT",
     "VALUES_PER_BYTE",
     "ZERO_BYTE",
+    "has_invalid_codes",
     "packed_shape",
     "pack_ternary",
     "unpack_ternary",
@@ -45,7 +48,7 @@ ZERO_BYTE = sum(_ZERO_CODE << s for s in _SHIFTS)
 def packed_shape(out_features: int, in_features: int) -> tuple[int, int]:
     """Shape of the ``uint8`` tensor that stores an ``(out_features, in_features)`` ternary matrix."""
     if out_features < 0 or in_features < 0:
-        raise ValueError(f"shape must be non-negative, got ({out_features}, {in_features})")
+        raise InvalidInputError(f"shape must be non-negative, got ({out_features}, {in_features})")
     return out_features, (in_features + VALUES_PER_BYTE - 1) // VALUES_PER_BYTE
 
 
@@ -63,12 +66,14 @@ def pack_ternary(ternary: torch.Tensor) -> torch.Tensor:
         ValueError: if the tensor is not 2-D or holds a value other than -1, 0, +1.
     """
     if ternary.dim() != 2:
-        raise ValueError(f"pack_ternary expects a 2-D (out_features, in_features) tensor, got {tuple(ternary.shape)}")
+        raise InvalidInputError(
+            f"pack_ternary expects a 2-D (out_features, in_features) tensor, got {tuple(ternary.shape)}"
+        )
     if ternary.is_floating_point() and not bool(torch.isfinite(ternary).all()):
-        raise ValueError("pack_ternary got NaN or inf; only -1, 0 and +1 can be packed")
+        raise InvalidInputError("pack_ternary got NaN or inf; only -1, 0 and +1 can be packed")
     if ternary.numel() and not bool(((ternary == -1) | (ternary == 0) | (ternary == 1)).all()):
         bad = ternary[(ternary != -1) & (ternary != 0) & (ternary != 1)][:5].tolist()
-        raise ValueError(f"pack_ternary got values other than -1, 0, +1 (e.g. {bad})")
+        raise InvalidInputError(f"pack_ternary got values other than -1, 0, +1 (e.g. {bad})")
     out_features, in_features = ternary.shape
     _, n_bytes = packed_shape(out_features, in_features)
     codes = torch.full(
@@ -80,6 +85,17 @@ def pack_ternary(ternary: torch.Tensor) -> torch.Tensor:
     for k in range(1, VALUES_PER_BYTE):
         packed |= codes[..., k] << _SHIFTS[k]
     return packed
+
+
+def has_invalid_codes(packed: torch.Tensor) -> bool:
+    """True if any 2-bit field of ``packed`` (padding included) holds ``0b11``, the code never written.
+
+    A cheap whole-tensor test for checking a checkpoint at load (no unpacking): a field is ``0b11``
+    exactly when its high bit and its low bit are both set.
+    """
+    if packed.dtype != torch.uint8:
+        raise InvalidInputError(f"packed ternary weights must be uint8, got {packed.dtype}")
+    return bool(((packed & (packed >> 1)) & 0b01010101).any())
 
 
 def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.int8) -> torch.Tensor:
@@ -95,12 +111,12 @@ def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = 
             (a corrupt or foreign checkpoint).
     """
     if packed.dtype != torch.uint8:
-        raise ValueError(f"packed ternary weights must be uint8, got {packed.dtype}")
+        raise InvalidInputError(f"packed ternary weights must be uint8, got {packed.dtype}")
     if packed.dim() != 2:
-        raise ValueError(f"packed ternary weights must be 2-D, got shape {tuple(packed.shape)}")
+        raise InvalidInputError(f"packed ternary weights must be 2-D, got shape {tuple(packed.shape)}")
     out_features, n_bytes = packed.shape
     if packed_shape(out_features, in_features)[1] != n_bytes:
-        raise ValueError(
+        raise InvalidInputError(
             f"packed weight has {n_bytes} bytes per row, but in_features={in_features} needs "
             f"{packed_shape(out_features, in_features)[1]}"
         )
@@ -108,5 +124,5 @@ def unpack_ternary(packed: torch.Tensor, in_features: int, dtype: torch.dtype = 
     codes = codes.reshape(out_features, n_bytes * VALUES_PER_BYTE)
     codes = codes[:, :in_features]
     if codes.numel() and bool((codes == 0b11).any()):
-        raise ValueError("packed ternary weights contain the invalid code 0b11: the checkpoint is corrupt")
+        raise InvalidInputError("packed ternary weights contain the invalid code 0b11: the checkpoint is corrupt")
     return (codes.to(torch.int8) - 1).to(dtype)

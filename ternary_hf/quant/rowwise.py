@@ -1,8 +1,8 @@
 """Pure row-wise quantization of embedding tables (the other half of a small checkpoint).
 
-In a small encoder the token-embedding table is as large as all the linear layers together
-(all-MiniLM-L6-v2: 11.7M of 22.7M parameters), so ternary linear layers alone leave the checkpoint at
-~0.3x. Embedding rows are only gathered, never multiplied as a matrix, so they are stored apart:
+In a small encoder the token-embedding table is about as large as all the linear layers together, so
+ternary linear layers alone leave most of the checkpoint's bytes in float (sizes per storage are in
+docs/format.md). Embedding rows are only gathered, never multiplied as a matrix, so they are stored apart:
 
 * ``"fp16"`` -- half precision, no scale.
 * ``"int8"`` -- symmetric per row: ``q = round(w / s)`` in ``[-127, 127]``, ``s = max|row| / 127``.
@@ -18,6 +18,8 @@ what was quantized). Functions are pure and reject NaN / inf.
 from __future__ import annotations
 
 import torch
+
+from ..errors import InvalidInputError
 
 __all__ = ["EMBEDDING_STORAGES", "INT4_GROUP_SIZE", "quantize_rows", "dequantize_rows", "storage_shapes"]
 
@@ -38,7 +40,7 @@ def storage_shapes(rows: int, dim: int, storage: str) -> dict[str, tuple[tuple[i
             "weight": ((rows, groups * INT4_GROUP_SIZE // 2), torch.uint8),
             "weight_scale": ((rows, groups), _SCALE_DTYPE),
         }
-    raise ValueError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
+    raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
 
 
 def _symmetric(groups: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,14 +54,14 @@ def _symmetric(groups: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Ten
 def quantize_rows(weight: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
     """Quantize a ``(rows, dim)`` table; returns ``{"weight": ..., "weight_scale": ...}`` per :func:`storage_shapes`."""
     if weight.dim() != 2 or not weight.is_floating_point():
-        raise ValueError(f"expected a 2-D float embedding table, got {tuple(weight.shape)} {weight.dtype}")
+        raise InvalidInputError(f"expected a 2-D float embedding table, got {tuple(weight.shape)} {weight.dtype}")
     if not bool(torch.isfinite(weight).all()):
-        raise ValueError("embedding table contains NaN or inf; refusing to quantize")
+        raise InvalidInputError("embedding table contains NaN or inf; refusing to quantize")
     w = weight.detach().to(torch.float32)
     rows, dim = w.shape
     if storage == "fp16":
         if w.numel() and float(w.abs().max()) > torch.finfo(torch.float16).max:
-            raise ValueError("embedding values exceed the float16 range; use embedding_storage='int8'")
+            raise InvalidInputError("embedding values exceed the float16 range; use embedding_storage='int8'")
         return {"weight": w.to(torch.float16)}
     if storage == "int8":
         q, scale = _symmetric(w, 127)
@@ -72,7 +74,7 @@ def quantize_rows(weight: torch.Tensor, storage: str) -> dict[str, torch.Tensor]
         codes = (q.view(rows, -1) + 8).to(torch.uint8)
         packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
         return {"weight": packed, "weight_scale": scale.view(rows, groups)}
-    raise ValueError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
+    raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
 
 
 def dequantize_rows(
@@ -91,4 +93,4 @@ def dequantize_rows(
         high = (weight >> 4).to(torch.int16) - 8
         q = torch.stack([low, high], dim=-1).reshape(*lead, -1, INT4_GROUP_SIZE).to(torch.float32)
         return (q * scale.unsqueeze(-1)).reshape(*lead, -1)[..., :dim].to(dtype)
-    raise ValueError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
+    raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InvalidInputError
+
 __all__ = [
     "THRESHOLD_METHODS",
     "SCALE_GRANULARITIES",
@@ -60,24 +62,26 @@ class TernaryWeight:
 
 def _check(weight: torch.Tensor, method: str, granularity: str) -> None:
     if method not in THRESHOLD_METHODS:
-        raise ValueError(f"threshold method {method!r} is not one of {THRESHOLD_METHODS}")
+        raise InvalidInputError(f"threshold method {method!r} is not one of {THRESHOLD_METHODS}")
     if granularity not in SCALE_GRANULARITIES:
-        raise ValueError(f"scale granularity {granularity!r} is not one of {SCALE_GRANULARITIES}")
+        raise InvalidInputError(f"scale granularity {granularity!r} is not one of {SCALE_GRANULARITIES}")
     if weight.dim() != 2:
-        raise ValueError(f"ternarize expects a 2-D (out_features, in_features) weight, got {tuple(weight.shape)}")
+        raise InvalidInputError(
+            f"ternarize expects a 2-D (out_features, in_features) weight, got {tuple(weight.shape)}"
+        )
     if not weight.is_floating_point():
-        raise ValueError(f"ternarize expects a floating-point weight, got {weight.dtype}")
+        raise InvalidInputError(f"ternarize expects a floating-point weight, got {weight.dtype}")
     if not bool(torch.isfinite(weight).all()):
-        raise ValueError("weight contains NaN or inf; refusing to ternarize (check the checkpoint)")
+        raise InvalidInputError("weight contains NaN or inf; refusing to ternarize (check the checkpoint)")
 
 
 def _calibrated_threshold(mag: torch.Tensor) -> torch.Tensor:
     """Exact least-squares threshold per row of ``mag`` (``|W|`` in float32, rows = groups).
 
     The rule only needs the sorted *values* (never the sort permutation), which are the same whatever
-    sort computes them; on CPU NumPy's vectorised sort does that ~14x faster than ``torch.sort``, and
-    this function runs on every training step of the distillation trainer (it was ~35% of a MiniLM
-    step), so CPU tensors take the NumPy route. Both routes compute the same float64 arithmetic and
+    sort computes them; on CPU NumPy's vectorised sort does that much faster than ``torch.sort``, and
+    this function runs on every training step of the distillation trainer (where the sort was a large
+    share of a step), so CPU tensors take the NumPy route. Both routes compute the same float64 arithmetic and
     are tested equal.
     """
     if mag.device.type == "cpu" and mag.shape[1] > 0:

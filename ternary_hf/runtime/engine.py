@@ -31,6 +31,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..integrations.modules import TernaryLinear
 from . import ops
+from .native import NativeEncoder
 from .plan import EncoderPlan, build_plan, relative_bias_table
 
 __all__ = ["FastEncoder", "enable_fast_forward", "disable_fast_forward", "fast_forward_enabled", "ENV"]
@@ -119,7 +120,13 @@ def _ln_args(ln: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
 
 
 class FastEncoder:
-    """A model's plan with kernel-ready weights; rebuilt when a stored tensor changes."""
+    """A model's plan with kernel-ready weights; rebuilt when a stored tensor changes.
+
+    ``use_native`` (default True): run every layer in one kernel call (:mod:`.native`) where it
+    applies; False keeps the op-by-op loop below (same results; tests compare the two).
+    """
+
+    use_native = True
 
     def __init__(self, model: nn.Module, plan: EncoderPlan) -> None:
         self.model = model
@@ -129,12 +136,21 @@ class FastEncoder:
 
     def _build(self) -> None:
         self.layers = [_Layer(lp) for lp in self.plan.layers]
+        self.native: NativeEncoder | None | bool = True  # True: not built yet (needs the kernel)
         self.key = self._key()
 
     def _key(self) -> tuple:
         tensors = [t for layer in self.layers for step in (layer.qkv, layer.o, layer.up, layer.down)
                    for t in step.sources]
         return tuple((t.data_ptr(), t._version) for t in tensors)
+
+    def _activations_changed(self) -> bool:
+        """Whether fuse/unfuse_activations ran since the native lists were built (or found not to apply)."""
+        return self._fused_state != self._activation_state()
+
+    def _activation_state(self) -> tuple:
+        return tuple((layer.up.modules[0].fused_activation, type(getattr(*layer.up.activation_at)).__name__)
+                     for layer in self.layers if layer.up.activation_at is not None)
 
     def supports(self, kwargs: dict[str, Any]) -> bool:
         """Whether this call can take the fast path (see the module docstring for what cannot)."""
@@ -161,7 +177,7 @@ class FastEncoder:
             kwargs.update(kwargs.pop("kwargs", {}))
         if not self.supports(kwargs):
             return None
-        if self._key() != self.key:
+        if self._key() != self.key or self.native is not True and self._activations_changed():
             self._build()
         if self.plan.layout.text:
             out = self._text_forward(kwargs)
@@ -223,6 +239,12 @@ class FastEncoder:
         if plan.rel_bias is not None:
             rel = relative_bias_table(plan, max_len, self.model.encoder.relative_position_bucket)
             center = max_len - 1
+        if km is not None and self.use_native:
+            if self.native is True:
+                self.native = NativeEncoder.build(self.layers, plan, kernels)
+                self._fused_state = self._activation_state()
+            if self.native is not None:
+                return self.native(km, x, cu_seqlens, plan.heads, plan.scale, rel, center)
         if not plan.layout.pre_norm:
             for layer in self.layers:
                 ctx = ops.varlen_attention(km, layer.qkv(x, kernels), cu_seqlens, plan.heads, plan.scale, rel, center)

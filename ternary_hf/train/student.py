@@ -19,8 +19,8 @@ forward below computes the same thing up to float rounding.
 ``grad_x = grad_y @ (s_w T)`` is ``(grad_y * s_w) @ T``, an int8 x ternary product like the forward,
 with the rows of ``grad_y * s_w`` quantized per token to int8 (SwitchBack's split, arXiv 2304.13013:
 int8 for the input gradient, float for the weight gradient, whose sums over every token are where
-precision matters). About 2-2.5x faster than the float32 product at a relative error of ~1% on the
-input gradient; the weight gradient stays float32.
+precision matters). Faster than the float32 product at a small relative error on the input gradient
+(benchmarks/README.md, ``bench_train_step.py``); the weight gradient stays float32.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from ..quant import rowwise
 from ..quant.functional import quantize_activations_int8
 from ..quant.ternarize import dequantize_ternary, ternarize
 
-__all__ = ["FakeTernaryLinear", "FakeQuantEmbedding", "build_student", "to_float_model", "fake_quantize_int8",
-           "set_int8_grad_input"]
+__all__ = ["FakeQuantEmbedding", "FakeTernaryLinear", "build_student", "disable_dropout", "fake_quantize_int8",
+           "set_int8_grad_input", "to_float_model"]
 
 
 def fake_quantize_int8(x: torch.Tensor) -> torch.Tensor:
@@ -103,9 +103,9 @@ def _training_kernels(x: torch.Tensor, layer: FakeTernaryLinear):
             and layer.weight.dtype == torch.float32 and layer.in_features > 0 and layer.out_features > 0
             and not torch.is_autocast_enabled("cpu")):
         return None
-    from ..integrations.modules import _kernel
+    from .. import kernels
 
-    return _kernel()
+    return kernels if kernels.cpu_kernel_available() else None
 
 
 class _KernelTernaryLinear(torch.autograd.Function):
@@ -214,4 +214,12 @@ def to_float_model(student: nn.Module) -> nn.Module:
             parent = model.get_submodule(parent_name) if parent_name else model
             new = module.to_linear() if isinstance(module, FakeTernaryLinear) else module.to_embedding()
             setattr(parent, child, new)
+    return model
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Set every dropout of ``model`` to 0: the student matches a deterministic (eval-mode) teacher."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
     return model

@@ -1,17 +1,17 @@
 """The teacher's outputs of every training text, kept in memory so later epochs skip its forward.
 
-A distillation run goes over the default corpus about twice in 30 minutes (2,365 steps of 32 texts,
-34,146 texts), and the teacher is frozen: its forward on a text gives the same last hidden state
-every time, yet it costs about a quarter of a CPU step. :class:`TeacherCache` keeps that hidden state
-per text (real tokens only, float16: 1.1 GB for all-MiniLM-L6-v2 on the default corpus at 64
-tokens), so a batch whose texts were all seen before is served from memory.
+A time-budgeted run goes over the default corpus more than once, and the teacher is frozen: its
+forward on a text gives the same last hidden state every time, yet it is a sizeable share of a CPU
+step (benchmarks/README.md, ``bench_train_step.py``). :class:`TeacherCache` keeps that hidden state
+per text (real tokens only, float16), so a batch whose texts were all seen before is served from
+memory.
 
 Only the last hidden state is kept, so the cache serves the losses that need nothing else (hidden
 MSE over real tokens, the pooled losses, the bank); :func:`cache_supported` says when that is the
 case. Padding positions of a served batch are zeros, which the masked losses never read.
 
 Exact resume: the cached value of a text is the one computed in the batch it first appeared in
-(a batch's padding changes the float rounding of the teacher's output by ~1e-7). A resumed run
+(a batch's padding changes the float rounding of the teacher's output). A resumed run
 rebuilds the cache by re-running the teacher on exactly the batches that filled it before the
 checkpoint (:meth:`TeacherCache.replay`), so its targets, and so its weights, are bit for bit those
 of an uninterrupted run.
@@ -41,7 +41,7 @@ class TeacherCache:
 
     Texts are added as they are first seen; once ``max_bytes`` is reached, later texts are simply
     not cached (their batches run the teacher, as without a cache). Stored as float16 (the student's
-    error is ~1e3 times the float16 rounding) unless a value does not fit, then as float32.
+    error is orders of magnitude above the float16 rounding) unless a value does not fit, then as float32.
     """
 
     def __init__(self, max_bytes: int, dtype: torch.dtype = torch.float16):
