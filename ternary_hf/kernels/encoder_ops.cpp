@@ -17,12 +17,17 @@
 // 1 / sum per output). Tests compare with torch's scaled_dot_product_attention and layer_norm.
 // Only AVX2 + FMA intrinsics: both kernel builds (AVX2, AVX-512 VNNI) compile this file as it is.
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <immintrin.h>
+#include <omp.h>
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -489,11 +494,14 @@ std::vector<torch::Tensor> add_layernorm(const torch::Tensor& y, const c10::opti
 // on packed tokens exactly as the Python loop of ternary_hf/runtime/engine.py runs them, with the same
 // ops, so the two give identical results. Why in C++: with two threads, every op of the Python loop
 // is an OpenMP fork and join (~60 per MiniLM forward), and on a machine shared with other jobs each
-// join waits whenever the other thread is descheduled. Here, when a batch has enough sequences, the
-// sequences are split into chunks that the threads claim one at a time and encode through all layers
-// single-threaded: one join per forward, and a late thread just claims fewer chunks. Chunking cannot
-// change a result: every row depends on its own sequence only. A batch with too few sequences runs
-// as one chunk whose ops share the threads as usual.
+// join waits whenever the other thread is descheduled (measured: the op-by-op forward at 2 threads
+// ran at a fifth of its 1-thread speed on a loaded box). Here, when a batch has enough sequences, the
+// sequences are split into chunks; the calling thread and helpers on torch's inter-op pool claim
+// them one at a time and encode each through all layers single-threaded. The caller never waits for
+// a helper that has not started (a late helper finds nothing left): on a busy machine the forward
+// degrades to one thread's speed instead of stalling. Chunking cannot change a result: every row
+// depends on its own sequence only. A batch with too few sequences runs as one chunk whose ops share
+// the threads as usual.
 struct Gemm {
   torch::Tensor w, s;
   c10::optional<torch::Tensor> b;
@@ -547,6 +555,37 @@ torch::Tensor encode_chunk(const Encoder& E, torch::Tensor x, const torch::Tenso
   return h;
 }
 
+// Chunks of sequences claimed one at a time by the caller and its helpers (see above).
+struct ChunkJob {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  int64_t n = 0;
+  std::function<void(int64_t)> fn;
+  std::mutex mu;
+  std::exception_ptr error;
+};
+
+// OpenMP's thread count for this thread only, restored on exit: the ops of a chunk (GEMMs,
+// attention, LayerNorm) then run inline on the thread that claimed it.
+struct SingleThreadedOps {
+  const int previous = omp_get_max_threads();
+  SingleThreadedOps() { omp_set_num_threads(1); }
+  ~SingleThreadedOps() { omp_set_num_threads(previous); }
+};
+
+void drain(ChunkJob& job) {
+  SingleThreadedOps single;
+  for (int64_t c = job.next.fetch_add(1); c < job.n; c = job.next.fetch_add(1)) {
+    try {
+      job.fn(c);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(job.mu);
+      if (!job.error) job.error = std::current_exception();
+    }
+    job.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
 c10::optional<torch::Tensor> optional_bias(const torch::Tensor& t) {
   return t.numel() > 0 ? c10::optional<torch::Tensor>(t) : c10::nullopt;
 }
@@ -592,17 +631,27 @@ torch::Tensor encoder_forward(const torch::Tensor& x, const torch::Tensor& cu_se
   bounds.push_back(n_seq);
   const int64_t n_chunks = static_cast<int64_t>(bounds.size()) - 1;
   torch::Tensor out = torch::empty_like(x);
-  std::atomic<int64_t> next{0};
-  const at::ThreadLocalState caller_state;  // grad / inference mode of the caller, for the worker threads
-  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), n_chunks), 1, [&](int64_t, int64_t) {
-    at::ThreadLocalStateGuard guard(caller_state);
-    for (int64_t c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) {
-      const int64_t s0 = bounds[c], s1 = bounds[c + 1];
-      const torch::Tensor local = cu_seqlens.slice(0, s0, s1 + 1) - cu[s0];
-      const torch::Tensor y = encode_chunk(E, x.slice(0, cu[s0], cu[s1]), local.contiguous());
-      out.slice(0, cu[s0], cu[s1]).copy_(y);
+  auto job = std::make_shared<ChunkJob>();
+  job->n = n_chunks;
+  // Everything the chunks touch is captured by value: a helper that starts late holds it alive.
+  job->fn = [E, x, cu_seqlens, bounds, out](int64_t c) {
+    const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+    const int64_t s0 = bounds[c], s1 = bounds[c + 1];
+    const torch::Tensor local = (cu_seqlens.slice(0, s0, s1 + 1) - cu[s0]).contiguous();
+    out.slice(0, cu[s0], cu[s1]).copy_(encode_chunk(E, x.slice(0, cu[s0], cu[s1]), local));
+  };
+  for (int64_t t = 1; t < std::min<int64_t>(at::get_num_threads(), n_chunks); ++t) {
+    at::launch([job]() { drain(*job); });  // launch carries the caller's grad / inference mode
+  }
+  drain(*job);
+  for (int spins = 0; job->done.load(std::memory_order_acquire) < job->n; ++spins) {
+    if (spins < 2000) {
+      _mm_pause();
+    } else {
+      std::this_thread::yield();
     }
-  });
+  }
+  if (job->error) std::rethrow_exception(job->error);
   return out;
 }
 }  // namespace

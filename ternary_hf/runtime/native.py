@@ -3,7 +3,8 @@
 Why: the Python loop of :mod:`.engine` calls one op at a time, and with two threads every op is an
 OpenMP fork and join; on a shared machine each join waits whenever the other thread is descheduled.
 The native call runs the same ops in the same order (identical results) and, for a batch of several
-sequences, lets each thread encode whole chunks of sequences through every layer on its own.
+sequences, lets each thread encode whole chunks of sequences through every layer on its own, never
+waiting for a thread that has not started (see ``encoder_forward`` for why).
 
 It applies when every block is plain: four ternary GEMMs with int8 activations (GELU fused into the
 up-projection, no other activation) and affine LayerNorms. Anything else keeps the Python loop.
@@ -77,7 +78,7 @@ class NativeEncoder:
                  rel: torch.Tensor | None, center: int) -> torch.Tensor:
         threads = torch.get_num_threads()
         n_seq = cu_seqlens.numel() - 1
-        split = threads > 1 and n_seq >= 2 * threads and module._parallel_backend() == "openmp"  # noqa: SLF001
+        split = threads > 1 and n_seq >= 2 * threads
         chunks = min(n_seq, CHUNKS_PER_THREAD * threads) if split else 1
         return module.encoder_forward(x, cu_seqlens, self.gemms, self.dims, self.norms, self.eps, self.pre_norm,
                                       self.final_norm, self.final_eps, heads, scale, rel, center, chunks)
