@@ -42,9 +42,9 @@ Throughput = sentences / seconds summed over the rounds (tokenisation included, 
 Peak RSS is reported for the whole process (loading included) and for the encode phase alone (the
 peak is reset through ``/proc/self/clear_refs`` once the model is loaded and warmed up).
 
-``--profile`` adds a torch.profiler breakdown of one batch-32 forward of the ternary (and FP32)
-MiniLM: embeddings, linear layers (the kernel; its fused activation quantization estimated apart),
-attention core, LayerNorm (+ residual add), GELU, pooling, the rest.
+``--profile`` adds ``profile_forward.py``'s breakdown of one ternary MiniLM forward (every kernel build,
+the same threads, batch 32 and 1): embeddings, GEMMs, activation quantization, attention, LayerNorm +
+residual, GELU, pooling, Python / dispatch, for transformers' forward and the runtime's.
 
 Usage::
 
@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import os
 import statistics
@@ -359,179 +358,6 @@ def export_main(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# profile: where one batch-32 forward goes
-# --------------------------------------------------------------------------------------------------
-CATEGORIES = [
-    "embeddings",
-    "linear: GEMM",
-    "linear: act. quant (est.)",
-    "attention core",
-    "LayerNorm + residual",
-    "GELU",
-    "pooling + normalize",
-    "other (glue)",
-]
-
-
-def _profile_one(st: Any, features: dict[str, Any], reps: int) -> tuple[dict[str, float], float, list[Any]]:
-    """Per-forward milliseconds per category (main-thread wall time), total ms, and the linear inputs seen."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    from ternary_hf.integrations.modules import TernaryLinear
-
-    auto = st[0].auto_model
-    labels: dict[int, str] = {}
-    linear_inputs: list[tuple[Any, Any]] = []
-
-    def wrap(mod: torch.nn.Module, label: str, capture: bool = False) -> None:
-        orig = mod.forward
-
-        def fwd(*a: Any, **k: Any) -> Any:
-            if capture and wrap.capturing:  # type: ignore[attr-defined]
-                linear_inputs.append((mod, a[0].detach().clone()))
-            with record_function(label):
-                return orig(*a, **k)
-
-        mod.forward = fwd  # type: ignore[method-assign]
-        labels[id(mod)] = label
-
-    wrap.capturing = False  # type: ignore[attr-defined]
-    for name, mod in auto.named_modules():
-        cls = type(mod).__name__
-        if isinstance(mod, (TernaryLinear, torch.nn.Linear)):
-            wrap(mod, "#linear", capture=True)
-        elif name.endswith("embeddings") and "Embeddings" in cls:
-            wrap(mod, "#embeddings")
-        elif cls.endswith("SelfAttention"):
-            wrap(mod, "#attention")
-    for mod in list(st)[1:]:
-        wrap(mod, "#pooling")
-    with torch.inference_mode():
-        for _ in range(3):
-            st(dict(features))
-        wrap.capturing = True  # type: ignore[attr-defined]
-        st(dict(features))
-        wrap.capturing = False  # type: ignore[attr-defined]
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(reps):
-                with record_function("#forward"):
-                    st(dict(features))
-    tid = None
-    totals = {c: 0.0 for c in CATEGORIES}
-    total = 0.0
-    events = prof.events()
-    for ev in events:
-        if ev.name == "#forward":
-            tid = ev.thread
-            total += ev.cpu_time_total
-    label_to_cat = {"#linear": "linear: GEMM", "#embeddings": "embeddings", "#attention": "attention core",
-                    "#pooling": "pooling + normalize", "#forward": "other (glue)"}
-    for ev in events:
-        if ev.thread != tid:
-            continue
-        node, cat = ev, None
-        if ev.name.startswith("#"):
-            cat = label_to_cat.get(ev.name)
-        else:
-            while node is not None and cat is None:
-                if node.name in ("#embeddings", "#pooling"):
-                    cat = label_to_cat[node.name]
-                elif node.name in ("aten::layer_norm", "aten::native_layer_norm"):
-                    cat = "LayerNorm + residual"
-                elif node.name in ("aten::gelu", "aten::gelu_"):
-                    cat = "GELU"
-                elif node.name.startswith("#"):
-                    cat = label_to_cat.get(node.name)
-                node = node.cpu_parent
-            if cat == "other (glue)" and ev.name in ("aten::add", "aten::add_"):
-                cat = "LayerNorm + residual"  # the residual adds feeding each LayerNorm
-        if cat is None:
-            continue  # outside the profiled forwards
-        totals[cat] += ev.self_cpu_time_total
-    per = {c: v / reps / 1e3 for c, v in totals.items()}
-    return per, total / reps / 1e3, linear_inputs
-
-
-def _time_ms(fn: Any, reps: int = 20) -> float:
-    fn()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e3
-
-
-def profile_main(args: argparse.Namespace) -> None:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    import ternary_hf
-    from ternary_hf.integrations.modules import TernaryLinear
-    from ternary_hf.kernels import prepare_weight, ternary_linear_cpu
-    from ternary_hf.quant.packing import pack_ternary
-
-    warnings.simplefilter("ignore")
-    _set_threads(args.threads)
-    import logging
-
-    logging.disable(logging.WARNING)
-    pool: list[str] = sorted(json.loads(Path(args.sentences).read_text()), key=len)
-    mid = max(0, len(pool) // 2 - args.batch_size // 2)
-    texts = pool[mid : mid + args.batch_size]  # a batch as encode() forms it (length-sorted), median length
-    fp32 = SentenceTransformer(args.model_dir, device="cpu")
-    tern = SentenceTransformer(
-        args.model_dir, device="cpu", model_kwargs={"quantization_config": ternary_hf.TernaryConfig()}
-    )
-    features = fp32.preprocess(texts) if hasattr(fp32, "preprocess") else fp32.tokenize(texts)
-    seq = features["input_ids"].shape[1]
-    tokens = int(features["attention_mask"].sum())
-    reps = args.profile_reps
-    res = {}
-    for name, st in (("ternary", tern), ("fp32", fp32)):
-        res[name] = _profile_one(st, features, reps)
-    # the kernel quantizes activations in a fused first pass: estimate it by running each layer's
-    # input through a 16-output layer (the pass over x is the same, the GEMM is 1/(N/16) of it)
-    quant_ms = 0.0
-    with torch.inference_mode():
-        for mod, x in res["ternary"][2]:
-            if not isinstance(mod, TernaryLinear):
-                continue
-            x2 = x.reshape(-1, mod.in_features).contiguous()
-            full = mod._prepared_weight(ternary_hf.kernels)  # noqa: SLF001
-            k, n = mod.in_features, mod.out_features
-            t_full = _time_ms(functools.partial(ternary_linear_cpu, x2, full, mod.weight_scale, mod.bias, k, n))
-            small = prepare_weight(pack_ternary(torch.ones(16, k)), k)
-            t16 = _time_ms(functools.partial(ternary_linear_cpu, x2, small, torch.ones(16), None, k, 16))
-            quant_ms += max(0.0, t16 - t_full * 16 / n)
-    per_t, total_t, _ = res["ternary"]
-    per_t["linear: act. quant (est.)"] = min(quant_ms, per_t["linear: GEMM"])
-    per_t["linear: GEMM"] -= per_t["linear: act. quant (est.)"]
-    per_f, total_f, _ = res["fp32"]
-    print(f"\n### Profile: one forward of MiniLM-L6, batch {len(texts)} x {seq} tokens ({tokens} real), "
-          f"threads={args.threads}, mean of {reps} (torch.profiler, main-thread wall time)\n")
-    print("| part | ternary ms | share | fp32 ms | share | ternary/fp32 |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for c in CATEGORIES:
-        f = per_f.get(c, 0.0)
-        ratio = f"{per_t[c] / f:.2f}" if f > 0.005 else "-"
-        print(f"| {c} | {per_t[c]:.2f} | {per_t[c] / total_t:.0%} | {f:.2f} | {f / total_f:.0%} | {ratio} |")
-    print(f"| **total forward** | **{total_t:.2f}** | 100% | **{total_f:.2f}** | 100% | **{total_t / total_f:.2f}** |")
-    lin_t = per_t["linear: GEMM"] + per_t["linear: act. quant (est.)"]
-    lin_f = per_f["linear: GEMM"]
-    rest_t = total_t - lin_t
-    print(f"\n# FP32 forward / ternary forward = {total_f / total_t:.2f}x; linear layers are {lin_f / total_f:.0%} of "
-          f"FP32's forward and run {lin_f / max(lin_t, 1e-9):.2f}x faster in ternary.")
-    budget = total_f / TARGET_VS_FP32
-    print(f"# Even with free linear layers the ternary forward would be {total_f / max(rest_t, 1e-9):.2f}x FP32 "
-          f"(everything else: {rest_t:.2f} ms). {TARGET_VS_FP32:.0f}x FP32 means a {budget:.2f} ms forward: "
-          + (f"the rest must fit in {budget - lin_t:.2f} ms at today's linear cost."
-             if budget > lin_t else
-             f"the linear layers alone ({lin_t:.2f} ms) exceed it, so they must get faster too."))
-
-
-# --------------------------------------------------------------------------------------------------
 # main process
 # --------------------------------------------------------------------------------------------------
 class Worker:
@@ -797,7 +623,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the RSS probe of the ternary model loaded from its saved 2-bit folder")
     parser.add_argument("--profile", action="store_true", help="also profile one ternary MiniLM forward")
     parser.add_argument("--profile-only", action="store_true", help="only the profile")
-    parser.add_argument("--profile-reps", type=int, default=10)
+    parser.add_argument("--profile-reps", type=int, default=9)
     # worker-side arguments (internal)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
@@ -813,8 +639,6 @@ def main(argv: list[str] | None = None) -> None:
         return export_main(args)
     if args.worker == "ov-export":
         return ov_export_main(args)
-    if args.worker == "profile":
-        return profile_main(args)
     if args.worker == "save":
         print(_saved_ternary(args.model_dir))
         return None
@@ -887,16 +711,10 @@ def main(argv: list[str] | None = None) -> None:
         if all_results:
             print_targets(all_results)
         if args.profile:
-            for threads in args.threads:
-                cmd = [sys.executable, __file__, "--worker", "profile", "--model-dir", model_dirs["minilm"],
-                       "--threads", str(threads), "--batch-size", str(args.batch_size), "--sentences",
-                       str(sentences_file), "--profile-reps", str(args.profile_reps)]
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-                log = workdir / f"profile-t{threads}.log"
-                with open(log, "w") as err:
-                    rc = subprocess.run(cmd, env=env, stderr=err, check=False).returncode
-                if rc != 0:
-                    print(f"# profile failed (rc={rc}): {' | '.join(log.read_text().splitlines()[-3:])}")
+            sys.stdout.flush()
+            cmd = [sys.executable, str(Path(__file__).with_name("profile_forward.py")), "--threads",
+                   *map(str, args.threads), "--reps", str(args.profile_reps)]
+            subprocess.run(cmd, check=False)
         print(f"\n# load average at the end: {load_avg()}")
 
 
