@@ -84,7 +84,7 @@ BACKENDS = ["fp32", "ternary", "ternary-lean", "onnx-int8", "openvino", "openvin
 #: ternary-eager: ours through transformers' own forward (TERNARY_HF_FAST_FORWARD=0); bnb-int8: bitsandbytes
 EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2", "ternary-eager", "bnb-int8"]
 #: The stock engines a CPU user would pick instead (issue 29): ours must beat the fastest of them.
-STOCK = ("onnx-int8", "openvino", "openvino-int8", "torch-bf16")
+STOCK = ("onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn", "onnx-u8")
 OV_CALIBRATION = 300  # NNCF calibration sentences (Amazon reviews: not in the benchmark set)
 TARGET_VS_FP32 = 3.0
 TARGET_VS_STOCK = 1.25
