@@ -28,7 +28,7 @@ in ONE run:
   same work around the network as those rows, so their latencies compare network with network
   (``encode`` adds ~2 ms of bookkeeping per call: ``model.eval()``, device lookup, tokenizer wrappers);
 * ``ternary-eager`` - (optional) ours through transformers' own layer-by-layer forward
-  (``TERNARY_HF_FAST_FORWARD=0``): the path before ``ternary_hf.runtime``;
+  (``TERNARY_HF_FAST_FORWARD=0``): the path before ``ternary_hf.integrations.fast_forward``;
 * ``bnb-int8`` - (optional) bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with
   the reason otherwise). It is several times slower than FP32 here, so it encodes only a fraction of each round.
 

@@ -6,7 +6,7 @@ against ONNX Runtime / OpenVINO is everything around it. For each kernel build t
 times one ``SentenceTransformer`` forward of the ternary model in two ways, side by side:
 
 * ``eager`` - transformers' own layer-by-layer forward (``TERNARY_HF_FAST_FORWARD=0``), as before
-  ``ternary_hf.runtime``;
+  ``ternary_hf.integrations.fast_forward``;
 * ``fast``  - the runtime's padding-free forward, run op by op from Python so each part can be timed
   (``FastEncoder.use_native = False``); the default runs the same ops in one kernel call
   (``encoder_forward``), whose total is printed as a last row (its parts are the same ops).
@@ -79,7 +79,7 @@ class Timer:
 def _instrument(st: Any, timer: Timer) -> None:
     from ternary_hf import kernels
     from ternary_hf.integrations.modules import TernaryLinear
-    from ternary_hf.runtime import ops
+    from ternary_hf.integrations.fast_forward import ops
 
     auto = st[0].auto_model
     for mod in auto.modules():
@@ -213,7 +213,7 @@ def main() -> None:
     sentences.write_text(json.dumps(texts))
     print(f"# sentences: {source}; a batch = the median-length sentences (sorted by characters)")
     print("# ms per forward, median over the reps (1 thread: CPU time of the thread; 2 threads: wall time); "
-          "'fast' = ternary_hf.runtime, 'eager' = transformers' forward")
+          "'fast' = ternary_hf.integrations.fast_forward, 'eager' = transformers' forward")
     models = {"all-MiniLM-L6-v2": default_model_path()}
     if args.mpnet:
         models["all-mpnet-base-v2"] = args.mpnet

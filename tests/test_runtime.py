@@ -1,4 +1,4 @@
-"""The fast encoder forward (ternary_hf.runtime): same outputs as transformers' own forward within a
+"""The fast encoder forward (ternary_hf.integrations.fast_forward): same outputs as transformers' own forward within a
 documented tolerance, fallback where it does not apply, and batch invariance (issue 27 item 11)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from transformers import AutoModel, BertConfig, BertModel
 
 from ternary_hf import TernaryConfig, dequantize_model
 from ternary_hf.kernels import cpu_kernel_available
-from ternary_hf.runtime import ENV, build_plan, fast_forward_enabled, ops
+from ternary_hf.integrations.fast_forward import ENV, build_plan, fast_forward_enabled, ops
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="the CPU kernel cannot run here")
 
@@ -55,7 +55,7 @@ def test_fast_forward_matches_the_eager_forward(tiny_model_dirs, kind, kernel, m
 @needs_kernel
 @pytest.mark.parametrize("kind", ["bert", "mpnet", "vit"])
 def test_the_one_call_forward_equals_the_op_by_op_loop(tiny_model_dirs, kind, monkeypatch):
-    from ternary_hf.runtime.native import NativeEncoder
+    from ternary_hf.integrations.fast_forward.native import NativeEncoder
 
     model = _quantize(tiny_model_dirs[kind])
     engine = model._ternary_fast_forward

@@ -109,7 +109,7 @@ def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every ternary module by the float module it stands for (in place; returns ``model``)."""
-    from ..runtime import disable_fast_forward
+    from .fast_forward import disable_fast_forward
     from .fusion import unfuse_activations
 
     disable_fast_forward(model)  # the fast forward runs ternary layers; a float model takes its own forward

@@ -129,7 +129,7 @@ class TernaryHfQuantizer(HfQuantizer):
         validate_loaded_modules(model, source, require_loaded=self.pre_quantized)
         n_fused = fuse_activations(model)
         logger.info("ternary-hf: fused %d GELU activations into the preceding ternary layers", n_fused)
-        from ..runtime import enable_fast_forward  # here: runtime imports this package's modules
+        from .fast_forward import enable_fast_forward  # not at the top: it imports .modules, which imports this
 
         enable_fast_forward(model)  # padding-free, batch-invariant forward for the encoders it covers
         attach_autoload_on_save(model)

@@ -3,7 +3,7 @@
 What this package owns: running a whole ternary encoder (BERT, RoBERTa, XLM-R, CamemBERT, MPNet,
 ViT) faster than layer-by-layer PyTorch eager, and batch-invariantly (a sentence's embedding does not
 depend on the batch it is encoded in). :func:`enable_fast_forward` replaces the encoder's ``forward``
-with :class:`~ternary_hf.runtime.engine.FastEncoder`, which packs the real tokens of a batch into one
+with :class:`~ternary_hf.integrations.fast_forward.engine.FastEncoder`, which packs the real tokens of a batch into one
 matrix (no padding work), runs query/key/value as one ternary GEMM, attention per (sequence, head) and
 residual + LayerNorm as single fused ops, and falls back to the model's own forward for anything it
 does not cover. The quantizer enables it when a ternary model loads; ``dequantize`` disables it.

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from ..integrations.modules import TernaryLinear
+from ..modules import TernaryLinear
 from . import ops
 from .native import NativeEncoder
 from .plan import EncoderPlan, build_plan, relative_bias_table
@@ -51,9 +51,9 @@ def _kernel_module():
     """The compiled kernel module when it runs here and has the encoder ops, else None (then every
     step takes its torch reference, as ``TernaryLinear`` does). Checked on every call, like the
     ``TERNARY_HF_DISABLE_KERNEL`` switch it honours."""
-    from ..kernels import _build
+    from ...kernels import kernel_module
 
-    module = _build.kernel_module()
+    module = kernel_module()
     return module if module is not None and hasattr(module, "varlen_attention") else None
 
 
@@ -231,7 +231,7 @@ class FastEncoder:
 
     # ------------------------------------------------------------------------------------------ layers
     def _encode(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
-        from .. import kernels as kernel_api
+        from ... import kernels as kernel_api
 
         plan, km = self.plan, _kernel_module()
         kernels = kernel_api if km is not None else None
