@@ -99,11 +99,13 @@ def test_a_build_killed_mid_compile_does_not_block_the_next_load(tmp_path: Path)
     finally:
         holder.release()
     try:
-        out, _ = second.communicate(timeout=1200)
+        # Not communicate(): it would read stderr too, racing the reader thread for the lines checked below.
+        second.wait(timeout=1200)
     except subprocess.TimeoutExpired:
         second.kill()
         pytest.fail("the load after a killed build did not finish: " + "".join(lines)[-2000:])
     reader.join(10)
+    out = second.stdout.read()  # one short line: it fits the pipe, so waiting first cannot deadlock
     err = "".join(lines)
     assert second.returncode == 0, err[-2000:]
     assert out.strip().splitlines()[-1] == "avx2", err[-2000:]
