@@ -16,9 +16,21 @@ in ONE run:
   VNNI, ORT's u8 x s8 path can saturate int16 pair sums, which costs accuracy (MPNet!);
 * ``ternary-avx2`` - (optional) ours with the AVX2 kernel build forced (``TERNARY_HF_KERNEL_ISA=avx2``):
   on a CPU with AVX-512 VNNI, where ``ternary`` runs the VNNI build, this shows what VNNI buys;
+* ``openvino`` - OpenVINO at its default precision (it picks bf16 on CPUs with AMX, f32 elsewhere; the
+  table names what it picked), the model converted with ``openvino.convert_model`` (``_openvino.py``);
+* ``openvino-int8`` - the same graph quantized with NNCF (static int8, ``ModelType.TRANSFORMER``,
+  calibrated on 300 Amazon review sentences, none of them in the benchmark set);
+* ``torch-bf16`` - plain ``SentenceTransformer`` with the model in ``torch.bfloat16`` (run only when the
+  CPU has AMX-BF16 or AVX512-BF16, where oneDNN has native bf16 kernels);
 * ``qdyn``     - ``torch.ao.quantization.quantize_dynamic`` int8 on every ``nn.Linear``;
-* ``bnb-int8`` - bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with the reason
-  otherwise). It is several times slower than FP32 here, so it encodes only a fraction of each round.
+* ``ternary-lean`` - ours with the ONNX/OpenVINO rows' own tokenizer, mean pooling and normalisation
+  (``OnnxEncoder`` with the torch model as its session) instead of ``SentenceTransformer.encode``: the
+  same work around the network as those rows, so their latencies compare network with network
+  (``encode`` adds ~2 ms of bookkeeping per call: ``model.eval()``, device lookup, tokenizer wrappers);
+* ``ternary-eager`` - (optional) ours through transformers' own layer-by-layer forward
+  (``TERNARY_HF_FAST_FORWARD=0``): the path before ``ternary_hf.integrations.fast_forward``;
+* ``bnb-int8`` - (optional) bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with
+  the reason otherwise). It is several times slower than FP32 here, so it encodes only a fraction of each round.
 
 How it measures: every backend lives in its own worker process (so peak RSS, ``VmHWM`` from
 ``/proc/self/status``, is its own; ``ru_maxrss`` would be inherited across fork+exec). All workers of
@@ -30,9 +42,9 @@ Throughput = sentences / seconds summed over the rounds (tokenisation included, 
 Peak RSS is reported for the whole process (loading included) and for the encode phase alone (the
 peak is reset through ``/proc/self/clear_refs`` once the model is loaded and warmed up).
 
-``--profile`` adds a torch.profiler breakdown of one batch-32 forward of the ternary (and FP32)
-MiniLM: embeddings, linear layers (the kernel; its fused activation quantization estimated apart),
-attention core, LayerNorm (+ residual add), GELU, pooling, the rest.
+``--profile`` adds ``profile_forward.py``'s breakdown of one ternary MiniLM forward (every kernel build,
+the same threads, batch 32 and 1): embeddings, GEMMs, activation quantization, attention, LayerNorm +
+residual, GELU, pooling, Python / dispatch, for transformers' forward and the runtime's.
 
 Usage::
 
@@ -49,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import os
 import statistics
@@ -67,13 +78,19 @@ from _machine import cpu_model, load_avg
 from ternary_hf.evaluation.onnx_baseline import OnnxEncoder
 from ternary_hf.utils.io import folder_fingerprint
 
-BACKENDS = ["fp32", "ternary", "onnx-int8", "qdyn", "bnb-int8"]
+BACKENDS = ["fp32", "ternary", "ternary-lean", "onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn"]
 #: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI);
-#: ternary-avx2: ours with the AVX2 kernel build forced (TERNARY_HF_KERNEL_ISA=avx2), on a VNNI CPU
-EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2"]
+#: ternary-avx2: ours with the AVX2 kernel build forced (TERNARY_HF_KERNEL_ISA=avx2), on a VNNI CPU;
+#: ternary-eager: ours through transformers' own forward (TERNARY_HF_FAST_FORWARD=0); bnb-int8: bitsandbytes
+EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2", "ternary-eager", "bnb-int8"]
+#: The stock engines a CPU user would pick instead (issue 29): ours must beat the fastest of them.
+STOCK = ("onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn", "onnx-u8")
+OV_CALIBRATION = 300  # NNCF calibration sentences (Amazon reviews: not in the benchmark set)
 TARGET_VS_FP32 = 3.0
-TARGET_VS_ONNX = 1.0
+TARGET_VS_STOCK = 1.25
 TARGET_LATENCY = 1.0
+#: /proc/cpuinfo flags printed with every run (what the engines can use on this CPU).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,22 +159,75 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | None) -> Any:
+_NOTES: list[str] = []
+
+
+class _TorchSession:
+    """ONNX Runtime's session interface over the ternary torch model (for ``ternary-lean``)."""
+
+    def __init__(self, model_dir: str) -> None:
+        from transformers import AutoModel
+
+        import ternary_hf
+        from ternary_hf.kernels import cpu_kernel_available, kernel_status
+
+        if not cpu_kernel_available():
+            raise RuntimeError(f"the ternary CPU kernel is not available: {kernel_status()}")
+        self.model = AutoModel.from_pretrained(model_dir, quantization_config=ternary_hf.TernaryConfig()).eval()
+
+    def get_inputs(self) -> list[Any]:
+        return [type("Input", (), {"name": name})() for name in ("input_ids", "attention_mask")]
+
+    def run(self, _outputs: Any, feeds: dict[str, Any]) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        return [out.last_hidden_state.numpy()]
+
+
+def cpu_isa_flags() -> list[str]:
+    """The ISA_FLAGS this CPU reports in /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    return [flag for flag in ISA_FLAGS if flag in flags]
+
+
+def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | None, ov_dir: str | None) -> Any:
     """Returns an object with ``encode(texts, batch_size) -> np.ndarray`` (normalised or not)."""
     if backend in ("onnx-int8", "onnx-u8"):
         assert onnx_path is not None
         if backend == "onnx-u8":
             onnx_path = str(Path(onnx_path).with_name("model_uint8.onnx"))
         return OnnxEncoder(onnx_path, model_dir, threads)
+    if backend in ("openvino", "openvino-int8"):
+        from _openvino import openvino_encoder
+
+        assert ov_dir is not None
+        xml = Path(ov_dir) / ("model_int8.xml" if backend == "openvino-int8" else "model.xml")
+        enc, precision = openvino_encoder(xml, model_dir, threads)
+        _NOTES.append(precision)  # what OpenVINO picked: shown beside the backend's name
+        return enc
     import torch
     from sentence_transformers import SentenceTransformer
 
     _set_threads(threads)
+    if backend == "ternary-lean":
+        return OnnxEncoder(None, model_dir, threads, session=_TorchSession(model_dir))
     if backend == "fp32":
         st = SentenceTransformer(model_dir, device="cpu")
-    elif backend in ("ternary", "ternary-avx2"):
+    elif backend == "torch-bf16":
+        if not {"avx512_bf16", "amx_bf16"} & set(cpu_isa_flags()):
+            raise RuntimeError("this CPU has neither AVX512-BF16 nor AMX-BF16 (bf16 would be emulated)")
+        st = SentenceTransformer(model_dir, device="cpu").to(torch.bfloat16)
+    elif backend in ("ternary", "ternary-avx2", "ternary-eager"):
         if backend == "ternary-avx2":
             os.environ["TERNARY_HF_KERNEL_ISA"] = "avx2"  # read when the kernel first loads, below
+        if backend == "ternary-eager":
+            os.environ["TERNARY_HF_FAST_FORWARD"] = "0"  # read on every forward
         import ternary_hf
         from ternary_hf.kernels import cpu_kernel_available, kernel_status
 
@@ -190,8 +260,9 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
 
     class _ST:
         def encode(self, texts: Sequence[str], batch_size: int) -> Any:
-            with torch.inference_mode():
-                return st.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+            with torch.inference_mode():  # as a tensor first: numpy has no bfloat16 (torch-bf16)
+                emb = st.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+                return emb.float().numpy()
 
     return _ST()
 
@@ -226,7 +297,7 @@ def worker_main(args: argparse.Namespace) -> None:
     logging.disable(logging.WARNING)
     texts: list[str] = json.loads(Path(args.sentences).read_text())
     try:
-        enc = _load_backend(args.worker, args.model_dir, args.threads, args.onnx_path)
+        enc = _load_backend(args.worker, args.model_dir, args.threads, args.onnx_path, args.ov_dir)
         enc.encode(texts[: args.batch_size], args.batch_size)  # warm-up (lazy inits, kernel build/load)
         enc.encode(texts[:1], 1)
     except Exception as exc:  # reported as "skipped: reason" by the main process
@@ -235,7 +306,8 @@ def worker_main(args: argparse.Namespace) -> None:
     load_peak = proc_status_kb("VmHWM")
     rss_ready = proc_status_kb("VmRSS")
     reset_ok = reset_peak_rss()
-    _emit({"status": "ready", "load_peak_kb": load_peak, "rss_ready_kb": rss_ready, "reset_ok": reset_ok})
+    _emit({"status": "ready", "load_peak_kb": load_peak, "rss_ready_kb": rss_ready, "reset_ok": reset_ok,
+           "note": ", ".join(_NOTES)})
     embeddings: dict[int, Any] = {}
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -286,179 +358,6 @@ def export_main(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# profile: where one batch-32 forward goes
-# --------------------------------------------------------------------------------------------------
-CATEGORIES = [
-    "embeddings",
-    "linear: GEMM",
-    "linear: act. quant (est.)",
-    "attention core",
-    "LayerNorm + residual",
-    "GELU",
-    "pooling + normalize",
-    "other (glue)",
-]
-
-
-def _profile_one(st: Any, features: dict[str, Any], reps: int) -> tuple[dict[str, float], float, list[Any]]:
-    """Per-forward milliseconds per category (main-thread wall time), total ms, and the linear inputs seen."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    from ternary_hf.integrations.modules import TernaryLinear
-
-    auto = st[0].auto_model
-    labels: dict[int, str] = {}
-    linear_inputs: list[tuple[Any, Any]] = []
-
-    def wrap(mod: torch.nn.Module, label: str, capture: bool = False) -> None:
-        orig = mod.forward
-
-        def fwd(*a: Any, **k: Any) -> Any:
-            if capture and wrap.capturing:  # type: ignore[attr-defined]
-                linear_inputs.append((mod, a[0].detach().clone()))
-            with record_function(label):
-                return orig(*a, **k)
-
-        mod.forward = fwd  # type: ignore[method-assign]
-        labels[id(mod)] = label
-
-    wrap.capturing = False  # type: ignore[attr-defined]
-    for name, mod in auto.named_modules():
-        cls = type(mod).__name__
-        if isinstance(mod, (TernaryLinear, torch.nn.Linear)):
-            wrap(mod, "#linear", capture=True)
-        elif name.endswith("embeddings") and "Embeddings" in cls:
-            wrap(mod, "#embeddings")
-        elif cls.endswith("SelfAttention"):
-            wrap(mod, "#attention")
-    for mod in list(st)[1:]:
-        wrap(mod, "#pooling")
-    with torch.inference_mode():
-        for _ in range(3):
-            st(dict(features))
-        wrap.capturing = True  # type: ignore[attr-defined]
-        st(dict(features))
-        wrap.capturing = False  # type: ignore[attr-defined]
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            for _ in range(reps):
-                with record_function("#forward"):
-                    st(dict(features))
-    tid = None
-    totals = {c: 0.0 for c in CATEGORIES}
-    total = 0.0
-    events = prof.events()
-    for ev in events:
-        if ev.name == "#forward":
-            tid = ev.thread
-            total += ev.cpu_time_total
-    label_to_cat = {"#linear": "linear: GEMM", "#embeddings": "embeddings", "#attention": "attention core",
-                    "#pooling": "pooling + normalize", "#forward": "other (glue)"}
-    for ev in events:
-        if ev.thread != tid:
-            continue
-        node, cat = ev, None
-        if ev.name.startswith("#"):
-            cat = label_to_cat.get(ev.name)
-        else:
-            while node is not None and cat is None:
-                if node.name in ("#embeddings", "#pooling"):
-                    cat = label_to_cat[node.name]
-                elif node.name in ("aten::layer_norm", "aten::native_layer_norm"):
-                    cat = "LayerNorm + residual"
-                elif node.name in ("aten::gelu", "aten::gelu_"):
-                    cat = "GELU"
-                elif node.name.startswith("#"):
-                    cat = label_to_cat.get(node.name)
-                node = node.cpu_parent
-            if cat == "other (glue)" and ev.name in ("aten::add", "aten::add_"):
-                cat = "LayerNorm + residual"  # the residual adds feeding each LayerNorm
-        if cat is None:
-            continue  # outside the profiled forwards
-        totals[cat] += ev.self_cpu_time_total
-    per = {c: v / reps / 1e3 for c, v in totals.items()}
-    return per, total / reps / 1e3, linear_inputs
-
-
-def _time_ms(fn: Any, reps: int = 20) -> float:
-    fn()
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples) * 1e3
-
-
-def profile_main(args: argparse.Namespace) -> None:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    import ternary_hf
-    from ternary_hf.integrations.modules import TernaryLinear
-    from ternary_hf.kernels import prepare_weight, ternary_linear_cpu
-    from ternary_hf.quant.packing import pack_ternary
-
-    warnings.simplefilter("ignore")
-    _set_threads(args.threads)
-    import logging
-
-    logging.disable(logging.WARNING)
-    pool: list[str] = sorted(json.loads(Path(args.sentences).read_text()), key=len)
-    mid = max(0, len(pool) // 2 - args.batch_size // 2)
-    texts = pool[mid : mid + args.batch_size]  # a batch as encode() forms it (length-sorted), median length
-    fp32 = SentenceTransformer(args.model_dir, device="cpu")
-    tern = SentenceTransformer(
-        args.model_dir, device="cpu", model_kwargs={"quantization_config": ternary_hf.TernaryConfig()}
-    )
-    features = fp32.preprocess(texts) if hasattr(fp32, "preprocess") else fp32.tokenize(texts)
-    seq = features["input_ids"].shape[1]
-    tokens = int(features["attention_mask"].sum())
-    reps = args.profile_reps
-    res = {}
-    for name, st in (("ternary", tern), ("fp32", fp32)):
-        res[name] = _profile_one(st, features, reps)
-    # the kernel quantizes activations in a fused first pass: estimate it by running each layer's
-    # input through a 16-output layer (the pass over x is the same, the GEMM is 1/(N/16) of it)
-    quant_ms = 0.0
-    with torch.inference_mode():
-        for mod, x in res["ternary"][2]:
-            if not isinstance(mod, TernaryLinear):
-                continue
-            x2 = x.reshape(-1, mod.in_features).contiguous()
-            full = mod._prepared_weight(ternary_hf.kernels)  # noqa: SLF001
-            k, n = mod.in_features, mod.out_features
-            t_full = _time_ms(functools.partial(ternary_linear_cpu, x2, full, mod.weight_scale, mod.bias, k, n))
-            small = prepare_weight(pack_ternary(torch.ones(16, k)), k)
-            t16 = _time_ms(functools.partial(ternary_linear_cpu, x2, small, torch.ones(16), None, k, 16))
-            quant_ms += max(0.0, t16 - t_full * 16 / n)
-    per_t, total_t, _ = res["ternary"]
-    per_t["linear: act. quant (est.)"] = min(quant_ms, per_t["linear: GEMM"])
-    per_t["linear: GEMM"] -= per_t["linear: act. quant (est.)"]
-    per_f, total_f, _ = res["fp32"]
-    print(f"\n### Profile: one forward of MiniLM-L6, batch {len(texts)} x {seq} tokens ({tokens} real), "
-          f"threads={args.threads}, mean of {reps} (torch.profiler, main-thread wall time)\n")
-    print("| part | ternary ms | share | fp32 ms | share | ternary/fp32 |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for c in CATEGORIES:
-        f = per_f.get(c, 0.0)
-        ratio = f"{per_t[c] / f:.2f}" if f > 0.005 else "-"
-        print(f"| {c} | {per_t[c]:.2f} | {per_t[c] / total_t:.0%} | {f:.2f} | {f / total_f:.0%} | {ratio} |")
-    print(f"| **total forward** | **{total_t:.2f}** | 100% | **{total_f:.2f}** | 100% | **{total_t / total_f:.2f}** |")
-    lin_t = per_t["linear: GEMM"] + per_t["linear: act. quant (est.)"]
-    lin_f = per_f["linear: GEMM"]
-    rest_t = total_t - lin_t
-    print(f"\n# FP32 forward / ternary forward = {total_f / total_t:.2f}x; linear layers are {lin_f / total_f:.0%} of "
-          f"FP32's forward and run {lin_f / max(lin_t, 1e-9):.2f}x faster in ternary.")
-    budget = total_f / TARGET_VS_FP32
-    print(f"# Even with free linear layers the ternary forward would be {total_f / max(rest_t, 1e-9):.2f}x FP32 "
-          f"(everything else: {rest_t:.2f} ms). {TARGET_VS_FP32:.0f}x FP32 means a {budget:.2f} ms forward: "
-          + (f"the rest must fit in {budget - lin_t:.2f} ms at today's linear cost."
-             if budget > lin_t else
-             f"the linear layers alone ({lin_t:.2f} ms) exceed it, so they must get faster too."))
-
-
-# --------------------------------------------------------------------------------------------------
 # main process
 # --------------------------------------------------------------------------------------------------
 class Worker:
@@ -495,7 +394,7 @@ class Worker:
 
 def run_cell(
     model_name: str, model_dir: str, threads: int, backends: list[str], args: argparse.Namespace,
-    workdir: Path, sentences_file: Path, n: int, onnx_path: str | None,
+    workdir: Path, sentences_file: Path, n: int, onnx_path: str | None, ov_dir: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     import numpy as np
 
@@ -506,11 +405,16 @@ def run_cell(
         if b.startswith("onnx") and onnx_path is None:
             results[b] = {"skipped": "ONNX export failed (see above)"}
             continue
+        if b.startswith("openvino") and ov_dir is None:
+            results[b] = {"skipped": "OpenVINO conversion failed (see above)"}
+            continue
         out = workdir / f"{model_name}-t{threads}-{b}"
         cmd = [sys.executable, __file__, "--worker", b, "--model-dir", model_dir, "--threads", str(threads),
                "--batch-size", str(args.batch_size), "--sentences", str(sentences_file), "--out", str(out)]
         if onnx_path:
             cmd += ["--onnx-path", onnx_path]
+        if ov_dir:
+            cmd += ["--ov-dir", ov_dir]
         w = Worker(b, cmd, workdir / f"{out.name}.log", env)
         if w.info.get("status") != "ready":
             results[b] = {"skipped": w.info.get("error", "unknown error")}
@@ -518,6 +422,7 @@ def run_cell(
             continue
         workers[b] = w
         results[b] = {"load_peak_kb": w.info["load_peak_kb"], "reset_ok": w.info["reset_ok"], "rounds": [],
+                      "note": w.info.get("note", ""),
                       "count": 0, "seconds": 0.0, "lat": []}
     order = list(workers)
     rounds = args.rounds
@@ -581,31 +486,70 @@ def run_cell(
     return results
 
 
+def fastest_stock(results: dict[str, dict[str, Any]], key: str = "throughput") -> tuple[str, float] | None:
+    """(backend, value) of the best stock engine measured: the highest throughput or lowest latency."""
+    got = [(b, results[b][key]) for b in STOCK if key in results.get(b, {})]
+    if not got:
+        return None
+    return max(got, key=lambda kv: kv[1]) if key == "throughput" else min(got, key=lambda kv: kv[1])
+
+
 def print_cell(model_name: str, threads: int, results: dict[str, dict[str, Any]], bnb_fraction: float) -> None:
     print(f"\n#### {model_name}, threads={threads}, batch 32\n")
-    print("| backend | sentences/s | best round | x FP32 | x ONNX-int8 | batch-1 ms (median) | latency x FP32 "
-          "| peak RSS MB: load / encode | mean cos to FP32 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    best = fastest_stock(results)
+    best_lat = fastest_stock(results, "latency_ms")
+    print("| backend | sentences/s | best round | x FP32 | x fastest stock | batch-1 ms (median) | latency x FP32 "
+          "| latency x fastest stock | peak RSS MB: load / encode | mean cos to FP32 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     fp = results.get("fp32", {})
-    ox = results.get("onnx-int8", {})
     for b, res in results.items():
         if b == "ternary-saved":
             if "skipped" not in res:
                 enc = f"{res['encode_peak_kb'] / 1024:.0f}" if res.get("reset_ok") and res["encode_peak_kb"] else "-"
-                print(f"| ternary, loaded from its saved 2-bit folder (RSS only) | | | | | | | "
+                print(f"| ternary, loaded from its saved 2-bit folder (RSS only) | | | | | | | | "
                       f"{(res['load_peak_kb'] or 0) / 1024:.0f} / {enc} | |")
             continue
         if "skipped" in res:
-            print(f"| {b} | skipped: {res['skipped']} | | | | | | | |")
+            print(f"| {b} | skipped: {res['skipped']} | | | | | | | | |")
             continue
         vs_fp = f"{res['throughput'] / fp['throughput']:.2f}" if "throughput" in fp else "-"
-        vs_ox = f"{res['throughput'] / ox['throughput']:.2f}" if "throughput" in ox else "-"
+        vs_best = f"{res['throughput'] / best[1]:.2f}" if best else "-"
         lat_fp = f"{res['latency_ms'] / fp['latency_ms']:.2f}" if "latency_ms" in fp else "-"
+        lat_best = f"{res['latency_ms'] / best_lat[1]:.2f}" if best_lat else "-"
         load_peak = f"{(res['load_peak_kb'] or 0) / 1024:.0f}"
         enc_peak = f"{res['encode_peak_kb'] / 1024:.0f}" if res.get("reset_ok") and res["encode_peak_kb"] else "-"
         name = b + (f" ({bnb_fraction:.0%} of the sentences)" if b == "bnb-int8" else "")
-        print(f"| {name} | {res['throughput']:.1f} | {res['best']:.1f} | {vs_fp} | {vs_ox} | {res['latency_ms']:.2f} | "
-              f"{lat_fp} | {load_peak} / {enc_peak} | {res.get('cos', float('nan')):.4f} |")
+        name += f" ({res['note']})" if res.get("note") else ""
+        print(f"| {name} | {res['throughput']:.1f} | {res['best']:.1f} | {vs_fp} | {vs_best} | "
+              f"{res['latency_ms']:.2f} | {lat_fp} | {lat_best} | {load_peak} / {enc_peak} | "
+              f"{res.get('cos', float('nan')):.4f} |")
+    if best:
+        print(f"\nfastest stock engine: {best[0]} ({best[1]:.1f} sentences/s); lowest stock batch-1 latency: "
+              f"{best_lat[0]} ({best_lat[1]:.2f} ms)")
+
+
+def print_targets(all_results: dict[tuple[str, int], dict[str, dict[str, Any]]]) -> None:
+    """Issue 29's targets, per (model, threads): ours vs FP32 and vs the fastest stock engine."""
+    print(f"\n### Targets (issue 29): batch 32: >= {TARGET_VS_STOCK}x the fastest stock engine and "
+          f">= {TARGET_VS_FP32:.0f}x FP32 torch; batch-1 latency <= the fastest stock engine's (2 threads)\n")
+    for (model_name, threads), res in all_results.items():
+        t, f = res.get("ternary", {}), res.get("fp32", {})
+        best, best_lat = fastest_stock(res), fastest_stock(res, "latency_ms")
+        if "throughput" not in t:
+            continue
+        parts = []
+        if "throughput" in f:
+            vs_f = t["throughput"] / f["throughput"]
+            parts.append(f"{vs_f:.2f}x FP32 [{'met' if vs_f >= TARGET_VS_FP32 else 'NOT met'}]")
+        if best:
+            vs_s = t["throughput"] / best[1]
+            parts.append(f"{vs_s:.2f}x {best[0]} [{'met' if vs_s >= TARGET_VS_STOCK else 'NOT met'}]")
+        if best_lat:
+            lat = t["latency_ms"] / best_lat[1]
+            parts.append(f"batch-1 latency {t['latency_ms']:.2f} ms = {lat:.2f}x {best_lat[0]}'s "
+                         f"[{'met' if lat <= TARGET_LATENCY else 'NOT met'}]")
+        mark = "" if threads == 2 else " (targets are stated for 2 threads)"
+        print(f"# {model_name} threads={threads}: ternary " + ", ".join(parts) + mark)
 
 
 def export_onnx(model_name: str, model_dir: str, sentences_file: Path, workdir: Path) -> str | None:
@@ -631,6 +575,35 @@ def export_onnx(model_name: str, model_dir: str, sentences_file: Path, workdir: 
     return str(int8)
 
 
+def export_openvino(model_name: str, model_dir: str, workdir: Path) -> str | None:
+    """Convert (and NNCF-quantize) the model for OpenVINO once, in a subprocess; the folder, or None."""
+    ov_dir = cache_root() / "openvino" / f"{model_name}-{folder_fingerprint(model_dir)}"
+    if not (ov_dir / "model_int8.xml").exists():
+        print(f"# converting {model_name} for OpenVINO (+ NNCF int8, {OV_CALIBRATION} calibration sentences) "
+              f"into {ov_dir} ...", flush=True)
+        t0 = time.time()
+        cmd = [sys.executable, __file__, "--worker", "ov-export", "--model-dir", model_dir, "--ov-dir", str(ov_dir)]
+        log = workdir / f"ov-export-{model_name}.log"
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+        if rc != 0 or not (ov_dir / "model_int8.xml").exists():
+            print(f"# OpenVINO conversion of {model_name} FAILED (rc={rc}): "
+                  f"{' | '.join(log.read_text().splitlines()[-3:])}")
+            return None
+        print(f"#   done in {time.time() - t0:.0f} s", flush=True)
+    return str(ov_dir)
+
+
+def ov_export_main(args: argparse.Namespace) -> None:
+    from _openvino import convert_openvino
+
+    from ternary_hf.data.corpora import load_dataset
+
+    warnings.simplefilter("ignore")
+    calibration = list(dict.fromkeys(load_dataset("amazon", "train").texts))[:OV_CALIBRATION]
+    print(convert_openvino(args.model_dir, Path(args.ov_dir), calibration))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="MiniLM only, 256 sentences, 2 rounds, 20 latency calls")
@@ -650,7 +623,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the RSS probe of the ternary model loaded from its saved 2-bit folder")
     parser.add_argument("--profile", action="store_true", help="also profile one ternary MiniLM forward")
     parser.add_argument("--profile-only", action="store_true", help="only the profile")
-    parser.add_argument("--profile-reps", type=int, default=10)
+    parser.add_argument("--profile-reps", type=int, default=9)
     # worker-side arguments (internal)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
@@ -658,13 +631,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--onnx-path", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--onnx-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ov-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         args.threads = args.threads[0]
     if args.worker == "export":
         return export_main(args)
-    if args.worker == "profile":
-        return profile_main(args)
+    if args.worker == "ov-export":
+        return ov_export_main(args)
     if args.worker == "save":
         print(_saved_ternary(args.model_dir))
         return None
@@ -691,7 +665,7 @@ def main(argv: list[str] | None = None) -> None:
 
     versions = [f"torch {torch.__version__}", f"transformers {transformers.__version__}",
                 f"sentence-transformers {sentence_transformers.__version__}"]
-    for mod in ("onnxruntime", "onnx", "bitsandbytes"):
+    for mod in ("onnxruntime", "onnx", "openvino", "nncf", "bitsandbytes"):
         try:
             versions.append(f"{mod} {__import__(mod).__version__}")
         except Exception as exc:  # noqa: BLE001
@@ -702,6 +676,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"# machine: {cpu_model()}, {os.cpu_count()} logical CPUs, torch CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}; load average {load_avg()}")
+    print(f"# ISA flags: {' '.join(cpu_isa_flags()) or 'none of ' + ' '.join(ISA_FLAGS)}")
     print(f"# versions: {', '.join(versions)}")
     print(f"# ternary kernel: {kernel_status()}")
 
@@ -721,44 +696,25 @@ def main(argv: list[str] | None = None) -> None:
             m_n = (args.mpnet_n or n) if model_name == "mpnet" else n
             need_onnx = any(b.startswith("onnx") for b in args.backends)
             onnx_path = export_onnx(model_name, model_dir, sentences_file, workdir) if need_onnx else None
+            need_ov = any(b.startswith("openvino") for b in args.backends)
+            ov_dir = export_openvino(model_name, model_dir, workdir) if need_ov else None
             if "ternary" in args.backends and args.saved_probe:  # prepared here so no probe pays for it
                 cmd = [sys.executable, __file__, "--worker", "save", "--model-dir", model_dir]
                 subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
             for threads in args.threads:
                 res = run_cell(model_name, model_dir, threads, list(args.backends), args, workdir, sentences_file,
-                               m_n, onnx_path)
+                               m_n, onnx_path, ov_dir)
                 all_results[(model_name, threads)] = res
                 print(f"\n# {model_name}: {m_n} sentences, load average now {load_avg()}")
                 print_cell(model_name, threads, res, args.bnb_fraction)
                 sys.stdout.flush()
         if all_results:
-            print("\n### Targets (issue 5): batch 32, 2 threads: >= 3x FP32 torch and >= 1.0x ONNX int8; "
-                  "batch-1 latency <= 1.0x FP32\n")
-            for (model_name, threads), res in all_results.items():
-                t, f, o = res.get("ternary", {}), res.get("fp32", {}), res.get("onnx-int8", {})
-                if "throughput" not in t or "throughput" not in f:
-                    continue
-                vs_f = t["throughput"] / f["throughput"]
-                vs_o = t["throughput"] / o["throughput"] if "throughput" in o else float("nan")
-                lat = t["latency_ms"] / f["latency_ms"]
-                mark = "" if threads == 2 else " (targets are stated for 2 threads)"
-                onnx_txt = "ONNX-int8 not measured" if vs_o != vs_o else (
-                    f"{vs_o:.2f}x ONNX-int8 [{'met' if vs_o >= TARGET_VS_ONNX else 'NOT met'}]")
-                print(f"# {model_name} threads={threads}: ternary {vs_f:.2f}x FP32 "
-                      f"[{'met' if vs_f >= TARGET_VS_FP32 else 'NOT met'}], {onnx_txt}, "
-                      f"batch-1 latency {lat:.2f}x FP32 "
-                      f"[{'met' if lat <= TARGET_LATENCY else 'NOT met'}]{mark}")
+            print_targets(all_results)
         if args.profile:
-            for threads in args.threads:
-                cmd = [sys.executable, __file__, "--worker", "profile", "--model-dir", model_dirs["minilm"],
-                       "--threads", str(threads), "--batch-size", str(args.batch_size), "--sentences",
-                       str(sentences_file), "--profile-reps", str(args.profile_reps)]
-                env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-                log = workdir / f"profile-t{threads}.log"
-                with open(log, "w") as err:
-                    rc = subprocess.run(cmd, env=env, stderr=err, check=False).returncode
-                if rc != 0:
-                    print(f"# profile failed (rc={rc}): {' | '.join(log.read_text().splitlines()[-3:])}")
+            sys.stdout.flush()
+            cmd = [sys.executable, str(Path(__file__).with_name("profile_forward.py")), "--threads",
+                   *map(str, args.threads), "--reps", str(args.profile_reps)]
+            subprocess.run(cmd, check=False)
         print(f"\n# load average at the end: {load_avg()}")
 
 

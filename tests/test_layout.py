@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "utils": 1, "quant": 1,
     "kernels": 2,
-    "runtime": 3, "data": 3,
+    "data": 3,
     "integrations": 4,
     "ptq": 5, "search": 5, "hub": 5,
     "evaluation": 6,

@@ -85,7 +85,8 @@ def test_dequantize_gives_back_a_float_model(tiny_model_dirs):
     assert not any(isinstance(m, (TernaryLinear, QuantizedEmbedding)) for m in model.modules())
     assert any(type(m) is nn.Linear for m in model.modules())
     assert not hasattr(model.config, "quantization_config")
-    assert torch.allclose(_forward(model, "bert"), out, atol=1e-5)
+    real = tiny_inputs("bert")["attention_mask"][..., None].bool()  # the ternary fast forward leaves padding at 0
+    assert torch.allclose(_forward(model, "bert") * real, out * real, atol=1e-5)
 
 
 def test_modules_to_not_convert_and_nothing_to_convert_warning(tiny_model_dirs):

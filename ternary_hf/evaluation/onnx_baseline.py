@@ -131,16 +131,22 @@ class OnnxEncoder:
     first, as ``SentenceTransformer.encode`` does.
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, model_dir: str | os.PathLike, threads: int | None = None) -> None:
-        import onnxruntime as ort
+    def __init__(self, onnx_path: str | os.PathLike | None, model_dir: str | os.PathLike, threads: int | None = None,
+                 session: object | None = None) -> None:
+        """``session``: any object with ONNX Runtime's ``run(None, feeds)`` and ``get_inputs()`` (e.g. an
+        OpenVINO compiled model behind an adapter, see ``benchmarks/_openvino.py``) instead of ``onnx_path``."""
         from tokenizers import Tokenizer
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        if session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = session
         model_dir = _check_folder(model_dir)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         st_cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())

@@ -5,8 +5,9 @@ Owns: :mod:`.config` (``TernaryConfig``), :mod:`.registration` (the ``"ternary"`
 registries), :mod:`.quantizer` (the thin ``HfQuantizer``), :mod:`.modules` (``TernaryLinear`` and
 ``QuantizedEmbedding``, the inference layers), :mod:`.conversion` (swapping ``nn.Linear`` /
 ``nn.Embedding`` for them and back), :mod:`.fusion` (activations fused into a layer at load time),
-:mod:`.remote_code` (the ``trust_remote_code`` shim written into saved folders) and
-:mod:`.safetensors_checks` (up-front checks of checkpoint files).
+:mod:`.remote_code` (the ``trust_remote_code`` shim written into saved folders),
+:mod:`.safetensors_checks` (up-front checks of checkpoint files) and :mod:`.fast_forward` (the padding-free
+encoder forward the quantizer attaches to a loaded model).
 Imports: :mod:`ternary_hf.quant`, :mod:`ternary_hf.kernels`, :mod:`ternary_hf.utils` and
 :mod:`ternary_hf.errors`; never the training, evaluation or application packages.
 """

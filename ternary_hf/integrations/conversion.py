@@ -109,8 +109,10 @@ def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every ternary module by the float module it stands for (in place; returns ``model``)."""
+    from .fast_forward import disable_fast_forward
     from .fusion import unfuse_activations
 
+    disable_fast_forward(model)  # the fast forward runs ternary layers; a float model takes its own forward
     unfuse_activations(model)  # a fused GELU goes back to its own module before the layer turns float
     for name, module in ternary_modules(model).items():
         float_module = module.to_linear(dtype) if isinstance(module, TernaryLinear) else module.to_embedding(dtype)

@@ -21,6 +21,8 @@ from ..quant.ternarize import dequantize_ternary, ternarize
 __all__ = ["QuantizedEmbedding", "TernaryLinear"]
 
 _ROW_CHUNK = 4096
+#: QuantizedEmbedding tables whose float copy is at most this size keep that copy (see _small_table).
+_SMALL_TABLE_BYTES = 2 << 20
 
 
 def _kernel():
@@ -243,7 +245,21 @@ class QuantizedEmbedding(nn.Module):
         return embedding
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.num_embeddings * self.embedding_dim * 4 <= _SMALL_TABLE_BYTES:
+            return nn.functional.embedding(input_ids, self._small_table())
         return rowwise.dequantize_rows(self._stored(input_ids), self.storage, self.embedding_dim, self.compute_dtype)
+
+    def _small_table(self) -> torch.Tensor:
+        """A small table (positions, token types, MPNet's relative buckets) dequantized once and kept:
+        the same values as dequantizing the looked-up rows (element by element), in one lookup instead of
+        a dozen small ops per call. Rebuilt when a stored tensor changes; never saved."""
+        stored = self._stored()
+        key = tuple((t.data_ptr(), t._version) for t in stored.values())
+        cached = self.__dict__.get("_table")
+        if cached is None or cached[0] != key:
+            cached = (key, rowwise.dequantize_rows(stored, self.storage, self.embedding_dim, self.compute_dtype))
+            self.__dict__["_table"] = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, storage={self.storage}, padding_idx={self.padding_idx}"

@@ -129,6 +129,9 @@ class TernaryHfQuantizer(HfQuantizer):
         validate_loaded_modules(model, source, require_loaded=self.pre_quantized)
         n_fused = fuse_activations(model)
         logger.info("ternary-hf: fused %d GELU activations into the preceding ternary layers", n_fused)
+        from .fast_forward import enable_fast_forward  # not at the top: it imports .modules, which imports this
+
+        enable_fast_forward(model)  # padding-free, batch-invariant forward for the encoders it covers
         attach_autoload_on_save(model)
         return model
 
@@ -157,6 +160,6 @@ class TernaryHfQuantizer(HfQuantizer):
         return TernaryQuantize(self)
 
     def _dequantize(self, model: Any, dtype: torch.dtype | None = None) -> Any:
-        dequantize_model(model, dtype)
+        dequantize_model(model, dtype)  # detaches the fast forward first
         detach_autoload_on_save(model)
         return model

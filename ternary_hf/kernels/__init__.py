@@ -72,6 +72,7 @@ __all__ = [
     "prepared_to_ternary",
     "kernel_status",
     "kernel_isa",
+    "kernel_module",
     "training_ops_available",
     "ternarize_calibrated_cpu",
     "prepare_from_values",

@@ -555,7 +555,15 @@ torch::Tensor ternary_accumulators(const torch::Tensor& x, const torch::Tensor& 
 
 }  // namespace
 
+// The GEMM for C++ callers in this module: the fused encoder forward of encoder_ops.cpp.
+torch::Tensor ternary_linear_op(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                                const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features,
+                                bool gelu) {
+  return ternary_linear(x, prepared, weight_scale, bias, in_features, out_features, gelu);
+}
+
 void register_training_ops(pybind11::module_& m);  // ternary_train.cpp
+void register_encoder_ops(pybind11::module_& m);   // encoder_ops.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if defined(TERNARY_HF_AMX_EMULATE)
@@ -595,4 +603,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ternary_accumulators", &ternary_accumulators, "int32 q(x) @ T.T (for tests)", py::arg("x"),
         py::arg("prepared"), py::arg("in_features"), py::arg("out_features"));
   register_training_ops(m);
+  register_encoder_ops(m);
 }

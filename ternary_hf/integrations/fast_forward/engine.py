@@ -1,0 +1,344 @@
+"""The padding-free encoder forward, and how it is attached to (and detached from) a model.
+
+Why padding-free: an encoder computes every padding token of a batch like a real one, and the
+attention mask that keeps padding out of the softmax changes a real token's hidden state by float
+rounding (~5e-7), which int8 activation rounding then amplifies layer by layer (issue 27 item 11:
+cosine 0.998 between a sentence encoded alone and inside a batch). Here the real tokens of all
+sequences are packed into one ``(tokens, hidden)`` matrix: every row-wise step (the ternary GEMMs,
+LayerNorm, GELU) sees exactly the rows it would see for the sequence alone, and attention runs per
+(sequence, head). A sentence's hidden states are then bit-identical whatever batch it is in, and no
+time goes to padding.
+
+What runs where: the ternary linear layers through the CPU kernel (query, key and value as ONE GEMM
+over their concatenated weights, so the activations are quantized once), attention and residual +
+LayerNorm through the fused ops of ``kernels/encoder_ops.cpp``, the embeddings and the pooler
+through the model's own modules. Whatever the engine does not handle (training mode, gradients,
+``inputs_embeds``, attention outputs, hidden states of every layer, a mask that is not one run of
+ones per row, non-CPU tensors, non-float32 models, ``TERNARY_HF_FAST_FORWARD=0``) calls the model's
+original forward, unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from ..modules import TernaryLinear
+from . import ops
+from .native import NativeEncoder
+from .plan import EncoderPlan, build_plan, relative_bias_table
+
+__all__ = ["FastEncoder", "enable_fast_forward", "disable_fast_forward", "fast_forward_enabled", "ENV"]
+
+logger = logging.getLogger(__name__)
+
+#: ``TERNARY_HF_FAST_FORWARD=0`` makes every call take the model's original forward (for comparisons).
+ENV = "TERNARY_HF_FAST_FORWARD"
+_ATTR = "_ternary_fast_forward"
+#: Keyword arguments the engine understands; any other one that is not None/False sends the call to
+#: the original forward.
+_HANDLED = {"input_ids", "attention_mask", "token_type_ids", "pixel_values", "interpolate_pos_encoding",
+            "return_dict", "output_attentions", "output_hidden_states", "use_cache"}
+
+
+def _kernel_module():
+    """The compiled kernel module when it runs here and has the encoder ops, else None (then every
+    step takes its torch reference, as ``TernaryLinear`` does). Checked on every call, like the
+    ``TERNARY_HF_DISABLE_KERNEL`` switch it honours."""
+    from ...kernels import kernel_module
+
+    module = kernel_module()
+    return module if module is not None and hasattr(module, "varlen_attention") else None
+
+
+class _Linear:
+    """One GEMM of the plan: ``modules`` side by side (outputs concatenated), then the activation.
+
+    Ternary layers with int8 activations run as one kernel call over their concatenated panels
+    (possible when every part but the last has a multiple of 16 outputs, the panel width); anything
+    else (a float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
+    The activation is looked up on every call (``activation_at``: owner module and attribute), as is
+    the layer's ``fused_activation``: ``fuse_activations`` / ``unfuse_activations`` may swap them.
+    """
+
+    def __init__(self, modules: list[nn.Module], activation_at: tuple[nn.Module, str] | None = None) -> None:
+        self.modules = modules
+        self.activation_at = activation_at
+        ternary = all(isinstance(m, TernaryLinear) and m.quantize_activations for m in modules)
+        same_k = len({m.in_features for m in modules}) == 1
+        aligned = all(m.out_features % 16 == 0 for m in modules[:-1])
+        self.fusable = ternary and same_k and aligned
+        self.sources = [t for m in modules for t in (m.weight, getattr(m, "weight_scale", None), m.bias)
+                        if t is not None]
+        self.prepared: torch.Tensor | None = None  # built on the first kernel call
+
+    def _prepare(self, kernels: Any) -> None:
+        modules = self.modules
+        self.k = modules[0].in_features
+        self.n = sum(m.out_features for m in modules)
+        with torch.no_grad():
+            self.scale = torch.cat([m.weight_scale.float().expand(m.out_features) if m.weight_scale.numel() == 1
+                                    else m.weight_scale.float() for m in modules]).contiguous()
+            has_bias = any(m.bias is not None for m in modules)
+            self.bias = torch.cat([m.bias.float() if m.bias is not None else torch.zeros(m.out_features)
+                                   for m in modules]).contiguous() if has_bias else None
+            self.prepared = torch.cat([m._prepared_weight(kernels) for m in modules]).contiguous()  # noqa: SLF001
+
+    def __call__(self, x: torch.Tensor, kernels: Any) -> torch.Tensor:
+        if kernels is not None and self.fusable:
+            if self.prepared is None:
+                self._prepare(kernels)
+            act = self.modules[0].fused_activation if len(self.modules) == 1 else None
+            y = kernels.ternary_linear_cpu(x, self.prepared, self.scale, self.bias, self.k, self.n, act)
+        elif len(self.modules) == 1:
+            y = self.modules[0](x)
+        else:
+            y = torch.cat([m(x) for m in self.modules], dim=-1)
+        if self.activation_at is None:
+            return y
+        activation = getattr(*self.activation_at)
+        return y if type(activation).__name__ == "FusedIntoLinear" else activation(y)
+
+
+class _Layer:
+    def __init__(self, lp: Any) -> None:
+        self.qkv = _Linear([lp.q, lp.k, lp.v])
+        self.o = _Linear([lp.o])
+        self.up = _Linear([lp.up], lp.act_at)
+        self.down = _Linear([lp.down])
+        self.ln_attn, self.ln_ffn = lp.ln_attn, lp.ln_ffn
+
+
+def _ln_args(ln: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return ln.weight, ln.bias, float(ln.eps)
+
+
+class FastEncoder:
+    """A model's plan with kernel-ready weights; rebuilt when a stored tensor changes.
+
+    ``use_native`` (default True): run every layer in one kernel call (:mod:`.native`) where it
+    applies; False keeps the op-by-op loop below (same results; tests compare the two).
+    """
+
+    use_native = True
+
+    def __init__(self, model: nn.Module, plan: EncoderPlan) -> None:
+        self.model = model
+        self.plan = plan
+        self.signature = inspect.signature(type(model).forward)
+        self._build()
+
+    def _build(self) -> None:
+        self.layers = [_Layer(lp) for lp in self.plan.layers]
+        self.native: NativeEncoder | None | bool = True  # True: not built yet (needs the kernel)
+        self.key = self._key()
+
+    def _key(self) -> tuple:
+        tensors = [t for layer in self.layers for step in (layer.qkv, layer.o, layer.up, layer.down)
+                   for t in step.sources]
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+
+    def _activations_changed(self) -> bool:
+        """Whether fuse/unfuse_activations ran since the native lists were built (or found not to apply)."""
+        return self._fused_state != self._activation_state()
+
+    def _activation_state(self) -> tuple:
+        return tuple((layer.up.modules[0].fused_activation, type(getattr(*layer.up.activation_at)).__name__)
+                     for layer in self.layers if layer.up.activation_at is not None)
+
+    def supports(self, kwargs: dict[str, Any]) -> bool:
+        """Whether this call can take the fast path (see the module docstring for what cannot)."""
+        if os.environ.get(ENV, "1") == "0" or self.model.training:
+            return False
+        for name, value in kwargs.items():
+            if name not in _HANDLED and value is not None:
+                return False
+        if kwargs.get("output_attentions") or kwargs.get("output_hidden_states") or kwargs.get("use_cache"):
+            return False
+        main = kwargs.get("input_ids" if self.plan.layout.text else "pixel_values")
+        if not isinstance(main, torch.Tensor) or main.device.type != "cpu":
+            return False
+        if self.plan.layout.text and (main.dim() != 2 or main.numel() == 0):
+            return False
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters()):
+            return False
+        return True
+
+    def __call__(self, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if args:
+            kwargs = dict(self.signature.bind_partial(self.model, *args, **kwargs).arguments)
+            kwargs.pop("self", None)
+            kwargs.update(kwargs.pop("kwargs", {}))
+        if not self.supports(kwargs):
+            return None
+        if self._key() != self.key or self.native is not True and self._activations_changed():
+            self._build()
+        if self.plan.layout.text:
+            out = self._text_forward(kwargs)
+        else:
+            out = self._vision_forward(kwargs)
+        if out is None:
+            return None
+        hidden, pooled = out
+        if kwargs.get("return_dict") is False:
+            return (hidden,) if pooled is None else (hidden, pooled)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def _text_forward(self, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        input_ids = kwargs["input_ids"]
+        batch, length = input_ids.shape
+        mask = kwargs.get("attention_mask")
+        packed = _packing(mask, batch, length)
+        if packed is None:
+            return None
+        index, cu_seqlens = packed
+        emb_kwargs = {"input_ids": input_ids}
+        if kwargs.get("token_type_ids") is not None:
+            emb_kwargs["token_type_ids"] = kwargs["token_type_ids"]
+        emb = self.plan.embeddings(**emb_kwargs)
+        if emb.dtype != torch.float32:
+            return None
+        x = emb.reshape(batch * length, -1)
+        x = x.contiguous() if index is None else x.index_select(0, index)
+        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+        y = self._encode(x, cu_seqlens, int(lengths.max()))
+        if index is None:
+            hidden = y.view(batch, length, -1)
+        else:
+            hidden = y.new_zeros(batch * length, y.shape[1]).index_copy_(0, index, y).view(batch, length, -1)
+        return hidden, (self.plan.pooler(hidden) if self.plan.pooler is not None else None)
+
+    def _vision_forward(self, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if kwargs.get("attention_mask") is not None:
+            return None
+        pixels = kwargs["pixel_values"]
+        emb = self.plan.embeddings(pixels.to(torch.float32),
+                                   interpolate_pos_encoding=bool(kwargs.get("interpolate_pos_encoding")))
+        if emb.dtype != torch.float32:
+            return None
+        batch, length, hidden = emb.shape
+        cu_seqlens = torch.arange(0, (batch + 1) * length, length, dtype=torch.int64)
+        y = self._encode(emb.reshape(batch * length, hidden).contiguous(), cu_seqlens, length)
+        out = y.view(batch, length, hidden)
+        return out, (self.plan.pooler(out) if self.plan.pooler is not None else None)
+
+    # ------------------------------------------------------------------------------------------ layers
+    def _encode(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
+        from ... import kernels as kernel_api
+
+        plan, km = self.plan, _kernel_module()
+        kernels = kernel_api if km is not None else None
+        rel, center = None, 0
+        if plan.rel_bias is not None:
+            rel = relative_bias_table(plan, max_len, self.model.encoder.relative_position_bucket)
+            center = max_len - 1
+        if km is not None and self.use_native:
+            if self.native is True:
+                self.native = NativeEncoder.build(self.layers, plan, kernels)
+                self._fused_state = self._activation_state()
+            if self.native is not None:
+                return self.native(km, x, cu_seqlens, plan.heads, plan.scale, rel, center)
+        if not plan.layout.pre_norm:
+            for layer in self.layers:
+                ctx = ops.varlen_attention(km, layer.qkv(x, kernels), cu_seqlens, plan.heads, plan.scale, rel, center)
+                x = ops.add_layernorm(km, layer.o(ctx, kernels), x, *_ln_args(layer.ln_attn))[0]
+                x = ops.add_layernorm(km, layer.down(layer.up(x, kernels), kernels), x, *_ln_args(layer.ln_ffn))[0]
+            return x
+        # pre-LN (ViT): r is the residual stream, h the normalised input of the next block
+        r = x
+        h = ops.add_layernorm(km, r, None, *_ln_args(self.layers[0].ln_attn))[0]
+        for i, layer in enumerate(self.layers):
+            ctx = ops.varlen_attention(km, layer.qkv(h, kernels), cu_seqlens, plan.heads, plan.scale, rel, center)
+            h, r = ops.add_layernorm(km, layer.o(ctx, kernels), r, *_ln_args(layer.ln_ffn), return_sum=True)
+            f = layer.down(layer.up(h, kernels), kernels)
+            nxt = self.layers[i + 1].ln_attn if i + 1 < len(self.layers) else plan.final_norm
+            if nxt is None:
+                return f + r
+            h, r = ops.add_layernorm(km, f, r, *_ln_args(nxt), return_sum=True)
+        return h
+
+
+def _packing(mask: torch.Tensor | None, batch: int, length: int) -> tuple[torch.Tensor | None, torch.Tensor] | None:
+    """``(row index of every real token in the flattened batch or None when there is no padding,
+    cu_seqlens)``, or None when a row's real tokens are not one run (or a row is empty)."""
+    if mask is None:
+        return None, torch.arange(0, (batch + 1) * length, length, dtype=torch.int64)
+    if mask.shape != (batch, length):
+        return None
+    m = mask.bool()
+    lengths = m.sum(dim=1)
+    cu_seqlens = torch.zeros(batch + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=cu_seqlens[1:])
+    if bool((lengths == length).all()):
+        return None, cu_seqlens
+    if bool((lengths == 0).any()):
+        return None
+    first = m.to(torch.int8).argmax(dim=1)
+    pos = torch.arange(length)
+    if not bool((m == ((pos >= first[:, None]) & (pos < (first + lengths)[:, None]))).all()):
+        return None
+    return m.reshape(-1).nonzero().squeeze(1), cu_seqlens
+
+
+class _FastForward:
+    """Stands in for ``model.forward``: the engine when it applies, else the class's own forward.
+
+    A callable object rather than a closure so that ``copy.deepcopy(model)`` gives the copy its own
+    engine over its own weights, and ``inspect.signature`` still reports the original signature.
+    """
+
+    def __init__(self, model: nn.Module, engine: FastEncoder) -> None:
+        self.model = model
+        self.engine = engine
+        self.__signature__ = inspect.signature(type(model).forward.__get__(model))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.engine(args, kwargs)
+        if out is None:
+            return type(self.model).forward(self.model, *args, **kwargs)
+        return out
+
+
+def _base(model: nn.Module) -> nn.Module:
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, nn.Module) else model
+
+
+def enable_fast_forward(model: nn.Module) -> bool:
+    """Route ``model``'s encoder (``model.base_model``) through the padding-free engine.
+
+    Returns False (and leaves the model as it is) for an architecture the engine does not cover;
+    idempotent. Undone by :func:`disable_fast_forward` (``dequantize`` calls it).
+    """
+    base = _base(model)
+    if isinstance(base.__dict__.get("forward"), _FastForward):
+        return True
+    plan, why = build_plan(base)
+    if plan is None:
+        logger.info("ternary-hf: fast forward not used: %s", why)
+        return False
+    engine = FastEncoder(base, plan)
+    base.__dict__[_ATTR] = engine
+    base.__dict__["forward"] = _FastForward(base, engine)
+    return True
+
+
+def disable_fast_forward(model: nn.Module) -> bool:
+    """Give ``model`` back its class's forward; returns whether the engine was attached."""
+    base = _base(model)
+    attached = isinstance(base.__dict__.get("forward"), _FastForward)
+    if attached:
+        del base.__dict__["forward"]
+    base.__dict__.pop(_ATTR, None)
+    return attached
+
+
+def fast_forward_enabled(model: nn.Module) -> bool:
+    return isinstance(_base(model).__dict__.get("forward"), _FastForward)
