@@ -78,8 +78,8 @@ class Timer:
 
 def _instrument(st: Any, timer: Timer) -> None:
     from ternary_hf import kernels
-    from ternary_hf.integrations.modules import TernaryLinear
     from ternary_hf.integrations.fast_forward import ops
+    from ternary_hf.integrations.modules import TernaryLinear
 
     auto = st[0].auto_model
     for mod in auto.modules():

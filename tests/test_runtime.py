@@ -11,8 +11,8 @@ from conftest import tiny_inputs
 from transformers import AutoModel, BertConfig, BertModel
 
 from ternary_hf import TernaryConfig, dequantize_model
-from ternary_hf.kernels import cpu_kernel_available
 from ternary_hf.integrations.fast_forward import ENV, build_plan, fast_forward_enabled, ops
+from ternary_hf.kernels import cpu_kernel_available
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="the CPU kernel cannot run here")
 
