@@ -1,4 +1,4 @@
-// Fused CPU ops of the fast encoder forward (ternary_hf/runtime): padding-free attention over packed
+// Fused CPU ops of the fast encoder forward (ternary_hf/integrations/fast_forward): padding-free attention over packed
 // sequences, and residual add + LayerNorm in one pass.
 //
 // Why this file exists: once the ternary GEMM is fast, an encoder forward in PyTorch eager spends its
@@ -15,7 +15,7 @@
 // Numerics: float32 throughout; exp() is a polynomial (relative error ~2e-7, below float32's own
 // rounding of the scores), the softmax is normalised after the value product (one multiply by
 // 1 / sum per output). Tests compare with torch's scaled_dot_product_attention and layer_norm.
-// Only AVX2 + FMA intrinsics: both kernel builds (AVX2, AVX-512 VNNI) compile this file as it is.
+// AVX2 + FMA intrinsics in every build; the VNNI build adds AVX-512 variants (#if defined(__AVX512F__)).
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -34,31 +34,14 @@
 #include <limits>
 #include <vector>
 
+#include "epilogue.h"  // exp_neg_avx2, shared with the GEMM's GELU epilogue
+
 // ternary_cpu.cpp: the ternary GEMM (int8 activations quantized inside, optional GELU epilogue).
 torch::Tensor ternary_linear_op(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
                                 const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features,
                                 bool gelu);
 
 namespace {
-
-// exp(x) for x <= 0 (x below -87.3 is clamped: the result is ~1e-38 instead of smaller). Range
-// reduction by ln 2 (split in two constants) and a degree-6 polynomial.
-inline __m256 exp_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
-  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
 
 // Horizontal sum / max of 8 lanes in a fixed order (the order never depends on the data layout).
 inline float hsum8(__m256 v) {
@@ -276,7 +259,7 @@ inline float softmax_row(float* pr, int64_t l, int64_t lp) {
   const __m256 mx = _mm256_set1_ps(hmax8(vmax));
   __m256 vsum = _mm256_setzero_ps();
   for (int64_t j = 0; j < lp; j += 8) {
-    __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(pr + j), mx));
+    __m256 e = ternary_hf_kernel::exp_neg_avx2(_mm256_sub_ps(_mm256_loadu_ps(pr + j), mx));
     if (j + 8 > l) {  // padded tail lanes: exactly zero (the clamped exp would give ~1e-38)
       const __m256i n_keep = _mm256_set1_epi32(static_cast<int>(std::max<int64_t>(0, l - j)));
       e = _mm256_and_ps(e, _mm256_castsi256_ps(_mm256_cmpgt_epi32(n_keep, lane)));
