@@ -14,6 +14,7 @@ from torch import nn
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .config import TernaryConfig
+from .fast_forward import disable_fast_forward
 from .modules import QuantizedEmbedding, TernaryLinear
 
 __all__ = ["is_skipped", "swap_modules", "replace_with_ternary", "dequantize_model", "ternary_modules"]
@@ -109,7 +110,6 @@ def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every ternary module by the float module it stands for (in place; returns ``model``)."""
-    from .fast_forward import disable_fast_forward
     from .fusion import unfuse_activations
 
     disable_fast_forward(model)  # the fast forward runs ternary layers; a float model takes its own forward

@@ -21,6 +21,7 @@ from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from .config import TernaryConfig
 from .conversion import dequantize_model, replace_with_ternary
+from .fast_forward import enable_fast_forward
 from .fusion import fuse_activations
 from .modules import QuantizedEmbedding, TernaryLinear
 from .remote_code import attach_autoload_on_save, detach_autoload_on_save
@@ -129,8 +130,6 @@ class TernaryHfQuantizer(HfQuantizer):
         validate_loaded_modules(model, source, require_loaded=self.pre_quantized)
         n_fused = fuse_activations(model)
         logger.info("ternary-hf: fused %d GELU activations into the preceding ternary layers", n_fused)
-        from .fast_forward import enable_fast_forward  # not at the top: it imports .modules, which imports this
-
         enable_fast_forward(model)  # padding-free, batch-invariant forward for the encoders it covers
         attach_autoload_on_save(model)
         return model
