@@ -250,6 +250,37 @@ def test_every_kernel_variant_gives_identical_results(kernel_ready, backend: str
     assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
 
 
+@pytest.mark.parametrize("m", [1, 12, 22])
+def test_small_batches_give_identical_results_however_the_threads_split_them(kernel_ready, m: int) -> None:
+    """Batch-1 shapes: one thread vs. every call split over two (columns, quantization), bit for bit."""
+    from ternary_hf.kernels._build import load_kernel_variant, supported_isas
+
+    k, n = 390, 200  # a k tail, a 16-column panel tail and a 64-column unit tail
+    ternary, packed = _layer(n, k, seed=31)
+    prepared = kernels.prepare_weight(packed, k)
+    x = _inputs(m, k, seed=32)
+    scale, bias = torch.rand(n) + 0.5, torch.randn(n)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for module in [load_kernel_variant(isa) for isa in supported_isas()]:
+            results = []
+            for split in (False, True):
+                module._set_min_macs_per_thread(1 if split else 1 << 62)
+                module._set_min_quant_elems(1 if split else 1 << 62)
+                results.append((module.ternary_accumulators(x, prepared, k, n),
+                                module.ternary_linear(x, prepared, scale, bias, k, n, True)))
+            (acc_one, y_one), (acc_split, y_split) = results
+            assert torch.equal(acc_one.to(torch.int64), _reference_accumulators(x, ternary))
+            assert torch.equal(acc_split, acc_one), module.ISA
+            assert torch.equal(y_split, y_one), module.ISA
+    finally:
+        for module in [load_kernel_variant(isa) for isa in supported_isas()]:
+            module._set_min_macs_per_thread(1 << 22)
+            module._set_min_quant_elems(1 << 18)
+        torch.set_num_threads(old)
+
+
 def test_missing_toolchain_warns_once_but_a_cached_build_still_loads(
     kernel_ready, monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:

@@ -159,6 +159,25 @@ def test_attention_rows_depend_on_their_own_sequence_only():
         assert torch.equal(together[5:28], alone)
 
 
+@needs_kernel
+def test_attention_is_identical_on_one_thread_and_split_over_two():
+    """A short sequence stays on one thread by default; split by heads it must give the same bits."""
+    qkv, cu = _packed([13], 12, 32)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for module in _builds():
+            module._set_min_attention_work(1 << 62)
+            alone = module.varlen_attention(qkv, cu, 12, 32**-0.5, None, 0)
+            module._set_min_attention_work(1)
+            split = module.varlen_attention(qkv, cu, 12, 32**-0.5, None, 0)
+            assert torch.equal(split, alone), module.ISA
+    finally:
+        for module in _builds():
+            module._set_min_attention_work(1 << 18)
+        torch.set_num_threads(old)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "reference"])
 def test_embeddings_are_batch_invariant(minilm_path, kernel, monkeypatch):

@@ -351,6 +351,10 @@ void attend_head(const AttentionProblem& P, int64_t base, int64_t l, int64_t h, 
   }
 }
 
+// tokens x longest sequence x hidden below which attention stays on one thread (the fork and join
+// would cost more than the split saves); _set_min_attention_work changes it (tests, benchmarks).
+int64_t g_min_attention_work = int64_t(1) << 18;
+
 torch::Tensor varlen_attention(const torch::Tensor& qkv, const torch::Tensor& cu_seqlens, int64_t heads, double scale,
                                const c10::optional<torch::Tensor>& rel_bias, int64_t center) {
   TORCH_CHECK_VALUE(qkv.device().is_cpu() && qkv.scalar_type() == torch::kFloat32 && qkv.dim() == 2 &&
@@ -393,7 +397,7 @@ torch::Tensor varlen_attention(const torch::Tensor& qkv, const torch::Tensor& cu
   const int64_t per_group = (heads + groups - 1) / groups;
   const int64_t tasks = n_seq * groups;
   const int64_t work = std::max<int64_t>(1, qkv.size(0) * max_len * hidden);
-  const int64_t grain = work < (int64_t(1) << 18) ? tasks : 1;
+  const int64_t grain = work < g_min_attention_work ? tasks : 1;
   at::parallel_for(0, tasks, std::max<int64_t>(1, grain), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / groups, g = t % groups;
@@ -644,6 +648,9 @@ void register_encoder_ops(pybind11::module_& m) {
         "softmax(q k^T * scale + rel_bias) v per (sequence, head) over packed tokens; qkv is (tokens, 3 * hidden)",
         py::arg("qkv"), py::arg("cu_seqlens"), py::arg("heads"), py::arg("scale"), py::arg("rel_bias"),
         py::arg("center"), py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "_set_min_attention_work", [](int64_t w) { g_min_attention_work = std::max<int64_t>(1, w); },
+      "tests and benchmarks: tokens x longest sequence x hidden before attention is shared between threads");
   m.def("add_layernorm", &add_layernorm, "[LayerNorm(y + residual)] or [LayerNorm(y + residual), y + residual]",
         py::arg("y"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
         py::arg("return_sum"), py::call_guard<py::gil_scoped_release>());

@@ -325,7 +325,9 @@ Scratch& scratch() {
 
 // Minimum multiply-accumulates per thread before a second thread is worth waking (with other
 // processes on the box, a 2-thread call with little work can stall for milliseconds).
-constexpr int64_t kMinMacsPerThread = int64_t(1) << 22;
+int64_t g_min_macs_per_thread = int64_t(1) << 22;  // _set_min_macs_per_thread (tests, benchmarks)
+// Activation elements before quantization is shared out (below: one thread, no fork and join).
+int64_t g_min_quant_elems = int64_t(1) << 18;  // _set_min_quant_elems (tests, benchmarks)
 
 // Work sharing that never waits for a thread which has not started.  An OpenMP region (and so
 // at::parallel_for) joins ALL its threads: on a shared machine one of them is often not scheduled
@@ -414,16 +416,18 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
 
   const int64_t nthreads_max = at::get_num_threads();
   const int64_t macs = m * n * kp;
-  const int64_t nthreads = std::max<int64_t>(1, std::min(nthreads_max, macs / kMinMacsPerThread));
+  const int64_t nthreads = std::max<int64_t>(1, std::min(nthreads_max, macs / g_min_macs_per_thread));
 
-  // 1) quantize activations (row chunks shared out when there is enough work).
-  const int64_t qchunk = std::max<int64_t>(16, ceil_div(m, 4 * nthreads));
+  // 1) quantize activations (row chunks shared out when there is enough work: a few dozen rows take
+  //    less time than waking the other thread).
+  const int64_t qthreads = m * k >= g_min_quant_elems ? nthreads : 1;
+  const int64_t qchunk = std::max<int64_t>(16, ceil_div(m, 4 * qthreads));
   const std::function<void(int64_t)> quant = [&](int64_t c) {
     for (int64_t i = c * qchunk; i < std::min(m, (c + 1) * qchunk); ++i) {
       qs[i] = quantize_row(xp + i * k, k, kp, qp + i * kp, sxp + i);
     }
   };
-  run_units(ceil_div(m, qchunk), nthreads, quant);
+  run_units(ceil_div(m, qchunk), qthreads, quant);
   if (m_alloc > m) std::memset(qp + m * kp, 0, static_cast<size_t>((m_alloc - m) * kp));
 
   // 2) GEMM over (row block x column block) units, claimed dynamically in row-major order.
@@ -589,6 +593,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "_parallel_backend", []() { return std::string(g_use_openmp ? "openmp" : "helpers"); },
       "the current work-sharing backend");
+  m.def(
+      "_set_min_macs_per_thread", [](int64_t macs) { g_min_macs_per_thread = std::max<int64_t>(1, macs); },
+      "tests and benchmarks: multiply-accumulates per thread before a GEMM call uses another thread");
+  m.def(
+      "_set_min_quant_elems", [](int64_t n) { g_min_quant_elems = std::max<int64_t>(1, n); },
+      "tests and benchmarks: activation elements before quantization is shared between threads");
+  m.def(
+      "_min_macs_per_thread", []() { return g_min_macs_per_thread; }, "the current threshold");
   m.def(
       "_set_decode_panels", [](bool on) { g_decode_panels = on; },
       "benchmarks only: share a decoded panel chunk across row tiles (default) or decode per tile");
