@@ -13,7 +13,6 @@ published folder ``<out>`` is assembled in a staging folder next to it and renam
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -23,7 +22,14 @@ from typing import Any
 
 from .errors import InvalidInputError, MissingDependencyError, MissingInputError
 from .integrations.config import TernaryConfig
-from .utils.io import atomic_write_json, check_output_folder, folder_fingerprint, staged_folder, weight_files_bytes
+from .utils.io import (
+    atomic_write_json,
+    check_output_folder,
+    folder_fingerprint,
+    read_json,
+    staged_folder,
+    weight_files_bytes,
+)
 from .utils.tables import format_table
 
 __all__ = ["DemoConfig", "DemoSummary", "run_demo"]
@@ -105,12 +111,7 @@ class _Cache:
     @staticmethod
     def _read(path: Path) -> Any | None:
         """The JSON in ``path``; None when absent, ``_UNKNOWN`` when unreadable (a kill, a hand edit)."""
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return _UNKNOWN
+        return read_json(path, missing=None, invalid=_UNKNOWN)
 
     def json(self, name: str) -> Any | None:
         """The cached result of stage ``name``, or None (an unreadable one is redone)."""
@@ -257,7 +258,7 @@ def _plain(teacher: str, cfg: DemoConfig, cache: _Cache, reused: list[str]) -> A
     report = plain_dir / "ternary_quantize.json"
     if report.is_file():
         reused.append("quantize")
-        return QuantizeReport(**json.loads(report.read_text()))
+        return QuantizeReport(**read_json(report, hint=f"remove {report} and run the demo again"))
     return quantize_folder(teacher, plain_dir, config=cfg.ternary_config, overwrite=True)
 
 
@@ -271,7 +272,7 @@ def _distilled(teacher: str, cfg: DemoConfig, dcfg: Any, cache: _Cache, reused: 
         reused.append("distill")
     else:
         distill(teacher, student_dir, ternary_config=cfg.ternary_config, config=dcfg, work_dir=cache.root / "distill")
-    return json.loads(record.read_text())
+    return read_json(record, hint=f"remove {student_dir} and run the demo again")
 
 
 def _evaluation(teacher: str, student_dir: Path, cfg: DemoConfig, cache: _Cache, reused: list[str]) -> Any:

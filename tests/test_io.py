@@ -145,3 +145,20 @@ def test_weight_files_bytes_counts_safetensors_only_when_present(tmp_path):
     assert weight_files_bytes(folder) == 15
     bin_only = _folder(tmp_path / "b", **{"pytorch_model.bin": "y" * 50})
     assert weight_files_bytes(bin_only) == 50
+
+
+def test_read_json_returns_stand_ins_or_raises_errors_that_name_the_file(tmp_path):
+    from ternary_hf.errors import CheckpointError, MissingInputError
+
+    good, bad, absent = tmp_path / "good.json", tmp_path / "bad.json", tmp_path / "absent.json"
+    folders.atomic_write_json(good, {"a": [1, 2]})
+    bad.write_bytes(b'{"a": [1, 2')  # cut short, as by a kill mid-write of a tool that writes in place
+    assert folders.read_json(good) == {"a": [1, 2]}
+    assert folders.read_json(absent, missing={}) == {}
+    assert folders.read_json(bad, invalid=None) is None
+    with pytest.raises(MissingInputError, match="absent.json does not exist; start again"):
+        folders.read_json(absent, hint="start again")
+    with pytest.raises(CheckpointError, match=r"bad.json is not valid JSON \(.*\); remove it"):
+        folders.read_json(bad, error=CheckpointError, hint="remove it")
+    (tmp_path / "latin1.json").write_bytes(b'{"\xe9": 1}')  # not UTF-8: unreadable, not a crash
+    assert folders.read_json(tmp_path / "latin1.json", invalid="unreadable") == "unreadable"

@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(the TEI request field `truncate` overrides it)")
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: all cores)")
-    runtime.add_argument("--tokenizer-workers", type=int, default=1, help="threads counting tokens (default: 1)")
+    runtime.add_argument("--tokenizer-workers", type=int, default=1, help="threads tokenizing requests (default: 1)")
     runtime.add_argument("--no-warmup", action="store_true", help="report ready without a warm-up batch")
     runtime.add_argument("--graceful-timeout", type=float, default=30.0,
                          help="seconds SIGTERM waits for in-flight requests (default: 30)")

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError, MissingInputError
 from ..search import normalize_embeddings
-from ..utils.io import atomic_write_bytes, folder_fingerprint
+from ..utils.io import atomic_write_bytes, folder_fingerprint, read_json
 
 __all__ = ["Encoder", "load_model", "model_fingerprint", "open_sentence_transformer", "short_name",
            "state_dict_bytes"]
@@ -90,11 +90,8 @@ def load_model(model: Any, role: str = "model", device: str | None = None) -> tu
 
 def _saved_quantized(path: str) -> bool:
     """Whether the folder at ``path`` holds a quantized checkpoint (config.json has a quantization_config)."""
-    config = Path(path) / "config.json"
-    try:
-        return "quantization_config" in json.loads(config.read_text())
-    except (OSError, ValueError):
-        return False
+    config = read_json(Path(path) / "config.json", missing=None, invalid=None)
+    return isinstance(config, dict) and "quantization_config" in config
 
 
 def short_name(path: str) -> str:

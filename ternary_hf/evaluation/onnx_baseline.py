@@ -11,7 +11,6 @@ extra).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError, MissingInputError
+from ..utils.io import read_json
 
 __all__ = ["OnnxEncoder", "export_onnx", "onnx_available", "onnx_int8_encoder"]
 
@@ -149,8 +149,8 @@ class OnnxEncoder:
         self.session = session
         model_dir = _check_folder(model_dir)
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        st_cfg = json.loads((model_dir / "sentence_bert_config.json").read_text())
-        special = json.loads((model_dir / "special_tokens_map.json").read_text())
+        st_cfg = read_json(model_dir / "sentence_bert_config.json", hint="re-save the sentence-transformers folder")
+        special = read_json(model_dir / "special_tokens_map.json", hint="re-save the sentence-transformers folder")
         pad = special.get("pad_token", "[PAD]")
         pad = pad["content"] if isinstance(pad, dict) else pad
         self.tokenizer.no_padding()

@@ -26,7 +26,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..errors import InvalidInputError
-from ..utils.io import atomic_write_text, weight_files_bytes
+from ..utils.io import atomic_write_text, read_json, weight_files_bytes
 
 __all__ = [
     "CARD_MARKER",
@@ -85,10 +85,7 @@ def find_template() -> Path:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelCardError(f"{path} is not valid JSON ({exc}); fix or remove it and try again") from exc
+    return read_json(path, error=ModelCardError, hint="fix or remove it and try again")
 
 
 def _fmt(value: Any) -> str:

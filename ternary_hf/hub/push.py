@@ -29,6 +29,7 @@ from huggingface_hub import HfApi, ModelCard, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from ..errors import TernaryHfError
+from ..utils.io import read_json
 from .model_card import ModelCardError, redact_local_paths, write_model_card
 
 __all__ = ["HubPushError", "PushResult", "push_folder", "push_to_hub", "validate_model_folder"]
@@ -80,18 +81,16 @@ def validate_model_folder(folder: str | os.PathLike[str]) -> Path:
             f"{path} has no config.json, so it is not a saved model folder. Save the model with "
             "model.save_pretrained(DIR) (or SentenceTransformer.save(DIR)) and push DIR."
         )
-    try:
-        config_data = json.loads(config.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise HubPushError(f"{config} is not valid JSON ({exc}); re-save the model") from exc
+    config_data = read_json(config, error=HubPushError, hint="re-save the model")
     if not isinstance(config_data, dict) or not config_data.get("model_type"):
         raise HubPushError(f"{config} has no model_type: it is not a transformers config; re-save the model")
     for index_name in _WEIGHT_INDEXES:
         index = path / index_name
         if index.is_file():
+            weight_index = read_json(index, error=HubPushError, hint="re-save the model")
             try:
-                shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-            except (ValueError, KeyError, TypeError) as exc:
+                shards = set(weight_index["weight_map"].values())
+            except (KeyError, TypeError, AttributeError) as exc:
                 raise HubPushError(f"{index} is not a valid weight index ({exc}); re-save the model") from exc
             missing = sorted(s for s in shards if not (path / s).is_file())
             if missing:
@@ -194,10 +193,7 @@ def _stage_for_upload(folder: Path, staging: Path) -> Path:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.parent == folder and source.suffix == ".json":
-            try:
-                record = json.loads(source.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                record = None
+            record = read_json(source, invalid=None)
             redacted = redact_local_paths(record)
             if record is not None and redacted != record:
                 target.write_text(json.dumps(redacted, indent=2) + "\n", encoding="utf-8")

@@ -28,7 +28,6 @@ import functools
 import importlib.abc
 import importlib.util
 import inspect
-import json
 import logging
 import os
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..utils.io import read_json
 from .model_card import is_ternary_config, write_model_card
 
 __all__ = ["install", "installed", "write_saved_card"]
@@ -46,10 +46,7 @@ _FLAG = "_ternary_hf_card"
 
 
 def _ternary_folder(folder: Path) -> bool:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    config = read_json(folder / "config.json", missing=None, invalid=None)
     return isinstance(config, dict) and is_ternary_config(config)
 
 

@@ -11,7 +11,6 @@ the source, and a source that is already ternary.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -24,7 +23,7 @@ import torch
 from ..errors import InvalidInputError, MissingInputError
 from ..integrations.config import TernaryConfig
 from ..integrations.modules import QuantizedEmbedding, TernaryLinear
-from ..utils.io import atomic_write_json, check_output_folder, staged_folder, weight_files_bytes
+from ..utils.io import atomic_write_json, check_output_folder, read_json, staged_folder, weight_files_bytes
 
 __all__ = [
     "QuantizeReport",
@@ -92,20 +91,16 @@ def is_sentence_transformers_folder(path: str | os.PathLike) -> bool:
 def _config_files(folder: Path) -> list[Path]:
     """``config.json`` of a transformers folder, and of a sentence-transformers folder's first module."""
     found = [folder / "config.json"]
-    try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    modules = read_json(folder / "modules.json", missing=[], invalid=[])
+    if isinstance(modules, list):
         found += [folder / m["path"] / "config.json" for m in modules if isinstance(m, dict) and m.get("path")]
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
     return [p for p in found if p.is_file()]
 
 
 def _is_ternary_folder(folder: Path) -> bool:
     for path in _config_files(folder):
-        try:
-            qcfg = json.loads(path.read_text(encoding="utf-8")).get("quantization_config") or {}
-        except (OSError, ValueError, AttributeError):
-            continue
+        config = read_json(path, missing=None, invalid=None)
+        qcfg = (config.get("quantization_config") or {}) if isinstance(config, dict) else {}
         if isinstance(qcfg, dict) and qcfg.get("quant_method") == "ternary":
             return True
     return False

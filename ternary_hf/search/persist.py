@@ -28,7 +28,6 @@ Folder layout (``format_version`` 1):
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, MissingInputError, OutputExistsError
-from ..utils.io import atomic_write_json, staged_folder
+from ..utils.io import atomic_write_json, read_json, staged_folder
 from .factory import faiss_reason
 from .vectors import import_faiss
 
@@ -63,10 +62,7 @@ _REBUILD = "rebuild the index (`ternary-hf search build` or SemanticIndex.save)"
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path} is not valid JSON ({exc}); the index folder is damaged: {_REBUILD}") from None
+    data = read_json(path, hint=f"the index folder is damaged: {_REBUILD}")
     if not isinstance(data, dict):
         raise InvalidInputError(f"{path} holds a JSON {type(data).__name__}, not an object; {_REBUILD}")
     return data

@@ -5,8 +5,8 @@ balancers probe ``GET /health`` to decide when to send traffic, so the server an
 ``loading``) from the first second, and flips to 200 only after the model is loaded and has run a
 warm-up batch. If loading fails the server says so on ``/health`` and in the log, and exits non-zero.
 
-Each embedding request: parse and validate on the event loop, hold capacity (or 503), count tokens on
-the tokenizer thread, queue the texts for the model worker (:mod:`.batcher`), then wait for either the
+Each embedding request: parse and validate on the event loop, hold capacity (or 503), tokenize and count
+tokens on the tokenizer thread, queue the texts for the model worker (:mod:`.batcher`), then wait for either the
 embeddings or the client leaving, whichever comes first.
 """
 
@@ -79,6 +79,7 @@ class ServerState:
         try:
             start = time.perf_counter()
             encoder = Encoder.load(cfg.model, device=cfg.device, threads=cfg.threads)
+            encoder.check_tokenize_once()
             index = None
             if cfg.index:
                 from ternary_hf.search import SemanticIndex
@@ -98,9 +99,10 @@ class ServerState:
             self.status = "ready"
             self.metrics.ready.set(1)
             logger.info(
-                "ready: %s (%s, dim %d, max_seq_length %d)%s in %.1f s", cfg.model, encoder.quantization,
-                encoder.dim, encoder.max_seq_length, f" with index {cfg.index}" if index is not None else "",
-                time.perf_counter() - start,
+                "ready: %s (%s, dim %d, max_seq_length %d, tokenized %s)%s in %.1f s", cfg.model,
+                encoder.quantization, encoder.dim, encoder.max_seq_length,
+                "once, off the model thread" if encoder.tokenizes_once else "on the model thread",
+                f" with index {cfg.index}" if index is not None else "", time.perf_counter() - start,
             )
         except Exception as exc:  # noqa: BLE001 - reported on /health and by the exit code
             self.status, self.error = "failed", str(exc)
@@ -129,7 +131,7 @@ class ServerState:
         with batcher.admitted(len(texts)) as ticket:
             texts = self._check_chars(texts, truncate, param)
             loop = asyncio.get_running_loop()
-            tokens = await loop.run_in_executor(self.tokenize_pool, encoder.count_tokens, texts, prompt)
+            payload, tokens = await loop.run_in_executor(self.tokenize_pool, encoder.tokenize, texts, prompt)
             limit = encoder.max_seq_length
             if not truncate:
                 for i, n in enumerate(tokens):
@@ -142,7 +144,7 @@ class ServerState:
                         )
             tokens = [min(n, limit) for n in tokens]
             self.metrics.tokens.inc(sum(tokens))
-            job = batcher.submit(ticket, texts, tokens, prompt)
+            job = batcher.submit(ticket, texts, payload, tokens, prompt)
             gone = asyncio.ensure_future(_client_gone(request))
             try:
                 done, _ = await asyncio.wait({job.future, gone}, return_when=asyncio.FIRST_COMPLETED)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,8 @@ from .schemas import overloaded
 
 logger = logging.getLogger("ternary_hf.serve")
 
-EmbedFn = Callable[[list[str], "str | None"], np.ndarray]
+#: Runs one model batch: each text's payload (the text, or its features from the tokenizer thread) and the prompt.
+EmbedFn = Callable[[list[Any], "str | None"], np.ndarray]
 _STOP = object()
 _ids = itertools.count()
 
@@ -54,6 +56,7 @@ class Job:
     """The texts of one request on their way through the model."""
 
     texts: list[str]
+    payload: list[Any]  # what the embed function takes per text
     tokens: list[int]
     prompt: str | None
     future: asyncio.Future
@@ -123,12 +126,14 @@ class Batcher:
             return 1
         return int(min(60, max(1, np.ceil(self._admitted / self._rate))))
 
-    def submit(self, ticket: Ticket, texts: list[str], tokens: list[int], prompt: str | None) -> Job:
+    def submit(
+        self, ticket: Ticket, texts: list[str], payload: list[Any], tokens: list[int], prompt: str | None
+    ) -> Job:
         """Queue one request's texts; ``await job.future`` gives the ``(n, dim)`` float32 embeddings."""
         if self._thread is None or not self._thread.is_alive():
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
-        job = Job(texts=texts, tokens=tokens, prompt=prompt, future=loop.create_future(), loop=loop)
+        job = Job(texts=texts, payload=payload, tokens=tokens, prompt=prompt, future=loop.create_future(), loop=loop)
         if not ticket.submitted:
             ticket.submitted = True
             self._incoming -= ticket.n
@@ -255,11 +260,11 @@ class Batcher:
             job.order.remove(i)
         self._queued -= len(batch)
         self.metrics.queue_depth.set(self._queued)
-        texts = [job.texts[i] for job, i in batch]
+        payload = [job.payload[i] for job, i in batch]
         tokens = [job.tokens[i] for job, i in batch]
         start = time.perf_counter()
         try:
-            emb = self._embed(texts, batch[0][0].prompt)
+            emb = self._embed(payload, batch[0][0].prompt)
         except Exception as exc:  # noqa: BLE001 - fail the requests in this batch, keep serving
             logger.exception("model batch of %d texts failed", len(batch))
             for job in {id(j): j for j, _ in batch}.values():

@@ -50,7 +50,7 @@ class ServeConfig:
     auto_truncate: bool = False
     #: torch intra-op threads for the model (None: torch's default, one per core).
     threads: int | None = None
-    #: Threads that count tokens of incoming requests (off the event loop).
+    #: Threads that tokenize incoming requests (off the event loop; they take turns on the tokenizer).
     tokenizer_workers: int = 1
     #: Texts of varied length run once before /health reports ready.
     warmup: bool = True

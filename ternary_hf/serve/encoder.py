@@ -1,25 +1,32 @@
-"""The model side of the server: load, count tokens, run one batch exactly as ``encode`` does.
+"""The model side of the server: load, tokenize, run one batch exactly as ``encode`` does.
 
-Why tokens are counted separately from the forward pass: a request must be checked (over-long text,
-usage counts, batch budget) before it is queued, on a thread that is not the event loop, while the
-model thread is busy with another batch. Hugging Face fast tokenizers raise "Already borrowed" when one
-tokenizer is used from two threads while one of them changes its truncation settings, so the counting
-side uses its own copy of the Rust tokenizer with truncation and padding switched off, and never
-changes it. The forward side calls ``SentenceTransformer.preprocess`` and the model itself, the two
-steps ``SentenceTransformer.encode`` runs per batch, so a batch gives what ``encode`` gives for the
-same texts in the same batch.
+Why texts are tokenized before they are queued: a request must be checked (over-long text, usage
+counts, batch budget) on a thread that is not the event loop, while the model thread is busy with
+another batch. That thread runs the model's own ``preprocess`` on the request and keeps each text's
+features (:mod:`.features`), so the model thread only pads a batch together and runs the model: the two
+steps ``SentenceTransformer.encode`` runs per batch, split over two threads, giving what ``encode``
+gives for the same texts in the same batch. A model whose inputs cannot be split that way (checked
+once at start-up) is tokenized on the model thread instead, as ``encode`` does.
+
+Hugging Face fast tokenizers raise "Already borrowed" when one tokenizer is used from two threads while
+one of them changes its truncation settings, so every call into the model's tokenizer holds one lock,
+and exact counts of over-long texts come from a private copy of the Rust tokenizer with truncation and
+padding switched off, which nothing ever changes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError
+from . import features
+from .features import TextFeatures
 
 logger = logging.getLogger("ternary_hf.serve")
 
@@ -41,8 +48,12 @@ class Encoder:
         self.truncate_dim: int | None = getattr(model, "truncate_dim", None)
         if self.truncate_dim:
             self.dim = min(self.dim, int(self.truncate_dim))
-        self._lock = threading.Lock()  # only used when the tokenizer cannot be copied
+        self._lock = threading.Lock()  # one forward at a time
+        self._tokenizer_lock = threading.Lock()  # one call into the model's tokenizer at a time
         self._counter = _counting_tokenizer(model.tokenizer)
+        self._pads = features.pad_values(model.tokenizer)
+        self._left = getattr(model.tokenizer, "padding_side", "right") == "left"
+        self._split_cap: int | None = None  # longest split text; set by check_tokenize_once()
 
     @classmethod
     def load(cls, name: str, device: str = "cpu", threads: int | None = None) -> Encoder:
@@ -89,28 +100,74 @@ class Encoder:
         full = [prompt + t for t in texts] if prompt else texts
         if self._counter is not None:
             return [len(e.ids) for e in self._counter.encode_batch(full, add_special_tokens=True)]
-        with self._lock:
+        with self._tokenizer_lock:
             ids = self.model.tokenizer(full, truncation=False, verbose=False)["input_ids"]
         return [len(x) for x in ids]
 
-    def embed(self, texts: list[str], prompt: str | None) -> np.ndarray:
-        """One model batch: float32 array ``(len(texts), dim)``, before any normalisation of ours."""
+    @property
+    def tokenizes_once(self) -> bool:
+        """Whether :meth:`tokenize` hands the model thread ready features (see the module docstring)."""
+        return self._split_cap is not None
+
+    def tokenize(self, texts: list[str], prompt: str | None) -> tuple[list[Any], list[int]]:
+        """What the model thread needs per text (features, or the text itself) and each text's token count."""
+        if self._split_cap is not None:
+            with self._tokenizer_lock:
+                parts = features.split(self.model.preprocess(texts, prompt=prompt), self._pads, self._left)
+            if parts is not None:
+                counts = [p.length for p in parts]
+                cut = [i for i, n in enumerate(counts) if n >= self._split_cap]  # maybe truncated: count exactly
+                for i, n in zip(cut, self.count_tokens([texts[i] for i in cut], prompt), strict=True):
+                    counts[i] = n
+                return parts, counts
+        return list(texts), self.count_tokens(texts, prompt)
+
+    def embed(self, items: Sequence[str] | Sequence[TextFeatures], prompt: str | None) -> np.ndarray:
+        """One model batch of texts or :meth:`tokenize` features: float32 ``(n, dim)``, not normalised."""
         import torch
         from sentence_transformers.util import batch_to_device
 
+        if items and isinstance(items[0], TextFeatures):
+            batch = features.collate(items, self._pads, self._left)
+        else:
+            with self._tokenizer_lock:
+                batch = self.model.preprocess(list(items), prompt=prompt)
         with self._lock, torch.inference_mode():
-            features = self.model.preprocess(texts, prompt=prompt)
-            features = batch_to_device(features, self.model.device)
-            out = self.model(features)["sentence_embedding"]
+            out = self.model(batch_to_device(batch, self.model.device))["sentence_embedding"]
             if self.truncate_dim:
                 out = out[:, : self.truncate_dim]
             return out.float().cpu().numpy()
 
+    def check_tokenize_once(self) -> bool:
+        """Turn on :meth:`tokenize`'s features when splitting then collating reproduces ``preprocess``."""
+        if self._pads is None:
+            return False
+        texts = [_warmup_text(n) for n in (3, 40, 9, self.max_seq_length * 2, 1)]
+
+        def preprocess(batch: list[str]) -> dict[str, Any]:
+            with self._tokenizer_lock:
+                return self.model.preprocess(batch, prompt=self.default_prompt)
+
+        try:
+            ok = features.agrees(preprocess, self._pads, self._left, texts)
+            parts = features.split(preprocess(texts[3:4]), self._pads, self._left) if ok else None
+        except Exception:  # noqa: BLE001 - any surprise means: tokenize on the model thread, as encode does
+            logger.warning("tokenizing on the model thread: this model's inputs could not be split", exc_info=True)
+            return False
+        if parts is None:
+            logger.info("tokenizing on the model thread: this model's inputs are not plain token ids")
+            return False
+        self._split_cap = min(parts[0].length, self.max_seq_length)
+        return True
+
     def warmup(self, batch_size: int) -> None:
         """Run short, medium and maximum-length batches once (kernels, allocator and caches warm up)."""
         for n_words, n_texts in ((4, 1), (16, batch_size), (self.max_seq_length, 2)):
-            text = " ".join(_WARMUP_WORDS[i % len(_WARMUP_WORDS)] for i in range(n_words))
-            self.embed([text] * n_texts, self.default_prompt)
+            self.embed([_warmup_text(n_words)] * n_texts, self.default_prompt)
+
+
+def _warmup_text(n_words: int) -> str:
+    return " ".join(_WARMUP_WORDS[i % len(_WARMUP_WORDS)] for i in range(n_words))
 
 
 def _counting_tokenizer(tokenizer: Any) -> Any:

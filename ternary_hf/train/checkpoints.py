@@ -15,7 +15,6 @@ Accelerate dropped deleted.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -24,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..utils.io import atomic_write_json, replace_folder
+from ..errors import CheckpointError
+from ..utils.io import atomic_write_json, read_json, replace_folder
 
 __all__ = ["CHECKPOINTS", "TRAINER_STATE", "Checkpoint", "discard_checkpoints", "latest_checkpoint",
            "list_checkpoints", "project_configuration", "save_checkpoint"]
@@ -90,7 +90,8 @@ def latest_checkpoint(work_dir: Path) -> Checkpoint | None:
         return None
     step, path = found[-1]
     state_file = path / TRAINER_STATE
-    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.is_file() else {}
+    state = read_json(state_file, missing={}, error=CheckpointError,
+                      hint=f"the checkpoint is damaged; remove {path} to resume from the one before it")
     return Checkpoint(path, step, state)
 
 

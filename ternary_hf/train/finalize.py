@@ -11,7 +11,6 @@ run removes, never half a model or a model without its record.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..integrations.config import TernaryConfig
-from ..utils.io import atomic_write_json, staged_folder
+from ..utils.io import atomic_write_json, read_json, staged_folder
 from .student import to_float_model
 
 __all__ = ["DISTILLATION_INFO", "finalize", "finished_output", "write_packed_folder"]
@@ -70,13 +69,7 @@ def finalize(student: nn.Module, teacher_st: Any, output_dir: str | os.PathLike,
 
 def read_info(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The ``distillation.json`` of a finalized folder, or ``None``."""
-    path = Path(output_dir) / DISTILLATION_INFO
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_json(Path(output_dir) / DISTILLATION_INFO, missing=None, invalid=None)
 
 
 def finished_output(output_dir: str | os.PathLike, run_id: str | None, step: int) -> dict[str, Any] | None:

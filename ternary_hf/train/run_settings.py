@@ -16,8 +16,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError
-from ..utils.io import atomic_write_json
+from ..errors import CheckpointError, InvalidInputError
+from ..utils.io import atomic_write_json, read_json
 from .config import RESUMABLE, DistillConfig
 
 __all__ = ["RUN_FILE", "RunRecord", "SettingsChangedError", "differences", "run_settings"]
@@ -81,8 +81,10 @@ class RunRecord:
 
     def __init__(self, work_dir: Path):
         self.path = Path(work_dir) / RUN_FILE
-        self.data: dict[str, Any] = (json.loads(self.path.read_text(encoding="utf-8"))
-                                     if self.path.is_file() else {})
+        self.data: dict[str, Any] = read_json(
+            self.path, missing={}, error=CheckpointError,
+            hint=f"the run record is damaged; remove {work_dir} to start afresh, or restore the file",
+        )
 
     @property
     def run_id(self) -> str | None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError, OutputExistsError
+from ..errors import InvalidInputError, MissingInputError, OutputExistsError
 
 __all__ = [
     "atomic_write_bytes",
@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_folder",
     "folder_fingerprint",
+    "read_json",
     "remove_stale_staging",
     "replace_folder",
     "staged_folder",
@@ -75,6 +76,37 @@ def _finite_or_none(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite_or_none(v) for v in obj]
     return obj
+
+
+_RAISE: Any = object()
+
+
+def read_json(path: str | os.PathLike[str], *, missing: Any = _RAISE, invalid: Any = _RAISE,
+              error: type[Exception] = InvalidInputError, hint: str = "fix or remove it") -> Any:
+    """The JSON value in ``path``, with one rule for the two ways reading it fails.
+
+    Records are read back by code that knows what an absent or damaged file means for it (a fresh
+    start, a stage to redo, a folder to re-save), so each failure either returns the caller's stand-in
+    or raises an error that names the file and what to do:
+
+    Args:
+        missing: returned when ``path`` is not a file; otherwise :class:`MissingInputError` is raised.
+        invalid: returned when the file cannot be read or is not JSON (a kill mid-write by another tool, a
+            hand edit); otherwise ``error`` is raised.
+        error: the exception class for an invalid file (a subclass of the caller's error family).
+        hint: what the user should do about an invalid file, appended to the message.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if missing is not _RAISE:
+            return missing
+        raise MissingInputError(f"{path} does not exist; {hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        if invalid is not _RAISE:
+            return invalid
+        raise error(f"{path} is not valid JSON ({exc}); {hint}") from None
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | None = 2, sort_keys: bool = False,
