@@ -50,3 +50,29 @@ def test_zero_rows_and_bad_input():
         quantize_rows(w, "int8")
     with pytest.raises(ValueError, match="int4"):
         quantize_rows(torch.randn(2, 2), "int2")
+
+
+@pytest.mark.parametrize("dim", [384, 50, 33])
+def test_byte_table_gather_equals_nibble_unpacking(dim):
+    from ternary_hf.quant.rowwise import gather_int4_rows
+
+    gen = torch.Generator().manual_seed(dim)
+    stored = quantize_rows(torch.randn(97, dim, generator=gen), "int4")
+    index = torch.randint(0, 97, (3, 11), generator=gen)
+    expected = dequantize_rows({k: v[index] for k, v in stored.items()}, "int4", dim)
+    got = gather_int4_rows(stored["weight"], stored["weight_scale"], index, dim)
+    assert got.shape == (3, 11, dim)
+    assert torch.equal(got, expected)
+    assert torch.equal(gather_int4_rows(stored["weight"], stored["weight_scale"], index, dim, torch.bfloat16),
+                       expected.to(torch.bfloat16))
+
+
+def test_quantized_embedding_gives_the_same_rows_for_few_and_many_ids():
+    from ternary_hf.integrations import modules
+
+    table = torch.nn.Embedding(5000, 130)  # 2.6 MB in float32: above the kept-float-copy size
+    emb = modules.QuantizedEmbedding.from_embedding(table, "int4")
+    ids = torch.randint(0, 5000, (4, 2 * modules._FEW_IDS))
+    many = emb(ids)  # the op-by-op path
+    few = torch.cat([emb(row[: modules._FEW_IDS // 2].unsqueeze(0)) for row in ids])  # the byte-table path
+    assert torch.equal(few, many[:, : modules._FEW_IDS // 2])

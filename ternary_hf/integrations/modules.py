@@ -23,6 +23,9 @@ __all__ = ["QuantizedEmbedding", "TernaryLinear"]
 _ROW_CHUNK = 4096
 #: QuantizedEmbedding tables whose float copy is at most this size keep that copy (see _small_table).
 _SMALL_TABLE_BYTES = 2 << 20
+#: Up to this many looked-up ids an int4 table is read through a byte table (fewer ops; beyond it the
+#: table lookups cost more than the ops they save: benchmarks/README.md).
+_FEW_IDS = 256
 
 
 def _kernel():
@@ -247,6 +250,9 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if self.num_embeddings * self.embedding_dim * 4 <= _SMALL_TABLE_BYTES:
             return nn.functional.embedding(input_ids, self._small_table())
+        if self.storage == "int4" and input_ids.numel() <= _FEW_IDS:
+            return rowwise.gather_int4_rows(self.weight, self.weight_scale, input_ids, self.embedding_dim,
+                                            self.compute_dtype)
         return rowwise.dequantize_rows(self._stored(input_ids), self.storage, self.embedding_dim, self.compute_dtype)
 
     def _small_table(self) -> torch.Tensor:
