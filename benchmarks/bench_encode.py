@@ -38,7 +38,8 @@ one (model, threads) cell are loaded first, then the main process hands each the
 sentences round after round, rotating the order, so load from other processes hits all backends alike.
 Throughput = sentences / seconds summed over the rounds (tokenisation included, as in ``encode``);
 ``best`` is the fastest round. Batch-1 latency is the median over ``--latency-n`` single-sentence
-``encode`` calls, interleaved the same way. Quality: mean cosine of each backend's embeddings to FP32's.
+``encode`` calls, interleaved the same way, each engine's share of a round preceded by 10 untimed
+calls (it was idle while the others ran). Quality: mean cosine of each backend's embeddings to FP32's.
 Peak RSS is reported for the whole process (loading included) and for the encode phase alone (the
 peak is reset through ``/proc/self/clear_refs`` once the model is loaded and warmed up).
 
@@ -160,6 +161,10 @@ def _set_threads(threads: int) -> None:
 
 
 _NOTES: list[str] = []
+#: Single-sentence calls each engine makes, untimed, before its share of the latency calls of a round:
+#: the engines take turns on the same cores, so the first calls after another engine's turn would time
+#: its caches and sleeping threads rather than the engine itself (a server is warm).
+_LATENCY_WARMUP = 10
 
 
 class _TorchSession:
@@ -321,6 +326,8 @@ def worker_main(args: argparse.Namespace) -> None:
                 embeddings[i] = e
             _emit({"status": "ok", "seconds": dt, "count": len(idx)})
         elif cmd["cmd"] == "latency":
+            for i in cmd["indices"][:_LATENCY_WARMUP]:  # untimed: the other engines just ran on these cores
+                enc.encode([texts[i]], 1)
             times = []
             for i in cmd["indices"]:
                 t0 = time.perf_counter()
