@@ -274,11 +274,9 @@ class FastEncoder:
 def _packing(mask: torch.Tensor | None, batch: int, length: int) -> tuple[torch.Tensor | None, torch.Tensor] | None:
     """``(row index of every real token in the flattened batch or None when there is no padding,
     cu_seqlens)``, or None when a row's real tokens are not one run (or a row is empty)."""
-    if mask is None:
-        return None, torch.arange(0, (batch + 1) * length, length, dtype=torch.int64)
-    if mask.shape != (batch, length):
+    if mask is not None and mask.shape != (batch, length):
         return None
-    if bool(mask.all()):  # no padding (every batch of one): one check instead of the run analysis below
+    if mask is None or bool(mask.all()):  # no padding (every batch of one): no run analysis below
         return None, torch.arange(0, (batch + 1) * length, length, dtype=torch.int64)
     m = mask.bool()
     lengths = m.sum(dim=1)
