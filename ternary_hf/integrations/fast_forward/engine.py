@@ -11,8 +11,9 @@ time goes to padding.
 
 What runs where: the ternary linear layers through the CPU kernel (query, key and value as ONE GEMM
 over their concatenated weights, so the activations are quantized once), attention and residual +
-LayerNorm through the fused ops of ``kernels/encoder_ops.cpp``, the embeddings and the pooler
-through the model's own modules. Whatever the engine does not handle (training mode, gradients,
+LayerNorm through the fused ops of ``kernels/encoder_ops.cpp``, the embeddings and the first-token pooler of
+the known text encoders on the packed tokens by :mod:`.embeddings` (other embeddings and poolers
+through the model's own modules). Whatever the engine does not handle (training mode, gradients,
 ``inputs_embeds``, attention outputs, hidden states of every layer, a mask that is not one run of
 ones per row, non-CPU tensors, non-float32 models, ``TERNARY_HF_FAST_FORWARD=0``) calls the model's
 original forward, unchanged.
@@ -32,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ..modules import TernaryLinear
 from . import ops
+from .embeddings import first_token_pooler, text_embedder
 from .native import NativeEncoder
 from .plan import EncoderPlan, build_plan, relative_bias_table
 
@@ -142,8 +144,11 @@ class FastEncoder:
     def _build(self) -> None:
         self.layers = [_Layer(lp) for lp in self.plan.layers]
         self.native: NativeEncoder | None | bool = True  # True: not built yet (needs the kernel)
-        self._sources = [t for layer in self.layers for step in (layer.qkv, layer.o, layer.up, layer.down)
-                         for t in step.sources]
+        self.embedder = text_embedder(self.plan.embeddings) if self.plan.layout.text else None
+        pooler = first_token_pooler(self.plan.pooler)
+        self.pooler = _Linear([pooler[0]], pooler[1]) if pooler is not None else None
+        steps = [step for layer in self.layers for step in (layer.qkv, layer.o, layer.up, layer.down)]
+        self._sources = [t for step in steps + ([self.pooler] if self.pooler else []) for t in step.sources]
         self.key = self._key()
 
     def _key(self) -> tuple:
@@ -205,21 +210,31 @@ class FastEncoder:
         if packed is None:
             return None
         index, cu_seqlens = packed
-        emb_kwargs = {"input_ids": input_ids}
-        if kwargs.get("token_type_ids") is not None:
-            emb_kwargs["token_type_ids"] = kwargs["token_type_ids"]
-        emb = self.plan.embeddings(**emb_kwargs)
-        if emb.dtype != torch.float32:
+        token_types = kwargs.get("token_type_ids")
+        if self.embedder is not None:
+            x = self.embedder(input_ids, token_types, index)
+        else:
+            emb = self.plan.embeddings(input_ids=input_ids, **({} if token_types is None else
+                                                               {"token_type_ids": token_types}))
+            x = emb.reshape(batch * length, -1)
+            x = x.contiguous() if index is None else x.index_select(0, index)
+        if x.dtype != torch.float32:
             return None
-        x = emb.reshape(batch * length, -1)
-        x = x.contiguous() if index is None else x.index_select(0, index)
-        lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-        y = self._encode(x, cu_seqlens, int(lengths.max()))
+        max_len = length if index is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        km = _kernel_module()
+        y = self._encode(x, cu_seqlens, max_len, km)
         if index is None:
             hidden = y.view(batch, length, -1)
         else:
             hidden = y.new_zeros(batch * length, y.shape[1]).index_copy_(0, index, y).view(batch, length, -1)
-        return hidden, (self.plan.pooler(hidden) if self.plan.pooler is not None else None)
+        return hidden, self._pool(hidden, km)
+
+    def _pool(self, hidden: torch.Tensor, km: Any) -> torch.Tensor | None:
+        if self.pooler is not None:
+            from ... import kernels as kernel_api
+
+            return self.pooler(hidden[:, 0].contiguous(), kernel_api if km is not None else None)
+        return self.plan.pooler(hidden) if self.plan.pooler is not None else None
 
     def _vision_forward(self, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         if kwargs.get("attention_mask") is not None:
@@ -236,10 +251,12 @@ class FastEncoder:
         return out, (self.plan.pooler(out) if self.plan.pooler is not None else None)
 
     # ------------------------------------------------------------------------------------------ layers
-    def _encode(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, km: Any = None) -> torch.Tensor:
+        """``km``: the kernel module (:func:`_kernel_module`) when the caller already looked it up."""
         from ... import kernels as kernel_api
 
-        plan, km = self.plan, _kernel_module()
+        plan = self.plan
+        km = km if km is not None else _kernel_module()
         kernels = kernel_api if km is not None else None
         rel, center = None, 0
         if plan.rel_bias is not None:

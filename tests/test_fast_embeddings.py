@@ -1,0 +1,118 @@
+"""The fast forward's own embeddings and first-token pooler (fast_forward/embeddings.py): bit-identical to
+the model's modules on every real token, whatever the padding, token types or position numbering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_inputs
+from transformers import AutoModel, RobertaConfig, RobertaModel
+
+from ternary_hf import TernaryConfig
+from ternary_hf.integrations.fast_forward import ENV
+from ternary_hf.integrations.fast_forward.embeddings import first_token_pooler, text_embedder
+
+
+def _quantize(path):
+    return AutoModel.from_pretrained(path, quantization_config=TernaryConfig()).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta_dir(tmp_path_factory):
+    """RoBERTa numbers positions from padding_idx + 1 over the non-padding ids, and has token types."""
+    config = RobertaConfig(vocab_size=101, max_position_embeddings=64, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=37, pad_token_id=1, type_vocab_size=2)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "roberta"
+    RobertaModel(config).eval().save_pretrained(path)
+    return str(path)
+
+
+def _dirs(tiny_model_dirs, tiny_roberta_dir):
+    return {**tiny_model_dirs, "roberta": tiny_roberta_dir}
+
+
+def _masks(batch: int, seq: int) -> dict[str, torch.Tensor]:
+    right = torch.ones(batch, seq, dtype=torch.long)
+    right[0, seq - 3:] = 0
+    left = torch.ones(batch, seq, dtype=torch.long)
+    left[1, :4] = 0
+    return {"none": None, "right": right, "left": left}
+
+
+def _module_rows(model, ids, token_types, mask):
+    kwargs = {} if token_types is None else {"token_type_ids": token_types}
+    emb = model.embeddings(input_ids=ids, **kwargs)
+    rows = emb.reshape(-1, emb.shape[-1])
+    return rows if mask is None else rows[mask.reshape(-1).bool()]
+
+
+@pytest.mark.parametrize("kind", ["bert", "mpnet", "roberta"])
+@pytest.mark.parametrize("padding", ["none", "right", "left"])
+@pytest.mark.parametrize("types", [False, True], ids=["no-types", "types"])
+def test_the_embedder_equals_the_embedding_module_on_real_tokens(tiny_model_dirs, tiny_roberta_dir, kind, padding,
+                                                                   types):
+    model = _quantize(_dirs(tiny_model_dirs, tiny_roberta_dir)[kind])
+    embedder = text_embedder(model.embeddings)
+    assert embedder is not None
+    ids = tiny_inputs("bert", batch=3, seq=11)["input_ids"]
+    ids[2, 5] = 1  # the padding id inside real tokens: RoBERTa / MPNet skip it when numbering positions
+    mask = _masks(3, 11)[padding]
+    if mask is not None:
+        ids = ids.masked_fill(mask == 0, 1)
+    token_types = None
+    if types:
+        if kind == "mpnet":
+            pytest.skip("MPNet has no token types")
+        token_types = torch.zeros_like(ids)
+        token_types[:, 6:] = 1
+    index = None if mask is None else mask.reshape(-1).nonzero().squeeze(1)
+    with torch.inference_mode():
+        ours = embedder(ids, token_types, index)
+        theirs = _module_rows(model, ids, token_types, mask)
+    assert ours.shape == theirs.shape
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("kind", ["bert", "mpnet", "roberta"])
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "reference"])
+def test_the_fast_forward_uses_its_embedder_and_pooler_and_matches_the_modules(
+    tiny_model_dirs, tiny_roberta_dir, kind, kernel, monkeypatch
+):
+    if not kernel:
+        monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    model = _quantize(_dirs(tiny_model_dirs, tiny_roberta_dir)[kind])
+    inputs = tiny_inputs(kind, batch=4)
+    with torch.inference_mode():
+        monkeypatch.setenv(ENV, "0")
+        eager = model(**inputs)
+        monkeypatch.delenv(ENV)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the fast forward called a module it computes itself")
+
+        monkeypatch.setattr(model.embeddings, "forward", refuse)
+        monkeypatch.setattr(model.pooler, "forward", refuse)
+        fast = model(**inputs)
+        monkeypatch.undo()
+        pooled = model.pooler(fast.last_hidden_state)  # the module's pooler over the fast hidden states
+    keep = inputs["attention_mask"][..., None].bool()
+    assert ((fast.last_hidden_state - eager.last_hidden_state).abs() * keep).max() < 1e-5
+    assert torch.equal(fast.pooler_output, pooled)
+
+
+def test_other_embedding_and_pooler_classes_keep_their_modules(tiny_model_dirs):
+    model = _quantize(tiny_model_dirs["vit"])
+    assert text_embedder(model.embeddings) is None
+    assert first_token_pooler(getattr(model, "pooler", None)) is None
+
+    class LookAlike(torch.nn.Module):  # same attributes, another class: its forward may differ
+        def __init__(self, embeddings):
+            super().__init__()
+            self.word_embeddings = embeddings.word_embeddings
+            self.position_embeddings = embeddings.position_embeddings
+            self.LayerNorm = embeddings.LayerNorm
+
+    bert = _quantize(tiny_model_dirs["bert"])
+    assert text_embedder(LookAlike(bert.embeddings)) is None
+    assert text_embedder(bert.embeddings) is not None
