@@ -247,8 +247,12 @@ class QuantizedEmbedding(nn.Module):
             embedding.weight.copy_(weight)
         return embedding
 
+    def uses_small_table(self) -> bool:
+        """Whether lookups read one float table dequantized once and kept (see ``_small_table``)."""
+        return self.num_embeddings * self.embedding_dim * 4 <= _SMALL_TABLE_BYTES
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.num_embeddings * self.embedding_dim * 4 <= _SMALL_TABLE_BYTES:
+        if self.uses_small_table():
             return nn.functional.embedding(input_ids, self._small_table())
         if self.storage == "int4" and input_ids.numel() <= _FEW_IDS:
             return rowwise.gather_int4_rows(self.weight, self.weight_scale, input_ids, self.embedding_dim,

@@ -641,6 +641,76 @@ torch::Tensor encoder_forward(const torch::Tensor& x, const torch::Tensor& cu_se
   if (job->error) std::rethrow_exception(job->error);
   return out;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Text embeddings of packed tokens: word row (int4, dequantized) [+ token-type row] + position row, the
+// sum LayerNorm then normalises (in torch, so that the rows equal the embedding module's bit for bit).
+// Why in C++: at batch 1 the same sum as torch ops is a dozen dispatches (gather, nibble lookup, scale,
+// three adds), each costing more than its arithmetic. The arithmetic is the modules' own, element by
+// element and in their order: code * group scale in float32, then (word + type) + position.
+// word: (vocab, groups * 16) uint8, two 4-bit codes per byte (low nibble first, stored as code + 8);
+// word_scale: (vocab, groups) float16; tables: float32 (rows, dim); types: empty = type 0 everywhere.
+torch::Tensor int4_text_embeddings(const torch::Tensor& ids, const torch::Tensor& word, const torch::Tensor& word_scale,
+                                   int64_t dim, const torch::Tensor& positions, const torch::Tensor& position_table,
+                                   const c10::optional<torch::Tensor>& types,
+                                   const c10::optional<torch::Tensor>& type_table) {
+  constexpr int64_t kGroup = 32;
+  TORCH_CHECK_VALUE(ids.dim() == 1 && ids.scalar_type() == torch::kInt64 && positions.sizes() == ids.sizes() &&
+                        positions.scalar_type() == torch::kInt64,
+                    "int4_text_embeddings: ids and positions must be int64 vectors of one length");
+  TORCH_CHECK_VALUE(word.dim() == 2 && word.scalar_type() == torch::kUInt8 && word_scale.dim() == 2 &&
+                        word_scale.scalar_type() == torch::kHalf && word_scale.size(0) == word.size(0) &&
+                        word.size(1) * 2 == word_scale.size(1) * kGroup && dim <= word.size(1) * 2,
+                    "int4_text_embeddings: word must be (vocab, groups * 16) uint8 with (vocab, groups) float16 scales");
+  TORCH_CHECK_VALUE(position_table.dim() == 2 && position_table.size(1) == dim &&
+                        position_table.scalar_type() == torch::kFloat32,
+                    "int4_text_embeddings: the position table must be float32 (positions, dim)");
+  const bool typed = type_table.has_value();
+  if (typed) {
+    TORCH_CHECK_VALUE(type_table->dim() == 2 && type_table->size(1) == dim && type_table->size(0) > 0 &&
+                          type_table->scalar_type() == torch::kFloat32,
+                      "int4_text_embeddings: the token-type table must be float32 (types, dim)");
+    TORCH_CHECK_VALUE(!types.has_value() || (types->sizes() == ids.sizes() && types->scalar_type() == torch::kInt64),
+                      "int4_text_embeddings: token types must be an int64 vector like ids");
+  }
+  const torch::Tensor w = word.contiguous(), ws = word_scale.contiguous(), pt = position_table.contiguous();
+  const torch::Tensor id = ids.contiguous(), pos = positions.contiguous();
+  const torch::Tensor tt = typed ? type_table->contiguous() : torch::Tensor();
+  const torch::Tensor ty = typed && types.has_value() ? types->contiguous() : torch::Tensor();
+  const int64_t n = id.numel(), vocab = w.size(0), n_pos = pt.size(0), n_types = typed ? tt.size(0) : 0;
+  const int64_t row_bytes = w.size(1), groups = ws.size(1);
+  const int64_t* idp = id.data_ptr<int64_t>();
+  const int64_t* posp = pos.data_ptr<int64_t>();
+  const int64_t* typ = ty.defined() ? ty.data_ptr<int64_t>() : nullptr;
+  for (int64_t t = 0; t < n; ++t) {  // checked first: a bad index must not leave a half-written result
+    TORCH_CHECK_INDEX(idp[t] >= 0 && idp[t] < vocab, "token id ", idp[t], " is out of range for a vocabulary of ",
+                      vocab, " (the tokenizer and the model do not match)");
+    TORCH_CHECK_INDEX(posp[t] >= 0 && posp[t] < n_pos, "position ", posp[t], " is out of range for ", n_pos,
+                      " position embeddings (the text is longer than the model accepts: truncate it)");
+    TORCH_CHECK_INDEX(typ == nullptr || (typ[t] >= 0 && typ[t] < n_types), "token type ", typ ? typ[t] : 0,
+                      " is out of range for ", n_types, " token types");
+  }
+  torch::Tensor out = torch::empty({n, dim}, torch::kFloat32);
+  float* op = out.data_ptr<float>();
+  const uint8_t* wp = w.data_ptr<uint8_t>();
+  const at::Half* sp = ws.data_ptr<at::Half>();
+  const float* ptp = pt.data_ptr<float>();
+  const float* ttp = typed ? tt.data_ptr<float>() : nullptr;
+  for (int64_t t = 0; t < n; ++t) {
+    const uint8_t* codes = wp + idp[t] * row_bytes;
+    const at::Half* scales = sp + idp[t] * groups;
+    const float* prow = ptp + posp[t] * dim;
+    const float* trow = typed ? ttp + (typ != nullptr ? typ[t] : 0) * dim : nullptr;
+    float* o = op + t * dim;
+    for (int64_t i = 0; i < dim; ++i) {
+      const int code = i % 2 == 0 ? (codes[i / 2] & 0x0F) - 8 : (codes[i / 2] >> 4) - 8;
+      float v = static_cast<float>(code) * static_cast<float>(scales[i / kGroup]);
+      if (trow != nullptr) v = v + trow[i];
+      o[i] = v + prow[i];
+    }
+  }
+  return out;
+}
 }  // namespace
 
 void register_encoder_ops(pybind11::module_& m) {
@@ -654,6 +724,10 @@ void register_encoder_ops(pybind11::module_& m) {
   m.def("add_layernorm", &add_layernorm, "[LayerNorm(y + residual)] or [LayerNorm(y + residual), y + residual]",
         py::arg("y"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
         py::arg("return_sum"), py::call_guard<py::gil_scoped_release>());
+  m.def("int4_text_embeddings", &int4_text_embeddings,
+        "(word [+ token type]) + position rows of packed tokens, the word table int4 (see encoder_ops.cpp)",
+        py::arg("ids"), py::arg("word"), py::arg("word_scale"), py::arg("dim"), py::arg("positions"),
+        py::arg("position_table"), py::arg("types"), py::arg("type_table"), py::call_guard<py::gil_scoped_release>());
   m.def("encoder_forward", &encoder_forward,
         "every layer of a post-LN or pre-LN encoder over packed tokens (see ternary_hf/runtime/engine.py)",
         py::arg("x"), py::arg("cu_seqlens"), py::arg("gemms"), py::arg("dims"), py::arg("norms"), py::arg("eps"),

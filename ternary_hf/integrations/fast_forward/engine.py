@@ -211,8 +211,9 @@ class FastEncoder:
             return None
         index, cu_seqlens = packed
         token_types = kwargs.get("token_type_ids")
+        km = _kernel_module()
         if self.embedder is not None:
-            x = self.embedder(input_ids, token_types, index)
+            x = self.embedder(input_ids, token_types, index, km)
         else:
             emb = self.plan.embeddings(input_ids=input_ids, **({} if token_types is None else
                                                                {"token_type_ids": token_types}))
@@ -221,7 +222,6 @@ class FastEncoder:
         if x.dtype != torch.float32:
             return None
         max_len = length if index is None else int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        km = _kernel_module()
         y = self._encode(x, cu_seqlens, max_len, km)
         if index is None:
             hidden = y.view(batch, length, -1)
