@@ -101,6 +101,36 @@ def test_the_fast_path_runs_and_falls_back(tiny_model_dirs, monkeypatch):
     assert not fast_forward_enabled(model)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "reference"])
+def test_weights_changed_after_a_call_are_used_by_the_next_one(tiny_model_dirs, kernel, monkeypatch):
+    # The engine caches kernel-ready copies of the weights; an in-place change (a training step, a
+    # loaded state dict) or a swapped storage must be picked up, for the encoder layers and the pooler.
+    if kernel and not cpu_kernel_available():
+        pytest.skip("the CPU kernel cannot run here")
+    if not kernel:
+        monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    model = _quantize(tiny_model_dirs["bert"])
+    inputs = tiny_inputs("bert", batch=2)
+    layer = model.encoder.layer[1]
+    changes = [
+        lambda: layer.output.dense.weight_scale.mul_(3.0),                                   # in place
+        lambda: setattr(layer.attention.self.value.bias, "data", torch.randn(32)),           # new storage
+        lambda: model.pooler.dense.bias.add_(0.5),                                           # the pooler
+        lambda: layer.intermediate.dense.weight.copy_(layer.intermediate.dense.weight.flip(0)),  # packed codes
+    ]
+    with torch.inference_mode():
+        before = model(**inputs)
+    for change in changes:
+        with torch.no_grad():
+            change()
+        fast, eager = _both_paths(model, inputs, monkeypatch)
+        keep = inputs["attention_mask"][..., None].bool()
+        assert ((fast.last_hidden_state - eager.last_hidden_state).abs() * keep).max() < 1e-5
+        assert torch.allclose(fast.pooler_output, eager.pooler_output, atol=1e-5)
+        assert not torch.equal(fast.pooler_output, before.pooler_output)
+        before = fast
+
+
 def test_unsupported_architectures_keep_their_forward(tiny_model_dirs, tmp_path):
     relative = BertModel(BertConfig(vocab_size=101, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                     intermediate_size=37, position_embedding_type="relative_key"))

@@ -711,6 +711,35 @@ torch::Tensor int4_text_embeddings(const torch::Tensor& ids, const torch::Tensor
   }
   return out;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Change detection for the fast forward's cached weights: (storage address, version counter) of each
+// tensor. The engine checks ~100 tensors on every call; in Python that is two attribute reads per
+// tensor and two tuples (tens of microseconds at batch 1), here one pass.
+torch::Tensor tensor_stamps(const std::vector<torch::Tensor>& tensors) {
+  torch::Tensor out = torch::empty({static_cast<int64_t>(2 * tensors.size())}, torch::kInt64);
+  int64_t* o = out.data_ptr<int64_t>();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    o[2 * i] = reinterpret_cast<int64_t>(tensors[i].data_ptr());
+    o[2 * i + 1] = static_cast<int64_t>(tensors[i]._version());
+  }
+  return out;
+}
+
+bool stamps_match(const std::vector<torch::Tensor>& tensors, const torch::Tensor& stamps) {
+  if (stamps.scalar_type() != torch::kInt64 || stamps.dim() != 1 || !stamps.is_contiguous() ||
+      stamps.numel() != static_cast<int64_t>(2 * tensors.size())) {
+    return false;
+  }
+  const int64_t* s = stamps.data_ptr<int64_t>();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (s[2 * i] != reinterpret_cast<int64_t>(tensors[i].data_ptr()) ||
+        s[2 * i + 1] != static_cast<int64_t>(tensors[i]._version())) {
+      return false;
+    }
+  }
+  return true;
+}
 }  // namespace
 
 void register_encoder_ops(pybind11::module_& m) {
@@ -728,6 +757,10 @@ void register_encoder_ops(pybind11::module_& m) {
         "(word [+ token type]) + position rows of packed tokens, the word table int4 (see encoder_ops.cpp)",
         py::arg("ids"), py::arg("word"), py::arg("word_scale"), py::arg("dim"), py::arg("positions"),
         py::arg("position_table"), py::arg("types"), py::arg("type_table"), py::call_guard<py::gil_scoped_release>());
+  m.def("tensor_stamps", &tensor_stamps, "(data address, version) of each tensor, as one int64 vector",
+        py::arg("tensors"));
+  m.def("stamps_match", &stamps_match, "whether tensor_stamps(tensors) would equal stamps", py::arg("tensors"),
+        py::arg("stamps"));
   m.def("encoder_forward", &encoder_forward,
         "every layer of a post-LN or pre-LN encoder over packed tokens (see ternary_hf/runtime/engine.py)",
         py::arg("x"), py::arg("cu_seqlens"), py::arg("gemms"), py::arg("dims"), py::arg("norms"), py::arg("eps"),

@@ -139,9 +139,9 @@ class FastEncoder:
         self.model = model
         self.plan = plan
         self.signature = inspect.signature(type(model).forward)
-        self._build()
+        self._build(_kernel_module())
 
-    def _build(self) -> None:
+    def _build(self, km: Any) -> None:
         self.layers = [_Layer(lp) for lp in self.plan.layers]
         self.native: NativeEncoder | None | bool = True  # True: not built yet (needs the kernel)
         self.embedder = text_embedder(self.plan.embeddings) if self.plan.layout.text else None
@@ -149,11 +149,20 @@ class FastEncoder:
         self.pooler = _Linear([pooler[0]], pooler[1]) if pooler is not None else None
         steps = [step for layer in self.layers for step in (layer.qkv, layer.o, layer.up, layer.down)]
         self._sources = [t for step in steps + ([self.pooler] if self.pooler else []) for t in step.sources]
-        self.key = self._key()
+        self.key = self._key(km)
 
-    def _key(self) -> tuple:
-        # Checked on every call: map() over C-level getters keeps it a few microseconds for ~100 tensors.
+    def _key(self, km: Any) -> torch.Tensor | tuple:
+        """(storage address, version) of every source tensor: one kernel call when the kernel runs, else
+        map() over C-level getters (checked on every call, so it must stay a few microseconds)."""
+        if km is not None:
+            return km.tensor_stamps(self._sources)
         return tuple(map(_data_ptr, self._sources)), tuple(map(_version, self._sources))
+
+    def _weights_changed(self, km: Any) -> bool:
+        key = self.key
+        if isinstance(key, torch.Tensor):  # stamped by the kernel (a different kernel state: rebuild)
+            return km is None or not km.stamps_match(self._sources, key)
+        return km is not None or self._key(None) != key
 
     def _activations_changed(self) -> bool:
         """Whether fuse/unfuse_activations ran since the native lists were built (or found not to apply)."""
@@ -188,12 +197,13 @@ class FastEncoder:
             kwargs.update(kwargs.pop("kwargs", {}))
         if not self.supports(kwargs):
             return None
-        if self._key() != self.key or self.native is not True and self._activations_changed():
-            self._build()
+        km = _kernel_module()
+        if self._weights_changed(km) or self.native is not True and self._activations_changed():
+            self._build(km)
         if self.plan.layout.text:
-            out = self._text_forward(kwargs)
+            out = self._text_forward(kwargs, km)
         else:
-            out = self._vision_forward(kwargs)
+            out = self._vision_forward(kwargs, km)
         if out is None:
             return None
         hidden, pooled = out
@@ -202,7 +212,7 @@ class FastEncoder:
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
 
     # ------------------------------------------------------------------------------------------ inputs
-    def _text_forward(self, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def _text_forward(self, kwargs: dict[str, Any], km: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         input_ids = kwargs["input_ids"]
         batch, length = input_ids.shape
         mask = kwargs.get("attention_mask")
@@ -211,7 +221,6 @@ class FastEncoder:
             return None
         index, cu_seqlens = packed
         token_types = kwargs.get("token_type_ids")
-        km = _kernel_module()
         if self.embedder is not None:
             x = self.embedder(input_ids, token_types, index, km)
         else:
@@ -236,7 +245,7 @@ class FastEncoder:
             return self.pooler(hidden[:, 0].contiguous(), kernel_api if km is not None else None)
         return self.plan.pooler(hidden) if self.plan.pooler is not None else None
 
-    def _vision_forward(self, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def _vision_forward(self, kwargs: dict[str, Any], km: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         if kwargs.get("attention_mask") is not None:
             return None
         pixels = kwargs["pixel_values"]
@@ -246,17 +255,16 @@ class FastEncoder:
             return None
         batch, length, hidden = emb.shape
         cu_seqlens = torch.arange(0, (batch + 1) * length, length, dtype=torch.int64)
-        y = self._encode(emb.reshape(batch * length, hidden).contiguous(), cu_seqlens, length)
+        y = self._encode(emb.reshape(batch * length, hidden).contiguous(), cu_seqlens, length, km)
         out = y.view(batch, length, hidden)
         return out, (self.plan.pooler(out) if self.plan.pooler is not None else None)
 
     # ------------------------------------------------------------------------------------------ layers
-    def _encode(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, km: Any = None) -> torch.Tensor:
-        """``km``: the kernel module (:func:`_kernel_module`) when the caller already looked it up."""
+    def _encode(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, km: Any) -> torch.Tensor:
+        """``km``: the kernel module (:func:`_kernel_module`), or None for the torch reference ops."""
         from ... import kernels as kernel_api
 
         plan = self.plan
-        km = km if km is not None else _kernel_module()
         kernels = kernel_api if km is not None else None
         rel, center = None, 0
         if plan.rel_bias is not None:
