@@ -38,8 +38,10 @@ one (model, threads) cell are loaded first, then the main process hands each the
 sentences round after round, rotating the order, so load from other processes hits all backends alike.
 Throughput = sentences / seconds summed over the rounds (tokenisation included, as in ``encode``);
 ``best`` is the fastest round. Batch-1 latency is the median over ``--latency-n`` single-sentence
-``encode`` calls, interleaved the same way, each engine's share of a round preceded by 10 untimed
-calls (it was idle while the others ran). Quality: mean cosine of each backend's embeddings to FP32's.
+``encode`` calls, interleaved in blocks of ``--latency-block`` calls (default 15): every engine runs a
+block, then the next block, so a slow spell of the shared machine (its speed drifts by tens of percent
+over seconds) falls on all engines alike rather than on whichever had its share then. Each block is
+preceded by 10 untimed calls (the engine was idle while the others ran). Quality: mean cosine of each backend's embeddings to FP32's.
 Peak RSS is reported for the whole process (loading included) and for the encode phase alone (the
 peak is reset through ``/proc/self/clear_refs`` once the model is loaded and warmed up).
 
@@ -447,9 +449,11 @@ def run_cell(
             res["rounds"].append(reply["count"] / reply["seconds"])
             res["count"] += reply["count"]
             res["seconds"] += reply["seconds"]
-        for b in rot:
-            reply = workers[b].ask(cmd="latency", indices=lat_chunks[r])
-            results[b]["lat"] += reply["times"]
+        lat_round = lat_chunks[r]
+        for start in range(0, len(lat_round), args.latency_block):
+            for b in rot:
+                reply = workers[b].ask(cmd="latency", indices=lat_round[start:start + args.latency_block])
+                results[b]["lat"] += reply["times"]
         print(f"#   {model_name} threads={threads} round {r + 1}/{rounds}: "
               + ", ".join(f"{b} {results[b]['rounds'][-1]:.1f}/s" for b in rot)
               + f" (load {load_avg()})", flush=True)
@@ -623,6 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds the sentences are split into")
     parser.add_argument("--latency-n", type=int, default=None, help="single-sentence encode calls (default 100)")
+    parser.add_argument("--latency-block", type=int, default=15,
+                        help="latency calls an engine makes before the next engine's turn (default %(default)s)")
     parser.add_argument("--backends", nargs="+", default=BACKENDS, choices=BACKENDS + EXTRA_BACKENDS,
                         help="default: %(default)s; onnx-u8 = ONNX Runtime with QUInt8 weights")
     parser.add_argument("--bnb-fraction", type=float, default=0.125, help="share of each round bnb-int8 encodes")
@@ -652,6 +658,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker is not None:
         return worker_main(args)
 
+    if args.latency_block < 1:
+        parser.error(f"--latency-block must be at least 1 (got {args.latency_block})")
     n = args.n or (256 if args.quick else 2000)
     args.rounds = args.rounds or (2 if args.quick else 4)
     args.latency_n = args.latency_n if args.latency_n is not None else (20 if args.quick else 100)
