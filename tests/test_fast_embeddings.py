@@ -156,3 +156,7 @@ def test_the_int4_word_table_is_read_natively_and_bad_indices_are_refused(tiny_m
             embedder(torch.full((1, 65), 5), None, None, km)
         with pytest.raises(IndexError, match="token type 2 is out of range"):
             embedder(ids, torch.tensor([[0, 2, 0]]), None, km)
+        calls.clear()
+        model.embeddings.word_embeddings.weight_scale.data = model.embeddings.word_embeddings.weight_scale.float()
+        assert torch.equal(embedder(ids, None, None, km), _module_rows(model, ids, None, None))
+        assert not calls  # a table the kernel does not read (float32 scales): torch ops, same values

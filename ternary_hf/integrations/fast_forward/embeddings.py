@@ -72,12 +72,13 @@ class TextEmbedder:
         x = x + self.position(_packed(positions, index))
         return F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps)
 
-
     def _native_sum(self, kernels: Any, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
                     positions: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor | None:
         """The sum before LayerNorm in one kernel call, or None when a table is not of the kinds it reads."""
         word = self.word
-        if not (isinstance(word, QuantizedEmbedding) and word.storage == "int4" and _float_table(word) is None):
+        if not (isinstance(word, QuantizedEmbedding) and word.storage == "int4" and not word.uses_small_table()
+                and word.compute_dtype == torch.float32 and word.weight.dtype == torch.uint8
+                and word.weight_scale.dtype == torch.float16):
             return None
         position_table = _float_table(self.position)
         type_table = _float_table(self.token_type) if self.token_type is not None else None
