@@ -21,7 +21,7 @@ from ..quant.ternarize import dequantize_ternary, ternarize
 __all__ = ["QuantizedEmbedding", "TernaryLinear"]
 
 _ROW_CHUNK = 4096
-#: QuantizedEmbedding tables whose float copy is at most this size keep that copy (see _small_table).
+#: QuantizedEmbedding tables whose float copy is at most this size keep that copy (see float_table).
 _SMALL_TABLE_BYTES = 2 << 20
 #: Up to this many looked-up ids an int4 table is read through a byte table (fewer ops; beyond it the
 #: table lookups cost more than the ops they save: benchmarks/README.md).
@@ -247,22 +247,24 @@ class QuantizedEmbedding(nn.Module):
             embedding.weight.copy_(weight)
         return embedding
 
-    def uses_small_table(self) -> bool:
-        """Whether lookups read one float table dequantized once and kept (see ``_small_table``)."""
-        return self.num_embeddings * self.embedding_dim * 4 <= _SMALL_TABLE_BYTES
-
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.uses_small_table():
-            return nn.functional.embedding(input_ids, self._small_table())
+        table = self.float_table()
+        if table is not None:
+            return nn.functional.embedding(input_ids, table)
         if self.storage == "int4" and input_ids.numel() <= _FEW_IDS:
             return rowwise.gather_int4_rows(self.weight, self.weight_scale, input_ids, self.embedding_dim,
                                             self.compute_dtype)
         return rowwise.dequantize_rows(self._stored(input_ids), self.storage, self.embedding_dim, self.compute_dtype)
 
-    def _small_table(self) -> torch.Tensor:
-        """A small table (positions, token types, MPNet's relative buckets) dequantized once and kept:
-        the same values as dequantizing the looked-up rows (element by element), in one lookup instead of
-        a dozen small ops per call. Rebuilt when a stored tensor changes; never saved."""
+    def float_table(self) -> torch.Tensor | None:
+        """The whole table dequantized once and kept, which lookups read, or None for a large table
+        (over ``_SMALL_TABLE_BYTES`` as float: its looked-up rows are dequantized per call instead).
+
+        Small tables (positions, token types, MPNet's relative buckets): the same values as dequantizing
+        the looked-up rows (element by element), in one lookup instead of a dozen small ops per call.
+        Rebuilt when a stored tensor changes; never saved."""
+        if self.num_embeddings * self.embedding_dim * 4 > _SMALL_TABLE_BYTES:
+            return None
         stored = self._stored()
         key = tuple((t.data_ptr(), t._version) for t in stored.values())
         cached = self.__dict__.get("_table")

@@ -52,14 +52,14 @@ class TextEmbedder:
     def __call__(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
                  index: torch.Tensor | None, kernels: Any = None) -> torch.Tensor:
         """``index``: the real tokens' positions in the flattened ``(batch, length)`` ids (None: all);
-        ``kernels``: the compiled kernel module, if any."""
+        ``kernels``: the compiled kernel module with the encoder ops (``_kernel_module()``), if any."""
         batch, length = input_ids.shape
         if self.padding_idx is None:
             positions = torch.arange(length).expand(batch, length)
         else:
             real = input_ids.ne(self.padding_idx).int()
             positions = (torch.cumsum(real, dim=1).type_as(real) * real).long() + self.padding_idx
-        if kernels is not None and hasattr(kernels, "int4_text_embeddings"):
+        if kernels is not None:
             x = self._native_sum(kernels, input_ids, token_type_ids, positions, index)
             if x is not None:
                 return F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps)
@@ -76,7 +76,7 @@ class TextEmbedder:
                     positions: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor | None:
         """The sum before LayerNorm in one kernel call, or None when a table is not of the kinds it reads."""
         word = self.word
-        if not (isinstance(word, QuantizedEmbedding) and word.storage == "int4" and not word.uses_small_table()
+        if not (isinstance(word, QuantizedEmbedding) and word.storage == "int4" and word.float_table() is None
                 and word.compute_dtype == torch.float32 and word.weight.dtype == torch.uint8
                 and word.weight_scale.dtype == torch.float16):
             return None
@@ -95,8 +95,10 @@ def _float_table(module: nn.Module) -> torch.Tensor | None:
     ``QuantizedEmbedding``'s dequantized table (the one its own forward looks rows up in); else None."""
     if type(module) is nn.Embedding:
         weight = module.weight
-    elif isinstance(module, QuantizedEmbedding) and module.uses_small_table():
-        weight = module._small_table()  # noqa: SLF001
+    elif isinstance(module, QuantizedEmbedding):
+        weight = module.float_table()
+        if weight is None:
+            return None
     else:
         return None
     return weight if weight.dtype == torch.float32 and weight.device.type == "cpu" else None
