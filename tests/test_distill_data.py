@@ -4,11 +4,20 @@ share, bundled sources left out, and the checks that run before training."""
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import tiny_sentences
 
 from ternary_hf.errors import InvalidInputError
 from ternary_hf.train.config import DistillConfig
-from ternary_hf.train.data import batch_order, load_texts, mix_texts
+from ternary_hf.train.data import (
+    IndexedTexts,
+    TextCollate,
+    batch_order,
+    interleave_batches,
+    load_texts,
+    long_views,
+    mix_texts,
+)
 from ternary_hf.train.text_distill import distill
 
 
@@ -65,3 +74,57 @@ def test_data_settings_are_checked_before_training(tiny_st_dir, tmp_path):
         distill(tiny_st_dir, tmp_path / "c", config=DistillConfig(mix="broad", exclude_sources="django-docs"),
                 show_progress_bar=False)
     assert not (tmp_path / "a.work").exists() and not (tmp_path / "c.work").exists()
+
+
+def test_long_batches_take_their_share_of_the_steps_in_a_seeded_order():
+    short = [[i] for i in range(1000)]
+    long = [[10_000 + i] for i in range(1000)]
+    order = interleave_batches(short, long, 0.25, seed=3)
+    assert order == interleave_batches(short, long, 0.25, seed=3) != interleave_batches(short, long, 0.25, seed=4)
+    picked_long = [b for b in order if b[0] >= 10_000]
+    assert len(order) == 1000 and len(picked_long) == 250
+    assert picked_long == long[:250] and [b for b in order if b[0] < 10_000] == short[:750]  # each side in order
+    first_half = sum(b[0] >= 10_000 for b in order[:500])
+    assert 90 <= first_half <= 160  # spread over the run, not bunched at one end
+    assert len([b for b in interleave_batches(short, long[:10], 0.5, seed=0) if b[0] >= 10_000]) == 10
+
+
+def test_long_views_are_cut_at_the_long_length_and_kept_apart_from_the_short_ones(minilm_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    texts = ["a short one", " ".join(f"word{i}" for i in range(300)), "another short sentence here",
+             " ".join(["news"] * 40)]
+    long_texts, long_lengths = long_views(texts, tokenizer, max_length=16, long_length=64)
+    assert long_texts == [texts[1], texts[3]] and long_lengths == [64, 42]
+    collate = TextCollate(tokenizer, 16, long_length=64, long_from=len(texts))
+    items = list(IndexedTexts(texts + long_texts))
+    mixed = collate([items[0], items[4], items[1]])  # a short text, a long view, a short view of a long text
+    assert mixed["attention_mask"].sum(1).tolist() == [5, 64, 16] and mixed["index"].tolist() == [0, 4, 1]
+    assert mixed["input_ids"].shape == (3, 64)
+    plain = TextCollate(tokenizer, 16)([items[0], items[1]])
+    assert torch.equal(mixed["input_ids"][[0, 2], :16], plain["input_ids"])  # short views as without long ones
+    assert mixed["input_ids"][1, 63] == tokenizer.sep_token_id  # cut like any truncation: [SEP] kept
+
+
+def test_a_run_with_long_views_trains_on_both_cuts(tiny_st_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from ternary_hf.train.text_distill import _text_batches
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_st_dir)
+    corpus = tiny_sentences(40) + [" ".join(tiny_sentences(12, seed=s)) for s in range(10)]
+    cfg = DistillConfig(max_steps=40, batch_size=4, max_length=16, long_length=60, long_share=0.3)
+    batches = list(_text_batches(corpus, tokenizer, cfg, processes=1))
+    long = [b for b in batches if int(b["index"].min()) >= len(corpus)]
+    assert len(batches) == 40 and len(long) == 12
+    assert all(b["input_ids"].shape[1] <= 16 for b in batches if int(b["index"].max()) < len(corpus))
+    assert all(16 < b["input_ids"].shape[1] <= 60 and b["input_ids"].numel() <= 4 * 16 for b in long)
+    result = distill(tiny_st_dir, tmp_path / "out", texts=corpus, config=DistillConfig(
+        max_steps=6, batch_size=4, max_length=16, long_length=60, long_share=0.5, save_every=3),
+        show_progress_bar=False)
+    assert result.steps == 6
+    with pytest.raises(InvalidInputError, match="long_length=16 must exceed max_length=16"):
+        DistillConfig(max_length=16, long_length=16)
+    with pytest.raises(InvalidInputError, match="long_share"):
+        DistillConfig(long_length=256, long_share=1.0)

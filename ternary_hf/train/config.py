@@ -31,8 +31,8 @@ RESUMABLE = frozenset({"max_steps", "max_minutes", "save_every", "keep_checkpoin
 #: the smallest allowed value of the numeric settings (``None`` always allowed where the type says so)
 MINIMUM = {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 1, "bank_size": 1,
            "save_every": 1, "keep_checkpoints": 1, "log_every": 1, "num_threads": 1, "max_texts": 1,
-           "eval_limit": 1, "eval_every": 0, "batch_tokens": 0, "learning_rate": 0.0, "weight_decay": 0.0,
-           "warmup_ratio": 0.0,
+           "eval_limit": 1, "eval_every": 0, "batch_tokens": 0, "long_length": 0, "learning_rate": 0.0,
+           "weight_decay": 0.0, "warmup_ratio": 0.0,
            "similarity_temperature": 0.0, "teacher_forcing": 0.0, "teacher_cache_gb": 0.0, "max_minutes": 0.0,
            **dict.fromkeys(LOSS_WEIGHTS, 0.0)}
 
@@ -72,6 +72,12 @@ class DistillConfig:
     batch_tokens: int = _field(0, "token budget of a batch (rows x its longest text, at most --batch-size rows): "
                                "long texts come in batches of fewer rows, so a long --max-length costs about what "
                                "short texts cost per step; 0: always --batch-size rows")
+    long_length: int = _field(0, "also train on the texts longer than --max-length cut at this many tokens "
+                              "(e.g. the model's max_seq_length), in --long-share of the steps, so the student "
+                              "learns the positions it will encode beyond --max-length; 0: off")
+    long_share: float = _field(0.25, "share of the steps that train on long texts when --long-length is set; "
+                               "a long batch holds at most --batch-tokens (else --batch-size x --max-length) "
+                               "padded tokens, so it costs about what a short one does")
     mix: Literal["classic", "broad"] = _field(
         "classic", "the bundled corpus: classic (news, Reuters, tweets, movie reviews, NYT) or broad (classic plus "
         "product reviews, dictionary glosses, quotations, literature, speeches, dialogue)")
@@ -133,6 +139,12 @@ class DistillConfig:
         if not 0 < self.data_share <= 1:
             raise InvalidInputError(f"DistillConfig: data_share={self.data_share!r} is the share of the training "
                                     "texts taken from --data; choose 0 < data_share <= 1 (1: --data only)")
+        if self.long_length and self.long_length <= self.max_length:
+            raise InvalidInputError(f"DistillConfig: long_length={self.long_length!r} must exceed max_length="
+                                    f"{self.max_length!r} (the long texts are cut there), or be 0 (off)")
+        if not 0 < self.long_share < 1:
+            raise InvalidInputError(f"DistillConfig: long_share={self.long_share!r} is the share of the steps that "
+                                    "train on long texts; choose 0 < long_share < 1")
         if not self.teacher_forcing < 1.0:
             raise InvalidInputError(f"DistillConfig: teacher_forcing={self.teacher_forcing!r} is the fraction of "
                                     "the run trained layer by layer; choose 0 <= teacher_forcing < 1 (0: off)")

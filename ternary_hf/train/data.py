@@ -17,8 +17,8 @@ import torch
 
 from ..errors import InvalidInputError
 
-__all__ = ["IndexedTexts", "TextCollate", "batch_order", "corpus_fingerprint", "load_texts", "mix_texts",
-           "token_lengths"]
+__all__ = ["IndexedTexts", "TextCollate", "batch_order", "corpus_fingerprint", "interleave_batches", "load_texts",
+           "long_views", "mix_texts", "token_lengths"]
 
 
 def load_texts(source: str | os.PathLike | Sequence[str] | Any | None = None, limit: int | None = None,
@@ -125,6 +125,23 @@ def batch_order(lengths: Sequence[int], batch_size: int, n_batches: int, seed: i
     return batches[:n_batches]
 
 
+def interleave_batches(short: Sequence[list[int]], long: Sequence[list[int]], long_share: float,
+                       seed: int) -> list[list[int]]:
+    """``len(short)`` batches, ``long_share`` of them (rounded) taken in order from ``long`` and the rest
+    in order from ``short``, at seeded positions spread over the whole run.
+
+    Why spread rather than a curriculum (short first, long last): a time-budgeted run does not know
+    its last step in advance, and a fixed seeded order keeps a resumed run's batches those of an
+    uninterrupted one.
+    """
+    n = len(short)
+    n_long = min(round(long_share * n), len(long))
+    rng = random.Random(seed)
+    slots = set(rng.sample(range(n), n_long))
+    short_it, long_it = iter(short), iter(long)
+    return [next(long_it) if i in slots else next(short_it) for i in range(n)]
+
+
 def _capacity(batch: list[int], lengths: Sequence[int], batch_size: int, max_tokens: int) -> int:
     """How many items a batch of this one's longest length may hold."""
     return max(1, min(batch_size, max_tokens // max(1, max(lengths[i] for i in batch))))
@@ -152,6 +169,14 @@ def token_lengths(texts: Sequence[str], tokenizer: Any, max_length: int) -> list
     return out
 
 
+def long_views(texts: Sequence[str], tokenizer: Any, max_length: int, long_length: int) -> tuple[list[str], list[int]]:
+    """The texts longer than ``max_length`` tokens and their token counts once cut at ``long_length``:
+    what ``distill --long-length`` trains on beside the ``max_length`` cut of every text."""
+    lengths = token_lengths(texts, tokenizer, long_length)
+    keep = [i for i, n in enumerate(lengths) if n > max_length]
+    return [texts[i] for i in keep], [lengths[i] for i in keep]
+
+
 class IndexedTexts(torch.utils.data.Dataset):
     """The corpus as ``(index, text)`` items: the index keys the teacher cache."""
 
@@ -166,13 +191,28 @@ class IndexedTexts(torch.utils.data.Dataset):
 
 
 class TextCollate:
-    """Tokenized batch plus ``index`` (the texts' corpus positions), which the loss pops before the models."""
+    """Tokenized batch plus ``index`` (the texts' corpus positions), which the loss pops before the models.
 
-    def __init__(self, tokenizer: Any, max_length: int):
+    Items from ``long_from`` on are the long views of texts (``distill --long-length``): they are cut at
+    ``long_length`` tokens instead of ``max_length``. Their own indices keep them apart in the teacher
+    cache from the same texts' short views.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, long_length: int = 0, long_from: int | None = None):
         self.tokenizer, self.max_length = tokenizer, max_length
+        self.long_length, self.long_from = long_length, long_from
+
+    def _limit(self, index: int) -> int:
+        return self.long_length if self.long_from is not None and index >= self.long_from else self.max_length
 
     def __call__(self, items: list[tuple[int, str]]) -> dict[str, torch.Tensor]:
-        batch = dict(self.tokenizer([text for _, text in items], padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt"))
+        texts = [text for _, text in items]
+        limits = {self._limit(i) for i, _ in items}
+        if len(limits) == 1:
+            batch = dict(self.tokenizer(texts, padding=True, truncation=True, max_length=limits.pop(),
+                                        return_tensors="pt"))
+        else:  # each item cut at its own length, then padded together
+            rows = [self.tokenizer(text, truncation=True, max_length=self._limit(i)) for i, text in items]
+            batch = dict(self.tokenizer.pad(rows, return_tensors="pt"))
         batch["index"] = torch.tensor([i for i, _ in items], dtype=torch.int64)
         return batch

@@ -11,6 +11,7 @@ evaluation against the teacher, and finalizing through the quantizer (:mod:`.fin
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -26,7 +27,16 @@ from ..integrations.config import TernaryConfig
 from ..utils.io import check_output_folder
 from ..utils.progress import bar_switch
 from .config import DistillConfig, DistillResult
-from .data import IndexedTexts, TextCollate, batch_order, corpus_fingerprint, load_texts, token_lengths
+from .data import (
+    IndexedTexts,
+    TextCollate,
+    batch_order,
+    corpus_fingerprint,
+    interleave_batches,
+    load_texts,
+    long_views,
+    token_lengths,
+)
 from .finalize import DISTILLATION_INFO, finalize
 from .loop import is_finished, make_accelerator, open_run, train
 from .losses import TeacherBank, distillation_loss, mean_pool, teacher_forced_loss
@@ -34,6 +44,8 @@ from .run_settings import run_settings
 from .student import build_student, disable_dropout, set_int8_grad_input
 from .teacher_cache import TeacherCache, cache_supported
 from .teacher_forcing import LayerwiseTeacherForcing
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["distill", "evaluate_student", "load_teacher", "replay_teacher_cache", "student_pipeline"]
 
@@ -314,12 +326,24 @@ def distill(
 
 def _text_batches(corpus: list[str], tokenizer: Any, cfg: DistillConfig, processes: int):
     """The DataLoader of the run: every process gets its own share of the batches (Accelerate shards
-    the batch sampler), ``max_steps`` optimizer steps' worth."""
+    the batch sampler), ``max_steps`` optimizer steps' worth; with ``long_length``, ``long_share`` of
+    them are long views of the texts longer than ``max_length`` (:func:`~.data.long_views`)."""
     total_batches = cfg.max_steps * cfg.gradient_accumulation_steps * processes
     lengths = token_lengths(corpus, tokenizer, cfg.max_length) if cfg.batch_tokens else [len(t) for t in corpus]
     order = batch_order(lengths, cfg.batch_size, total_batches, cfg.seed, max_tokens=cfg.batch_tokens)
-    return torch.utils.data.DataLoader(IndexedTexts(corpus), batch_sampler=order,
-                                       collate_fn=TextCollate(tokenizer, cfg.max_length))
+    items, collate = list(corpus), TextCollate(tokenizer, cfg.max_length)
+    if cfg.long_length:
+        long_texts, long_lengths = long_views(corpus, tokenizer, cfg.max_length, cfg.long_length)
+        if long_texts:
+            budget = cfg.batch_tokens or cfg.batch_size * cfg.max_length
+            long_order = batch_order(long_lengths, cfg.batch_size, total_batches, cfg.seed + 1, max_tokens=budget)
+            order = interleave_batches(order, [[len(corpus) + i for i in b] for b in long_order], cfg.long_share,
+                                       cfg.seed)
+            items, collate = items + long_texts, TextCollate(tokenizer, cfg.max_length, cfg.long_length, len(corpus))
+        else:
+            logger.warning("--long-length %d: no training text is longer than --max-length %d tokens, so every "
+                           "batch is a short one", cfg.long_length, cfg.max_length)
+    return torch.utils.data.DataLoader(IndexedTexts(items), batch_sampler=order, collate_fn=collate)
 
 
 def _cache_record(cache: TeacherCache | None) -> dict[str, Any] | None:
