@@ -131,6 +131,27 @@ def test_weights_changed_after_a_call_are_used_by_the_next_one(tiny_model_dirs, 
         before = fast
 
 
+def test_the_kept_relative_bias_table_serves_every_length_and_follows_its_weights(tiny_model_dirs, monkeypatch):
+    # MPNet's relative-position bias table is kept between calls (built for a power-of-two length): a
+    # short sequence after a long one reads it at its own offsets, a longer one rebuilds it, and an
+    # in-place change of the bias weights reaches the next call.
+    model = _quantize(tiny_model_dirs["mpnet"])
+    engine = model._ternary_fast_forward
+    bias = model.encoder.relative_attention_bias  # a QuantizedEmbedding: codes and float16 scales
+    for length in (20, 5, 60):
+        inputs = tiny_inputs("mpnet", batch=2, seq=length)
+        fast, eager = _both_paths(model, inputs, monkeypatch)
+        keep = inputs["attention_mask"][..., None].bool()
+        assert ((fast.last_hidden_state - eager.last_hidden_state).abs() * keep).max() < 1e-5
+        assert engine._rel_cache[1] == (32 if length <= 32 else 64)
+    table = engine._rel_cache[2]
+    with torch.no_grad():
+        bias.weight_scale.mul_(-2.0)
+    fast, eager = _both_paths(model, inputs, monkeypatch)
+    assert ((fast.last_hidden_state - eager.last_hidden_state).abs() * keep).max() < 1e-5
+    assert engine._rel_cache[2] is not table
+
+
 def test_unsupported_architectures_keep_their_forward(tiny_model_dirs, tmp_path):
     relative = BertModel(BertConfig(vocab_size=101, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                     intermediate_size=37, position_embedding_type="relative_key"))

@@ -143,6 +143,7 @@ class FastEncoder:
 
     def _build(self, km: Any) -> None:
         self.layers = [_Layer(lp) for lp in self.plan.layers]
+        self._rel_cache: tuple[tuple, int, torch.Tensor] | None = None
         self.native: NativeEncoder | None | bool = True  # True: not built yet (needs the kernel)
         self.embedder = text_embedder(self.plan.embeddings) if self.plan.layout.text else None
         pooler = first_token_pooler(self.plan.pooler)
@@ -260,16 +261,31 @@ class FastEncoder:
         return out, (self.plan.pooler(out) if self.plan.pooler is not None else None)
 
     # ------------------------------------------------------------------------------------------ layers
+    def _relative_bias(self, max_len: int) -> tuple[torch.Tensor, int]:
+        """MPNet's relative-position bias table and its center column, covering ``max_len`` tokens.
+
+        Kept between calls (building it is a handful of small ops, a visible share of a single short
+        sentence's time) and rebuilt when the bias weights change or a longer sequence comes. A table
+        built for more tokens serves shorter sequences unchanged: column ``center + j - i`` holds the
+        same bias whatever the width (lengths are rounded up to a power of two to rebuild rarely).
+        """
+        module = self.plan.rel_bias  # nn.Embedding, or QuantizedEmbedding (codes and scales)
+        stored = (*module.parameters(recurse=False), *module.buffers(recurse=False))
+        key = (tuple(map(_data_ptr, stored)), tuple(map(_version, stored)))
+        cached = self._rel_cache
+        if cached is None or cached[0] != key or cached[1] < max_len:
+            length = 1 << max(5, (max_len - 1).bit_length())
+            table = relative_bias_table(self.plan, length, self.model.encoder.relative_position_bucket)
+            self._rel_cache = cached = (key, length, table)
+        return cached[2], cached[1] - 1
+
     def _encode(self, x: torch.Tensor, cu_seqlens: torch.Tensor, max_len: int, km: Any) -> torch.Tensor:
         """``km``: the kernel module (:func:`_kernel_module`), or None for the torch reference ops."""
         from ... import kernels as kernel_api
 
         plan = self.plan
         kernels = kernel_api if km is not None else None
-        rel, center = None, 0
-        if plan.rel_bias is not None:
-            rel = relative_bias_table(plan, max_len, self.model.encoder.relative_position_bucket)
-            center = max_len - 1
+        rel, center = self._relative_bias(max_len) if plan.rel_bias is not None else (None, 0)
         if km is not None and self.use_native:
             if self.native is True:
                 self.native = NativeEncoder.build(self.layers, plan, kernels)
