@@ -115,7 +115,7 @@ def test_a_run_with_long_views_trains_on_both_cuts(tiny_st_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_st_dir)
     corpus = tiny_sentences(40) + [" ".join(tiny_sentences(12, seed=s)) for s in range(10)]
     cfg = DistillConfig(max_steps=40, batch_size=4, max_length=16, long_length=60, long_share=0.3)
-    batches = list(_text_batches(corpus, tokenizer, cfg, processes=1))
+    batches = list(_text_batches(corpus, tokenizer, cfg, processes=1, long_length=cfg.long_views_length(64)))
     long = [b for b in batches if int(b["index"].min()) >= len(corpus)]
     assert len(batches) == 40 and len(long) == 12
     assert all(b["input_ids"].shape[1] <= 16 for b in batches if int(b["index"].max()) < len(corpus))
@@ -128,3 +128,11 @@ def test_a_run_with_long_views_trains_on_both_cuts(tiny_st_dir, tmp_path):
         DistillConfig(max_length=16, long_length=16)
     with pytest.raises(InvalidInputError, match="long_share"):
         DistillConfig(long_length=256, long_share=1.0)
+
+
+def test_long_views_default_to_the_teachers_length_and_switch_off_with_zero():
+    assert DistillConfig().long_views_length(256) == 256  # the teacher's max_seq_length
+    assert DistillConfig(long_length=128).long_views_length(256) == 128
+    assert DistillConfig(long_length=0).long_views_length(256) == 0
+    assert DistillConfig(max_length=256).long_views_length(256) == 0  # nothing beyond --max-length
+    assert DistillConfig().long_views_length(None) == 0

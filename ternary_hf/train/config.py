@@ -72,12 +72,12 @@ class DistillConfig:
     batch_tokens: int = _field(0, "token budget of a batch (rows x its longest text, at most --batch-size rows): "
                                "long texts come in batches of fewer rows, so a long --max-length costs about what "
                                "short texts cost per step; 0: always --batch-size rows")
-    long_length: int = _field(0, "also train on the texts longer than --max-length cut at this many tokens "
-                              "(e.g. the model's max_seq_length), in --long-share of the steps, so the student "
-                              "learns the positions it will encode beyond --max-length; 0: off")
-    long_share: float = _field(0.25, "share of the steps that train on long texts when --long-length is set; "
-                               "a long batch holds at most --batch-tokens (else --batch-size x --max-length) "
-                               "padded tokens, so it costs about what a short one does")
+    long_length: int | None = _field(None, "also train on the texts longer than --max-length cut at this many tokens, "
+                                     "in --long-share of the steps, so the student learns the positions it will "
+                                     "encode beyond --max-length; default: the teacher's max_seq_length; 0: off")
+    long_share: float = _field(0.1, "share of the steps that train on long texts (see --long-length); a long batch "
+                               "holds at most --batch-tokens (else --batch-size x --max-length) padded tokens, so "
+                               "it costs about what a short one does")
     mix: Literal["classic", "broad"] = _field(
         "classic", "the bundled corpus: classic (news, Reuters, tweets, movie reviews, NYT) or broad (classic plus "
         "product reviews, dictionary glosses, quotations, literature, speeches, dialogue)")
@@ -120,6 +120,12 @@ class DistillConfig:
     report_to: Literal["csv", "tensorboard"] = _field(
         "csv", "metrics.csv always; tensorboard adds event files in the work dir")
 
+    def long_views_length(self, teacher_max_length: int | None) -> int:
+        """The length long views are cut at for a teacher encoding up to ``teacher_max_length`` tokens
+        (``long_length``, or the teacher's limit when it is None); 0 when there are none to train."""
+        length = self.long_length if self.long_length is not None else (teacher_max_length or 0)
+        return length if length > self.max_length else 0
+
     @property
     def excluded_sources(self) -> list[str]:
         """``exclude_sources`` as a list of names."""
@@ -141,7 +147,8 @@ class DistillConfig:
                                     "texts taken from --data; choose 0 < data_share <= 1 (1: --data only)")
         if self.long_length and self.long_length <= self.max_length:
             raise InvalidInputError(f"DistillConfig: long_length={self.long_length!r} must exceed max_length="
-                                    f"{self.max_length!r} (the long texts are cut there), or be 0 (off)")
+                                    f"{self.max_length!r} (the long texts are cut there), or be 0 (off) or None "
+                                    "(the teacher's max_seq_length)")
         if not 0 < self.long_share < 1:
             raise InvalidInputError(f"DistillConfig: long_share={self.long_share!r} is the share of the steps that "
                                     "train on long texts; choose 0 < long_share < 1")

@@ -300,7 +300,8 @@ def distill(
     student = _prepare_student(teacher_model, cfg, tcfg)
     forcing = LayerwiseTeacherForcing(student, teacher_model) if cfg.teacher_forcing else None
     disable_dropout(student)
-    loader = _text_batches(corpus, tokenizer, cfg, accelerator.num_processes)
+    long_length = cfg.long_views_length(teacher_st.max_seq_length)
+    loader = _text_batches(corpus, tokenizer, cfg, accelerator.num_processes, long_length)
     teacher_model.to(accelerator.device)
     bank = TeacherBank(cfg.bank_size) if cfg.bank_similarity else None
     cache = _teacher_cache(cfg, accelerator)
@@ -316,7 +317,8 @@ def distill(
         info = {"teacher": str(teacher), "steps": result.steps, "stopped_by_time_budget": result.out_of_time,
                 "seconds": result.seconds, "session_seconds": result.session_seconds,
                 "final_loss": result.final_loss, "config": asdict(cfg), "ternary_config": tcfg.to_dict(),
-                "num_texts": len(corpus), "teacher_cache": _cache_record(cache), "run_id": run.record.run_id,
+                "num_texts": len(corpus), "long_views_length": long_length,
+                "teacher_cache": _cache_record(cache), "run_id": run.record.run_id,
                 "sessions": run.sessions}
         finalize(result.model, teacher_st, output_dir, tcfg, info=info, overwrite=overwrite)
     accelerator.wait_for_everyone()
@@ -324,7 +326,7 @@ def distill(
                          result.final_loss, result.losses, result.session_seconds)
 
 
-def _text_batches(corpus: list[str], tokenizer: Any, cfg: DistillConfig, processes: int):
+def _text_batches(corpus: list[str], tokenizer: Any, cfg: DistillConfig, processes: int, long_length: int = 0):
     """The DataLoader of the run: every process gets its own share of the batches (Accelerate shards
     the batch sampler), ``max_steps`` optimizer steps' worth; with ``long_length``, ``long_share`` of
     them are long views of the texts longer than ``max_length`` (:func:`~.data.long_views`)."""
@@ -332,17 +334,17 @@ def _text_batches(corpus: list[str], tokenizer: Any, cfg: DistillConfig, process
     lengths = token_lengths(corpus, tokenizer, cfg.max_length) if cfg.batch_tokens else [len(t) for t in corpus]
     order = batch_order(lengths, cfg.batch_size, total_batches, cfg.seed, max_tokens=cfg.batch_tokens)
     items, collate = list(corpus), TextCollate(tokenizer, cfg.max_length)
-    if cfg.long_length:
-        long_texts, long_lengths = long_views(corpus, tokenizer, cfg.max_length, cfg.long_length)
+    if long_length:
+        long_texts, long_lengths = long_views(corpus, tokenizer, cfg.max_length, long_length)
         if long_texts:
             budget = cfg.batch_tokens or cfg.batch_size * cfg.max_length
             long_order = batch_order(long_lengths, cfg.batch_size, total_batches, cfg.seed + 1, max_tokens=budget)
             order = interleave_batches(order, [[len(corpus) + i for i in b] for b in long_order], cfg.long_share,
                                        cfg.seed)
-            items, collate = items + long_texts, TextCollate(tokenizer, cfg.max_length, cfg.long_length, len(corpus))
+            items, collate = items + long_texts, TextCollate(tokenizer, cfg.max_length, long_length, len(corpus))
         else:
-            logger.warning("--long-length %d: no training text is longer than --max-length %d tokens, so every "
-                           "batch is a short one", cfg.long_length, cfg.max_length)
+            logger.warning("long views (--long-length %d): no training text is longer than --max-length %d tokens, "
+                           "so every batch is a short one", long_length, cfg.max_length)
     return torch.utils.data.DataLoader(IndexedTexts(items), batch_sampler=order, collate_fn=collate)
 
 
