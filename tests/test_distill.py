@@ -186,8 +186,9 @@ def test_finalized_model_matches_the_trained_student(tiny_st_dir, tmp_path):
     assert any(isinstance(m, TernaryLinear) for m in packed[0].auto_model.modules())
 
 
-@pytest.mark.parametrize("extra", [{}, {"bank_similarity": 5.0, "bank_size": 20}, {"batch_tokens": 60}],
-                         ids=["default", "bank", "token-budget"])
+@pytest.mark.parametrize("extra", [{}, {"bank_similarity": 5.0, "bank_size": 20}, {"batch_tokens": 60},
+                                   {"max_length": 8, "long_length": 40, "long_share": 0.5}],
+                         ids=["default", "bank", "token-budget", "long-views"])
 def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
     texts = tiny_sentences(120)
     cfg = DistillConfig(max_steps=6, **FAST, **extra)
@@ -218,6 +219,7 @@ def test_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path, extra):
     assert any(not torch.equal(plain_state[k], a[k]) for k in a if k.endswith("weight_scale"))
     info = json.loads((tmp_path / "full" / "distillation.json").read_text())
     assert info["steps"] == 6 and info["ternary_config"]["quant_method"] == "ternary"
+    assert info["long_views_length"] == extra.get("long_length", 0)  # the tiny teacher's limit is the default 64
     assert (tmp_path / "full.work" / "metrics.csv").is_file()
     with open(metrics, newline="") as f:
         rows = list(csv.DictReader(f))
