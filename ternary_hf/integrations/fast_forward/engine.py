@@ -122,6 +122,11 @@ _data_ptr = torch.Tensor.data_ptr
 _version = operator.attrgetter("_version")
 
 
+def _stamps(tensors) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(storage addresses, versions) of ``tensors``: equal again only while none was replaced or written."""
+    return tuple(map(_data_ptr, tensors)), tuple(map(_version, tensors))
+
+
 def _ln_args(ln: nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor, float]:
     return ln.weight, ln.bias, float(ln.eps)
 
@@ -157,7 +162,7 @@ class FastEncoder:
         map() over C-level getters (checked on every call, so it must stay a few microseconds)."""
         if km is not None:
             return km.tensor_stamps(self._sources)
-        return tuple(map(_data_ptr, self._sources)), tuple(map(_version, self._sources))
+        return _stamps(self._sources)
 
     def _weights_changed(self, km: Any) -> bool:
         key = self.key
@@ -270,8 +275,7 @@ class FastEncoder:
         same bias whatever the width (lengths are rounded up to a power of two to rebuild rarely).
         """
         module = self.plan.rel_bias  # nn.Embedding, or QuantizedEmbedding (codes and scales)
-        stored = (*module.parameters(recurse=False), *module.buffers(recurse=False))
-        key = (tuple(map(_data_ptr, stored)), tuple(map(_version, stored)))
+        key = _stamps((*module.parameters(recurse=False), *module.buffers(recurse=False)))
         cached = self._rel_cache
         if cached is None or cached[0] != key or cached[1] < max_len:
             length = 1 << max(5, (max_len - 1).bit_length())
