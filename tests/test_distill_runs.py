@@ -258,3 +258,30 @@ def test_checkpoints_of_the_earlier_layout_are_resumed(tiny_st_dir, tmp_path):
     assert not (work / "checkpoint-2").exists()
     weights = "model.safetensors"
     assert (tmp_path / "old" / weights).read_bytes() == (tmp_path / "full" / weights).read_bytes()
+
+
+def test_a_run_recorded_before_later_settings_resumes_with_the_values_that_reproduce_it(tiny_st_dir, tmp_path):
+    texts = tiny_sentences(40)
+    before = DistillConfig(max_steps=4, long_length=0, **FAST)  # what runs did before long views existed
+    full = distill(tiny_st_dir, tmp_path / "full", texts=texts, config=before, show_progress_bar=False)
+    distill(tiny_st_dir, tmp_path / "old", texts=texts, config=before, stop_after=2, show_progress_bar=False)
+    record_path = tmp_path / "old.work" / "run.json"
+    record = json.loads(record_path.read_text())
+    later = ("batch_tokens", "long_length", "long_share", "mix", "exclude_sources", "data_share")
+    record["settings"] = {k: v for k, v in record["settings"].items() if k not in later}
+    record_path.write_text(json.dumps(record))
+
+    # today's default would switch long views on in the middle of the run: refused, naming the value to pass
+    with pytest.raises(ValueError, match=r"runs: long_length \(--long-length\): 0 -> None\. Resume"):
+        distill(tiny_st_dir, tmp_path / "old", texts=texts, config=DistillConfig(max_steps=4, **FAST),
+                show_progress_bar=False)
+    resumed = distill(tiny_st_dir, tmp_path / "old", texts=texts, config=before, show_progress_bar=False)
+    assert resumed.steps == 4 and resumed.final_loss == full.final_loss
+
+    # a setting without a known earlier value still counts as changed when the record lacks it
+    record = json.loads(record_path.read_text())
+    del record["settings"]["hidden_mse"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"hidden_mse \(--hidden-mse\): None -> 1.0"):
+        distill(tiny_st_dir, tmp_path / "old", texts=texts, config=DistillConfig(max_steps=5, long_length=0, **FAST),
+                show_progress_bar=False)

@@ -5,7 +5,8 @@ flag had another name before, its ``aliases``; the ``ternary-hf distill`` flags 
 fields (:class:`transformers.HfArgumentParser`), so the CLI and the Python API cannot drift apart.
 Choices are ``Literal`` types, so the allowed values are written once, in the annotation; bounds are
 in :data:`MINIMUM`, and :data:`RESUMABLE` names the settings a resumed run may change (every other
-field defines the run, see :mod:`ternary_hf.train.run_settings`).
+field defines the run, see :mod:`ternary_hf.train.run_settings`); :data:`ADDED_LATER` keeps a
+resumed run from before a setting existed resumable.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 from ..errors import InvalidInputError
 
-__all__ = ["LOSS_WEIGHTS", "MINIMUM", "RESUMABLE", "DistillConfig", "DistillResult", "field_choices"]
+__all__ = ["ADDED_LATER", "LOSS_WEIGHTS", "MINIMUM", "RESUMABLE", "DistillConfig", "DistillResult", "field_choices"]
 
 #: the weighted losses of :func:`ternary_hf.train.losses.distillation_loss` (0 switches one off)
 LOSS_WEIGHTS = ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "attention_kl", "similarity",
@@ -28,6 +29,11 @@ LOSS_WEIGHTS = ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "atten
 #: field defines the run, and a resume with another value is refused
 RESUMABLE = frozenset({"max_steps", "max_minutes", "save_every", "keep_checkpoints", "log_every", "num_threads",
                        "eval_every", "eval_tasks", "eval_limit", "report_to"})
+#: settings added after runs were first recorded, at the value that reproduces what a run recorded
+#: without them did (long views off, no token budget, the classic corpus, no --data mixing): a resume
+#: of such a run compares against these
+ADDED_LATER = {"batch_tokens": 0, "long_length": 0, "long_share": 0.1, "mix": "classic", "exclude_sources": "",
+               "data_share": 1.0}
 #: the smallest allowed value of the numeric settings (``None`` always allowed where the type says so)
 MINIMUM = {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 1, "bank_size": 1,
            "save_every": 1, "keep_checkpoints": 1, "log_every": 1, "num_threads": 1, "max_texts": 1,

@@ -6,6 +6,9 @@ to ``<work_dir>/run.json`` with a run id; a resumed session compares its own set
 continue another run's checkpoints, naming each differing setting (old -> new) and the way to start
 over. Settings a resumed session may change (step cap, time budget, evaluation, reporting,
 checkpoint cadence, threads) are recorded per session, so the record says what each session ran with.
+A setting added after a run was recorded counts as the value that reproduces that run
+(:data:`~ternary_hf.train.config.ADDED_LATER`), so a run survives an upgrade of the package: it resumes
+with that value, and the refusal of any other names it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from ..errors import CheckpointError, InvalidInputError
 from ..utils.io import atomic_write_json, read_json
-from .config import RESUMABLE, DistillConfig
+from .config import ADDED_LATER, RESUMABLE, DistillConfig
 
 __all__ = ["RUN_FILE", "RunRecord", "SettingsChangedError", "differences", "run_settings"]
 
@@ -70,6 +73,11 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return out
 
 
+def _with_later_settings(recorded: dict[str, Any]) -> dict[str, Any]:
+    """``recorded`` plus each setting added since, at the value runs without it had."""
+    return {**{name: value for name, value in ADDED_LATER.items() if name not in recorded}, **recorded}
+
+
 def _show(value: Any) -> str:
     if isinstance(value, dict) and "sha256" in value:  # training data
         return f"{value.get('count')} items, sha256 {value['sha256']}"
@@ -95,7 +103,7 @@ class RunRecord:
         recorded = self.data.get("settings")
         if recorded is None:
             return
-        changed = differences(recorded, settings)
+        changed = differences(_with_later_settings(recorded), settings)
         if changed:
             raise SettingsChangedError(
                 f"{self.path.parent} holds checkpoints of a run with other settings, and resuming would mix the two "
