@@ -373,6 +373,7 @@ def export_main(args: argparse.Namespace) -> None:
 class Worker:
     def __init__(self, backend: str, cmd: list[str], log: Path, env: dict[str, str]) -> None:
         self.backend = backend
+        self.settle_ms: list[float] = []  # per ask(): how long the worker kept burning CPU after replying
         self.log = open(log, "w")  # noqa: SIM115  (closed in close())
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
@@ -389,10 +390,45 @@ class Worker:
         return json.loads(line)
 
     def ask(self, **cmd: Any) -> dict[str, Any]:
+        """Send ``cmd``, read the reply, then wait until the worker's threads are idle (:meth:`settle`)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
-        return self._read()
+        reply = self._read()
+        self.settle_ms.append(self.settle())
+        return reply
+
+    def cpu_ns(self) -> int | None:
+        """CPU time of all the worker's threads so far (ns, ``/proc/PID/task/*/schedstat``), None without /proc."""
+        total = 0
+        try:
+            tasks = os.listdir(f"/proc/{self.proc.pid}/task")
+        except OSError:
+            return None
+        for tid in tasks:
+            try:
+                with open(f"/proc/{self.proc.pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # the thread ended between listdir and open
+        return total
+
+    def settle(self, poll_s: float = 0.005, timeout_s: float = 2.0) -> float:
+        """Wait until the worker burns under 10% of a core over ``poll_s``; returns the ms waited.
+
+        Why: ONNX Runtime's pool threads (and OpenVINO's) keep spinning on a core for tens of
+        milliseconds after a call returns (benchmarks/README.md). The engine whose turn comes next
+        would share its cores with that spin, which no deployment running one engine sees.
+        """
+        start = time.perf_counter()
+        before = self.cpu_ns()
+        while before is not None and time.perf_counter() - start < timeout_s:
+            time.sleep(poll_s)
+            now = self.cpu_ns()
+            if now is None or now - before < 0.1 * poll_s * 1e9:
+                break
+            before = now
+        return (time.perf_counter() - start) * 1e3
 
     def close(self) -> None:
         try:
@@ -484,6 +520,7 @@ def run_cell(
         res["throughput"] = res["count"] / res["seconds"]
         res["best"] = max(res["rounds"])
         res["latency_ms"] = statistics.median(res["lat"]) * 1e3
+        res["settle_ms"] = statistics.median(w.settle_ms[:-1] or [0.0])  # the last one is after "finish"
     if "fp32" in workers:
         ref = results["fp32"]
         ref_map = dict(zip(ref["emb_idx"], ref["emb"], strict=True))
@@ -538,6 +575,10 @@ def print_cell(model_name: str, threads: int, results: dict[str, dict[str, Any]]
     if best:
         print(f"\nfastest stock engine: {best[0]} ({best[1]:.1f} sentences/s); lowest stock batch-1 latency: "
               f"{best_lat[0]} ({best_lat[1]:.2f} ms)")
+    settled = [f"{b} {res['settle_ms']:.0f}" for b, res in results.items() if "settle_ms" in res]
+    if settled:
+        print("wait for each engine's threads to go idle after its turn, before the next engine's "
+              f"(median ms): {', '.join(settled)}")
 
 
 def print_targets(all_results: dict[tuple[str, int], dict[str, dict[str, Any]]]) -> None:
