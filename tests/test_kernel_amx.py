@@ -172,3 +172,47 @@ def test_the_emulated_build_is_never_selected_at_run_time(monkeypatch: pytest.Mo
     monkeypatch.setenv(_build.ISA_ENV, "amx_emulated")
     with pytest.raises(ValueError, match="is not one of"):
         _build._requested_isas()
+
+
+@pytest.mark.parametrize("kind", ["bert", "vit"])
+def test_the_team_forward_of_the_amx_build_equals_the_avx2_build(amx_builds, tiny_model_dirs, kind):
+    # The whole encoder in one kernel call at batch 1 and 2 threads (the team forward): AMX GEMM units
+    # (one unit spans all rows) shared by the threads of the team give the same bits as the AVX2 build,
+    # whose attention / LayerNorm code the AMX build shares (both are compiled without AVX-512), and as
+    # the AMX build's own op-by-op forward.
+    from conftest import tiny_inputs
+    from transformers import AutoModel
+
+    from ternary_hf import TernaryConfig
+
+    if "avx2" not in _build.supported_isas():
+        pytest.skip("the AVX2 build does not run here")
+    avx2 = _build.load_kernel_variant("avx2")
+    model = AutoModel.from_pretrained(tiny_model_dirs[kind], quantization_config=TernaryConfig()).eval()
+    engine = model._ternary_fast_forward
+    with torch.inference_mode():
+        model(**tiny_inputs(kind, batch=1))
+    native = engine.native
+    x = torch.randn(21, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    cu = torch.tensor([0, 21])
+
+    def forward(module, team: bool) -> torch.Tensor:
+        module._set_team_forward(team)
+        try:
+            return module.encoder_forward(x, cu, native.gemms, native.dims, native.norms, native.eps, native.pre_norm,
+                                          native.final_norm, native.final_eps, engine.plan.heads, engine.plan.scale,
+                                          None, 0, 1)
+        finally:
+            module._set_team_forward(True)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        reference = forward(avx2, False)
+        for module in amx_builds:
+            runs = module._team_forward_count()
+            assert torch.equal(forward(module, True), reference)
+            assert module._team_forward_count() == runs + 1
+            assert torch.equal(forward(module, False), reference)
+    finally:
+        torch.set_num_threads(threads)

@@ -74,6 +74,65 @@ def test_the_one_call_forward_equals_the_op_by_op_loop(tiny_model_dirs, kind, mo
     assert torch.equal(native, loop)
 
 
+@needs_kernel
+@pytest.mark.parametrize("kind", ["bert", "mpnet", "vit"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_team_forward_equals_the_op_by_op_forward(tiny_model_dirs, kind, batch):
+    # At 2 threads a batch of 1 or 3 sequences is too small to split into chunks: the threads run every
+    # op together in one region (encode_team). Switched off, each op forks and joins on its own.
+    from ternary_hf.kernels import kernel_module
+
+    model = _quantize(tiny_model_dirs[kind])
+    module = kernel_module()
+    inputs = tiny_inputs(kind, batch=batch)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            runs = module._team_forward_count()
+            team = model(**inputs).last_hidden_state.clone()
+            assert module._team_forward_count() == runs + 1
+            module._set_team_forward(False)
+            ops = model(**inputs).last_hidden_state
+            assert module._team_forward_count() == runs + 1
+    finally:
+        module._set_team_forward(True)
+        torch.set_num_threads(threads)
+    assert torch.equal(team, ops)
+
+
+@needs_kernel
+def test_the_team_forward_of_a_pre_ln_encoder_without_a_final_norm_ends_with_the_residual_sum(tiny_model_dirs):
+    from ternary_hf.kernels import kernel_module
+
+    model = _quantize(tiny_model_dirs["vit"])
+    module = kernel_module()
+    engine = model._ternary_fast_forward
+    with torch.inference_mode():
+        model(**tiny_inputs("vit", batch=1))
+    native = engine.native
+    x = torch.randn(17, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    cu = torch.tensor([0, 17])
+    outs = []
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        runs = module._team_forward_count()
+        for team in (True, False):
+            module._set_team_forward(team)
+            outs.append(module.encoder_forward(x, cu, native.gemms, native.dims, native.norms, native.eps, True, [],
+                                               0.0, engine.plan.heads, engine.plan.scale, None, 0, 1))
+        assert module._team_forward_count() == runs + 1
+    finally:
+        module._set_team_forward(True)
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])
+    with_norm = module.encoder_forward(x, cu, native.gemms, native.dims, native.norms, native.eps, True,
+                                       native.final_norm, native.final_eps, engine.plan.heads, engine.plan.scale,
+                                       None, 0, 1)
+    assert not torch.equal(outs[0], with_norm)  # the final LayerNorm was really left out
+
+
 def test_the_fast_path_runs_and_falls_back(tiny_model_dirs, monkeypatch):
     model = _quantize(tiny_model_dirs["bert"])
     inputs = tiny_inputs("bert", batch=3)

@@ -63,7 +63,7 @@ SOURCE = Path(__file__).with_name("ternary_cpu.cpp")
 #: Everything the build reads (hashed into the cache key): the inference kernel, the trainer's ops,
 #: the fast encoder forward's fused ops (ternary_hf.integrations.fast_forward) and the headers they share.
 SOURCES = (SOURCE, SOURCE.with_name("ternary_train.cpp"), SOURCE.with_name("encoder_ops.cpp"))
-HEADERS = tuple(SOURCE.with_name(h) for h in ("common.h", "epilogue.h", "amx_tiles.h", "amx_gemm.h"))
+HEADERS = tuple(SOURCE.with_name(h) for h in ("common.h", "epilogue.h", "amx_tiles.h", "amx_gemm.h", "team_gemm.h"))
 #: Flags of every build; ISA_CFLAGS adds the instruction set and the define that selects its GEMM code.
 CFLAGS = ("-O3", "-ffp-contract=off", "-fopenmp")
 ISA_CFLAGS: dict[str, tuple[str, ...]] = {

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "epilogue.h"  // exp_neg_avx2, shared with the GEMM's GELU epilogue
+#include "team_gemm.h"
 
 // ternary_cpu.cpp: the ternary GEMM (int8 activations quantized inside, optional GELU epilogue).
 torch::Tensor ternary_linear_op(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
@@ -351,6 +352,23 @@ void attend_head(const AttentionProblem& P, int64_t base, int64_t l, int64_t h, 
   }
 }
 
+// Tasks: (sequence, group of heads), all heads of a sequence together unless there are too few
+// sequences to keep the threads busy.
+struct AttentionTasks {
+  int64_t groups, per_group, heads, count;
+};
+
+AttentionTasks attention_tasks(int64_t n_seq, int64_t heads, int64_t threads) {
+  const int64_t groups = std::min(heads, std::max<int64_t>(1, (4 * threads + n_seq - 1) / std::max<int64_t>(n_seq, 1)));
+  return {groups, (heads + groups - 1) / groups, heads, n_seq * groups};
+}
+
+void attend_task(const AttentionProblem& P, const int64_t* cu, const AttentionTasks& T, int64_t t) {
+  const int64_t b = t / T.groups, g = t % T.groups;
+  const int64_t h0 = g * T.per_group, h1 = std::min(T.heads, h0 + T.per_group);
+  if (h0 < h1) attend(P, cu[b], cu[b + 1] - cu[b], h0, h1);
+}
+
 // tokens x longest sequence x hidden below which attention stays on one thread (the fork and join
 // would cost more than the split saves); _set_min_attention_work changes it (tests, benchmarks).
 int64_t g_min_attention_work = int64_t(1) << 18;
@@ -390,22 +408,55 @@ torch::Tensor varlen_attention(const torch::Tensor& qkv, const torch::Tensor& cu
   }
   auto out = torch::empty({qkv.size(0), hidden}, qkv.options());
   P.out = out.data_ptr<float>();
-  // Tasks: (sequence, group of heads), all heads of a sequence together unless there are too few
-  // sequences to keep the threads busy; tiny problems stay on one thread.
-  const int64_t threads = at::get_num_threads();
-  const int64_t groups = std::min(heads, std::max<int64_t>(1, (4 * threads + n_seq - 1) / std::max<int64_t>(n_seq, 1)));
-  const int64_t per_group = (heads + groups - 1) / groups;
-  const int64_t tasks = n_seq * groups;
+  const AttentionTasks T = attention_tasks(n_seq, heads, at::get_num_threads());
   const int64_t work = std::max<int64_t>(1, qkv.size(0) * max_len * hidden);
-  const int64_t grain = work < g_min_attention_work ? tasks : 1;
-  at::parallel_for(0, tasks, std::max<int64_t>(1, grain), [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / groups, g = t % groups;
-      const int64_t h0 = g * per_group, h1 = std::min(heads, h0 + per_group);
-      if (h0 < h1) attend(P, cu[b], cu[b + 1] - cu[b], h0, h1);
-    }
+  const int64_t grain = work < g_min_attention_work ? T.count : 1;
+  at::parallel_for(0, T.count, std::max<int64_t>(1, grain), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) attend_task(P, cu, T, t);
   });
   return out;
+}
+
+// Rows [r0, r1) of add_layernorm (below): out = LayerNorm(y + residual), and the sum itself into
+// sp when sp is not null (else into `row`, n floats of scratch). One pass per row, reductions in a
+// fixed order, so every caller gets the same bits for a row.
+void layernorm_rows(const float* yp, const float* rp, const float* g, const float* bt, double eps, int64_t n,
+                    float* op, float* sp, float* row, int64_t r0, int64_t r1) {
+  const float inv_n = 1.0f / static_cast<float>(n);
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* yr = yp + r * n;
+    float* x = sp != nullptr ? sp + r * n : row;
+    __m256 vs = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) {
+      __m256 v = _mm256_loadu_ps(yr + i);
+      if (rp != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(rp + r * n + i));
+      _mm256_storeu_ps(x + i, v);
+      vs = _mm256_add_ps(vs, v);
+    }
+    float tail = 0.0f;
+    for (int64_t i = n8; i < n; ++i) {
+      x[i] = rp != nullptr ? yr[i] + rp[r * n + i] : yr[i];
+      tail += x[i];
+    }
+    const float mean = (hsum8(vs) + tail) * inv_n;
+    const __m256 vm = _mm256_set1_ps(mean);
+    __m256 vv = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
+      vv = _mm256_fmadd_ps(c, c, vv);
+    }
+    float vtail = 0.0f;
+    for (int64_t i = n8; i < n; ++i) vtail += (x[i] - mean) * (x[i] - mean);
+    const float rstd = 1.0f / std::sqrt((hsum8(vv) + vtail) * inv_n + static_cast<float>(eps));
+    const __m256 vr = _mm256_set1_ps(rstd);
+    float* o = op + r * n;
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256 c = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vr);
+      _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_mul_ps(c, _mm256_loadu_ps(g + i)), _mm256_loadu_ps(bt + i)));
+    }
+    for (int64_t i = n8; i < n; ++i) o[i] = (x[i] - mean) * rstd * g[i] + bt[i];
+  }
 }
 
 // out = LayerNorm(y + residual) (residual optional); with return_sum also the sum y + residual itself
@@ -432,44 +483,10 @@ std::vector<torch::Tensor> add_layernorm(const torch::Tensor& y, const c10::opti
   const float* bt = beta.data_ptr<float>();
   float* op = out.data_ptr<float>();
   float* sp = return_sum ? sum.data_ptr<float>() : nullptr;
-  const float inv_n = 1.0f / static_cast<float>(n);
-  const int64_t n8 = n / 8 * 8;
   at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(n, 1)),
                    [&](int64_t r0, int64_t r1) {
-    std::vector<float> row(n);
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* yr = yp + r * n;
-      float* x = sp != nullptr ? sp + r * n : row.data();
-      __m256 vs = _mm256_setzero_ps();
-      for (int64_t i = 0; i < n8; i += 8) {
-        __m256 v = _mm256_loadu_ps(yr + i);
-        if (rp != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(rp + r * n + i));
-        _mm256_storeu_ps(x + i, v);
-        vs = _mm256_add_ps(vs, v);
-      }
-      float tail = 0.0f;
-      for (int64_t i = n8; i < n; ++i) {
-        x[i] = rp != nullptr ? yr[i] + rp[r * n + i] : yr[i];
-        tail += x[i];
-      }
-      const float mean = (hsum8(vs) + tail) * inv_n;
-      const __m256 vm = _mm256_set1_ps(mean);
-      __m256 vv = _mm256_setzero_ps();
-      for (int64_t i = 0; i < n8; i += 8) {
-        const __m256 c = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
-        vv = _mm256_fmadd_ps(c, c, vv);
-      }
-      float vtail = 0.0f;
-      for (int64_t i = n8; i < n; ++i) vtail += (x[i] - mean) * (x[i] - mean);
-      const float rstd = 1.0f / std::sqrt((hsum8(vv) + vtail) * inv_n + static_cast<float>(eps));
-      const __m256 vr = _mm256_set1_ps(rstd);
-      float* o = op + r * n;
-      for (int64_t i = 0; i < n8; i += 8) {
-        const __m256 c = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vr);
-        _mm256_storeu_ps(o + i, _mm256_add_ps(_mm256_mul_ps(c, _mm256_loadu_ps(g + i)), _mm256_loadu_ps(bt + i)));
-      }
-      for (int64_t i = n8; i < n; ++i) o[i] = (x[i] - mean) * rstd * g[i] + bt[i];
-    }
+    std::vector<float> row(sp == nullptr ? n : 0);
+    layernorm_rows(yp, rp, g, bt, eps, n, op, sp, row.data(), r0, r1);
   });
   if (return_sum) return {out, sum};
   return {out};
@@ -542,6 +559,233 @@ torch::Tensor encode_chunk(const Encoder& E, torch::Tensor x, const torch::Tenso
   return h;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The team forward: a batch too small to split into chunks (one sentence: the latency case) runs
+// every op on all threads. Calling each op's own parallel code forks and joins once per op (~30 per
+// MiniLM forward), and whenever the other thread fell asleep between two ops the fork pays a
+// wake-up, which in a virtual machine costs more than a small GEMM at batch 1. Here the threads
+// enter one OpenMP region for the whole forward, claim the work of each op (activation rows, GEMM
+// output units, attention heads, LayerNorm rows) from a shared counter, and meet at a spinning
+// barrier between ops. Every row, unit and head is computed by the same code as in encode_chunk, so
+// the result is bit-identical to it (tests compare the two).
+
+bool g_team_forward = true;          // _set_team_forward (tests, benchmarks)
+std::atomic<int64_t> g_team_runs{0};  // team forwards run so far (_team_forward_count, tests)
+
+// A barrier that spins (then yields) instead of sleeping: the waits between ops are microseconds.
+class SpinBarrier {
+ public:
+  void reset(int n) { n_ = n; }
+  void wait() {
+    const int gen = gen_.load(std::memory_order_acquire);
+    if (count_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+      count_.store(0, std::memory_order_relaxed);
+      gen_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (int spins = 0; gen_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 100000) {
+        _mm_pause();
+      } else {
+        std::this_thread::yield();  // the other thread is descheduled: give the core back
+      }
+    }
+  }
+
+ private:
+  int n_ = 1;
+  std::atomic<int> count_{0};
+  std::atomic<int> gen_{0};
+};
+
+// Shared state of one team forward. Every thread walks the same op sequence, so op number i names
+// the same work everywhere; counters[i] hands out that op's work.
+class Team {
+ public:
+  explicit Team(size_t ops) : counters_(new std::atomic<int64_t>[ops]), ops_(ops) {
+    for (size_t i = 0; i < ops; ++i) counters_[i].store(0, std::memory_order_relaxed);
+  }
+  SpinBarrier barrier;
+
+  // fn(i0, i1) over [0, n) in pieces of `chunk`, shared by whoever claims them; then the barrier.
+  template <typename F>
+  void share(size_t& op, int64_t n, int64_t chunk, const F& fn) {
+    std::atomic<int64_t>& next = counters_[op++];
+    for (int64_t i = next.fetch_add(chunk, std::memory_order_relaxed); i < n;
+         i = next.fetch_add(chunk, std::memory_order_relaxed)) {
+      fn(i, std::min(n, i + chunk));
+    }
+    barrier.wait();
+  }
+  size_t ops() const { return ops_; }
+
+ private:
+  std::unique_ptr<std::atomic<int64_t>[]> counters_;
+  size_t ops_;
+};
+
+constexpr int64_t kTeamRows = 8;  // rows per claim for quantization and LayerNorm
+
+struct TeamLayer {
+  TeamGemm qkv, o, up, down;
+  int64_t units[4];
+};
+
+void check_gemm_chain(const Gemm& g, int64_t k, int64_t n, const char* name) {
+  TORCH_CHECK_VALUE(g.k == k && g.n == n && g.w.scalar_type() == torch::kUInt8 && g.w.dim() == 3 &&
+                        g.w.is_contiguous() && g.w.size(0) == (n + 15) / 16 &&
+                        g.w.size(1) == (k + 15) / 16 && g.s.scalar_type() == torch::kFloat32 &&
+                        g.s.is_contiguous() && (g.s.numel() == 1 || g.s.numel() == n) &&
+                        (!g.b.has_value() || (g.b->scalar_type() == torch::kFloat32 && g.b->is_contiguous() &&
+                                              g.b->numel() == n)),
+                    "encoder_forward: the ", name, " weights do not fit a ", k, " -> ", n,
+                    " layer; rebuild them with ternary_hf.kernels.prepare_weight");
+}
+
+TeamGemm team_gemm(const Gemm& g, const float* x, int64_t m, float* y, int8_t* q, int32_t* qsum, float* sx) {
+  TeamGemm t;
+  t.x = x;
+  t.m = m;
+  t.k = g.k;
+  t.n = g.n;
+  t.w = g.w.data_ptr<uint8_t>();
+  t.sw = g.s.data_ptr<float>();
+  t.sw_per_channel = g.s.numel() > 1;
+  t.bias = g.b.has_value() ? g.b->data_ptr<float>() : nullptr;
+  t.gelu = g.gelu;
+  t.y = y;
+  t.q = q;
+  t.qsum = qsum;
+  t.sx = sx;
+  return t;
+}
+
+void team_run_gemm(Team& T, size_t& op, const TeamGemm& g, int64_t units) {
+  T.share(op, g.m, kTeamRows, [&](int64_t r0, int64_t r1) { team_gemm_quantize(g, r0, r1); });
+  T.share(op, units, 1, [&](int64_t u, int64_t) { team_gemm_unit(g, u); });
+}
+
+torch::Tensor encode_team(const Encoder& E, const torch::Tensor& x, const torch::Tensor& cu_seqlens, int threads) {
+  const int64_t m = x.size(0), hidden = x.size(1);
+  const int64_t n_seq = cu_seqlens.numel() - 1;
+  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(hidden % E.heads == 0, "encoder_forward: hidden size ", hidden, " is not a multiple of heads=",
+                    E.heads);
+  int64_t inter = 0, max_len = 0;
+  for (int64_t b = 0; b < n_seq; ++b) max_len = std::max(max_len, cu[b + 1] - cu[b]);
+  for (const Layer& L : E.layers) {
+    inter = std::max(inter, L.up.n);
+    check_gemm_chain(L.qkv, hidden, 3 * hidden, "query/key/value");
+    check_gemm_chain(L.o, hidden, hidden, "attention output");
+    check_gemm_chain(L.up, hidden, L.up.n, "feed-forward up");
+    check_gemm_chain(L.down, L.up.n, hidden, "feed-forward down");
+  }
+  if (E.rel_bias.has_value()) {
+    TORCH_CHECK_VALUE(E.rel_bias->scalar_type() == torch::kFloat32 && E.rel_bias->dim() == 2 &&
+                          E.rel_bias->size(0) == E.heads && E.rel_bias->is_contiguous() &&
+                          E.center >= max_len - 1 && E.center + max_len <= E.rel_bias->size(1),
+                      "encoder_forward: rel_bias must be a contiguous float32 (heads, width) table covering ",
+                      max_len, " tokens");
+  }
+  const auto opts = x.options();
+  torch::Tensor qkv = torch::empty({m, 3 * hidden}, opts), ctx = torch::empty({m, hidden}, opts);
+  torch::Tensor a = torch::empty({m, hidden}, opts), f = torch::empty({m, hidden}, opts);
+  torch::Tensor u = torch::empty({m, inter}, opts);
+  torch::Tensor s1 = torch::empty({m, hidden}, opts), s2 = torch::empty({m, hidden}, opts);
+  torch::Tensor h = E.pre_norm ? torch::empty({m, hidden}, opts) : torch::Tensor();
+  std::vector<int8_t> q(static_cast<size_t>(std::max(team_gemm_q_elems(m, hidden), team_gemm_q_elems(m, inter))));
+  std::vector<int32_t> qsum(m);
+  std::vector<float> sx(m);
+
+  // Buffers. Post-LN: layer i reads `cur` (x, then s2), LayerNorm(a + cur) goes to s1 and
+  // LayerNorm(f + s1) to s2, the next layer's input. Pre-LN: h holds the normalised input of each
+  // block; the residual stream goes x -> s1 -> s2 -> s1 ... (a LayerNorm never writes what it reads).
+  const float* xp = x.data_ptr<float>();
+  float* s[2] = {s1.data_ptr<float>(), s2.data_ptr<float>()};
+  float* hp = E.pre_norm ? h.data_ptr<float>() : nullptr;
+  std::vector<TeamLayer> layers;
+  for (size_t i = 0; i < E.layers.size(); ++i) {
+    const Layer& L = E.layers[i];
+    TeamLayer t;
+    const float* in = E.pre_norm ? hp : (i == 0 ? xp : s[1]);
+    const float* mid = E.pre_norm ? hp : s[0];
+    t.qkv = team_gemm(L.qkv, in, m, qkv.data_ptr<float>(), q.data(), qsum.data(), sx.data());
+    t.o = team_gemm(L.o, ctx.data_ptr<float>(), m, a.data_ptr<float>(), q.data(), qsum.data(), sx.data());
+    t.up = team_gemm(L.up, mid, m, u.data_ptr<float>(), q.data(), qsum.data(), sx.data());
+    t.down = team_gemm(L.down, u.data_ptr<float>(), m, f.data_ptr<float>(), q.data(), qsum.data(), sx.data());
+    t.units[0] = team_gemm_units(t.qkv);  // may throw (AMX unavailable): before the region
+    t.units[1] = team_gemm_units(t.o);
+    t.units[2] = team_gemm_units(t.up);
+    t.units[3] = team_gemm_units(t.down);
+    layers.push_back(t);
+  }
+  AttentionProblem P{qkv.data_ptr<float>(), 3 * hidden, hidden, E.heads, hidden / E.heads,
+                     static_cast<float>(E.scale), nullptr, 0, E.center, ctx.data_ptr<float>()};
+  if (E.rel_bias.has_value()) {
+    P.bias = E.rel_bias->data_ptr<float>();
+    P.bias_width = E.rel_bias->size(1);
+  }
+  const AttentionTasks tasks = attention_tasks(n_seq, E.heads, threads);
+  torch::Tensor out = E.pre_norm ? h : s2;
+  const bool add_at_end = E.pre_norm && !E.final_norm.has_value();
+  if (add_at_end) out = torch::empty({m, hidden}, opts);
+  float* outp = out.data_ptr<float>();
+
+  Team team(16 * E.layers.size() + 8);
+  g_team_runs.fetch_add(1, std::memory_order_relaxed);
+  const auto ln = [&](size_t& op, const float* y, const float* res, const Norm& nm, float* o, float* sum) {
+    const float* g = nm.w.data_ptr<float>();
+    const float* b = nm.b.data_ptr<float>();
+    team.share(op, m, kTeamRows, [&](int64_t r0, int64_t r1) {
+      static thread_local std::vector<float> row;
+      if (static_cast<int64_t>(row.size()) < hidden) row.resize(hidden);
+      layernorm_rows(y, res, g, b, nm.eps, hidden, o, sum, row.data(), r0, r1);
+    });
+  };
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp single
+    team.barrier.reset(omp_get_num_threads());  // the threads the runtime gave (the single's barrier publishes it)
+    size_t op = 0;
+    const float* r = xp;  // pre-LN residual stream
+    int rflip = 0;
+    if (E.pre_norm) ln(op, xp, nullptr, E.layers[0].attn, hp, nullptr);
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const TeamLayer& t = layers[i];
+      const Layer& L = E.layers[i];
+      team_run_gemm(team, op, t.qkv, t.units[0]);
+      team.share(op, tasks.count, 1, [&](int64_t k, int64_t) { attend_task(P, cu, tasks, k); });
+      team_run_gemm(team, op, t.o, t.units[1]);
+      if (!E.pre_norm) {
+        ln(op, t.o.y, t.qkv.x, L.attn, s[0], nullptr);
+        team_run_gemm(team, op, t.up, t.units[2]);
+        team_run_gemm(team, op, t.down, t.units[3]);
+        ln(op, t.down.y, s[0], L.ffn, s[1], nullptr);
+        continue;
+      }
+      float* r1 = s[rflip];
+      ln(op, t.o.y, r, L.ffn, hp, r1);
+      r = r1;
+      rflip = 1 - rflip;
+      team_run_gemm(team, op, t.up, t.units[2]);
+      team_run_gemm(team, op, t.down, t.units[3]);
+      const Norm* next = i + 1 < E.layers.size() ? &E.layers[i + 1].attn : (E.final_norm ? &*E.final_norm : nullptr);
+      if (next == nullptr) {
+        const float* fr = t.down.y;
+        team.share(op, m, kTeamRows, [&](int64_t r0, int64_t r1_) {
+          for (int64_t e = r0 * hidden; e < r1_ * hidden; ++e) outp[e] = fr[e] + r[e];
+        });
+        break;
+      }
+      float* r2 = s[rflip];
+      ln(op, t.down.y, r, *next, hp, r2);
+      r = r2;
+      rflip = 1 - rflip;
+    }
+  }
+  return out;
+}
+
 // Chunks of sequences claimed one at a time by the caller and its helpers (see above).
 struct ChunkJob {
   std::atomic<int64_t> next{0};
@@ -606,7 +850,11 @@ torch::Tensor encoder_forward(const torch::Tensor& x, const torch::Tensor& cu_se
   if (final_norm.size() == 2) E.final_norm = Norm{final_norm[0], final_norm[1], final_eps};
   const int64_t n_seq = cu_seqlens.numel() - 1;
   const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
-  if (chunks <= 1 || n_seq < 2) return encode_chunk(E, x, cu_seqlens);
+  if (chunks <= 1 || n_seq < 2) {
+    const int threads = at::get_num_threads();
+    if (g_team_forward && threads > 1 && !omp_in_parallel() && x.size(0) > 0) return encode_team(E, x, cu_seqlens, threads);
+    return encode_chunk(E, x, cu_seqlens);
+  }
   // Split the sequences into `chunks` runs of about equal token counts.
   std::vector<int64_t> bounds{0};
   const int64_t tokens = cu[n_seq];
@@ -761,6 +1009,11 @@ void register_encoder_ops(pybind11::module_& m) {
         py::arg("tensors"));
   m.def("stamps_match", &stamps_match, "whether tensor_stamps(tensors) would equal stamps", py::arg("tensors"),
         py::arg("stamps"));
+  m.def(
+      "_set_team_forward", [](bool on) { g_team_forward = on; },
+      "tests and benchmarks: run a batch too small to split as one thread team (default) or op by op");
+  m.def(
+      "_team_forward_count", []() { return g_team_runs.load(); }, "tests: team forwards run so far");
   m.def("encoder_forward", &encoder_forward,
         "every layer of a post-LN or pre-LN encoder over packed tokens (see ternary_hf/runtime/engine.py)",
         py::arg("x"), py::arg("cu_seqlens"), py::arg("gemms"), py::arg("dims"), py::arg("norms"), py::arg("eps"),

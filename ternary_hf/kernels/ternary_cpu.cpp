@@ -45,6 +45,7 @@
 
 #include "common.h"
 #include "epilogue.h"
+#include "team_gemm.h"
 #if defined(TERNARY_HF_AMX)
 #include "amx_gemm.h"
 #endif
@@ -385,26 +386,63 @@ void run_units(int64_t units, int64_t nthreads, const std::function<void(int64_t
   }
 }
 
+// The geometry of one GEMM call: rows of q padded for the build (AMX: row stride a multiple of 64
+// bytes, row count a multiple of 16), and the output units (row block x 64 columns).
+struct Geometry {
+  int64_t kblocks, kp, m_alloc, row_block, n_rb, n_cb;
+};
+
+Geometry geometry(int64_t m, int64_t k, int64_t n) {
+  const int64_t kblocks = ceil_div(k, kKB);
+#if defined(TERNARY_HF_AMX)
+  const int64_t kp = ceil_div(k, kAmxK) * kAmxK;
+  const int64_t m_alloc = ceil_div(m, kAmxRows) * kAmxRows;
+  const int64_t row_block = std::max<int64_t>(m, 1);  // one unit spans all rows: each panel is decoded once per call
+#else
+  const int64_t kp = kblocks * kKB;
+  const int64_t m_alloc = m;
+  const int64_t row_block = std::max<int64_t>(std::min<int64_t>(kRowBlock, m), 1);
+#endif
+  return {kblocks, kp, m_alloc, row_block, ceil_div(m, row_block), ceil_div(n, kColBlock)};
+}
+
+// Rows [r0, r1) of x -> int8 codes, row sums and scales; the range that ends at m also zeroes the
+// padding rows of the AMX build.
+void quantize_rows(const float* x, int64_t m, int64_t k, const Geometry& G, int8_t* q, int32_t* qsum, float* sx,
+                   int64_t r0, int64_t r1) {
+  for (int64_t i = r0; i < r1; ++i) qsum[i] = quantize_row(x + i * k, k, G.kp, q + i * G.kp, sx + i);
+  if (r1 == m && G.m_alloc > m) std::memset(q + m * G.kp, 0, static_cast<size_t>((G.m_alloc - m) * G.kp));
+}
+
+void run_unit(const Problem& P, const Geometry& G, int64_t u) {
+  const int64_t rb = u / G.n_cb, cb = u % G.n_cb;
+  const int64_t m0 = rb * G.row_block, m1 = std::min(P.m, (rb + 1) * G.row_block);
+  const int64_t n0 = cb * kColBlock, n1 = std::min(P.n, (cb + 1) * kColBlock);
+#if defined(TERNARY_HF_AMX)
+  run_amx_block(P, m0, m1, n0, n1);
+#else
+  run_tile_block(P, m0, m1, n0, n1);
+#endif
+}
+
+void require_amx() {
+#if defined(TERNARY_HF_AMX)
+  const std::string& amx_problem = amx_permission();
+  TORCH_CHECK(amx_problem.empty(), "ternary kernel: the AMX tiles are unavailable (", amx_problem,
+              "); set TERNARY_HF_KERNEL_ISA=avx512vnni or avx2");
+#endif
+}
+
 void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
          const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features, float* y,
          int32_t* acc, bool gelu) {
   const int64_t m = x.size(0);
   const int64_t k = in_features;
   const int64_t n = out_features;
-  const int64_t kblocks = ceil_div(k, kKB);
-#if defined(TERNARY_HF_AMX)
-  // AMX tiles: rows of q padded to a multiple of 64 bytes and the row count to a multiple of 16 (amx_gemm.h).
-  const std::string& amx_problem = amx_permission();
-  TORCH_CHECK(amx_problem.empty(), "ternary kernel: the AMX tiles are unavailable (", amx_problem,
-              "); set TERNARY_HF_KERNEL_ISA=avx512vnni or avx2");
-  const int64_t kp = ceil_div(k, kAmxK) * kAmxK;
-  const int64_t m_alloc = ceil_div(m, kAmxRows) * kAmxRows;
-#else
-  const int64_t kp = kblocks * kKB;
-  const int64_t m_alloc = m;
-#endif
+  require_amx();
+  const Geometry G = geometry(m, k, n);
   Scratch& s = scratch();
-  if (static_cast<int64_t>(s.q.size()) < m_alloc * kp) s.q.resize(m_alloc * kp);
+  if (static_cast<int64_t>(s.q.size()) < G.m_alloc * G.kp) s.q.resize(G.m_alloc * G.kp);
   if (static_cast<int64_t>(s.qsum.size()) < m) {
     s.qsum.resize(m);
     s.sx.resize(m);
@@ -415,7 +453,7 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
   float* sxp = s.sx.data();
 
   const int64_t nthreads_max = at::get_num_threads();
-  const int64_t macs = m * n * kp;
+  const int64_t macs = m * n * G.kp;
   const int64_t nthreads = std::max<int64_t>(1, std::min(nthreads_max, macs / g_min_macs_per_thread));
 
   // 1) quantize activations (row chunks shared out when there is enough work: a few dozen rows take
@@ -423,30 +461,15 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
   const int64_t qthreads = m * k >= g_min_quant_elems ? nthreads : 1;
   const int64_t qchunk = std::max<int64_t>(16, ceil_div(m, 4 * qthreads));
   const std::function<void(int64_t)> quant = [&](int64_t c) {
-    for (int64_t i = c * qchunk; i < std::min(m, (c + 1) * qchunk); ++i) {
-      qs[i] = quantize_row(xp + i * k, k, kp, qp + i * kp, sxp + i);
-    }
+    quantize_rows(xp, m, k, G, qp, qs, sxp, c * qchunk, std::min(m, (c + 1) * qchunk));
   };
   run_units(ceil_div(m, qchunk), qthreads, quant);
-  if (m_alloc > m) std::memset(qp + m * kp, 0, static_cast<size_t>((m_alloc - m) * kp));
 
   // 2) GEMM over (row block x column block) units, claimed dynamically in row-major order.
-  Problem P{qp, qs, sxp, prepared.data_ptr<uint8_t>(), weight_scale.data_ptr<float>(), weight_scale.numel() > 1,
-            bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, kp, kblocks, y, acc, gelu};
-#if defined(TERNARY_HF_AMX)
-  const int64_t row_block = m;  // one unit spans all rows: each weight panel is decoded once per call
-  const auto block = run_amx_block;
-#else
-  const int64_t row_block = std::min<int64_t>(kRowBlock, m);
-  const auto block = run_tile_block;
-#endif
-  const int64_t n_rb = ceil_div(m, row_block);
-  const int64_t n_cb = ceil_div(n, kColBlock);
-  const std::function<void(int64_t)> unit = [&](int64_t u) {
-    const int64_t rb = u / n_cb, cb = u % n_cb;
-    block(P, rb * row_block, std::min(m, (rb + 1) * row_block), cb * kColBlock, std::min(n, (cb + 1) * kColBlock));
-  };
-  run_units(n_rb * n_cb, nthreads, unit);
+  const Problem P{qp, qs, sxp, prepared.data_ptr<uint8_t>(), weight_scale.data_ptr<float>(), weight_scale.numel() > 1,
+                  bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, G.kp, G.kblocks, y, acc, gelu};
+  const std::function<void(int64_t)> unit = [&](int64_t u) { run_unit(P, G, u); };
+  run_units(G.n_rb * G.n_cb, nthreads, unit);
 }
 
 void check_inputs(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
@@ -564,6 +587,29 @@ torch::Tensor ternary_linear_op(const torch::Tensor& x, const torch::Tensor& pre
                                 const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features,
                                 bool gelu) {
   return ternary_linear(x, prepared, weight_scale, bias, in_features, out_features, gelu);
+}
+
+// The GEMM in parts for a team of threads the caller runs (team_gemm.h).
+int64_t team_gemm_q_elems(int64_t m, int64_t k) {
+  const Geometry G = geometry(m, k, 1);
+  return G.m_alloc * G.kp;
+}
+
+void team_gemm_quantize(const TeamGemm& g, int64_t r0, int64_t r1) {
+  quantize_rows(g.x, g.m, g.k, geometry(g.m, g.k, g.n), g.q, g.qsum, g.sx, r0, r1);
+}
+
+int64_t team_gemm_units(const TeamGemm& g) {
+  require_amx();
+  const Geometry G = geometry(g.m, g.k, g.n);
+  return G.n_rb * G.n_cb;
+}
+
+void team_gemm_unit(const TeamGemm& g, int64_t u) {
+  const Geometry G = geometry(g.m, g.k, g.n);
+  const Problem P{g.q, g.qsum, g.sx, g.w, g.sw, g.sw_per_channel, g.bias, g.m, g.n, G.kp, G.kblocks, g.y, nullptr,
+                  g.gelu};
+  run_unit(P, G, u);
 }
 
 void register_training_ops(pybind11::module_& m);  // ternary_train.cpp

@@ -1,0 +1,36 @@
+// The ternary GEMM in parts, for a caller that already runs a team of threads and shares each GEMM
+// among them: the team forward of encoder_ops.cpp. run() in ternary_cpu.cpp is built from the same
+// parts (quantize rows, then output units), so both give the same bits.
+//
+// Why parts: a GEMM call that forks and joins its own threads costs a thread wake-up whenever the
+// other thread fell asleep between two calls (tens of microseconds in a virtual machine, more than
+// a whole small GEMM at batch 1). A team that stays together for a whole forward only meets at
+// barriers between the ops.
+#pragma once
+
+#include <cstdint>
+
+struct TeamGemm {
+  // Inputs: x (m x k float32, row-major); the kernel's prepared weight, scale and optional bias.
+  const float* x = nullptr;
+  int64_t m = 0, k = 0, n = 0;
+  const uint8_t* w = nullptr;
+  const float* sw = nullptr;
+  bool sw_per_channel = false;
+  const float* bias = nullptr;
+  bool gelu = false;
+  float* y = nullptr;  // m x n float32 output
+  // Quantized activations, shared by the team: team_gemm_q_elems(m, k) int8, m int32 and m float.
+  int8_t* q = nullptr;
+  int32_t* qsum = nullptr;
+  float* sx = nullptr;
+};
+
+// int8 elements the quantized activations of an (m x k) input need (row padding included).
+int64_t team_gemm_q_elems(int64_t m, int64_t k);
+// Quantize rows [r0, r1) of x into g.q (the thread that ends at g.m also zeroes the padding rows).
+void team_gemm_quantize(const TeamGemm& g, int64_t r0, int64_t r1);
+// Output units of the GEMM (each a block of rows x 64 columns, written by one thread).
+int64_t team_gemm_units(const TeamGemm& g);
+// Compute unit u (after every row is quantized).
+void team_gemm_unit(const TeamGemm& g, int64_t u);
