@@ -240,12 +240,13 @@ def test_every_kernel_variant_gives_identical_results(kernel_ready, backend: str
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     module._set_parallel_backend(backend)
+    default_decode = module._decode_panels()
     module._set_decode_panels(decode_panels)
     try:
         acc = kernels.kernel_accumulators(x, kernels.prepare_weight(packed, k), k, n)
     finally:
         module._set_parallel_backend("openmp")
-        module._set_decode_panels(True)
+        module._set_decode_panels(default_decode)
         torch.set_num_threads(old)
     assert torch.equal(acc.to(torch.int64), _reference_accumulators(x, ternary))
 

@@ -25,8 +25,8 @@
 //      dynamically by the threads of torch's OpenMP pool (default) or by the caller and helpers on
 //      torch's inter-op pool (run_units: never waits for a helper that has not started);
 //   3. per unit and 16-column panel: a lone row tile decodes the 2-bit codes in registers
-//      (micro_kernel); several row tiles share a panel chunk decoded once to bytes in L1
-//      (decode_chunk + micro_kernel_decoded); 6x16 register tiles; store_tile (epilogue.h) applies
+//      (micro_kernel); in the AVX2 build several row tiles share a panel chunk decoded once to
+//      bytes in L1 (decode_chunk + micro_kernel_decoded; see g_decode_panels); 6x16 register tiles; store_tile (epilogue.h) applies
 //      acc - sum(q), s_x, s_w, bias, and optionally GELU (fused activation). The AMX build decodes
 //      each panel once per call into tiles instead (amx_gemm.h);
 //   4. outputs of 8 MB and more come from a small pool (new_output) to avoid per-call page faults.
@@ -272,7 +272,16 @@ constexpr DecodedFn kMicroDecoded[kMR + 1] = {nullptr,
                                               micro_kernel_decoded<5>,
                                               micro_kernel_decoded<6>};
 
-bool g_decode_panels = true;  // switchable for benchmarks (_set_decode_panels)
+// Whether several row tiles share a panel chunk decoded to bytes in L1 (decode_chunk) or each tile
+// decodes the 2-bit codes in registers. AVX2: shared decoding (measured +9% on one Zen 3 core at
+// large M). VNNI: in registers, where a shift and a mask per step cost less than the decoded copy's
+// stores and reloads (measured on Zen 4: batch-1 forwards 8-17% faster, batch 32 as fast or faster;
+// benchmarks/README.md). Switchable for benchmarks (_set_decode_panels).
+#if defined(TERNARY_HF_VNNI)
+bool g_decode_panels = false;
+#else
+bool g_decode_panels = true;
+#endif
 bool g_prefetch_out = true;   // switchable for benchmarks (_set_prefetch_output)
 
 // One work unit: rows [m0, m1) (at most kRowBlock) x columns [n0, n1) (n0 multiple of 16).
@@ -650,6 +659,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "_set_decode_panels", [](bool on) { g_decode_panels = on; },
       "benchmarks only: share a decoded panel chunk across row tiles (default) or decode per tile");
+  m.def(
+      "_decode_panels", []() { return g_decode_panels; }, "whether row tiles share a decoded panel chunk");
   m.def(
       "_set_prefetch_output", [](bool on) { g_prefetch_out = on; },
       "benchmarks only: prefetch each panel's output lines before computing it (default on)");
