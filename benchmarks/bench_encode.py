@@ -41,7 +41,9 @@ Throughput = sentences / seconds summed over the rounds (tokenisation included, 
 ``encode`` calls, interleaved in blocks of ``--latency-block`` calls (default 15): every engine runs a
 block, then the next block, so a slow spell of the shared machine (its speed drifts by tens of percent
 over seconds) falls on all engines alike rather than on whichever had its share then. Each block is
-preceded by 10 untimed calls (the engine was idle while the others ran). Quality: mean cosine of
+preceded by 10 untimed calls (the engine was idle while the others ran). After every turn the
+harness waits until that engine's threads are idle (ONNX Runtime's pool spins on a core for tens of ms after
+a call, which the next engine would otherwise share its cores with). Quality: mean cosine of
 each backend's embeddings to FP32's.
 Peak RSS is reported for the whole process (loading included) and for the encode phase alone (the
 peak is reset through ``/proc/self/clear_refs`` once the model is loaded and warmed up).
