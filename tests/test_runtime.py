@@ -52,6 +52,25 @@ def test_fast_forward_matches_the_eager_forward(tiny_model_dirs, kind, kernel, m
     assert torch.allclose(fast.pooler_output, eager.pooler_output, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "reference"])
+def test_layers_kept_in_float_run_through_the_fast_forward(tiny_model_dirs, kernel, monkeypatch):
+    # modules_to_not_convert leaves plain nn.Linear layers (no fused activation, no kernel) among the
+    # ternary ones: the engine calls them as modules and still matches transformers' forward.
+    if kernel and not cpu_kernel_available():
+        pytest.skip("the CPU kernel cannot run here")
+    if not kernel:
+        monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    model = AutoModel.from_pretrained(tiny_model_dirs["bert"],
+                                      quantization_config=TernaryConfig(modules_to_not_convert=["encoder.layer.1"]))
+    model.eval()
+    assert type(model.encoder.layer[1].intermediate.dense) is torch.nn.Linear
+    assert fast_forward_enabled(model)
+    inputs = tiny_inputs("bert", batch=3)
+    fast, eager = _both_paths(model, inputs, monkeypatch)
+    keep = inputs["attention_mask"][..., None].bool()
+    assert ((fast.last_hidden_state - eager.last_hidden_state).abs() * keep).max() < 1e-5
+
+
 @needs_kernel
 @pytest.mark.parametrize("kind", ["bert", "mpnet", "vit"])
 def test_the_one_call_forward_equals_the_op_by_op_loop(tiny_model_dirs, kind, monkeypatch):
@@ -258,6 +277,27 @@ def _check_ops(module, heads, d, lengths, bias):
     out, total = ops.add_layernorm(module, y, r, w, b, 1e-12, return_sum=True)
     assert torch.equal(total, y + r)
     assert (out - torch.nn.functional.layer_norm(y + r, (n,), w, b, 1e-12)).abs().max() < 1e-5
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,d,lengths,bias", [(4, 32, [34, 1, 17, 8], False), (2, 40, [33, 2], True),
+                                                  (3, 5, [7, 16], True), (12, 64, [70, 129], False)])
+def test_the_fused_ops_give_the_same_bits_in_every_build(heads, d, lengths, bias):
+    # The AVX-512 code (VNNI build) sums in the AVX2 code's order, the softmax denominator included, so a
+    # model's hidden states do not depend on which build the CPU picked.
+    builds = _builds()
+    if len(builds) < 2:
+        pytest.skip("only one kernel build runs on this CPU")
+    qkv, cu = _packed(lengths, heads, d, seed=4)
+    rel = torch.randn(heads, 2 * max(lengths) + 3) if bias else None
+    outs = [b.varlen_attention(qkv, cu, heads, d**-0.5, rel, max(lengths) + 1) for b in builds]
+    n = heads * d
+    y, r = qkv[:, :n].contiguous(), qkv[:, n : 2 * n].contiguous()
+    w, b_ = torch.randn(n), torch.randn(n)
+    norms = [m.add_layernorm(y, r, w, b_, 1e-12, True) for m in builds]
+    for out, norm in zip(outs[1:], norms[1:], strict=True):
+        assert torch.equal(out, outs[0])
+        assert torch.equal(norm[0], norms[0][0]) and torch.equal(norm[1], norms[0][1])
 
 
 @needs_kernel

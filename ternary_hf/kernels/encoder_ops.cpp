@@ -71,9 +71,25 @@ AttentionScratch& attention_scratch() {
 
 constexpr int kQ = 4;  // query rows computed together (their accumulators hide the FMA latency)
 
+// o[r][cb, cb + 8) of weighted_rows (below) with 8-wide FMAs: shared by both builds, so a head size
+// that is a multiple of 8 but not of 16 gets the same bits from each.
+inline void weighted_cols8(const float* p, int64_t lp, const float* v, int64_t l, int64_t d, int64_t cb,
+                           const float* inv, float* const* o) {
+  __m256 a[kQ];
+  for (int r = 0; r < kQ; ++r) a[r] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < l; ++j) {
+    const __m256 v0 = _mm256_loadu_ps(v + j * d + cb);
+    for (int r = 0; r < kQ; ++r) a[r] = _mm256_fmadd_ps(_mm256_set1_ps(p[r * lp + j]), v0, a[r]);
+  }
+  for (int r = 0; r < kQ; ++r) {
+    if (o[r] != nullptr) _mm256_storeu_ps(o[r] + cb, _mm256_mul_ps(a[r], _mm256_set1_ps(inv[r])));
+  }
+}
+
 #if defined(__AVX512F__)
-// AVX-512 versions (the VNNI build): the same sums in the same order per output lane as the AVX2
-// code below, half the instructions. Zen 4 and Intel cores alike run them at least as fast.
+// AVX-512 versions (the VNNI build): the same sums in the same order per output element as the AVX2
+// code below (the softmax denominator included), so both builds give the same bits; half the
+// instructions. Zen 4 and Intel cores alike run them at least as fast.
 inline __m512 exp_nonpositive16(__m512 x) {
   x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -152,6 +168,7 @@ inline void weighted_rows(const float* p, int64_t lp, const float* v, int64_t l,
   for (; cb + 64 <= d; cb += 64) weighted_block<4>(p, lp, v, l, d, cb, inv, o);
   for (; cb + 32 <= d; cb += 32) weighted_block<2>(p, lp, v, l, d, cb, inv, o);
   for (; cb + 16 <= d; cb += 16) weighted_block<1>(p, lp, v, l, d, cb, inv, o);
+  for (; cb + 8 <= d; cb += 8) weighted_cols8(p, lp, v, l, d, cb, inv, o);  // as the AVX2 code
   for (; cb < d; ++cb) {
     for (int r = 0; r < kQ; ++r) {
       float a = 0.0f;
@@ -167,18 +184,17 @@ inline float softmax_row(float* pr, int64_t l, int64_t lp) {
   __m512 vmax = _mm512_set1_ps(neg_inf);
   for (int64_t j = 0; j < lp; j += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(pr + j));
   const __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-  __m512 vsum = _mm512_setzero_ps();
+  // The sum runs over 8 lanes, low half then high half of each 16, in the AVX2 code's order: the
+  // two builds then give the same bits.
+  __m256 vsum = _mm256_setzero_ps();
   for (int64_t j = 0; j < lp; j += 16) {
     __m512 e = exp_nonpositive16(_mm512_sub_ps(_mm512_loadu_ps(pr + j), mx));
     if (j + 16 > l) e = _mm512_maskz_mov_ps(static_cast<__mmask16>((1u << std::max<int64_t>(0, l - j)) - 1u), e);
     _mm512_storeu_ps(pr + j, e);
-    vsum = _mm512_add_ps(vsum, e);
+    vsum = _mm256_add_ps(vsum, _mm512_castps512_ps256(e));
+    vsum = _mm256_add_ps(vsum, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1)));
   }
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, vsum);
-  float sum = 0.0f;
-  for (int i = 0; i < 16; i += 2) sum += lanes[i] + lanes[i + 1];  // a fixed order
-  return 1.0f / sum;
+  return 1.0f / hsum8(vsum);
 }
 #else
 // s[r][0, lp) = (q_r . K^T) * scale for kQ query rows q[r] (kt: d x lp, lp a multiple of 16).
@@ -229,17 +245,7 @@ inline void weighted_rows(const float* p, int64_t lp, const float* v, int64_t l,
       for (int u = 0; u < 4; ++u) _mm256_storeu_ps(o[r] + cb + 8 * u, _mm256_mul_ps(a[r][u], vi));
     }
   }
-  for (; cb + 8 <= d; cb += 8) {
-    __m256 a[kQ];
-    for (int r = 0; r < kQ; ++r) a[r] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < l; ++j) {
-      const __m256 v0 = _mm256_loadu_ps(v + j * d + cb);
-      for (int r = 0; r < kQ; ++r) a[r] = _mm256_fmadd_ps(_mm256_set1_ps(p[r * lp + j]), v0, a[r]);
-    }
-    for (int r = 0; r < kQ; ++r) {
-      if (o[r] != nullptr) _mm256_storeu_ps(o[r] + cb, _mm256_mul_ps(a[r], _mm256_set1_ps(inv[r])));
-    }
-  }
+  for (; cb + 8 <= d; cb += 8) weighted_cols8(p, lp, v, l, d, cb, inv, o);
   for (; cb < d; ++cb) {
     for (int r = 0; r < kQ; ++r) {
       float a = 0.0f;

@@ -175,7 +175,9 @@ class FastEncoder:
         return self._fused_state != self._activation_state()
 
     def _activation_state(self) -> tuple:
-        return tuple((layer.up.modules[0].fused_activation, type(getattr(*layer.up.activation_at)).__name__)
+        # getattr with a default: a layer kept in float (modules_to_not_convert) is a plain nn.Linear
+        return tuple((getattr(layer.up.modules[0], "fused_activation", None),
+                      type(getattr(*layer.up.activation_at)).__name__)
                      for layer in self.layers if layer.up.activation_at is not None)
 
     def supports(self, kwargs: dict[str, Any]) -> bool:
