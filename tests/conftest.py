@@ -49,6 +49,16 @@ def tiny_inputs(kind: str, batch: int = 3, seq: int = 11) -> dict[str, torch.Ten
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def native_encoder_forward(module, engine, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+    """``module.encoder_forward`` over the lists a fast-forward ``engine`` built (after one model call), for one
+    sequence ``x`` (tokens, hidden) and no relative-position bias; ``final_norm=False`` leaves the final norm out."""
+    native = engine.native
+    norm, eps = (native.final_norm, native.final_eps) if final_norm else ([], 0.0)
+    return module.encoder_forward(x, torch.tensor([0, x.shape[0]]), native.gemms, native.dims, native.norms,
+                                  native.eps, native.pre_norm, norm, eps, engine.plan.heads, engine.plan.scale,
+                                  None, 0, 1)
+
+
 def offline_pip(monkeypatch, tmp_path) -> None:
     """Make the real pip see no index at all (its config files may name local mirrors)."""
     empty = tmp_path / "no-wheels"

@@ -180,7 +180,7 @@ def test_the_team_forward_of_the_amx_build_equals_the_avx2_build(amx_builds, tin
     # (one unit spans all rows) shared by the threads of the team give the same bits as the AVX2 build,
     # whose attention / LayerNorm code the AMX build shares (both are compiled without AVX-512), and as
     # the AMX build's own op-by-op forward.
-    from conftest import tiny_inputs
+    from conftest import native_encoder_forward, tiny_inputs
     from transformers import AutoModel
 
     from ternary_hf import TernaryConfig
@@ -192,16 +192,12 @@ def test_the_team_forward_of_the_amx_build_equals_the_avx2_build(amx_builds, tin
     engine = model._ternary_fast_forward
     with torch.inference_mode():
         model(**tiny_inputs(kind, batch=1))
-    native = engine.native
     x = torch.randn(21, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
-    cu = torch.tensor([0, 21])
 
     def forward(module, team: bool) -> torch.Tensor:
         module._set_team_forward(team)
         try:
-            return module.encoder_forward(x, cu, native.gemms, native.dims, native.norms, native.eps, native.pre_norm,
-                                          native.final_norm, native.final_eps, engine.plan.heads, engine.plan.scale,
-                                          None, 0, 1)
+            return native_encoder_forward(module, engine, x)
         finally:
             module._set_team_forward(True)
 

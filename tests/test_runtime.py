@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_inputs
+from conftest import native_encoder_forward, tiny_inputs
 from transformers import AutoModel, BertConfig, BertModel
 
 from ternary_hf import TernaryConfig, dequantize_model
@@ -19,6 +19,14 @@ needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="the CPU ke
 
 def _quantize(path):
     return AutoModel.from_pretrained(path, quantization_config=TernaryConfig()).eval()
+
+
+def _use_kernel(kernel: bool, monkeypatch) -> None:
+    """The kernel case of a kernel/reference test (skipped where the kernel cannot run), or the reference."""
+    if kernel and not cpu_kernel_available():
+        pytest.skip("the CPU kernel cannot run here")
+    if not kernel:
+        monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
 
 
 def _both_paths(model, inputs, monkeypatch):
@@ -37,10 +45,7 @@ def test_fast_forward_matches_the_eager_forward(tiny_model_dirs, kind, kernel, m
     # Tolerance 1e-5 (outputs are O(1)): the paths differ only in float rounding (LayerNorm sums, the
     # softmax, ~1e-7); in these models no activation crosses an int8 rounding boundary because of it,
     # while any real defect (mask, bias, head layout, residual) gives errors of order 0.1-1.
-    if kernel and not cpu_kernel_available():
-        pytest.skip("the CPU kernel cannot run here")
-    if not kernel:
-        monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    _use_kernel(kernel, monkeypatch)
     model = _quantize(tiny_model_dirs[kind])
     assert fast_forward_enabled(model)
     inputs = tiny_inputs(kind, batch=4)
@@ -56,10 +61,7 @@ def test_fast_forward_matches_the_eager_forward(tiny_model_dirs, kind, kernel, m
 def test_layers_kept_in_float_run_through_the_fast_forward(tiny_model_dirs, kernel, monkeypatch):
     # modules_to_not_convert leaves plain nn.Linear layers (no fused activation, no kernel) among the
     # ternary ones: the engine calls them as modules and still matches transformers' forward.
-    if kernel and not cpu_kernel_available():
-        pytest.skip("the CPU kernel cannot run here")
-    if not kernel:
-        monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    _use_kernel(kernel, monkeypatch)
     model = AutoModel.from_pretrained(tiny_model_dirs["bert"],
                                       quantization_config=TernaryConfig(modules_to_not_convert=["encoder.layer.1"]))
     model.eval()
@@ -129,9 +131,7 @@ def test_the_team_forward_of_a_pre_ln_encoder_without_a_final_norm_ends_with_the
     engine = model._ternary_fast_forward
     with torch.inference_mode():
         model(**tiny_inputs("vit", batch=1))
-    native = engine.native
     x = torch.randn(17, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
-    cu = torch.tensor([0, 17])
     outs = []
     threads = torch.get_num_threads()
     try:
@@ -139,16 +139,13 @@ def test_the_team_forward_of_a_pre_ln_encoder_without_a_final_norm_ends_with_the
         runs = module._team_forward_count()
         for team in (True, False):
             module._set_team_forward(team)
-            outs.append(module.encoder_forward(x, cu, native.gemms, native.dims, native.norms, native.eps, True, [],
-                                               0.0, engine.plan.heads, engine.plan.scale, None, 0, 1))
+            outs.append(native_encoder_forward(module, engine, x, final_norm=False))
         assert module._team_forward_count() == runs + 1
     finally:
         module._set_team_forward(True)
         torch.set_num_threads(threads)
     assert torch.equal(outs[0], outs[1])
-    with_norm = module.encoder_forward(x, cu, native.gemms, native.dims, native.norms, native.eps, True,
-                                       native.final_norm, native.final_eps, engine.plan.heads, engine.plan.scale,
-                                       None, 0, 1)
+    with_norm = native_encoder_forward(module, engine, x)
     assert not torch.equal(outs[0], with_norm)  # the final LayerNorm was really left out
 
 
@@ -183,10 +180,7 @@ def test_the_fast_path_runs_and_falls_back(tiny_model_dirs, monkeypatch):
 def test_weights_changed_after_a_call_are_used_by_the_next_one(tiny_model_dirs, kernel, monkeypatch):
     # The engine caches kernel-ready copies of the weights; an in-place change (a training step, a
     # loaded state dict) or a swapped storage must be picked up, for the encoder layers and the pooler.
-    if kernel and not cpu_kernel_available():
-        pytest.skip("the CPU kernel cannot run here")
-    if not kernel:
-        monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    _use_kernel(kernel, monkeypatch)
     model = _quantize(tiny_model_dirs["bert"])
     inputs = tiny_inputs("bert", batch=2)
     layer = model.encoder.layer[1]
@@ -337,10 +331,7 @@ def test_embeddings_are_batch_invariant(minilm_path, kernel, monkeypatch):
 
     from ternary_hf.data.corpora import real_sentences
 
-    if kernel and not cpu_kernel_available():
-        pytest.skip("the CPU kernel cannot run here")
-    if not kernel:
-        monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    _use_kernel(kernel, monkeypatch)
     st = SentenceTransformer(minilm_path, device="cpu", model_kwargs={"quantization_config": TernaryConfig()})
     texts = real_sentences(64, seed=3)
     lengths = {len(st.tokenizer(t)["input_ids"]) for t in texts}

@@ -608,7 +608,7 @@ class SpinBarrier {
 // the same work everywhere; counters[i] hands out that op's work.
 class Team {
  public:
-  explicit Team(size_t ops) : counters_(new std::atomic<int64_t>[ops]), ops_(ops) {
+  explicit Team(size_t ops) : counters_(new std::atomic<int64_t>[ops]) {
     for (size_t i = 0; i < ops; ++i) counters_[i].store(0, std::memory_order_relaxed);
   }
   SpinBarrier barrier;
@@ -623,11 +623,9 @@ class Team {
     }
     barrier.wait();
   }
-  size_t ops() const { return ops_; }
 
  private:
   std::unique_ptr<std::atomic<int64_t>[]> counters_;
-  size_t ops_;
 };
 
 constexpr int64_t kTeamRows = 8;  // rows per claim for quantization and LayerNorm
@@ -637,15 +635,11 @@ struct TeamLayer {
   int64_t units[4];
 };
 
+// A layer of the chain hidden -> ... -> hidden: its own dims as expected, its weights as the kernel needs.
 void check_gemm_chain(const Gemm& g, int64_t k, int64_t n, const char* name) {
-  TORCH_CHECK_VALUE(g.k == k && g.n == n && g.w.scalar_type() == torch::kUInt8 && g.w.dim() == 3 &&
-                        g.w.is_contiguous() && g.w.size(0) == (n + 15) / 16 &&
-                        g.w.size(1) == (k + 15) / 16 && g.s.scalar_type() == torch::kFloat32 &&
-                        g.s.is_contiguous() && (g.s.numel() == 1 || g.s.numel() == n) &&
-                        (!g.b.has_value() || (g.b->scalar_type() == torch::kFloat32 && g.b->is_contiguous() &&
-                                              g.b->numel() == n)),
-                    "encoder_forward: the ", name, " weights do not fit a ", k, " -> ", n,
-                    " layer; rebuild them with ternary_hf.kernels.prepare_weight");
+  TORCH_CHECK_VALUE(g.k == k && g.n == n, "encoder_forward: the ", name, " layer is ", g.k, " -> ", g.n,
+                    ", the encoder needs ", k, " -> ", n);
+  team_gemm_check(g.w, g.s, g.b, k, n);
 }
 
 TeamGemm team_gemm(const Gemm& g, const float* x, int64_t m, float* y, int8_t* q, int32_t* qsum, float* sx) {
@@ -671,14 +665,12 @@ void team_run_gemm(Team& T, size_t& op, const TeamGemm& g, int64_t units) {
   T.share(op, units, 1, [&](int64_t u, int64_t) { team_gemm_unit(g, u); });
 }
 
-torch::Tensor encode_team(const Encoder& E, const torch::Tensor& x, const torch::Tensor& cu_seqlens, int threads) {
-  const int64_t m = x.size(0), hidden = x.size(1);
-  const int64_t n_seq = cu_seqlens.numel() - 1;
-  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+// The checks encode_team makes before its region, where nothing may throw; returns the widest
+// feed-forward layer.
+int64_t check_team_encoder(const Encoder& E, int64_t hidden, int64_t max_len) {
   TORCH_CHECK_VALUE(hidden % E.heads == 0, "encoder_forward: hidden size ", hidden, " is not a multiple of heads=",
                     E.heads);
-  int64_t inter = 0, max_len = 0;
-  for (int64_t b = 0; b < n_seq; ++b) max_len = std::max(max_len, cu[b + 1] - cu[b]);
+  int64_t inter = 0;
   for (const Layer& L : E.layers) {
     inter = std::max(inter, L.up.n);
     check_gemm_chain(L.qkv, hidden, 3 * hidden, "query/key/value");
@@ -693,53 +685,70 @@ torch::Tensor encode_team(const Encoder& E, const torch::Tensor& x, const torch:
                       "encoder_forward: rel_bias must be a contiguous float32 (heads, width) table covering ",
                       max_len, " tokens");
   }
-  const auto opts = x.options();
-  torch::Tensor qkv = torch::empty({m, 3 * hidden}, opts), ctx = torch::empty({m, hidden}, opts);
-  torch::Tensor a = torch::empty({m, hidden}, opts), f = torch::empty({m, hidden}, opts);
-  torch::Tensor u = torch::empty({m, inter}, opts);
-  torch::Tensor s1 = torch::empty({m, hidden}, opts), s2 = torch::empty({m, hidden}, opts);
-  torch::Tensor h = E.pre_norm ? torch::empty({m, hidden}, opts) : torch::Tensor();
-  std::vector<int8_t> q(static_cast<size_t>(std::max(team_gemm_q_elems(m, hidden), team_gemm_q_elems(m, inter))));
-  std::vector<int32_t> qsum(m);
-  std::vector<float> sx(m);
+  return inter;
+}
 
-  // Buffers. Post-LN: layer i reads `cur` (x, then s2), LayerNorm(a + cur) goes to s1 and
-  // LayerNorm(f + s1) to s2, the next layer's input. Pre-LN: h holds the normalised input of each
-  // block; the residual stream goes x -> s1 -> s2 -> s1 ... (a LayerNorm never writes what it reads).
-  const float* xp = x.data_ptr<float>();
-  float* s[2] = {s1.data_ptr<float>(), s2.data_ptr<float>()};
-  float* hp = E.pre_norm ? h.data_ptr<float>() : nullptr;
+// Everything one team forward reads and writes, set up before the region. Post-LN: layer i reads x
+// (then s2), LayerNorm(a + input) goes to s1 and LayerNorm(f + s1) to s2, the next layer's input.
+// Pre-LN: h holds the normalised input of each block; the residual stream goes x -> s1 -> s2 -> s1
+// ... (a LayerNorm never writes what it reads). `out` is s2, h, or (pre-LN without a final norm)
+// its own buffer for f + r.
+struct TeamPlan {
+  torch::Tensor qkv, ctx, a, f, u, s1, s2, h, out;
+  std::vector<int8_t> q;  // quantized activations, shared by every GEMM in turn
+  std::vector<int32_t> qsum;
+  std::vector<float> sx;
   std::vector<TeamLayer> layers;
+  AttentionProblem attention;
+  AttentionTasks tasks;
+};
+
+void plan_team(const Encoder& E, const torch::Tensor& x, const int64_t* cu, int64_t n_seq, int threads,
+               TeamPlan& T) {
+  const int64_t m = x.size(0), hidden = x.size(1);
+  int64_t max_len = 0;
+  for (int64_t b = 0; b < n_seq; ++b) max_len = std::max(max_len, cu[b + 1] - cu[b]);
+  const int64_t inter = check_team_encoder(E, hidden, max_len);
+  const auto opts = x.options();
+  for (torch::Tensor* t : {&T.ctx, &T.a, &T.f, &T.s1, &T.s2}) *t = torch::empty({m, hidden}, opts);
+  T.qkv = torch::empty({m, 3 * hidden}, opts);
+  T.u = torch::empty({m, inter}, opts);
+  if (E.pre_norm) T.h = torch::empty({m, hidden}, opts);
+  T.out = E.pre_norm ? (E.final_norm.has_value() ? T.h : torch::empty({m, hidden}, opts)) : T.s2;
+  T.q.resize(static_cast<size_t>(std::max(team_gemm_q_elems(m, hidden), team_gemm_q_elems(m, inter))));
+  T.qsum.resize(m);
+  T.sx.resize(m);
+  const float* xp = x.data_ptr<float>();
+  float* hp = E.pre_norm ? T.h.data_ptr<float>() : nullptr;
   for (size_t i = 0; i < E.layers.size(); ++i) {
     const Layer& L = E.layers[i];
-    TeamLayer t;
-    const float* in = E.pre_norm ? hp : (i == 0 ? xp : s[1]);
-    const float* mid = E.pre_norm ? hp : s[0];
-    t.qkv = team_gemm(L.qkv, in, m, qkv.data_ptr<float>(), q.data(), qsum.data(), sx.data());
-    t.o = team_gemm(L.o, ctx.data_ptr<float>(), m, a.data_ptr<float>(), q.data(), qsum.data(), sx.data());
-    t.up = team_gemm(L.up, mid, m, u.data_ptr<float>(), q.data(), qsum.data(), sx.data());
-    t.down = team_gemm(L.down, u.data_ptr<float>(), m, f.data_ptr<float>(), q.data(), qsum.data(), sx.data());
-    t.units[0] = team_gemm_units(t.qkv);  // may throw (AMX unavailable): before the region
-    t.units[1] = team_gemm_units(t.o);
-    t.units[2] = team_gemm_units(t.up);
-    t.units[3] = team_gemm_units(t.down);
-    layers.push_back(t);
+    const float* in = E.pre_norm ? hp : (i == 0 ? xp : T.s2.data_ptr<float>());
+    const float* mid = E.pre_norm ? hp : T.s1.data_ptr<float>();
+    const auto gemm = [&](const Gemm& g, const float* src, const torch::Tensor& dst) {
+      return team_gemm(g, src, m, dst.data_ptr<float>(), T.q.data(), T.qsum.data(), T.sx.data());
+    };
+    TeamLayer t{gemm(L.qkv, in, T.qkv), gemm(L.o, T.ctx.data_ptr<float>(), T.a), gemm(L.up, mid, T.u),
+                gemm(L.down, T.u.data_ptr<float>(), T.f), {}};
+    const TeamGemm* gemms[4] = {&t.qkv, &t.o, &t.up, &t.down};
+    for (int j = 0; j < 4; ++j) t.units[j] = team_gemm_units(*gemms[j]);  // may throw (AMX unavailable)
+    T.layers.push_back(t);
   }
-  AttentionProblem P{qkv.data_ptr<float>(), 3 * hidden, hidden, E.heads, hidden / E.heads,
-                     static_cast<float>(E.scale), nullptr, 0, E.center, ctx.data_ptr<float>()};
+  T.attention = AttentionProblem{T.qkv.data_ptr<float>(), 3 * hidden, hidden, E.heads, hidden / E.heads,
+                                 static_cast<float>(E.scale), nullptr, 0, E.center, T.ctx.data_ptr<float>()};
   if (E.rel_bias.has_value()) {
-    P.bias = E.rel_bias->data_ptr<float>();
-    P.bias_width = E.rel_bias->size(1);
+    T.attention.bias = E.rel_bias->data_ptr<float>();
+    T.attention.bias_width = E.rel_bias->size(1);
   }
-  const AttentionTasks tasks = attention_tasks(n_seq, E.heads, threads);
-  torch::Tensor out = E.pre_norm ? h : s2;
-  const bool add_at_end = E.pre_norm && !E.final_norm.has_value();
-  if (add_at_end) out = torch::empty({m, hidden}, opts);
-  float* outp = out.data_ptr<float>();
+  T.tasks = attention_tasks(n_seq, E.heads, threads);
+}
 
-  Team team(16 * E.layers.size() + 8);
-  g_team_runs.fetch_add(1, std::memory_order_relaxed);
-  const auto ln = [&](size_t& op, const float* y, const float* res, const Norm& nm, float* o, float* sum) {
+// One thread's walk through the ops of a team forward (every thread of the team runs this).
+void team_walk(Team& team, const Encoder& E, const TeamPlan& T, const float* xp, const int64_t* cu) {
+  const int64_t m = T.s1.size(0), hidden = T.s1.size(1);
+  float* s[2] = {T.s1.data_ptr<float>(), T.s2.data_ptr<float>()};
+  float* hp = E.pre_norm ? T.h.data_ptr<float>() : nullptr;
+  size_t op = 0;
+  const auto ln = [&](const float* y, const float* res, const Norm& nm, float* o, float* sum) {
     const float* g = nm.w.data_ptr<float>();
     const float* b = nm.b.data_ptr<float>();
     team.share(op, m, kTeamRows, [&](int64_t r0, int64_t r1) {
@@ -748,48 +757,55 @@ torch::Tensor encode_team(const Encoder& E, const torch::Tensor& x, const torch:
       layernorm_rows(y, res, g, b, nm.eps, hidden, o, sum, row.data(), r0, r1);
     });
   };
+  const float* r = xp;  // pre-LN residual stream
+  int rflip = 0;
+  if (E.pre_norm) ln(xp, nullptr, E.layers[0].attn, hp, nullptr);
+  for (size_t i = 0; i < T.layers.size(); ++i) {
+    const TeamLayer& t = T.layers[i];
+    const Layer& L = E.layers[i];
+    team_run_gemm(team, op, t.qkv, t.units[0]);
+    team.share(op, T.tasks.count, 1, [&](int64_t k, int64_t) { attend_task(T.attention, cu, T.tasks, k); });
+    team_run_gemm(team, op, t.o, t.units[1]);
+    if (!E.pre_norm) {
+      ln(t.o.y, t.qkv.x, L.attn, s[0], nullptr);
+      team_run_gemm(team, op, t.up, t.units[2]);
+      team_run_gemm(team, op, t.down, t.units[3]);
+      ln(t.down.y, s[0], L.ffn, s[1], nullptr);
+      continue;
+    }
+    ln(t.o.y, r, L.ffn, hp, s[rflip]);
+    r = s[rflip];
+    rflip = 1 - rflip;
+    team_run_gemm(team, op, t.up, t.units[2]);
+    team_run_gemm(team, op, t.down, t.units[3]);
+    const Norm* next = i + 1 < E.layers.size() ? &E.layers[i + 1].attn : (E.final_norm ? &*E.final_norm : nullptr);
+    if (next == nullptr) {  // pre-LN without a final norm: the output is f + r
+      const float* fr = t.down.y;
+      float* outp = T.out.data_ptr<float>();
+      team.share(op, m, kTeamRows, [&](int64_t r0, int64_t r1) {
+        for (int64_t e = r0 * hidden; e < r1 * hidden; ++e) outp[e] = fr[e] + r[e];
+      });
+      return;
+    }
+    ln(t.down.y, r, *next, hp, s[rflip]);
+    r = s[rflip];
+    rflip = 1 - rflip;
+  }
+}
+
+torch::Tensor encode_team(const Encoder& E, const torch::Tensor& x, const torch::Tensor& cu_seqlens, int threads) {
+  const int64_t* cu = cu_seqlens.data_ptr<int64_t>();
+  TeamPlan plan;
+  plan_team(E, x, cu, cu_seqlens.numel() - 1, threads, plan);
+  Team team(16 * E.layers.size() + 8);  // counters: 11 ops per layer, 2 more for a pre-LN stack
+  g_team_runs.fetch_add(1, std::memory_order_relaxed);
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp single
     team.barrier.reset(omp_get_num_threads());  // the threads the runtime gave (the single's barrier publishes it)
-    size_t op = 0;
-    const float* r = xp;  // pre-LN residual stream
-    int rflip = 0;
-    if (E.pre_norm) ln(op, xp, nullptr, E.layers[0].attn, hp, nullptr);
-    for (size_t i = 0; i < layers.size(); ++i) {
-      const TeamLayer& t = layers[i];
-      const Layer& L = E.layers[i];
-      team_run_gemm(team, op, t.qkv, t.units[0]);
-      team.share(op, tasks.count, 1, [&](int64_t k, int64_t) { attend_task(P, cu, tasks, k); });
-      team_run_gemm(team, op, t.o, t.units[1]);
-      if (!E.pre_norm) {
-        ln(op, t.o.y, t.qkv.x, L.attn, s[0], nullptr);
-        team_run_gemm(team, op, t.up, t.units[2]);
-        team_run_gemm(team, op, t.down, t.units[3]);
-        ln(op, t.down.y, s[0], L.ffn, s[1], nullptr);
-        continue;
-      }
-      float* r1 = s[rflip];
-      ln(op, t.o.y, r, L.ffn, hp, r1);
-      r = r1;
-      rflip = 1 - rflip;
-      team_run_gemm(team, op, t.up, t.units[2]);
-      team_run_gemm(team, op, t.down, t.units[3]);
-      const Norm* next = i + 1 < E.layers.size() ? &E.layers[i + 1].attn : (E.final_norm ? &*E.final_norm : nullptr);
-      if (next == nullptr) {
-        const float* fr = t.down.y;
-        team.share(op, m, kTeamRows, [&](int64_t r0, int64_t r1_) {
-          for (int64_t e = r0 * hidden; e < r1_ * hidden; ++e) outp[e] = fr[e] + r[e];
-        });
-        break;
-      }
-      float* r2 = s[rflip];
-      ln(op, t.down.y, r, *next, hp, r2);
-      r = r2;
-      rflip = 1 - rflip;
-    }
+    team_walk(team, E, plan, x.data_ptr<float>(), cu);
   }
-  return out;
+  return plan.out;
 }
 
 // Chunks of sequences claimed one at a time by the caller and its helpers (see above).

@@ -8,6 +8,8 @@
 // barriers between the ops.
 #pragma once
 
+#include <torch/extension.h>
+
 #include <cstdint>
 
 struct TeamGemm {
@@ -26,6 +28,10 @@ struct TeamGemm {
   float* sx = nullptr;
 };
 
+// The checks ternary_linear makes on a layer's weights (ValueError naming what to rebuild): a team
+// calls them before its region, where nothing may throw.
+void team_gemm_check(const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                     const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features);
 // int8 elements the quantized activations of an (m x k) input need (row padding included).
 int64_t team_gemm_q_elems(int64_t m, int64_t k);
 // Quantize rows [r0, r1) of x into g.q (the thread that ends at g.m also zeroes the padding rows).

@@ -481,6 +481,9 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
   run_units(G.n_rb * G.n_cb, nthreads, unit);
 }
 
+void check_weights(const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                   const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features);
+
 void check_inputs(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
                   const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
   // ValueError in Python (TORCH_CHECK_VALUE), with what to do about it.
@@ -488,6 +491,11 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& prepared, const t
                     "ternary kernel: x must be a contiguous 2-D float32 CPU tensor of shape (M, in_features)");
   TORCH_CHECK_VALUE(x.size(1) == in_features, "ternary kernel: x has shape (", x.size(0), ", ", x.size(1),
                     "), the layer expects in_features=", in_features);
+  check_weights(prepared, weight_scale, bias, in_features, out_features);
+}
+
+void check_weights(const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                   const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
   TORCH_CHECK_VALUE(prepared.device().is_cpu() && prepared.scalar_type() == torch::kUInt8 && prepared.dim() == 3 &&
                         prepared.size(0) == ceil_div(out_features, kNR) &&
                         prepared.size(1) == ceil_div(in_features, kKB) && prepared.size(2) == kBlockBytes &&
@@ -599,6 +607,11 @@ torch::Tensor ternary_linear_op(const torch::Tensor& x, const torch::Tensor& pre
 }
 
 // The GEMM in parts for a team of threads the caller runs (team_gemm.h).
+void team_gemm_check(const torch::Tensor& prepared, const torch::Tensor& weight_scale,
+                     const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
+  check_weights(prepared, weight_scale, bias, in_features, out_features);
+}
+
 int64_t team_gemm_q_elems(int64_t m, int64_t k) {
   const Geometry G = geometry(m, k, 1);
   return G.m_alloc * G.kp;

@@ -4,7 +4,9 @@ Why: the Python loop of :mod:`.engine` calls one op at a time, and with two thre
 OpenMP fork and join; on a shared machine each join waits whenever the other thread is descheduled.
 The native call runs the same ops in the same order (identical results) and, for a batch of several
 sequences, lets each thread encode whole chunks of sequences through every layer on its own, never
-waiting for a thread that has not started (see ``encoder_forward`` for why).
+waiting for a thread that has not started (see ``encoder_forward`` for why). A batch too small to
+split (one sentence) runs every op on all threads, which stay together for the whole forward
+(``encode_team``) instead of forking and joining once per op.
 
 It applies when every block is plain: four ternary GEMMs with int8 activations (GELU fused into the
 up-projection, no other activation) and affine LayerNorms. Anything else keeps the Python loop.
