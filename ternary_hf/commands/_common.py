@@ -24,6 +24,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--embeddings", choices=storages, default=defaults.embedding_storage or NO_EMBEDDING_STORAGE,
                        help="embedding table storage")
     group.add_argument("--skip", nargs="*", default=None, metavar="MODULE", help="modules_to_not_convert")
+    group.add_argument("--int8", nargs="*", default=None, metavar="MODULE",
+                       help="int8_modules: modules stored with int8 weights instead of ternary ones "
+                            "(e.g. encoder.layer.5 for MiniLM's last block)")
 
 
 def config_from_args(args: argparse.Namespace) -> TernaryConfig:
@@ -34,4 +37,5 @@ def config_from_args(args: argparse.Namespace) -> TernaryConfig:
         activations=args.activations,
         embedding_storage=None if args.embeddings == NO_EMBEDDING_STORAGE else args.embeddings,
         modules_to_not_convert=args.skip,
+        int8_modules=args.int8,
     )

@@ -401,6 +401,7 @@ def _facts(
         "architecture": ", ".join(architectures) if architectures else config.get("model_type"),
         "embedding_dim": config.get("hidden_size"),
         "quantization": _flatten(qcfg) if qcfg else None,
+        "int8_modules": (qcfg or {}).get("int8_modules"),
         "made_notes": made,
         "distillation": distillation,
         "results": results,

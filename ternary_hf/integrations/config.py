@@ -30,6 +30,7 @@ DEFAULT_MODULES_TO_NOT_CONVERT = ("classifier", "lm_head", "score", "qa_outputs"
 #: The constructor's arguments, which are also the keys of ``to_dict()`` besides ``quant_method``.
 FIELDS = (
     "threshold_method", "granularity", "activations", "embedding_storage", "modules_to_not_convert", "packing_format",
+    "int8_modules",
 )
 
 
@@ -55,6 +56,11 @@ class TernaryConfig(QuantizationConfigMixin):
             (:data:`DEFAULT_MODULES_TO_NOT_CONVERT`); ``[]`` converts all.
         packing_format: the on-disk layout identifier (see :mod:`ternary_hf.quant.packing`); only the
             current one is accepted.
+        int8_modules: modules stored with int8 weights (per output channel) instead of ternary ones,
+            entries matched as in ``modules_to_not_convert`` (which wins where both match); ``None``
+            (the default) stores none. For the last encoder block, where ternary error costs the most
+            out-of-domain quality (docs/quality.md): 4x that block's ternary bytes. See
+            :mod:`ternary_hf.quant.int8`.
 
     Every field is checked whenever it is set, at construction or later (``config.granularity =
     "row"`` fails the same way), and an unknown keyword argument is refused.
@@ -71,6 +77,7 @@ class TernaryConfig(QuantizationConfigMixin):
         embedding_storage: str | None = "int4",
         modules_to_not_convert: str | Sequence[str] | None = None,
         packing_format: str = PACKING_FORMAT,
+        int8_modules: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         quant_method = kwargs.pop("quant_method", QUANT_METHOD)  # in to_dict(); another value is refused below
@@ -85,6 +92,7 @@ class TernaryConfig(QuantizationConfigMixin):
         self.embedding_storage = embedding_storage
         self.modules_to_not_convert = modules_to_not_convert
         self.packing_format = packing_format
+        self.int8_modules = int8_modules
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Validate a field whenever it is set (at construction, by ``config.x = ...``, by ``update``)."""
@@ -106,6 +114,10 @@ class TernaryConfig(QuantizationConfigMixin):
             return list(DEFAULT_MODULES_TO_NOT_CONVERT)
         return list(self.modules_to_not_convert)
 
+    def int8_module_names(self) -> list[str]:
+        """The entries of ``int8_modules`` (empty when none)."""
+        return list(self.int8_modules or [])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "quant_method": self.quant_method,
@@ -115,6 +127,7 @@ class TernaryConfig(QuantizationConfigMixin):
             "embedding_storage": self.embedding_storage,
             "modules_to_not_convert": self.modules_to_not_convert,
             "packing_format": self.packing_format,
+            "int8_modules": self.int8_modules,
         }
 
     @classmethod
@@ -161,32 +174,36 @@ def _choice(name: str, allowed: tuple) -> Callable[[Any], Any]:
     return check
 
 
-def _module_names(value: Any) -> list[str] | None:
-    """``modules_to_not_convert``: ``None``, one name as a string, or a list / tuple of names; each name
-    must be a valid regular expression, since transformers' matching rule reads it as one."""
-    if value is None:
-        return None
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, (list, tuple)):
-        raise InvalidInputError(
-            f"TernaryConfig: modules_to_not_convert={value!r} is not allowed; give a list of module names "
-            "(or one name as a string), or None for the default heads"
-        )
-    bad = [m for m in names if not isinstance(m, str) or not m]
-    if bad:
-        raise InvalidInputError(
-            f"TernaryConfig: modules_to_not_convert must be a list of non-empty module names, got bad entries {bad!r}"
-        )
-    for entry in names:
-        try:
-            re.compile(entry)
-        except re.error as exc:
+def _module_names(field: str, none_means: str) -> Callable[[Any], list[str] | None]:
+    """The check of a module-list field: ``None``, one name as a string, or a list / tuple of names;
+    each name must be a valid regular expression, since transformers' matching rule reads it as one."""
+
+    def check(value: Any) -> list[str] | None:
+        if value is None:
+            return None
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, (list, tuple)):
             raise InvalidInputError(
-                f"TernaryConfig: modules_to_not_convert entry {entry!r} is not a valid regular expression ({exc}); "
-                "entries match as transformers' quantizers match them (see ternary_hf.integrations.conversion."
-                "is_skipped): escape special characters, e.g. re.escape(name)"
-            ) from exc
-    return list(names)
+                f"TernaryConfig: {field}={value!r} is not allowed; give a list of module names "
+                f"(or one name as a string), or None for {none_means}"
+            )
+        bad = [m for m in names if not isinstance(m, str) or not m]
+        if bad:
+            raise InvalidInputError(
+                f"TernaryConfig: {field} must be a list of non-empty module names, got bad entries {bad!r}"
+            )
+        for entry in names:
+            try:
+                re.compile(entry)
+            except re.error as exc:
+                raise InvalidInputError(
+                    f"TernaryConfig: {field} entry {entry!r} is not a valid regular expression ({exc}); "
+                    "entries match as transformers' quantizers match them (see ternary_hf.integrations.conversion."
+                    "is_skipped): escape special characters, e.g. re.escape(name)"
+                ) from exc
+        return list(names)
+
+    return check
 
 
 #: The allowed values of each field that has a fixed set (what the CLI offers as choices, too).
@@ -202,5 +219,6 @@ FIELD_CHOICES: dict[str, tuple] = {
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "quant_method": _choice("quant_method", (QUANT_METHOD,)),
     **{name: _choice(name, allowed) for name, allowed in FIELD_CHOICES.items()},
-    "modules_to_not_convert": _module_names,
+    "modules_to_not_convert": _module_names("modules_to_not_convert", "the default heads"),
+    "int8_modules": _module_names("int8_modules", "none"),
 }

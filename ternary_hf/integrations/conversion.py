@@ -15,9 +15,15 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 
 from .config import TernaryConfig
 from .fast_forward import disable_fast_forward
+from .int8_linear import Int8Linear
 from .modules import QuantizedEmbedding, TernaryLinear
 
-__all__ = ["is_skipped", "swap_modules", "replace_with_ternary", "dequantize_model", "ternary_modules"]
+__all__ = ["QUANTIZED_MODULES", "is_skipped", "swap_modules", "replace_with_ternary", "dequantize_model",
+           "ternary_modules"]
+
+#: The inference modules the quantizer creates, loads and checks (each has ``quantize_weight``,
+#: ``reset_stored_weights`` and ``to_linear`` / ``to_embedding``).
+QUANTIZED_MODULES = (TernaryLinear, Int8Linear, QuantizedEmbedding)
 
 logger = logging.getLogger(__name__)
 
@@ -54,20 +60,25 @@ def swap_modules(
     make_linear: Callable[[nn.Linear], nn.Module],
     make_embedding: Callable[[nn.Embedding], nn.Module],
     convert_anyway: Collection[str] = (),
+    make_int8: Callable[[nn.Linear], nn.Module] | None = None,
 ) -> tuple[int, int]:
     """Replace, in place, every plain ``nn.Linear`` (and ``nn.Embedding`` when the config stores
     embeddings) outside ``skip`` with what the factories build; returns ``(n_linear, n_embedding)``.
 
     The one walk shared by the quantizer (inference modules) and the trainer (trainable ones), so both
-    convert exactly the same set of modules. Modules named in ``convert_anyway`` are converted even if
-    ``skip`` matches them (a pre-quantized checkpoint that stores them ternary).
+    convert exactly the same set of modules. Modules named in ``convert_anyway`` are converted to
+    ternary even if ``skip`` or ``int8_modules`` matches them (a pre-quantized checkpoint that stores
+    them ternary). ``make_int8`` builds the layers ``config.int8_modules`` names (the trainer leaves
+    them out through ``skip`` instead: they train in float).
     """
+    int8 = config.int8_module_names() if make_int8 is not None else []
     n_linear = n_embedding = 0
     for name, module in list(model.named_modules()):
         if not name or (is_skipped(name, skip) and name not in convert_anyway):
             continue
         if type(module) is nn.Linear:
-            new = make_linear(module)
+            as_int8 = bool(int8) and is_skipped(name, int8) and name not in convert_anyway
+            new = make_int8(module) if as_int8 else make_linear(module)
             n_linear += 1
         elif type(module) is nn.Embedding and config.embedding_storage is not None:
             new = make_embedding(module)
@@ -81,7 +92,8 @@ def swap_modules(
 def replace_with_ternary(
     model: nn.Module, config: TernaryConfig, skip: list[str], convert_anyway: Collection[str] = ()
 ) -> tuple[int, int]:
-    """Swap in empty inference modules (``TernaryLinear`` / ``QuantizedEmbedding``), e.g. on the meta device.
+    """Swap in empty inference modules (``TernaryLinear``, ``Int8Linear`` for ``config.int8_modules``,
+    ``QuantizedEmbedding``), e.g. on the meta device.
 
     New modules are created on the device of the module they replace; returns ``(n_linear, n_embedding)``.
     ``convert_anyway`` as in :func:`swap_modules`.
@@ -94,18 +106,24 @@ def replace_with_ternary(
             quantize_activations=config.quantize_activations, device=module.weight.device, dtype=module.weight.dtype,
         ).requires_grad_(False)
 
+    def int8_linear(module: nn.Linear) -> nn.Module:
+        return Int8Linear(
+            module.in_features, module.out_features, bias=module.bias is not None,
+            quantize_activations=config.quantize_activations, device=module.weight.device, dtype=module.weight.dtype,
+        ).requires_grad_(False)
+
     def embedding(module: nn.Embedding) -> nn.Module:
         return QuantizedEmbedding(
             module.num_embeddings, module.embedding_dim, storage=config.embedding_storage,
             padding_idx=module.padding_idx, compute_dtype=module.weight.dtype, device=module.weight.device,
         )
 
-    return swap_modules(model, config, skip, linear, embedding, convert_anyway)
+    return swap_modules(model, config, skip, linear, embedding, convert_anyway, make_int8=int8_linear)
 
 
 def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The model's ternary / quantized modules by qualified name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, (TernaryLinear, QuantizedEmbedding))}
+    """The model's ternary / quantized modules (:data:`QUANTIZED_MODULES`) by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZED_MODULES)}
 
 
 def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
@@ -115,6 +133,6 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype | None = None) -> nn.M
     disable_fast_forward(model)  # the fast forward runs ternary layers; a float model takes its own forward
     unfuse_activations(model)  # a fused GELU goes back to its own module before the layer turns float
     for name, module in ternary_modules(model).items():
-        float_module = module.to_linear(dtype) if isinstance(module, TernaryLinear) else module.to_embedding(dtype)
+        float_module = module.to_embedding(dtype) if isinstance(module, QuantizedEmbedding) else module.to_linear(dtype)
         model.set_submodule(name, float_module, strict=True)
     return model

@@ -20,10 +20,9 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.quantizers.quantizers_utils import get_module_from_name
 
 from .config import TernaryConfig
-from .conversion import dequantize_model, replace_with_ternary
+from .conversion import QUANTIZED_MODULES, dequantize_model, replace_with_ternary
 from .fast_forward import enable_fast_forward
 from .fusion import fuse_activations
-from .modules import QuantizedEmbedding, TernaryLinear
 from .remote_code import attach_autoload_on_save, detach_autoload_on_save
 from .safetensors_checks import (
     linears_stored_ternary,
@@ -69,7 +68,7 @@ class TernaryQuantize(ConversionOps):
         for key, value in input_dict.items():
             tensor = value[0] if isinstance(value, list) else value
             module, tensor_name = get_module_from_name(model, key)
-            if tensor_name != "weight" or not isinstance(module, (TernaryLinear, QuantizedEmbedding)):
+            if tensor_name != "weight" or not isinstance(module, QUANTIZED_MODULES):
                 result[key] = tensor
                 continue
             prefix = key[: -len(tensor_name)]
@@ -97,7 +96,7 @@ class TernaryHfQuantizer(HfQuantizer):
         if self.pre_quantized:
             return False
         module, tensor_name = get_module_from_name(model, param_name)
-        return tensor_name == "weight" and isinstance(module, (TernaryLinear, QuantizedEmbedding))
+        return tensor_name == "weight" and isinstance(module, QUANTIZED_MODULES)
 
     def _process_model_before_weight_loading(self, model: Any, **kwargs: Any) -> None:
         skip = self.quantization_config.skipped_modules() + list(getattr(model, "_keep_in_fp32_modules", None) or [])
@@ -141,7 +140,7 @@ class TernaryHfQuantizer(HfQuantizer):
         (transformers reports such weights as MISSING and would random-initialize a float layer)."""
         zeroed = []
         for name, module in model.named_modules():
-            if isinstance(module, (TernaryLinear, QuantizedEmbedding)) and name not in self.quantized_modules:
+            if isinstance(module, QUANTIZED_MODULES) and name not in self.quantized_modules:
                 module.reset_stored_weights()
                 zeroed.append(name)
         if zeroed:

@@ -68,9 +68,9 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
 
 
 def _ternary_modules(model: nn.Module) -> dict[str, nn.Module]:
-    from .modules import QuantizedEmbedding, TernaryLinear
+    from .conversion import ternary_modules
 
-    return {n: m for n, m in model.named_modules() if isinstance(m, (TernaryLinear, QuantizedEmbedding))}
+    return ternary_modules(model)
 
 
 def _expected_tensors(model: nn.Module) -> dict[str, TensorInfo]:

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InvalidInputError, MissingInputError
 from ..integrations.config import TernaryConfig
+from ..integrations.int8_linear import Int8Linear
 from ..integrations.modules import QuantizedEmbedding, TernaryLinear
 from ..utils.io import atomic_write_json, check_output_folder, read_json, staged_folder, weight_files_bytes
 
@@ -145,10 +146,11 @@ def _auto_model(encoder) -> torch.nn.Module:
 
 
 def linear_layer_bytes(model: torch.nn.Module) -> tuple[int, int]:
-    """``(fp32 bytes, stored bytes)`` of the ternary linear layers of ``model`` (weights and scales)."""
+    """``(fp32 bytes, stored bytes)`` of the quantized linear layers of ``model`` (ternary and int8;
+    weights and scales)."""
     fp32 = stored = 0
     for module in model.modules():
-        if isinstance(module, TernaryLinear):
+        if isinstance(module, (TernaryLinear, Int8Linear)):
             fp32 += module.in_features * module.out_features * 4
             stored += module.weight.numel() * module.weight.element_size()
             stored += module.weight_scale.numel() * module.weight_scale.element_size()
@@ -251,7 +253,7 @@ def _report(source: str, output: Path, saved: Path, config: TernaryConfig, model
         source_bytes=src_bytes, output_bytes=out_bytes,
         size_ratio=out_bytes / src_bytes if src_bytes else float("nan"),
         linear_fp32_bytes=fp32, linear_ternary_bytes=stored, linear_ratio=stored / fp32 if fp32 else float("nan"),
-        n_linear=sum(isinstance(m, TernaryLinear) for m in model.modules()),
+        n_linear=sum(isinstance(m, (TernaryLinear, Int8Linear)) for m in model.modules()),
         n_embedding=sum(isinstance(m, QuantizedEmbedding) for m in model.modules()),
         calibration=calibration, notes=notes,
     )

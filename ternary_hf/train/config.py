@@ -30,10 +30,10 @@ LOSS_WEIGHTS = ("hidden_mse", "pooled_cosine", "pooled_mse", "layer_mse", "atten
 RESUMABLE = frozenset({"max_steps", "max_minutes", "save_every", "keep_checkpoints", "log_every", "num_threads",
                        "eval_every", "eval_tasks", "eval_limit", "report_to"})
 #: settings added after runs were first recorded, at the value that reproduces what a run recorded
-#: without them did (long views off, no token budget, the classic corpus, no --data mixing): a resume
-#: of such a run compares against these
+#: without them did (long views off, no token budget, the classic corpus, no --data mixing, no int8
+#: modules): a resume of such a run compares against these
 ADDED_LATER = {"batch_tokens": 0, "long_length": 0, "long_share": 0.1, "mix": "classic", "exclude_sources": "",
-               "data_share": 1.0}
+               "data_share": 1.0, "ternary_config.int8_modules": None}
 #: the smallest allowed value of the numeric settings (``None`` always allowed where the type says so)
 MINIMUM = {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 1, "bank_size": 1,
            "save_every": 1, "keep_checkpoints": 1, "log_every": 1, "num_threads": 1, "max_texts": 1,

@@ -29,7 +29,8 @@ RUN_FILE = "run.json"
 #: how a user sets the settings that are not DistillConfig fields
 _NON_CONFIG_FLAGS = {"teacher": "TEACHER", "data": "--data / --text-field / --max-texts", "processes": None}
 _TERNARY_FLAGS = {"threshold_method": "--threshold", "granularity": "--granularity", "activations": "--activations",
-                  "embedding_storage": "--embeddings", "modules_to_not_convert": "--skip"}
+                  "embedding_storage": "--embeddings", "modules_to_not_convert": "--skip",
+                  "int8_modules": "--int8"}
 
 
 class SettingsChangedError(InvalidInputError):

@@ -192,9 +192,14 @@ class FakeQuantEmbedding(nn.Module):
 
 
 def build_student(teacher: nn.Module, config: TernaryConfig) -> nn.Module:
-    """A trainable ternary copy of ``teacher`` (the teacher itself is not modified)."""
+    """A trainable ternary copy of ``teacher`` (the teacher itself is not modified).
+
+    Layers named in ``config.int8_modules`` stay plain ``nn.Linear`` and train in float: finalizing
+    quantizes them to int8 per output channel, which keeps them near-float (docs/quality.md).
+    """
     student = copy.deepcopy(teacher)
-    skip = config.skipped_modules() + list(getattr(teacher, "_keep_in_fp32_modules", None) or [])
+    skip = (config.skipped_modules() + config.int8_module_names()
+            + list(getattr(teacher, "_keep_in_fp32_modules", None) or []))
     n_linear, _ = swap_modules(
         student, config, skip,
         lambda m: FakeTernaryLinear(m, config.threshold_method, config.granularity, config.quantize_activations),

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ...quant.int8 import int8_linear
+from ..int8_linear import Int8Linear
 from ..modules import TernaryLinear
 from . import ops
 from .embeddings import first_token_pooler, text_embedder
@@ -64,8 +66,9 @@ class _Linear:
     """One GEMM of the plan: ``modules`` side by side (outputs concatenated), then the activation.
 
     Ternary layers with int8 activations run as one kernel call over their concatenated panels
-    (possible when every part but the last has a multiple of 16 outputs, the panel width); anything
-    else (a float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
+    (possible when every part but the last has a multiple of 16 outputs, the panel width), int8
+    layers (``int8_modules``) as one integer product over their concatenated weights; anything else
+    (a float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
     The activation is looked up on every call (``activation_at``: owner module and attribute), as is
     the layer's ``fused_activation``: ``fuse_activations`` / ``unfuse_activations`` may swap them.
     """
@@ -77,6 +80,7 @@ class _Linear:
         same_k = len({m.in_features for m in modules}) == 1
         aligned = all(m.out_features % 16 == 0 for m in modules[:-1])
         self.fusable = ternary and same_k and aligned
+        self.int8 = same_k and all(isinstance(m, Int8Linear) and m.quantize_activations for m in modules)
         self.sources = [t for m in modules for t in (m.weight, getattr(m, "weight_scale", None), m.bias)
                         if t is not None]
         self.prepared: torch.Tensor | None = None  # built on the first kernel call
@@ -93,12 +97,23 @@ class _Linear:
                                    for m in modules]).contiguous() if has_bias else None
             self.prepared = torch.cat([m._prepared_weight(kernels) for m in modules]).contiguous()  # noqa: SLF001
 
+    def _int8_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if self.prepared is None:
+            modules = self.modules
+            self.prepared = torch.cat([m.weight for m in modules])
+            self.scale = torch.cat([m.weight_scale for m in modules])
+            self.bias = (torch.cat([m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
+                                    for m in modules]) if any(m.bias is not None for m in modules) else None)
+        return self.prepared, self.scale, self.bias
+
     def __call__(self, x: torch.Tensor, kernels: Any) -> torch.Tensor:
         if kernels is not None and self.fusable:
             if self.prepared is None:
                 self._prepare(kernels)
             act = self.modules[0].fused_activation if len(self.modules) == 1 else None
             y = kernels.ternary_linear_cpu(x, self.prepared, self.scale, self.bias, self.k, self.n, act)
+        elif self.int8:
+            y = int8_linear(x, *self._int8_weights())
         elif len(self.modules) == 1:
             y = self.modules[0](x)
         else:
@@ -296,10 +311,14 @@ class FastEncoder:
             if self.native is True:
                 self.native = NativeEncoder.build(self.layers, plan, kernels)
                 self._fused_state = self._activation_state()
-            if self.native is not None:
-                return self.native(km, x, cu_seqlens, plan.heads, plan.scale, rel, center)
+        layers = self.layers
+        if km is not None and self.use_native and self.native is not None:
+            x = self.native(km, x, cu_seqlens, plan.heads, plan.scale, rel, center)
+            layers = layers[self.native.n_layers:]  # a post-LN model's blocks after the plain ones
+            if not layers:
+                return x
         if not plan.layout.pre_norm:
-            for layer in self.layers:
+            for layer in layers:
                 ctx = ops.varlen_attention(km, layer.qkv(x, kernels), cu_seqlens, plan.heads, plan.scale, rel, center)
                 x = ops.add_layernorm(km, layer.o(ctx, kernels), x, *_ln_args(layer.ln_attn))[0]
                 x = ops.add_layernorm(km, layer.down(layer.up(x, kernels), kernels), x, *_ln_args(layer.ln_ffn))[0]

@@ -8,8 +8,10 @@ waiting for a thread that has not started (see ``encoder_forward`` for why). A b
 split (one sentence) runs every op on all threads, which stay together for the whole forward
 (``encode_team``) instead of forking and joining once per op.
 
-It applies when every block is plain: four ternary GEMMs with int8 activations (GELU fused into the
-up-projection, no other activation) and affine LayerNorms. Anything else keeps the Python loop.
+It applies to the blocks that are plain: four ternary GEMMs with int8 activations (GELU fused into
+the up-projection, no other activation) and affine LayerNorms. In a post-LN encoder the plain blocks
+before the first other one (e.g. a last block kept in int8 or float) run here and the rest in the
+Python loop; a pre-LN encoder runs here only when every block is plain.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ def _step_ok(step: Any, gelu: bool) -> bool:
     return step.activation_at is None and all(m.fused_activation is None for m in step.modules)
 
 
+def _layer_ok(layer: Any) -> bool:
+    steps = (layer.qkv, layer.o, layer.up, layer.down)
+    return all(_step_ok(s, s is layer.up) for s in steps) and _norm_ok(layer.ln_attn) and _norm_ok(layer.ln_ffn)
+
+
 class NativeEncoder:
     """``encoder_forward``'s argument lists for one model (rebuilt with the engine's layers)."""
 
@@ -46,24 +53,28 @@ class NativeEncoder:
                  pre_norm: bool, final_norm: list[torch.Tensor], final_eps: float) -> None:
         self.gemms, self.dims, self.norms, self.eps = gemms, dims, norms, eps
         self.pre_norm, self.final_norm, self.final_eps = pre_norm, final_norm, final_eps
+        #: how many of the model's blocks (the first ones) this runs; the engine's loop runs the rest
+        self.n_layers = len(eps) // 2
 
     @classmethod
     def build(cls, layers: list[Any], plan: Any, kernels: Any) -> NativeEncoder | None:
-        """The lists for ``layers`` (the engine's), or None when a block is not plain (see the docstring)."""
+        """The lists for the plain blocks at the start of ``layers`` (the engine's), or None when none
+        qualifies (see the module docstring)."""
         pre_norm = plan.layout.pre_norm
         if pre_norm and plan.final_norm is not None and not _norm_ok(plan.final_norm):
+            return None
+        plain = 0
+        while plain < len(layers) and _layer_ok(layers[plain]):
+            plain += 1
+        if plain == 0 or pre_norm and plain < len(layers):
             return None
         gemms: list[torch.Tensor] = []
         dims: list[int] = []
         norms: list[torch.Tensor] = []
         eps: list[float] = []
         empty = torch.empty(0)
-        for layer in layers:
+        for layer in layers[:plain]:
             steps = (layer.qkv, layer.o, layer.up, layer.down)
-            if not all(_step_ok(s, s is layer.up) for s in steps):
-                return None
-            if not (_norm_ok(layer.ln_attn) and _norm_ok(layer.ln_ffn)):
-                return None
             for step in steps:
                 if step.prepared is None:
                     step._prepare(kernels)  # noqa: SLF001
