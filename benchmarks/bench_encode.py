@@ -27,6 +27,9 @@ in ONE run:
   (``OnnxEncoder`` with the torch model as its session) instead of ``SentenceTransformer.encode``: the
   same work around the network as those rows, so their latencies compare network with network
   (``encode`` adds ~2 ms of bookkeeping per call: ``model.eval()``, device lookup, tokenizer wrappers);
+* ``ternary-int8-last`` - (optional) ours with the last encoder block stored int8
+  (``TernaryConfig(int8_modules=["encoder.layer.<last>"])``, the quality option of docs/quality.md): what
+  running that block outside the kernel's fused encoder costs;
 * ``ternary-eager`` - (optional) ours through transformers' own layer-by-layer forward
   (``TERNARY_HF_FAST_FORWARD=0``): the path before ``ternary_hf.integrations.fast_forward``;
 * ``bnb-int8`` - (optional) bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with
@@ -87,8 +90,9 @@ from ternary_hf.utils.io import folder_fingerprint
 BACKENDS = ["fp32", "ternary", "ternary-lean", "onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn"]
 #: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI);
 #: ternary-avx2: ours with the AVX2 kernel build forced (TERNARY_HF_KERNEL_ISA=avx2), on a VNNI CPU;
-#: ternary-eager: ours through transformers' own forward (TERNARY_HF_FAST_FORWARD=0); bnb-int8: bitsandbytes
-EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2", "ternary-eager", "bnb-int8"]
+#: ternary-eager: ours through transformers' own forward (TERNARY_HF_FAST_FORWARD=0); bnb-int8: bitsandbytes;
+#: ternary-int8-last: ours with the last encoder block in int8 (int8_modules)
+EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2", "ternary-eager", "bnb-int8", "ternary-int8-last"]
 #: The stock engines a CPU user would pick instead (issue 29): ours must beat the fastest of them.
 STOCK = ("onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn", "onnx-u8")
 OV_CALIBRATION = 300  # NNCF calibration sentences (Amazon reviews: not in the benchmark set)
@@ -233,7 +237,7 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
         if not {"avx512_bf16", "amx_bf16"} & set(cpu_isa_flags()):
             raise RuntimeError("this CPU has neither AVX512-BF16 nor AMX-BF16 (bf16 would be emulated)")
         st = SentenceTransformer(model_dir, device="cpu").to(torch.bfloat16)
-    elif backend in ("ternary", "ternary-avx2", "ternary-eager"):
+    elif backend in ("ternary", "ternary-avx2", "ternary-eager", "ternary-int8-last"):
         if backend == "ternary-avx2":
             os.environ["TERNARY_HF_KERNEL_ISA"] = "avx2"  # read when the kernel first loads, below
         if backend == "ternary-eager":
@@ -243,9 +247,13 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
 
         if not cpu_kernel_available():
             raise RuntimeError(f"the ternary CPU kernel is not available: {kernel_status()}")
-        st = SentenceTransformer(
-            model_dir, device="cpu", model_kwargs={"quantization_config": ternary_hf.TernaryConfig()}
-        )
+        config = ternary_hf.TernaryConfig()
+        if backend == "ternary-int8-last":
+            from transformers import AutoConfig
+
+            last = AutoConfig.from_pretrained(model_dir).num_hidden_layers - 1
+            config = ternary_hf.TernaryConfig(int8_modules=[f"encoder.layer.{last}"])
+        st = SentenceTransformer(model_dir, device="cpu", model_kwargs={"quantization_config": config})
     elif backend == "ternary-saved":
         import ternary_hf  # noqa: F401  (registers the quantizer that loads the 2-bit folder)
 

@@ -15,6 +15,7 @@ from transformers import AutoModel
 
 from ternary_hf import TernaryConfig, TernaryLinear
 from ternary_hf.errors import InvalidInputError
+from ternary_hf.hub.model_card import render_model_card
 from ternary_hf.integrations.conversion import dequantize_model
 from ternary_hf.integrations.fast_forward.engine import ENV, FastEncoder
 from ternary_hf.integrations.int8_linear import Int8Linear
@@ -118,6 +119,8 @@ def test_named_layers_load_int8_and_reload_bit_identically(tiny_model_dirs, kind
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     stored_int8 = [k for k, dtype in dtypes.items() if dtype == "I8"]  # (ViT's keys are renamed on save)
     assert len(stored_int8) == len(int8) and all(k.endswith(".weight") for k in stored_int8)
+    card = str(render_model_card(tmp_path, "tester/int8"))
+    assert f"The modules matching `int8_modules` ({last}) store int8 weights" in card
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
     assert torch.equal(_forward(reloaded, kind), out)
     assert sum(isinstance(m, Int8Linear) for m in reloaded.modules()) == len(int8)
@@ -193,3 +196,15 @@ def test_distillation_trains_int8_layers_in_float_and_finalizes_them_int8(tiny_s
     assert torch.isfinite(packed.encode(tiny_sentences(3), convert_to_tensor=True)).all()
     info = json.loads((tmp_path / "out" / "distillation.json").read_text())
     assert info["ternary_config"]["int8_modules"] == ["encoder.layer.1"]
+
+
+def test_cli_int8_flag_reaches_the_saved_config(tiny_st_dir, tmp_path):
+    from ternary_hf.cli import main
+
+    out = tmp_path / "q"
+    assert main(["quantize", tiny_st_dir, str(out), "--sentences", "0", "--int8", "encoder.layer.1"]) == 0
+    saved = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert saved["int8_modules"] == ["encoder.layer.1"]
+    model = SentenceTransformer(str(out), device="cpu")[0].auto_model
+    assert isinstance(model.encoder.layer[1].attention.self.query, Int8Linear)
+    assert isinstance(model.encoder.layer[0].attention.self.query, TernaryLinear)
