@@ -159,10 +159,11 @@ def test_fast_forward_runs_the_ternary_blocks_natively_and_the_int8_block_after(
     model = _quantize(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
     fast = _forward(model, kind)
     engine = model.__dict__["_ternary_fast_forward"]
+    from ternary_hf import kernels
     from ternary_hf.kernels import cpu_kernel_available
 
-    if cpu_kernel_available():
-        assert engine.native.n_layers == 1  # block 0 in the kernel's encoder, block 1 (int8) in the loop
+    if cpu_kernel_available():  # block 1 (int8) in the kernel's encoder where the build multiplies int8
+        assert engine.native.n_layers == (2 if kernels.int8_weights_available() else 1)
         assert engine.layers[1].qkv.int8 and engine.layers[1].up.int8
     monkeypatch.setattr(FastEncoder, "use_native", False)
     assert torch.equal(_forward(model, kind), fast)
@@ -174,7 +175,13 @@ def test_fast_forward_runs_the_ternary_blocks_natively_and_the_int8_block_after(
 def test_fast_forward_of_a_pre_ln_model_with_an_int8_block_matches_its_own_forward(tiny_model_dirs, monkeypatch):
     model = _quantize(tiny_model_dirs["vit"], int8_modules=["layers.0"])
     fast = _forward(model, "vit")
-    assert model.__dict__["_ternary_fast_forward"].native in (None, True)  # pre-LN: all blocks or none
+    from ternary_hf import kernels
+
+    native = model.__dict__["_ternary_fast_forward"].native
+    if kernels.int8_weights_available():  # pre-LN: all blocks in the kernel's encoder, or none
+        assert native.n_layers == 2
+    else:
+        assert native in (None, True)
     monkeypatch.setenv(ENV, "0")
     assert torch.allclose(_forward(model, "vit"), fast, atol=1e-5)
 
@@ -208,3 +215,121 @@ def test_cli_int8_flag_reaches_the_saved_config(tiny_st_dir, tmp_path):
     model = SentenceTransformer(str(out), device="cpu")[0].auto_model
     assert isinstance(model.encoder.layer[1].attention.self.query, Int8Linear)
     assert isinstance(model.encoder.layer[0].attention.self.query, TernaryLinear)
+
+
+# ----------------------------------------------------------------------------------- the kernel's int8 panels
+def _int8_builds():
+    """The kernel builds that run here and multiply int8 weights (VNNI; the emulated AMX build)."""
+    from ternary_hf.kernels import _build
+
+    builds = []
+    for isa in ("avx512vnni", "amx", "amx_emulated"):
+        runnable = isa in _build.supported_isas() or (isa in _build.TEST_CFLAGS and "avx2" in _build.supported_isas())
+        if runnable:
+            try:
+                builds.append(_build.load_kernel_variant(isa))
+            except RuntimeError:
+                continue
+    if not builds:
+        pytest.skip("no kernel build that multiplies int8 weights runs here")
+    return builds
+
+
+def test_prepared_int8_layout_round_trips_and_refuses_bad_values():
+    from ternary_hf.kernels.layout import prepare_int8_weight, prepared_to_int8
+
+    torch.manual_seed(3)
+    for n, k in ((5, 3), (16, 16), (37, 70)):
+        values = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        prepared = prepare_int8_weight(values)
+        assert prepared.shape == (-(-n // 16), -(-k // 16), 256) and prepared.dtype == torch.uint8
+        assert torch.equal(prepared_to_int8(prepared, k, n), values)
+    # byte (p, kb, 64 s + 32 v + 4 j + i) holds w + 128 of output 16 p + 8 v + j, input 16 kb + 4 s + i
+    values = torch.arange(40 * 50).remainder(255).sub(127).to(torch.int8).view(40, 50)
+    prepared = prepare_int8_weight(values)
+    assert int(prepared[1, 2, 64 * 3 + 32 * 1 + 4 * 5 + 2]) == int(values[16 + 8 + 5, 32 + 12 + 2]) + 128
+    with pytest.raises(ValueError, match="-128"):
+        prepare_int8_weight(torch.full((2, 2), -128, dtype=torch.int8))
+    with pytest.raises(ValueError, match="2-D int8"):
+        prepare_int8_weight(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 37, 45), (3, 100, 3), (17, 1030, 100), (64, 384, 200)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_int8_weights_give_the_torch_int8_bits(m, k, n, threads):
+    from ternary_hf.kernels.layout import prepare_int8_weight
+
+    g = torch.Generator().manual_seed(m + k + n)
+    values = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    values[0] = 127  # extreme codes: sums far beyond any int16 bound
+    x = torch.randn(m, k, generator=g) * 3
+    x[0] = 127.0
+    if m > 2:
+        x[1] = 0.0
+    scale, bias = torch.rand(n, generator=g) + 0.01, torch.randn(n, generator=g)
+    prepared = prepare_int8_weight(values)
+    q, _ = quantize_activations_int8(x)
+    exact = (q.to(torch.int64) @ values.to(torch.int64).t()).to(torch.int32)
+    expected = int8_linear(x, values, scale, bias)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for build in _int8_builds():
+            assert torch.equal(build.ternary_accumulators(x, prepared, k, n), exact), build.ISA
+            assert torch.equal(build.ternary_linear(x, prepared, scale, bias, k, n, False), expected), build.ISA
+            gelu = build.ternary_linear(x, prepared, scale, bias, k, n, True)
+            reference = torch.nn.functional.gelu(expected)
+            assert bool(((gelu - reference).abs() <= 1e-6 * (reference.abs() + 1)).all()), build.ISA
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_the_avx2_build_refuses_int8_weights_with_a_way_out():
+    from ternary_hf.kernels import _build
+    from ternary_hf.kernels.layout import prepare_int8_weight
+
+    if "avx2" not in _build.supported_isas():
+        pytest.skip("the AVX2 build does not run here")
+    avx2 = _build.load_kernel_variant("avx2")
+    assert avx2.INT8_WEIGHTS is False
+    prepared = prepare_int8_weight(torch.ones(4, 8, dtype=torch.int8))
+    with pytest.raises(ValueError, match="AVX2 build cannot multiply int8 weights.*Int8Linear"):
+        avx2.ternary_linear(torch.randn(2, 8), prepared, torch.ones(4), None, 8, 4, False)
+
+
+@pytest.mark.parametrize("kind", ["bert", "mpnet"])
+def test_the_int8_block_runs_in_the_kernel_encoder_and_team_forward(tiny_model_dirs, kind, monkeypatch):
+    from conftest import native_encoder_forward
+
+    from ternary_hf import kernels
+
+    if not kernels.int8_weights_available():
+        pytest.skip("the kernel build here does not multiply int8 weights")
+    model = _quantize(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
+    assert model.encoder.layer[1].intermediate.dense.fused_activation == "gelu"  # fused into the int8 layer
+    native = _forward(model, kind)
+    engine = model.__dict__["_ternary_fast_forward"]
+    assert engine.native.n_layers == 2 and engine.layers[1].qkv.on_kernel(kernels)
+    monkeypatch.setattr(FastEncoder, "use_native", False)
+    assert torch.equal(_forward(model, kind), native)  # op by op, the same kernel GEMMs
+    monkeypatch.undo()
+    module = kernels.kernel_module()
+    x = torch.randn(9, model.config.hidden_size, generator=torch.Generator().manual_seed(4))
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = module._team_forward_count()
+        team = native_encoder_forward(module, engine, x)
+        assert module._team_forward_count() == runs + 1
+        module._set_team_forward(False)
+        assert torch.equal(native_encoder_forward(module, engine, x), team)
+    finally:
+        module._set_team_forward(True)
+        torch.set_num_threads(old)
+    # where the build cannot (AVX2), the int8 block runs in torch after the native ternary blocks
+    monkeypatch.setattr(kernels, "int8_weights_available", lambda: False)
+    model = _quantize(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
+    torch_int8 = _forward(model, kind)
+    assert model.__dict__["_ternary_fast_forward"].native.n_layers == 1
+    mask = tiny_inputs(kind)["attention_mask"].bool()
+    assert torch.allclose(torch_int8[mask], native[mask], atol=1e-5)  # GELU: torch's erf vs the kernel's

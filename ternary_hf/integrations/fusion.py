@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from .int8_linear import Int8Linear
 from .modules import TernaryLinear
 
 __all__ = ["FUSION_PATTERNS", "FusedIntoLinear", "fuse_activations", "unfuse_activations"]
+
+#: The layers that can apply a fused activation themselves (the kernel's epilogue, else torch's GELU).
+_FUSING = (TernaryLinear, Int8Linear)
 
 #: (linear attribute, activation attribute) pairs of a block whose forward is ``act(linear(x))``.
 FUSION_PATTERNS: tuple[tuple[str, str], ...] = (("dense", "intermediate_act_fn"), ("fc1", "activation_fn"))
@@ -55,14 +59,15 @@ def _exact_gelu(act: object) -> bool:
 def fuse_activations(model: nn.Module) -> int:
     """Fuse exact GELU into the ternary up-projection of every block matching :data:`FUSION_PATTERNS`.
 
-    A block qualifies when its linear attribute is a :class:`TernaryLinear` with int8 activations (the
-    kernel's path) and its activation attribute is exact GELU. Returns the number fused; idempotent.
+    A block qualifies when its linear attribute is a :class:`TernaryLinear` or an ``Int8Linear`` with
+    int8 activations (the kernel's path) and its activation attribute is exact GELU. Returns the
+    number fused; idempotent.
     """
     fused = 0
     for module in model.modules():
         for linear_name, act_name in FUSION_PATTERNS:
             linear, act = getattr(module, linear_name, None), getattr(module, act_name, None)
-            if isinstance(linear, TernaryLinear) and linear.quantize_activations and _exact_gelu(act):
+            if isinstance(linear, _FUSING) and linear.quantize_activations and _exact_gelu(act):
                 linear.fused_activation = "gelu"
                 setattr(module, act_name, FusedIntoLinear(act, "gelu"))
                 fused += 1
@@ -78,7 +83,7 @@ def unfuse_activations(model: nn.Module) -> int:
             if isinstance(act, FusedIntoLinear):
                 setattr(module, act_name, act.original)
                 linear = getattr(module, linear_name, None)
-                if isinstance(linear, TernaryLinear):
+                if isinstance(linear, _FUSING):
                     linear.fused_activation = None
                 restored += 1
     return restored

@@ -19,14 +19,28 @@ from ..quant.int8 import dequantize_int8, int8_linear, quantize_weight_int8
 __all__ = ["Int8Linear"]
 
 
+def _kernel():
+    """The kernel API when its build here multiplies int8 weights (VNNI, AMX), else None (torch path).
+    Asked on every CPU forward, like ``TernaryLinear`` does, so the switches are read at run time."""
+    try:
+        from .. import kernels
+    except ImportError:
+        return None
+    return kernels if kernels.int8_weights_available() else None
+
+
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights (per output channel) and, by default, per-token int8 activations.
 
     Buffers (saved in the checkpoint):
         weight: ``int8`` ``(out_features, in_features)``.
         weight_scale: ``float32`` ``(out_features,)``.
-    Parameter: ``bias`` as in ``nn.Linear``. ``fused_activation`` is always ``None`` (the kernel's
-    fused epilogue is for ternary layers); it exists so code that reads it from any layer works.
+    Parameter: ``bias`` as in ``nn.Linear``. ``fused_activation`` (not saved; set by ``fuse_activations``
+    at load time) as in ``TernaryLinear``.
+
+    On CPU the kernel builds that multiply int8 weights (AVX-512 VNNI, AMX) run it with the ternary
+    layers' epilogue; elsewhere (AVX2 build, other devices, autograd) ``torch._int_mm`` or a float
+    matmul computes the same integers.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, quantize_activations: bool = True,
@@ -88,7 +102,23 @@ class Int8Linear(nn.Module):
                 linear.bias.copy_(self.bias)
         return linear
 
+    def _prepared_weight(self, kernels) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version)
+        cached = self.__dict__.get("_prepared")
+        if cached is None or cached[0] != key:
+            cached = (key, kernels.prepare_int8_weight(self.weight))
+            self.__dict__["_prepared"] = cached
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and self.quantize_activations and not x.requires_grad:
+            kernels = _kernel()
+            if kernels is not None:
+                lead = x.shape[:-1]
+                x2d = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
+                y = kernels.ternary_linear_cpu(x2d, self._prepared_weight(kernels), self.weight_scale, self.bias,
+                                               self.in_features, self.out_features, self.fused_activation)
+                return y.reshape(*lead, self.out_features).to(x.dtype)
         y = int8_linear(x, self.weight, self.weight_scale, self.bias, self.quantize_activations)
         return apply_activation(y, self.fused_activation)
 

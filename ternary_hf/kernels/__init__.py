@@ -62,7 +62,7 @@ import torch
 from ..quant.functional import validate_activation
 from . import ops
 from ._build import kernel_isa, kernel_module, kernel_status
-from .layout import BLOCK_K, PANEL_COLS, prepare_weight, prepared_to_ternary
+from .layout import BLOCK_K, PANEL_COLS, prepare_int8_weight, prepare_weight, prepared_to_int8, prepared_to_ternary
 
 __all__ = [
     "cpu_kernel_available",
@@ -70,6 +70,9 @@ __all__ = [
     "ternary_linear_cpu",
     "kernel_accumulators",
     "prepared_to_ternary",
+    "prepare_int8_weight",
+    "prepared_to_int8",
+    "int8_weights_available",
     "kernel_status",
     "kernel_isa",
     "kernel_module",
@@ -92,6 +95,13 @@ def cpu_kernel_available() -> bool:
     return kernel_module() is not None
 
 
+def int8_weights_available() -> bool:
+    """Whether the kernel build running here multiplies int8 weights (:func:`prepare_int8_weight`): the
+    AVX-512 VNNI and AMX builds do; the AVX2 build does not (its ``vpmaddubsw`` would saturate)."""
+    module = kernel_module()
+    return module is not None and bool(getattr(module, "INT8_WEIGHTS", False))
+
+
 def ternary_linear_cpu(
     x: torch.Tensor,
     prepared: torch.Tensor,
@@ -107,7 +117,8 @@ def ternary_linear_cpu(
 
     Args:
         x: float32 ``(M, in_features)`` (made contiguous if needed).
-        prepared: output of :func:`prepare_weight`.
+        prepared: output of :func:`prepare_weight`, or of :func:`prepare_int8_weight` for int8 weights
+            (``y = (q(x) @ W_q.T) * s_x * s_w + b``; where :func:`int8_weights_available`).
         weight_scale: float32 ``(out_features,)`` or ``(1,)``.
         bias: optional float32 ``(out_features,)``.
         in_features, out_features: the layer's unpadded shape.

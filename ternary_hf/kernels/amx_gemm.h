@@ -95,7 +95,11 @@ inline void run_amx_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, 
     const bool two = nb + kNR < n1;
     for (int p = 0; p < (two ? 2 : 1); ++p) {
       uint8_t* dst = panels + p * panel_bytes;
-      decode_chunk(P.w + ((nb / kNR) + p) * P.kblocks * kBlockBytes, P.kblocks, dst);
+      if (P.int8_weights) {  // already bytes in the decoded layout: copied to get the zero padding to 64 k
+        std::memcpy(dst, P.w + ((nb / kNR) + p) * P.kblocks * kDecodedBlockBytes, P.kblocks * kDecodedBlockBytes);
+      } else {
+        decode_chunk(P.w + ((nb / kNR) + p) * P.kblocks * kBlockBytes, P.kblocks, dst);
+      }
       std::memset(dst + P.kblocks * kDecodedBlockBytes, 0, panel_bytes - P.kblocks * kDecodedBlockBytes);
     }
     for (int64_t mb = m0; mb < m1; mb += 2 * kAmxRows) {

@@ -653,6 +653,7 @@ TeamGemm team_gemm(const Gemm& g, const float* x, int64_t m, float* y, int8_t* q
   t.sw_per_channel = g.s.numel() > 1;
   t.bias = g.b.has_value() ? g.b->data_ptr<float>() : nullptr;
   t.gelu = g.gelu;
+  t.int8_weights = team_gemm_int8(g.w);
   t.y = y;
   t.q = q;
   t.qsum = qsum;

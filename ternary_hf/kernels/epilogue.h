@@ -1,5 +1,5 @@
 // The float epilogue every build shares (ternary_cpu.cpp): the int32 tile of sum(q * c) becomes
-// y = (tile - sum(q)) * s_x * s_w + b, optionally through the fused GELU, while the tile is in L1.
+// y = (tile - zero * sum(q)) * s_x * s_w + b, optionally through the fused GELU, while the tile is in L1.
 #pragma once
 
 #include <immintrin.h>
@@ -73,14 +73,17 @@ struct Problem {
   float* y;               // [M][N] float output, or nullptr
   int32_t* acc;           // [M][N] int32 output (debug), or nullptr
   bool gelu;              // apply GELU to the float output (fused activation)
+  bool int8_weights = false;  // w holds int8 weights + kInt8Zero in the decoded layout (common.h)
 };
 
-// Float (or debug int32) epilogue of one R x 16 tile: acc = tile - sum(q); y = acc * s_x * s_w + b.
+// Float (or debug int32) epilogue of one R x 16 tile: acc = tile - zero * sum(q) (zero: 1 for ternary
+// codes, kInt8Zero for int8 weights); y = acc * s_x * s_w + b.
 inline void store_tile(const Problem& P, int64_t mb, int64_t rows, int64_t nb, const int32_t* tile) {
   const int64_t ncols = std::min(kNR, P.n - nb);
+  const int32_t zero = P.int8_weights ? kInt8Zero : 1;
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t m = mb + r;
-    const int32_t rs = P.qsum[m];
+    const int32_t rs = P.qsum[m] * zero;
     const int32_t* t = tile + r * kNR;
     if (P.acc != nullptr) {
       for (int64_t j = 0; j < ncols; ++j) P.acc[m * P.n + nb + j] = t[j] - rs;

@@ -1,4 +1,4 @@
-"""The kernel's weight layout: 16-column panels of 2-bit codes, converted once from the on-disk format.
+"""The kernel's weight layout: 16-column panels of 2-bit codes (or of int8 bytes), converted once at load.
 
 Why a separate layout: the on-disk format (:mod:`ternary_hf.quant.packing`) is row-major 2-bit codes, good
 for storage and interchange; the kernel wants 16-column panels in which one shift and one mask yield
@@ -12,18 +12,28 @@ import torch
 
 from ..quant.packing import unpack_ternary
 
-__all__ = ["PANEL_COLS", "BLOCK_K", "BLOCK_BYTES", "prepared_shape", "prepare_weight", "prepared_to_ternary",
+__all__ = ["PANEL_COLS", "BLOCK_K", "BLOCK_BYTES", "INT8_BLOCK_BYTES", "INT8_ZERO", "prepared_shape",
+           "prepare_weight", "prepared_to_ternary", "prepare_int8_weight", "prepared_to_int8", "is_int8_prepared",
            "check_prepared"]
 
 #: Columns per weight panel and k values per block of the kernel layout (must match common.h).
 PANEL_COLS = 16
 BLOCK_K = 16
 BLOCK_BYTES = PANEL_COLS * BLOCK_K // 4
+#: Int8 weights (``TernaryConfig.int8_modules``): one byte per weight, ``w + INT8_ZERO`` (common.h).
+INT8_BLOCK_BYTES = PANEL_COLS * BLOCK_K
+INT8_ZERO = 128
 
 
-def prepared_shape(in_features: int, out_features: int) -> tuple[int, int, int]:
-    """Shape of the prepared ``uint8`` weight of an ``(out_features, in_features)`` layer."""
-    return -(-out_features // PANEL_COLS), -(-in_features // BLOCK_K), BLOCK_BYTES
+def prepared_shape(in_features: int, out_features: int, int8: bool = False) -> tuple[int, int, int]:
+    """Shape of the prepared ``uint8`` weight of an ``(out_features, in_features)`` layer (ternary, or
+    ``int8`` weights)."""
+    return -(-out_features // PANEL_COLS), -(-in_features // BLOCK_K), INT8_BLOCK_BYTES if int8 else BLOCK_BYTES
+
+
+def is_int8_prepared(prepared: torch.Tensor) -> bool:
+    """Whether a prepared weight holds int8 weights (:func:`prepare_int8_weight`) rather than ternary codes."""
+    return prepared.dim() == 3 and prepared.shape[2] == INT8_BLOCK_BYTES
 
 
 def prepare_weight(packed: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -64,12 +74,47 @@ def prepared_to_ternary(prepared: torch.Tensor, in_features: int, out_features: 
     return codes[:out_features, :in_features].to(torch.float32) - 1.0
 
 
+def prepare_int8_weight(values: torch.Tensor) -> torch.Tensor:
+    """Int8 weights ``(out_features, in_features)`` -> the kernel's int8 panel layout (once, at load).
+
+    Returns:
+        A contiguous CPU ``uint8`` tensor of shape ``(ceil(N/16), ceil(K/16), 256)``: byte
+        ``(p, kb, 64*s + 32*v + 4*j + i)`` holds ``w + 128`` for output ``16p + 8v + j`` and input
+        ``16kb + 4s + i`` (the ternary codes' layout once decoded to bytes, which the VNNI and AMX
+        builds multiply as they are); padding holds the code of 0.
+
+    Raises:
+        ValueError: unless ``values`` is a 2-D int8 tensor with no -128 (the int8 rule's range is
+            [-127, 127]).
+    """
+    if values.dtype != torch.int8 or values.dim() != 2:
+        raise ValueError(f"int8 weights must be a 2-D int8 tensor, got {values.dtype} {tuple(values.shape)}")
+    values = values.detach().cpu()
+    if values.numel() and int(values.min()) == -128:
+        raise ValueError("int8 weights hold -128, outside the int8 rule's range [-127, 127]")
+    out_features, in_features = values.shape
+    n_pan, n_kb, _ = prepared_shape(in_features, out_features, int8=True)
+    codes = torch.full((n_pan * PANEL_COLS, n_kb * BLOCK_K), INT8_ZERO, dtype=torch.uint8)
+    codes[:out_features, :in_features] = (values.to(torch.int16) + INT8_ZERO).to(torch.uint8)
+    # n = 16p + 8v + j ; k = 16kb + 4s + i  ->  order (p, kb, s, v, j, i)
+    codes = codes.view(n_pan, 2, 8, n_kb, 4, 4).permute(0, 3, 4, 1, 2, 5)
+    return codes.reshape(n_pan, n_kb, INT8_BLOCK_BYTES).contiguous()
+
+
+def prepared_to_int8(prepared: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
+    """Inverse of :func:`prepare_int8_weight`: the ``(out_features, in_features)`` int8 matrix."""
+    n_pan, n_kb, _ = prepared.shape
+    codes = prepared.view(n_pan, n_kb, 4, 2, 8, 4).permute(0, 3, 4, 1, 2, 5)
+    codes = codes.reshape(n_pan * PANEL_COLS, n_kb * BLOCK_K)[:out_features, :in_features]
+    return (codes.to(torch.int16) - INT8_ZERO).to(torch.int8)
+
+
 def check_prepared(prepared: torch.Tensor, in_features: int, out_features: int) -> None:
     """Raise ``ValueError`` (saying how to build the right one) unless ``prepared`` fits the layer."""
-    expected = prepared_shape(in_features, out_features)
+    expected = prepared_shape(in_features, out_features, int8=is_int8_prepared(prepared))
     if prepared.dtype != torch.uint8 or tuple(prepared.shape) != expected:
         raise ValueError(
             f"prepared weight has dtype {prepared.dtype} and shape {tuple(prepared.shape)}, expected uint8 "
             f"{expected} for in_features={in_features}, out_features={out_features}; build it with "
-            f"ternary_hf.kernels.prepare_weight(packed, in_features)"
+            f"ternary_hf.kernels.prepare_weight(packed, in_features) (or prepare_int8_weight(values))"
         )

@@ -29,8 +29,9 @@ from collections.abc import Callable
 import torch
 
 from ..quant.functional import apply_activation, ternary_linear_reference
+from ..quant.int8 import int8_linear
 from ._build import kernel_module, kernel_status
-from .layout import check_prepared, prepared_shape, prepared_to_ternary
+from .layout import check_prepared, is_int8_prepared, prepared_shape, prepared_to_int8, prepared_to_ternary
 
 __all__ = ["NAMESPACE", "LIBRARY", "ternary_linear_impl", "accumulators_impl", "require_module"]
 
@@ -70,10 +71,14 @@ def ternary_linear_impl(x: torch.Tensor, prepared: torch.Tensor, weight_scale: t
         check_prepared(prepared, in_features, out_features)
         if x.dim() != 2 or x.shape[1] != in_features:
             raise ValueError(f"x must have shape (M, {in_features}), got {tuple(x.shape)}")
-        ternary = prepared_to_ternary(prepared, in_features, out_features).to(x.device)
-        y = ternary_linear_reference(
-            x.to(torch.float32), prepared, weight_scale, bias, in_features, True, ternary_weight=ternary
-        )
+        if is_int8_prepared(prepared):
+            values = prepared_to_int8(prepared, in_features, out_features).to(x.device)
+            y = int8_linear(x.to(torch.float32), values, weight_scale.expand(out_features), bias)
+        else:
+            ternary = prepared_to_ternary(prepared, in_features, out_features).to(x.device)
+            y = ternary_linear_reference(
+                x.to(torch.float32), prepared, weight_scale, bias, in_features, True, ternary_weight=ternary
+            )
         return apply_activation(y, "gelu" if gelu else None)
     # Hot path (runs per layer per forward): the C++ side validates shapes and dtypes (ValueError).
     return module.ternary_linear(_float32_contiguous(x), prepared, _float32_contiguous(weight_scale),

@@ -228,7 +228,7 @@ inline __attribute__((always_inline)) void vnni_tile(const int8_t* q, int64_t ld
     for (int s = 0; s < 4; ++s) {
       __m512i wv;
       if constexpr (kDecoded) {
-        wv = _mm512_load_si512(w + 64 * s);
+        wv = _mm512_loadu_si512(w + 64 * s);  // unaligned: int8 weights are read from the caller's tensor
       } else {
         wv = _mm512_and_si512(_mm512_srli_epi16(packed, 2 * s), mask);
       }
@@ -284,9 +284,28 @@ bool g_decode_panels = true;
 #endif
 bool g_prefetch_out = true;   // switchable for benchmarks (_set_prefetch_output)
 
+#if defined(TERNARY_HF_VNNI)
+// The work unit of int8 weights (VNNI build): the panels are already bytes, so every row tile reads them
+// as the decoded micro kernel reads a decoded chunk, over all k at once (int32 sums, no widening).
+void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  alignas(64) int32_t tile[kMR * kNR];
+  const int64_t panel_bytes = P.kblocks * kDecodedBlockBytes;
+  for (int64_t nb = n0; nb < n1; nb += kNR) {
+    const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
+    for (int64_t mb = m0; mb < m1; mb += kMR) {
+      kMicroDecoded[std::min(kMR, m1 - mb)](P.q + mb * P.kp, P.kp, wp, P.kblocks, tile, true);
+      store_tile(P, mb, std::min(kMR, m1 - mb), nb, tile);
+    }
+  }
+}
+#endif
+
 // One work unit: rows [m0, m1) (at most kRowBlock) x columns [n0, n1) (n0 multiple of 16).
 // A single row tile decodes in registers; several row tiles share a decoded panel chunk.
 void run_tile_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+#if defined(TERNARY_HF_VNNI)
+  if (P.int8_weights) return run_int8_block(P, m0, m1, n0, n1);
+#endif
   constexpr int64_t kTiles = kRowBlock / kMR;
   alignas(64) int32_t tiles[kTiles][kMR * kNR];
   alignas(64) uint8_t decoded[kWidenBlocks * kDecodedBlockBytes];  // 64: zmm loads (VNNI build)
@@ -442,6 +461,10 @@ void require_amx() {
 #endif
 }
 
+// Int8 weights are prepared in the decoded layout (kDecodedBlockBytes per block), ternary ones in 2-bit
+// blocks (kBlockBytes): the shape says which.
+bool is_int8_prepared(const torch::Tensor& prepared) { return prepared.size(2) == kDecodedBlockBytes; }
+
 void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
          const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features, float* y,
          int32_t* acc, bool gelu) {
@@ -476,7 +499,8 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
 
   // 2) GEMM over (row block x column block) units, claimed dynamically in row-major order.
   const Problem P{qp, qs, sxp, prepared.data_ptr<uint8_t>(), weight_scale.data_ptr<float>(), weight_scale.numel() > 1,
-                  bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, G.kp, G.kblocks, y, acc, gelu};
+                  bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, G.kp, G.kblocks, y, acc, gelu,
+                  is_int8_prepared(prepared)};
   const std::function<void(int64_t)> unit = [&](int64_t u) { run_unit(P, G, u); };
   run_units(G.n_rb * G.n_cb, nthreads, unit);
 }
@@ -498,11 +522,17 @@ void check_weights(const torch::Tensor& prepared, const torch::Tensor& weight_sc
                    const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
   TORCH_CHECK_VALUE(prepared.device().is_cpu() && prepared.scalar_type() == torch::kUInt8 && prepared.dim() == 3 &&
                         prepared.size(0) == ceil_div(out_features, kNR) &&
-                        prepared.size(1) == ceil_div(in_features, kKB) && prepared.size(2) == kBlockBytes &&
+                        prepared.size(1) == ceil_div(in_features, kKB) &&
+                        (prepared.size(2) == kBlockBytes || prepared.size(2) == kDecodedBlockBytes) &&
                         prepared.is_contiguous(),
                     "ternary kernel: prepared weight of shape ", prepared.sizes(), " does not match in_features=",
                     in_features, ", out_features=", out_features,
-                    "; build it with ternary_hf.kernels.prepare_weight(packed, in_features)");
+                    "; build it with ternary_hf.kernels.prepare_weight(packed, in_features) (ternary) or "
+                    "prepare_int8_weight(values) (int8)");
+  TORCH_CHECK_VALUE(kInt8Weights || !is_int8_prepared(prepared),
+                    "ternary kernel: the AVX2 build cannot multiply int8 weights (its vpmaddubsw would "
+                    "saturate); run the layer in torch (Int8Linear does) or use the AVX-512 VNNI or AMX build "
+                    "(TERNARY_HF_KERNEL_ISA)");
   TORCH_CHECK_VALUE(weight_scale.device().is_cpu() && weight_scale.scalar_type() == torch::kFloat32 &&
                         weight_scale.is_contiguous() &&
                         (weight_scale.numel() == 1 || weight_scale.numel() == out_features),
@@ -612,6 +642,8 @@ void team_gemm_check(const torch::Tensor& prepared, const torch::Tensor& weight_
   check_weights(prepared, weight_scale, bias, in_features, out_features);
 }
 
+bool team_gemm_int8(const torch::Tensor& prepared) { return is_int8_prepared(prepared); }
+
 int64_t team_gemm_q_elems(int64_t m, int64_t k) {
   const Geometry G = geometry(m, k, 1);
   return G.m_alloc * G.kp;
@@ -630,7 +662,7 @@ int64_t team_gemm_units(const TeamGemm& g) {
 void team_gemm_unit(const TeamGemm& g, int64_t u) {
   const Geometry G = geometry(g.m, g.k, g.n);
   const Problem P{g.q, g.qsum, g.sx, g.w, g.sw, g.sw_per_channel, g.bias, g.m, g.n, G.kp, G.kblocks, g.y, nullptr,
-                  g.gelu};
+                  g.gelu, g.int8_weights};
   run_unit(P, G, u);
 }
 
@@ -651,6 +683,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "AVX2 ternary-weight x int8-activation linear layer (ternary_hf)";
   m.attr("ISA") = "avx2";
 #endif
+  m.attr("INT8_WEIGHTS") = kInt8Weights;
   m.def("ternary_linear", &ternary_linear,
         "y = (q(x) @ T.T) * s_x * s_w + b, fused int8 quantization; gelu=True applies GELU to y",
         py::arg("x"), py::arg("prepared"), py::arg("weight_scale"), py::arg("bias"), py::arg("in_features"),

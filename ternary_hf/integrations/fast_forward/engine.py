@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ...quant.functional import apply_activation
 from ...quant.int8 import int8_linear
 from ..int8_linear import Int8Linear
 from ..modules import TernaryLinear
@@ -66,9 +67,10 @@ class _Linear:
     """One GEMM of the plan: ``modules`` side by side (outputs concatenated), then the activation.
 
     Ternary layers with int8 activations run as one kernel call over their concatenated panels
-    (possible when every part but the last has a multiple of 16 outputs, the panel width), int8
-    layers (``int8_modules``) as one integer product over their concatenated weights; anything else
-    (a float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
+    (possible when every part but the last has a multiple of 16 outputs, the panel width). Int8 layers
+    (``int8_modules``) run as one kernel call over their concatenated int8 weights where the kernel
+    build multiplies int8 weights (VNNI, AMX), else as one ``torch._int_mm`` product. Anything else (a
+    float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
     The activation is looked up on every call (``activation_at``: owner module and attribute), as is
     the layer's ``fused_activation``: ``fuse_activations`` / ``unfuse_activations`` may swap them.
     """
@@ -84,8 +86,13 @@ class _Linear:
         self.sources = [t for m in modules for t in (m.weight, getattr(m, "weight_scale", None), m.bias)
                         if t is not None]
         self.prepared: torch.Tensor | None = None  # built on the first kernel call
+        self._int8_values: torch.Tensor | None = None  # the int8 layers' concatenated weights (torch path)
 
-    def _prepare(self, kernels: Any) -> None:
+    def on_kernel(self, kernels: Any) -> bool:
+        """Whether this GEMM runs as one kernel call (``kernels``: the kernel API module, or None)."""
+        return kernels is not None and (self.fusable or self.int8 and kernels.int8_weights_available())
+
+    def _concat_scale_and_bias(self) -> None:
         modules = self.modules
         self.k = modules[0].in_features
         self.n = sum(m.out_features for m in modules)
@@ -95,25 +102,30 @@ class _Linear:
             has_bias = any(m.bias is not None for m in modules)
             self.bias = torch.cat([m.bias.float() if m.bias is not None else torch.zeros(m.out_features)
                                    for m in modules]).contiguous() if has_bias else None
-            self.prepared = torch.cat([m._prepared_weight(kernels) for m in modules]).contiguous()  # noqa: SLF001
 
-    def _int8_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        if self.prepared is None:
-            modules = self.modules
-            self.prepared = torch.cat([m.weight for m in modules])
-            self.scale = torch.cat([m.weight_scale for m in modules])
-            self.bias = (torch.cat([m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
-                                    for m in modules]) if any(m.bias is not None for m in modules) else None)
-        return self.prepared, self.scale, self.bias
+    def _prepare(self, kernels: Any) -> None:
+        self._concat_scale_and_bias()
+        with torch.no_grad():
+            if self.int8:
+                self.prepared = kernels.prepare_int8_weight(self.int8_values())
+            else:
+                self.prepared = torch.cat([m._prepared_weight(kernels) for m in self.modules]).contiguous()  # noqa: SLF001
+
+    def int8_values(self) -> torch.Tensor:
+        if self._int8_values is None:
+            self._concat_scale_and_bias()
+            self._int8_values = torch.cat([m.weight for m in self.modules]).contiguous()
+        return self._int8_values
 
     def __call__(self, x: torch.Tensor, kernels: Any) -> torch.Tensor:
-        if kernels is not None and self.fusable:
+        # getattr with a default: a layer kept in float (modules_to_not_convert) is a plain nn.Linear
+        act = getattr(self.modules[0], "fused_activation", None) if len(self.modules) == 1 else None
+        if self.on_kernel(kernels):
             if self.prepared is None:
                 self._prepare(kernels)
-            act = self.modules[0].fused_activation if len(self.modules) == 1 else None
             y = kernels.ternary_linear_cpu(x, self.prepared, self.scale, self.bias, self.k, self.n, act)
         elif self.int8:
-            y = int8_linear(x, *self._int8_weights())
+            y = apply_activation(int8_linear(x, self.int8_values(), self.scale, self.bias), act)
         elif len(self.modules) == 1:
             y = self.modules[0](x)
         else:

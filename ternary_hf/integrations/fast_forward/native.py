@@ -8,8 +8,9 @@ waiting for a thread that has not started (see ``encoder_forward`` for why). A b
 split (one sentence) runs every op on all threads, which stay together for the whole forward
 (``encode_team``) instead of forking and joining once per op.
 
-It applies to the blocks that are plain: four ternary GEMMs with int8 activations (GELU fused into
-the up-projection, no other activation) and affine LayerNorms. In a post-LN encoder the plain blocks
+It applies to the blocks that are plain: four GEMMs the kernel runs (ternary, or int8 weights on the
+builds that multiply them) with int8 activations (GELU fused into the up-projection, no other
+activation) and affine LayerNorms. In a post-LN encoder the plain blocks
 before the first other one (e.g. a last block kept in int8 or float) run here and the rest in the
 Python loop; a pre-LN encoder runs here only when every block is plain.
 """
@@ -32,8 +33,8 @@ def _norm_ok(ln: nn.Module | None) -> bool:
             and ln.weight.dtype == torch.float32 and ln.bias.dtype == torch.float32)
 
 
-def _step_ok(step: Any, gelu: bool) -> bool:
-    if not step.fusable:
+def _step_ok(step: Any, gelu: bool, kernels: Any) -> bool:
+    if not step.on_kernel(kernels):
         return False
     if gelu:
         act = getattr(*step.activation_at) if step.activation_at else None
@@ -41,9 +42,10 @@ def _step_ok(step: Any, gelu: bool) -> bool:
     return step.activation_at is None and all(m.fused_activation is None for m in step.modules)
 
 
-def _layer_ok(layer: Any) -> bool:
+def _layer_ok(layer: Any, kernels: Any) -> bool:
     steps = (layer.qkv, layer.o, layer.up, layer.down)
-    return all(_step_ok(s, s is layer.up) for s in steps) and _norm_ok(layer.ln_attn) and _norm_ok(layer.ln_ffn)
+    return (all(_step_ok(s, s is layer.up, kernels) for s in steps)
+            and _norm_ok(layer.ln_attn) and _norm_ok(layer.ln_ffn))
 
 
 class NativeEncoder:
@@ -64,7 +66,7 @@ class NativeEncoder:
         if pre_norm and plan.final_norm is not None and not _norm_ok(plan.final_norm):
             return None
         plain = 0
-        while plain < len(layers) and _layer_ok(layers[plain]):
+        while plain < len(layers) and _layer_ok(layers[plain], kernels):
             plain += 1
         if plain == 0 or pre_norm and plain < len(layers):
             return None
