@@ -20,7 +20,7 @@ __all__ = ["Int8Linear"]
 
 
 def _kernel():
-    """The kernel API when its build here multiplies int8 weights (VNNI, AMX), else None (torch path).
+    """The kernel API when a build here multiplies int8 weights, else None (torch path).
     Asked on every CPU forward, like ``TernaryLinear`` does, so the switches are read at run time."""
     try:
         from .. import kernels
@@ -38,9 +38,8 @@ class Int8Linear(nn.Module):
     Parameter: ``bias`` as in ``nn.Linear``. ``fused_activation`` (not saved; set by ``fuse_activations``
     at load time) as in ``TernaryLinear``.
 
-    On CPU the kernel builds that multiply int8 weights (AVX-512 VNNI, AMX) run it with the ternary
-    layers' epilogue; elsewhere (AVX2 build, other devices, autograd) ``torch._int_mm`` or a float
-    matmul computes the same integers.
+    On CPU the compiled kernel runs it (the ternary layers' epilogue, GELU fused); elsewhere (no
+    kernel, other devices, autograd) ``torch._int_mm`` or a float matmul computes the same integers.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, quantize_activations: bool = True,

@@ -96,8 +96,8 @@ def cpu_kernel_available() -> bool:
 
 
 def int8_weights_available() -> bool:
-    """Whether the kernel build running here multiplies int8 weights (:func:`prepare_int8_weight`): the
-    AVX-512 VNNI and AMX builds do; the AVX2 build does not (its ``vpmaddubsw`` would saturate)."""
+    """Whether a kernel build runs here that multiplies int8 weights (:func:`prepare_int8_weight`): every
+    build of this version does; a module compiled by an older version (no ``INT8_WEIGHTS``) does not."""
     module = kernel_module()
     return module is not None and bool(getattr(module, "INT8_WEIGHTS", False))
 
@@ -118,7 +118,7 @@ def ternary_linear_cpu(
     Args:
         x: float32 ``(M, in_features)`` (made contiguous if needed).
         prepared: output of :func:`prepare_weight`, or of :func:`prepare_int8_weight` for int8 weights
-            (``y = (q(x) @ W_q.T) * s_x * s_w + b``; where :func:`int8_weights_available`).
+            (``y = (q(x) @ W_q.T) * s_x * s_w + b``).
         weight_scale: float32 ``(out_features,)`` or ``(1,)``.
         bias: optional float32 ``(out_features,)``.
         in_features, out_features: the layer's unpadded shape.

@@ -117,15 +117,9 @@ constexpr int64_t kDecodedBlockBytes = 256;
 
 // Int8 weights (the layers of TernaryConfig.int8_modules) come prepared in the decoded layout, as
 // unsigned bytes w + kInt8Zero (kernels/layout.py prepare_int8_weight): the same u8 x s8 products as the
-// ternary codes c = t + 1, so the VNNI and AMX micro kernels run them unchanged and the epilogue
-// subtracts kInt8Zero * sum(q) instead of sum(q). The AVX2 build cannot: vpmaddubsw would saturate its
-// int16 pair sums (2 x 255 x 127 > 32767), so it refuses them (and the caller keeps them in torch).
+// ternary codes c = t + 1, so the VNNI and AMX builds multiply them unchanged (the AVX2 build with its
+// own tile, ternary_cpu.cpp) and the epilogue subtracts kInt8Zero * sum(q) instead of sum(q).
 constexpr int32_t kInt8Zero = 128;
-#if defined(TERNARY_HF_VNNI) || defined(TERNARY_HF_AMX)
-constexpr bool kInt8Weights = true;
-#else
-constexpr bool kInt8Weights = false;
-#endif
 
 // 2-bit panel blocks -> one byte per code c in {0, 1, 2}: block kb's step s (k = 16kb + 4s + i) lands at
 // wd + 256 kb + 64 s, byte 4 * col + i. That is the operand of the AVX2 / VNNI micro kernels and, four

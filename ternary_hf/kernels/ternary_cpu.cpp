@@ -196,6 +196,46 @@ void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64
 }
 
 
+// Tile for int8 weights (bytes w + kInt8Zero in the decoded layout, common.h). vpmaddubsw would
+// saturate its int16 pair sums on them (2 x 255 x 127 > 32767), so weights and activations are widened
+// to int16 first (once per panel chunk and per row block, shared by the row tiles) and multiplied by
+// vpmaddwd, whose pair sums are int32 and exact. Lane j of c[r][g] sums the k pair j % 2 of column
+// 4g + j / 2. Register budget: 3 rows x 4 accumulators + 1 activation vector (weights from L1).
+constexpr int64_t kInt8Rows = 3;
+constexpr int64_t kInt8ChunkBlocks = 16;  // widened weight chunk: 16 blocks x 512 bytes, in L1
+
+template <int R>
+void micro_kernel_int8(const int16_t* q16, int64_t ldq, const int16_t* w16, int64_t nkb, int32_t* out, bool first) {
+  __m256i c[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) c[r][g] = _mm256_setzero_si256();
+  for (int64_t kb = 0; kb < nkb; ++kb, w16 += kDecodedBlockBytes, q16 += kKB) {
+    for (int s = 0; s < 4; ++s) {
+      for (int r = 0; r < R; ++r) {
+        int64_t a4;
+        std::memcpy(&a4, q16 + r * ldq + 4 * s, 8);
+        const __m256i av = _mm256_set1_epi64x(a4);
+        for (int g = 0; g < 4; ++g) {
+          const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(w16 + 64 * s + 16 * g));
+          c[r][g] = _mm256_add_epi32(c[r][g], _mm256_madd_epi16(wv, av));
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    alignas(32) int32_t lanes[4 * 8];
+    for (int g = 0; g < 4; ++g) _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8 * g), c[r][g]);
+    for (int col = 0; col < kNR; ++col) {
+      const int32_t v = lanes[2 * col] + lanes[2 * col + 1];
+      out[r * kNR + col] = first ? v : out[r * kNR + col] + v;
+    }
+  }
+}
+
+using Int8Fn = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int32_t*, bool);
+constexpr Int8Fn kMicroInt8[kInt8Rows + 1] = {nullptr, micro_kernel_int8<1>, micro_kernel_int8<2>,
+                                              micro_kernel_int8<3>};
+
 #else  // TERNARY_HF_VNNI
 // ---------------------------------------------------------------------------------------------
 // AVX-512 VNNI variant of the two tiles above (built as a separate module, loaded only on CPUs with
@@ -285,16 +325,54 @@ bool g_decode_panels = true;
 bool g_prefetch_out = true;   // switchable for benchmarks (_set_prefetch_output)
 
 #if defined(TERNARY_HF_VNNI)
-// The work unit of int8 weights (VNNI build): the panels are already bytes, so every row tile reads them
-// as the decoded micro kernel reads a decoded chunk, over all k at once (int32 sums, no widening).
+// The work unit of int8 weights: the panels are already bytes, so every row tile reads them as a
+// decoded chunk, over all k at once (int32 sums, no widening).
 void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   alignas(64) int32_t tile[kMR * kNR];
   const int64_t panel_bytes = P.kblocks * kDecodedBlockBytes;
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
     for (int64_t mb = m0; mb < m1; mb += kMR) {
-      kMicroDecoded[std::min(kMR, m1 - mb)](P.q + mb * P.kp, P.kp, wp, P.kblocks, tile, true);
-      store_tile(P, mb, std::min(kMR, m1 - mb), nb, tile);
+      const int64_t rows = std::min(kMR, m1 - mb);
+      kMicroDecoded[rows](P.q + mb * P.kp, P.kp, wp, P.kblocks, tile, true);
+      store_tile(P, mb, rows, nb, tile);
+    }
+  }
+}
+#else
+// AVX2: the unit's activation rows widened to int16 once, then per panel chunks of widened weights
+// shared by the row tiles (micro_kernel_int8).
+void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  static thread_local std::vector<int16_t> q16;
+  alignas(32) int16_t w16[kInt8ChunkBlocks * kDecodedBlockBytes];
+  constexpr int64_t kTiles = (kRowBlock + kInt8Rows - 1) / kInt8Rows;
+  alignas(64) int32_t tiles[kTiles][kInt8Rows * kNR];
+  const int64_t rows = m1 - m0;
+  if (static_cast<int64_t>(q16.size()) < rows * P.kp) q16.resize(rows * P.kp);
+  for (int64_t i = 0; i < rows * P.kp; i += 16) {  // kp is a multiple of 16
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(P.q + m0 * P.kp + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q16.data() + i), _mm256_cvtepi8_epi16(b));
+  }
+  const int64_t panel_bytes = P.kblocks * kDecodedBlockBytes;
+  const int64_t n_tiles = ceil_div(rows, kInt8Rows);
+  for (int64_t nb = n0; nb < n1; nb += kNR) {
+    const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
+    for (int64_t kb0 = 0; kb0 < P.kblocks; kb0 += kInt8ChunkBlocks) {
+      const int64_t nkb = std::min(kInt8ChunkBlocks, P.kblocks - kb0);
+      for (int64_t i = 0; i < nkb * kDecodedBlockBytes; i += 16) {
+        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp + kb0 * kDecodedBlockBytes + i));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(w16 + i), _mm256_cvtepu8_epi16(b));
+      }
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        const int64_t r0 = t * kInt8Rows;
+        kMicroInt8[std::min(kInt8Rows, rows - r0)](q16.data() + r0 * P.kp + kb0 * kKB, P.kp, w16, nkb, tiles[t],
+                                                   kb0 == 0);
+      }
+    }
+    if (P.kblocks == 0) std::memset(tiles, 0, sizeof(tiles));
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t r0 = t * kInt8Rows;
+      store_tile(P, m0 + r0, std::min(kInt8Rows, rows - r0), nb, tiles[t]);
     }
   }
 }
@@ -303,9 +381,7 @@ void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
 // One work unit: rows [m0, m1) (at most kRowBlock) x columns [n0, n1) (n0 multiple of 16).
 // A single row tile decodes in registers; several row tiles share a decoded panel chunk.
 void run_tile_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-#if defined(TERNARY_HF_VNNI)
   if (P.int8_weights) return run_int8_block(P, m0, m1, n0, n1);
-#endif
   constexpr int64_t kTiles = kRowBlock / kMR;
   alignas(64) int32_t tiles[kTiles][kMR * kNR];
   alignas(64) uint8_t decoded[kWidenBlocks * kDecodedBlockBytes];  // 64: zmm loads (VNNI build)
@@ -529,10 +605,6 @@ void check_weights(const torch::Tensor& prepared, const torch::Tensor& weight_sc
                     in_features, ", out_features=", out_features,
                     "; build it with ternary_hf.kernels.prepare_weight(packed, in_features) (ternary) or "
                     "prepare_int8_weight(values) (int8)");
-  TORCH_CHECK_VALUE(kInt8Weights || !is_int8_prepared(prepared),
-                    "ternary kernel: the AVX2 build cannot multiply int8 weights (its vpmaddubsw would "
-                    "saturate); run the layer in torch (Int8Linear does) or use the AVX-512 VNNI or AMX build "
-                    "(TERNARY_HF_KERNEL_ISA)");
   TORCH_CHECK_VALUE(weight_scale.device().is_cpu() && weight_scale.scalar_type() == torch::kFloat32 &&
                         weight_scale.is_contiguous() &&
                         (weight_scale.numel() == 1 || weight_scale.numel() == out_features),
@@ -683,7 +755,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "AVX2 ternary-weight x int8-activation linear layer (ternary_hf)";
   m.attr("ISA") = "avx2";
 #endif
-  m.attr("INT8_WEIGHTS") = kInt8Weights;
+  m.attr("INT8_WEIGHTS") = true;  // multiplies int8 weights (prepare_int8_weight); absent in older builds
   m.def("ternary_linear", &ternary_linear,
         "y = (q(x) @ T.T) * s_x * s_w + b, fused int8 quantization; gelu=True applies GELU to y",
         py::arg("x"), py::arg("prepared"), py::arg("weight_scale"), py::arg("bias"), py::arg("in_features"),

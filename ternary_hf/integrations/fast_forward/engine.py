@@ -68,8 +68,8 @@ class _Linear:
 
     Ternary layers with int8 activations run as one kernel call over their concatenated panels
     (possible when every part but the last has a multiple of 16 outputs, the panel width). Int8 layers
-    (``int8_modules``) run as one kernel call over their concatenated int8 weights where the kernel
-    build multiplies int8 weights (VNNI, AMX), else as one ``torch._int_mm`` product. Anything else (a
+    (``int8_modules``) run as one kernel call over their concatenated int8 weights (without the
+    kernel: one ``torch._int_mm`` product). Anything else (a
     float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
     The activation is looked up on every call (``activation_at``: owner module and attribute), as is
     the layer's ``fused_activation``: ``fuse_activations`` / ``unfuse_activations`` may swap them.

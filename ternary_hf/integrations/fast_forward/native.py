@@ -8,8 +8,8 @@ waiting for a thread that has not started (see ``encoder_forward`` for why). A b
 split (one sentence) runs every op on all threads, which stay together for the whole forward
 (``encode_team``) instead of forking and joining once per op.
 
-It applies to the blocks that are plain: four GEMMs the kernel runs (ternary, or int8 weights on the
-builds that multiply them) with int8 activations (GELU fused into the up-projection, no other
+It applies to the blocks that are plain: four GEMMs the kernel runs (ternary or int8 weights) with
+int8 activations (GELU fused into the up-projection, no other
 activation) and affine LayerNorms. In a post-LN encoder the plain blocks
 before the first other one (e.g. a last block kept in int8 or float) run here and the rest in the
 Python loop; a pre-LN encoder runs here only when every block is plain.
