@@ -322,3 +322,34 @@ def test_the_int8_block_runs_in_the_kernel_encoder_and_team_forward(tiny_model_d
     assert model.__dict__["_ternary_fast_forward"].native.n_layers == 1
     mask = tiny_inputs(kind)["attention_mask"].bool()
     assert torch.allclose(torch_int8[mask], native[mask], atol=1e-5)  # GELU: torch's erf vs the kernel's
+
+
+def test_int8_blocks_name_the_last_encoder_blocks(tiny_model_dirs):
+    from transformers import AutoModel as Auto
+
+    from ternary_hf.train.student import with_int8_blocks
+
+    bert = Auto.from_pretrained(tiny_model_dirs["bert"])
+    assert with_int8_blocks(TernaryConfig(), bert, 1).int8_modules == ["encoder.layer.1"]
+    assert with_int8_blocks(TernaryConfig(), bert, 2).int8_modules == ["encoder.layer.0", "encoder.layer.1"]
+    mine = TernaryConfig(int8_modules=["pooler"])
+    assert with_int8_blocks(mine, bert, 1).int8_modules == ["pooler", "encoder.layer.1"]
+    assert mine.int8_modules == ["pooler"]  # not modified
+    assert with_int8_blocks(mine, bert, 0) is mine
+    vit = Auto.from_pretrained(tiny_model_dirs["vit"])
+    assert with_int8_blocks(TernaryConfig(), vit, 1).int8_modules == ["layers.1"]
+    with pytest.raises(InvalidInputError, match="int8_blocks=3, but BertModel has 2 encoder blocks"):
+        with_int8_blocks(TernaryConfig(), bert, 3)
+    with pytest.warns(UserWarning, match="int8_blocks=1 ignored.*Linear"):
+        assert with_int8_blocks(TernaryConfig(), nn.Linear(2, 2), 1).int8_modules is None
+
+
+@pytest.mark.parametrize("blocks", [0, 1])
+def test_distillation_default_keeps_the_last_block_int8_and_zero_keeps_all_ternary(tiny_st_dir, tmp_path, blocks):
+    cfg = DistillConfig(max_steps=1, batch_size=8, save_every=1, log_every=1, num_threads=1, int8_blocks=blocks)
+    assert DistillConfig().int8_blocks == 1
+    distill(tiny_st_dir, tmp_path / "out", texts=tiny_sentences(20), config=cfg, show_progress_bar=False)
+    encoder = SentenceTransformer(str(tmp_path / "out"), device="cpu")[0].auto_model
+    kinds = {type(layer.output.dense) for layer in encoder.encoder.layer}
+    assert kinds == ({TernaryLinear} if blocks == 0 else {TernaryLinear, Int8Linear})
+    assert isinstance(encoder.encoder.layer[1].output.dense, TernaryLinear if blocks == 0 else Int8Linear)

@@ -26,19 +26,22 @@ precision matters). Faster than the float32 product at a small relative error on
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InvalidInputError
 from ..integrations.config import TernaryConfig
 from ..integrations.conversion import swap_modules
+from ..integrations.fast_forward.plan import block_names
 from ..quant import rowwise
 from ..quant.functional import quantize_activations_int8
 from ..quant.ternarize import dequantize_ternary, ternarize
 
 __all__ = ["FakeQuantEmbedding", "FakeTernaryLinear", "build_student", "disable_dropout", "fake_quantize_int8",
-           "set_int8_grad_input", "to_float_model"]
+           "set_int8_grad_input", "to_float_model", "with_int8_blocks"]
 
 
 def fake_quantize_int8(x: torch.Tensor) -> torch.Tensor:
@@ -189,6 +192,30 @@ class FakeQuantEmbedding(nn.Module):
         with torch.no_grad():
             embedding.weight.copy_(self.weight)
         return embedding
+
+
+def with_int8_blocks(config: TernaryConfig, model: nn.Module, n: int) -> TernaryConfig:
+    """``config`` with the last ``n`` encoder blocks of ``model`` added to its ``int8_modules``
+    (``DistillConfig.int8_blocks``); ``config`` itself when ``n`` is 0, or (with a warning) when the
+    blocks of ``model``'s architecture are not known (every layer then stays ternary).
+
+    Raises:
+        InvalidInputError: ``n`` exceeds the blocks of ``model``.
+    """
+    if n == 0:
+        return config
+    names = block_names(model)
+    if names is None:
+        warnings.warn(
+            f"int8_blocks={n} ignored: the encoder blocks of {type(model).__name__} are not known to ternary-hf, "
+            "so every layer stays ternary; name layers to keep in int8 with --int8 (TernaryConfig.int8_modules)",
+            stacklevel=2,
+        )
+        return config
+    if n > len(names):
+        raise InvalidInputError(f"int8_blocks={n}, but {type(model).__name__} has {len(names)} encoder blocks")
+    extra = [name for name in names[-n:] if name not in config.int8_module_names()]
+    return TernaryConfig.from_dict({**config.to_dict(), "int8_modules": config.int8_module_names() + extra})
 
 
 def build_student(teacher: nn.Module, config: TernaryConfig) -> nn.Module:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["LAYOUTS", "EncoderPlan", "LayerPlan", "Layout", "build_plan"]
+__all__ = ["LAYOUTS", "EncoderPlan", "LayerPlan", "Layout", "block_names", "build_plan"]
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,16 @@ def build_plan(model: nn.Module) -> tuple[EncoderPlan | None, str]:
         rel_buckets=int(getattr(config, "relative_attention_num_buckets", 32)),
     )
     return plan, "ok"
+
+
+def block_names(model: nn.Module) -> list[str] | None:
+    """Qualified names of the encoder blocks of ``model`` (a transformers base model of a supported
+    layout), first to last; None for any other model."""
+    layout = next((lay for lay in LAYOUTS if type(model).__name__ in lay.classes), None)
+    blocks = _get(model, layout.blocks) if layout is not None else None
+    if not isinstance(blocks, nn.ModuleList):
+        return None
+    return [f"{layout.blocks}.{i}" for i in range(len(blocks))]
 
 
 def relative_bias_table(plan: EncoderPlan, max_len: int, bucket_fn) -> torch.Tensor:
