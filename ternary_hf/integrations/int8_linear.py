@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..quant.functional import apply_activation
 from ..quant.int8 import dequantize_int8, int8_linear, quantize_weight_int8
+from .modules import float_linear
 
 __all__ = ["Int8Linear"]
 
@@ -92,14 +93,7 @@ class Int8Linear(nn.Module):
 
     def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
         """A float ``nn.Linear`` computing ``s_w * W_q`` (activation quantization is dropped)."""
-        dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=dtype)
-        with torch.no_grad():
-            linear.weight.copy_(self.dequantized_weight(dtype))
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return float_linear(self, dtype)
 
     def _prepared_weight(self, kernels) -> torch.Tensor:
         key = (self.weight.data_ptr(), self.weight._version)

@@ -18,7 +18,7 @@ from ..quant.functional import apply_activation, ternary_linear_reference
 from ..quant.packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
 from ..quant.ternarize import dequantize_ternary, ternarize
 
-__all__ = ["QuantizedEmbedding", "TernaryLinear"]
+__all__ = ["QuantizedEmbedding", "TernaryLinear", "float_linear"]
 
 _ROW_CHUNK = 4096
 #: QuantizedEmbedding tables whose float copy is at most this size keep that copy (see float_table).
@@ -40,6 +40,19 @@ def _kernel():
     except ImportError:
         return None
     return kernels if kernels.cpu_kernel_available() else None
+
+
+def float_linear(layer: nn.Module, dtype: torch.dtype | None = None) -> nn.Linear:
+    """The float ``nn.Linear`` a quantized linear layer stands for: its ``dequantized_weight`` and bias
+    (in ``dtype``, default the bias's), activation quantization dropped."""
+    dtype = dtype or (layer.bias.dtype if layer.bias is not None else torch.float32)
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                       device=layer.weight.device, dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(layer.dequantized_weight(dtype))
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
+    return linear
 
 
 class TernaryLinear(nn.Module):
@@ -138,14 +151,7 @@ class TernaryLinear(nn.Module):
 
     def to_linear(self, dtype: torch.dtype | None = None) -> nn.Linear:
         """A float ``nn.Linear`` computing ``scale * T`` (activation quantization is dropped)."""
-        dtype = dtype or (self.bias.dtype if self.bias is not None else torch.float32)
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=dtype)
-        with torch.no_grad():
-            linear.weight.copy_(self.dequantized_weight(dtype))
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return float_linear(self, dtype)
 
     def _prepared_weight(self, kernels) -> torch.Tensor:
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
