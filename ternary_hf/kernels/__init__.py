@@ -10,7 +10,8 @@ Why a separate kernel layout: the on-disk format (:mod:`ternary_hf.quant.packing
 codes, good for storage and interchange; the kernel wants 16-column panels in which one shift and one
 mask yield the ``vpmaddubsw`` (AVX2), ``vpdpbusd`` (AVX-512 VNNI) or AMX tile operand directly.
 :func:`prepare_weight` converts once at load time (same 2 bits per weight, padded to multiples of 16);
-the on-disk format never changes.
+the on-disk format never changes. Int8 weights (``TernaryConfig.int8_modules``) go through the same entry
+points once :func:`prepare_int8_weight` has laid them out as bytes.
 
 Call sequence (what ``TernaryLinear`` does)::
 

@@ -30,6 +30,8 @@
 //      acc - sum(q), s_x, s_w, bias, and optionally GELU (fused activation). The AMX build decodes
 //      each panel once per call into tiles instead (amx_gemm.h);
 //   4. outputs of 8 MB and more come from a small pool (new_output) to avoid per-call page faults.
+// Int8 weights (TernaryConfig.int8_modules; prepared by layout.py prepare_int8_weight as bytes w + 128 in
+// the decoded layout, common.h) take the same steps with run_int8_block in place of the 2-bit tiles.
 // Speed per build and shape: benchmarks/README.md (bench_linear.py).
 //
 // Builds (kernels/_build.py): compiled on first use by torch.utils.cpp_extension with -O3 -mavx2
