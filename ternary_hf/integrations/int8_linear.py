@@ -15,19 +15,9 @@ from torch import nn
 from ..errors import InvalidInputError
 from ..quant.functional import apply_activation
 from ..quant.int8 import dequantize_int8, int8_linear, quantize_weight_int8
-from .modules import float_linear
+from .modules import float_linear, kernel_forward
 
 __all__ = ["Int8Linear"]
-
-
-def _kernel():
-    """The kernel API when a build here multiplies int8 weights, else None (torch path).
-    Asked on every CPU forward, like ``TernaryLinear`` does, so the switches are read at run time."""
-    try:
-        from .. import kernels
-    except ImportError:
-        return None
-    return kernels if kernels.int8_weights_available() else None
 
 
 class Int8Linear(nn.Module):
@@ -55,6 +45,7 @@ class Int8Linear(nn.Module):
             self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype or torch.float32))
         else:
             self.register_parameter("bias", None)
+        self._prepared: tuple[tuple, torch.Tensor] | None = None
         self.fused_activation: str | None = None
 
     @classmethod
@@ -96,22 +87,15 @@ class Int8Linear(nn.Module):
         return float_linear(self, dtype)
 
     def _prepared_weight(self, kernels) -> torch.Tensor:
-        key = (self.weight.data_ptr(), self.weight._version)
-        cached = self.__dict__.get("_prepared")
-        if cached is None or cached[0] != key:
-            cached = (key, kernels.prepare_int8_weight(self.weight))
-            self.__dict__["_prepared"] = cached
-        return cached[1]
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        if self._prepared is None or self._prepared[0] != key:
+            self._prepared = (key, kernels.prepare_int8_weight(self.weight))
+        return self._prepared[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and self.quantize_activations and not x.requires_grad:
-            kernels = _kernel()
-            if kernels is not None:
-                lead = x.shape[:-1]
-                x2d = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-                y = kernels.ternary_linear_cpu(x2d, self._prepared_weight(kernels), self.weight_scale, self.bias,
-                                               self.in_features, self.out_features, self.fused_activation)
-                return y.reshape(*lead, self.out_features).to(x.dtype)
+        y = kernel_forward(self, x, int8_weights=True)
+        if y is not None:
+            return y
         y = int8_linear(x, self.weight, self.weight_scale, self.bias, self.quantize_activations)
         return apply_activation(y, self.fused_activation)
 

@@ -18,7 +18,7 @@ from ..quant.functional import apply_activation, ternary_linear_reference
 from ..quant.packing import ZERO_BYTE, pack_ternary, packed_shape, unpack_ternary
 from ..quant.ternarize import dequantize_ternary, ternarize
 
-__all__ = ["QuantizedEmbedding", "TernaryLinear", "float_linear"]
+__all__ = ["QuantizedEmbedding", "TernaryLinear", "float_linear", "kernel_forward"]
 
 _ROW_CHUNK = 4096
 #: QuantizedEmbedding tables whose float copy is at most this size keep that copy (see float_table).
@@ -40,6 +40,23 @@ def _kernel():
     except ImportError:
         return None
     return kernels if kernels.cpu_kernel_available() else None
+
+
+def kernel_forward(layer: nn.Module, x: torch.Tensor, int8_weights: bool = False) -> torch.Tensor | None:
+    """``layer``'s output computed by the CPU kernel (its ``_prepared_weight``, scale, bias and fused
+    activation), or None where the kernel does not apply: another device, float activations,
+    autograd, no kernel (or, for ``int8_weights``, a build without them). Shared by ``TernaryLinear``
+    and ``Int8Linear``, whose torch paths differ."""
+    if x.device.type != "cpu" or not layer.quantize_activations or x.requires_grad:
+        return None
+    kernels = _kernel()
+    if kernels is None or int8_weights and not kernels.int8_weights_available():
+        return None
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, layer.in_features).to(torch.float32).contiguous()
+    y = kernels.ternary_linear_cpu(x2d, layer._prepared_weight(kernels), layer.weight_scale, layer.bias,  # noqa: SLF001
+                                   layer.in_features, layer.out_features, layer.fused_activation)
+    return y.reshape(*lead, layer.out_features).to(x.dtype)
 
 
 def float_linear(layer: nn.Module, dtype: torch.dtype | None = None) -> nn.Linear:
@@ -160,16 +177,9 @@ class TernaryLinear(nn.Module):
         return self._prepared[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and self.quantize_activations and not x.requires_grad:
-            kernels = _kernel()
-            if kernels is not None:
-                lead = x.shape[:-1]
-                x2d = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-                y = kernels.ternary_linear_cpu(
-                    x2d, self._prepared_weight(kernels), self.weight_scale, self.bias,
-                    self.in_features, self.out_features, self.fused_activation,
-                )
-                return y.reshape(*lead, self.out_features).to(x.dtype)
+        y = kernel_forward(self, x)
+        if y is not None:
+            return y
         # Device-agnostic path (CUDA, MPS, autograd, or no kernel): plain torch ops.
         y = ternary_linear_reference(
             x, self.weight, self.weight_scale, self.bias, self.in_features, self.quantize_activations
