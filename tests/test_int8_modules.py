@@ -254,7 +254,7 @@ def test_prepared_int8_layout_round_trips_and_refuses_bad_values():
         prepare_int8_weight(torch.zeros(2, 2))
 
 
-@pytest.mark.parametrize(("m", "k", "n"), [(1, 37, 45), (3, 100, 3), (17, 1030, 100), (64, 384, 200)])
+@pytest.mark.parametrize(("m", "k", "n"), [(1, 37, 45), (3, 100, 3), (8, 300, 33), (17, 1030, 100), (64, 384, 200)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_kernel_int8_weights_give_the_torch_int8_bits(m, k, n, threads):
     from ternary_hf.kernels.layout import prepare_int8_weight

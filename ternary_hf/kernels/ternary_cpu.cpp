@@ -200,43 +200,109 @@ void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64
 
 // Tile for int8 weights (bytes w + kInt8Zero in the decoded layout, common.h). vpmaddubsw would
 // saturate its int16 pair sums on them (2 x 255 x 127 > 32767), so weights and activations are widened
-// to int16 first (once per panel chunk and per row block, shared by the row tiles) and multiplied by
-// vpmaddwd, whose pair sums are int32 and exact. Lane j of c[r][g] sums the k pair j % 2 of column
-// 4g + j / 2. Register budget: 3 rows x 4 accumulators + 1 activation vector (weights from L1).
-constexpr int64_t kInt8Rows = 3;
+// to int16 (once per panel chunk and per row block, shared by the row tiles) and multiplied by
+// vpmaddwd, whose pair sums are int32 and exact. Widening also regroups the weights (widen_int8_chunk):
+// one ymm holds 8 columns x 2 consecutive k, so each vpmaddwd lane is one column's running sum and a row
+// needs two accumulators (columns 0-7, 8-15) with no horizontal reduction; a pair of weight vectors is
+// loaded once per 2 k and shared by up to 6 rows (12 accumulators + 2 weights + 1 activation = 15 ymm).
+// That halves the loads of the first version (weights reloaded per row, 3-row tiles; benchmarks/README.md).
+constexpr int64_t kInt8Rows = 6;
 constexpr int64_t kInt8ChunkBlocks = 16;  // widened weight chunk: 16 blocks x 512 bytes, in L1
+constexpr int64_t kInt8PairLanes = 32;    // int16 per widened 2-k group: 16 columns x 2 k
 
-template <int R>
-void micro_kernel_int8(const int16_t* q16, int64_t ldq, const int16_t* w16, int64_t nkb, int32_t* out, bool first) {
-  __m256i c[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) c[r][g] = _mm256_setzero_si256();
-  for (int64_t kb = 0; kb < nkb; ++kb, w16 += kDecodedBlockBytes, q16 += kKB) {
+// nkb decoded blocks (bytes, common.h) -> int16 groups: block kb, k pair g = 2s + p (k = 16kb + 4s + 2p + i)
+// at w16 + 256 kb + 32 g: columns 0-7 then 8-15, each as (k, k + 1).
+inline void widen_int8_chunk(const uint8_t* wd, int64_t nkb, int16_t* w16) {
+  // within each 128-bit lane (4 columns x 4 k): the (k0, k1) bytes of the 4 columns, then their (k2, k3)
+  const __m256i pairs = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                         0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+  for (int64_t kb = 0; kb < nkb; ++kb, wd += kDecodedBlockBytes, w16 += 4 * 2 * kInt8PairLanes) {
     for (int s = 0; s < 4; ++s) {
-      for (int r = 0; r < R; ++r) {
-        int64_t a4;
-        std::memcpy(&a4, q16 + r * ldq + 4 * s, 8);
-        const __m256i av = _mm256_set1_epi64x(a4);
-        for (int g = 0; g < 4; ++g) {
-          const __m256i wv = _mm256_load_si256(reinterpret_cast<const __m256i*>(w16 + 64 * s + 16 * g));
-          c[r][g] = _mm256_add_epi32(c[r][g], _mm256_madd_epi16(wv, av));
-        }
+      for (int v = 0; v < 2; ++v) {  // columns 8v .. 8v + 7
+        __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wd + 64 * s + 32 * v));
+        b = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(b, pairs), 0xD8);  // [pair 0: 8 columns | pair 1]
+        int16_t* g0 = w16 + 2 * s * kInt8PairLanes + 16 * v;
+        _mm256_store_si256(reinterpret_cast<__m256i*>(g0), _mm256_cvtepu8_epi16(_mm256_castsi256_si128(b)));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(g0 + kInt8PairLanes),
+                           _mm256_cvtepu8_epi16(_mm256_extracti128_si256(b, 1)));
       }
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    alignas(32) int32_t lanes[4 * 8];
-    for (int g = 0; g < 4; ++g) _mm256_store_si256(reinterpret_cast<__m256i*>(lanes + 8 * g), c[r][g]);
-    for (int col = 0; col < kNR; ++col) {
-      const int32_t v = lanes[2 * col] + lanes[2 * col + 1];
-      out[r * kNR + col] = first ? v : out[r * kNR + col] + v;
     }
   }
 }
 
+template <int R>
+void micro_kernel_int8(const int16_t* q16, int64_t ldq, const int16_t* w16, int64_t nkb, int32_t* out, bool first) {
+  __m256i c[R][2];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    c[r][0] = first ? _mm256_setzero_si256() : _mm256_load_si256(reinterpret_cast<const __m256i*>(out + r * kNR));
+    c[r][1] = first ? _mm256_setzero_si256()
+                    : _mm256_load_si256(reinterpret_cast<const __m256i*>(out + r * kNR + 8));
+  }
+  for (int64_t g = 0; g < 8 * nkb; ++g, w16 += kInt8PairLanes, q16 += 2) {  // 8 k pairs per block
+    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w16));
+    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w16 + 16));
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      int32_t a2;
+      std::memcpy(&a2, q16 + r * ldq, 4);
+      const __m256i av = _mm256_set1_epi32(a2);
+      c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(w0, av));
+      c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(w1, av));
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kNR), c[r][0]);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kNR + 8), c[r][1]);
+  }
+}
+
+// One or two rows (batch-1 latency): nothing to share a widened chunk with, so the tile widens the
+// panel's bytes in registers as it goes (no regrouping: one ymm holds 4 columns x 4 k, each vpmaddwd lane
+// a column's k pair) and adds the pairs up once at the end.
+constexpr int64_t kInt8DirectRows = 2;
+
+template <int R>
+void micro_kernel_int8_direct(const int16_t* q16, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out) {
+  __m256i c[R][4];
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) c[r][g] = _mm256_setzero_si256();
+  for (int64_t st = 0; st < 4 * nkb; ++st, wd += 64, q16 += 4) {  // 4 k x 16 columns per step
+    __m256i w[4];
+#pragma GCC unroll 4
+    for (int g = 0; g < 4; ++g) w[g] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wd + 16 * g)));
+#pragma GCC unroll 2
+    for (int r = 0; r < R; ++r) {
+      int64_t a4;
+      std::memcpy(&a4, q16 + r * ldq, 8);
+      const __m256i av = _mm256_set1_epi64x(a4);
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) c[r][g] = _mm256_add_epi32(c[r][g], _mm256_madd_epi16(w[g], av));
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < R; ++r) {  // lanes (2j, 2j + 1) of c[r][g] are column 4g + j
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[r][0], c[r][1]), 0xD8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(c[r][2], c[r][3]), 0xD8);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kNR), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out + r * kNR + 8), hi);
+  }
+}
+
+using Int8DirectFn = void (*)(const int16_t*, int64_t, const uint8_t*, int64_t, int32_t*);
+constexpr Int8DirectFn kMicroInt8Direct[kInt8DirectRows + 1] = {nullptr, micro_kernel_int8_direct<1>,
+                                                                micro_kernel_int8_direct<2>};
+
 using Int8Fn = void (*)(const int16_t*, int64_t, const int16_t*, int64_t, int32_t*, bool);
-constexpr Int8Fn kMicroInt8[kInt8Rows + 1] = {nullptr, micro_kernel_int8<1>, micro_kernel_int8<2>,
-                                              micro_kernel_int8<3>};
+constexpr Int8Fn kMicroInt8[kInt8Rows + 1] = {nullptr,
+                                              micro_kernel_int8<1>,
+                                              micro_kernel_int8<2>,
+                                              micro_kernel_int8<3>,
+                                              micro_kernel_int8<4>,
+                                              micro_kernel_int8<5>,
+                                              micro_kernel_int8<6>};
 
 #else  // TERNARY_HF_VNNI
 // ---------------------------------------------------------------------------------------------
@@ -356,15 +422,19 @@ void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(q16.data() + i), _mm256_cvtepi8_epi16(b));
   }
   const int64_t panel_bytes = P.kblocks * kDecodedBlockBytes;
+  if (rows <= kInt8DirectRows) {
+    for (int64_t nb = n0; nb < n1; nb += kNR) {
+      kMicroInt8Direct[rows](q16.data(), P.kp, P.w + (nb / kNR) * panel_bytes, P.kblocks, tiles[0]);
+      store_tile(P, m0, rows, nb, tiles[0]);
+    }
+    return;
+  }
   const int64_t n_tiles = ceil_div(rows, kInt8Rows);
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
     for (int64_t kb0 = 0; kb0 < P.kblocks; kb0 += kInt8ChunkBlocks) {
       const int64_t nkb = std::min(kInt8ChunkBlocks, P.kblocks - kb0);
-      for (int64_t i = 0; i < nkb * kDecodedBlockBytes; i += 16) {
-        const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(wp + kb0 * kDecodedBlockBytes + i));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(w16 + i), _mm256_cvtepu8_epi16(b));
-      }
+      widen_int8_chunk(wp + kb0 * kDecodedBlockBytes, nkb, w16);
       for (int64_t t = 0; t < n_tiles; ++t) {
         const int64_t r0 = t * kInt8Rows;
         kMicroInt8[std::min(kInt8Rows, rows - r0)](q16.data() + r0 * P.kp + kb0 * kKB, P.kp, w16, nkb, tiles[t],
