@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -205,11 +206,14 @@ def test_distillation_trains_int8_layers_in_float_and_finalizes_them_int8(tiny_s
     assert info["ternary_config"]["int8_modules"] == ["encoder.layer.1"]
 
 
-def test_cli_int8_flag_reaches_the_saved_config(tiny_st_dir, tmp_path):
+def test_cli_int8_flag_reaches_the_saved_config(tiny_st_dir, tmp_path, capsys):
     from ternary_hf.cli import main
 
     out = tmp_path / "q"
     assert main(["quantize", tiny_st_dir, str(out), "--sentences", "0", "--int8", "encoder.layer.1"]) == 0
+    # the report counts the block's six linear layers as int8, not as ternarized
+    counts = re.search(r"linear layers: (\d+) ternarized, (\d+) int8", capsys.readouterr().out)
+    assert counts is not None and int(counts.group(2)) == 6 and int(counts.group(1)) > 0
     saved = json.loads((out / "config.json").read_text())["quantization_config"]
     assert saved["int8_modules"] == ["encoder.layer.1"]
     model = SentenceTransformer(str(out), device="cpu")[0].auto_model

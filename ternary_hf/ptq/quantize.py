@@ -54,6 +54,7 @@ class QuantizeReport:
     linear_ratio: float
     n_linear: int
     n_embedding: int
+    n_int8: int = 0  # of the n_linear layers, those stored int8 (TernaryConfig.int8_modules)
     mean_cosine: float | None = None
     min_cosine: float | None = None
     n_sentences: int = 0
@@ -64,12 +65,14 @@ class QuantizeReport:
         return asdict(self)
 
     def summary(self) -> str:
+        int8 = f", {self.n_int8} int8" if self.n_int8 else ""
         lines = [
             f"source:        {self.source}",
             f"output:        {self.output}",
             f"weights:       {self.source_bytes / 1e6:.1f} MB -> {self.output_bytes / 1e6:.1f} MB "
             f"(size ratio {self.size_ratio:.3f}x)",
-            f"linear layers: {self.n_linear} ternarized, {self.linear_fp32_bytes / 1e6:.1f} MB fp32 -> "
+            f"linear layers: {self.n_linear - self.n_int8} ternarized{int8}, "
+            f"{self.linear_fp32_bytes / 1e6:.1f} MB fp32 -> "
             f"{self.linear_ternary_bytes / 1e6:.2f} MB (linear-only ratio {self.linear_ratio:.3f}x)",
             f"embeddings:    {self.n_embedding} tables stored as {self.config.get('embedding_storage')}",
         ]
@@ -255,6 +258,7 @@ def _report(source: str, output: Path, saved: Path, config: TernaryConfig, model
         linear_fp32_bytes=fp32, linear_ternary_bytes=stored, linear_ratio=stored / fp32 if fp32 else float("nan"),
         n_linear=sum(isinstance(m, (TernaryLinear, Int8Linear)) for m in model.modules()),
         n_embedding=sum(isinstance(m, QuantizedEmbedding) for m in model.modules()),
+        n_int8=sum(isinstance(m, Int8Linear) for m in model.modules()),
         calibration=calibration, notes=notes,
     )
 
