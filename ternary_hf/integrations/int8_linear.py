@@ -86,7 +86,9 @@ class Int8Linear(nn.Module):
         """A float ``nn.Linear`` computing ``s_w * W_q`` (activation quantization is dropped)."""
         return float_linear(self, dtype)
 
-    def _prepared_weight(self, kernels) -> torch.Tensor:
+    def kernel_weight(self, kernels) -> torch.Tensor:
+        """The weight in the CPU kernel's layout (the int8 panels of ``kernels.prepare_int8_weight``),
+        prepared once and kept until the weight changes (data pointer, version or device)."""
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
         if self._prepared is None or self._prepared[0] != key:
             self._prepared = (key, kernels.prepare_int8_weight(self.weight))

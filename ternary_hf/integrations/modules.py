@@ -43,7 +43,7 @@ def _kernel():
 
 
 def kernel_forward(layer: nn.Module, x: torch.Tensor, int8_weights: bool = False) -> torch.Tensor | None:
-    """``layer``'s output computed by the CPU kernel (its ``_prepared_weight``, scale, bias and fused
+    """``layer``'s output computed by the CPU kernel (its ``kernel_weight``, scale, bias and fused
     activation), or None where the kernel does not apply: another device, float activations,
     autograd, no kernel (or, for ``int8_weights``, a build without them). Shared by ``TernaryLinear``
     and ``Int8Linear``, whose torch paths differ."""
@@ -54,7 +54,7 @@ def kernel_forward(layer: nn.Module, x: torch.Tensor, int8_weights: bool = False
         return None
     lead = x.shape[:-1]
     x2d = x.reshape(-1, layer.in_features).to(torch.float32).contiguous()
-    y = kernels.ternary_linear_cpu(x2d, layer._prepared_weight(kernels), layer.weight_scale, layer.bias,  # noqa: SLF001
+    y = kernels.ternary_linear_cpu(x2d, layer.kernel_weight(kernels), layer.weight_scale, layer.bias,
                                    layer.in_features, layer.out_features, layer.fused_activation)
     return y.reshape(*lead, layer.out_features).to(x.dtype)
 
@@ -170,7 +170,9 @@ class TernaryLinear(nn.Module):
         """A float ``nn.Linear`` computing ``scale * T`` (activation quantization is dropped)."""
         return float_linear(self, dtype)
 
-    def _prepared_weight(self, kernels) -> torch.Tensor:
+    def kernel_weight(self, kernels) -> torch.Tensor:
+        """The weight in the CPU kernel's layout (the 2-bit panels of ``kernels.prepare_weight``),
+        prepared once and kept until the weight changes (data pointer, version or device)."""
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
         if self._prepared is None or self._prepared[0] != key:
             self._prepared = (key, kernels.prepare_weight(self.weight, self.in_features))

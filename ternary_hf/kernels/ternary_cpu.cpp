@@ -272,7 +272,8 @@ void micro_kernel_int8_direct(const int16_t* q16, int64_t ldq, const uint8_t* wd
   for (int64_t st = 0; st < 4 * nkb; ++st, wd += 64, q16 += 4) {  // 4 k x 16 columns per step
     __m256i w[4];
 #pragma GCC unroll 4
-    for (int g = 0; g < 4; ++g) w[g] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wd + 16 * g)));
+    for (int g = 0; g < 4; ++g)
+      w[g] = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wd + 16 * g)));
 #pragma GCC unroll 2
     for (int r = 0; r < R; ++r) {
       int64_t a4;

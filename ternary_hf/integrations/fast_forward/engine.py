@@ -109,7 +109,7 @@ class _Linear:
             if self.int8:
                 self.prepared = kernels.prepare_int8_weight(self.int8_values())
             else:
-                self.prepared = torch.cat([m._prepared_weight(kernels) for m in self.modules]).contiguous()  # noqa: SLF001
+                self.prepared = torch.cat([m.kernel_weight(kernels) for m in self.modules]).contiguous()
 
     def int8_values(self) -> torch.Tensor:
         if self._int8_values is None:
