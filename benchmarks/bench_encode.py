@@ -30,6 +30,9 @@ in ONE run:
 * ``ternary-int8-last`` - (optional) ours with the last encoder block stored int8
   (``TernaryConfig(int8_modules=["encoder.layer.<last>"])``, the quality option of docs/quality.md): what
   running that block outside the kernel's fused encoder costs;
+* ``ternary-distill-default`` - (optional) ours in the format ``ternary-hf distill`` writes by default: its
+  int8 / int4 blocks (``DistillConfig``'s ``int8_blocks``, ``int4_blocks``, ``int4_last_blocks``), the rest
+  ternary;
 * ``ternary-eager`` - (optional) ours through transformers' own layer-by-layer forward
   (``TERNARY_HF_FAST_FORWARD=0``): the path before ``ternary_hf.integrations.fast_forward``;
 * ``bnb-int8`` - (optional) bitsandbytes ``load_in_8bit`` when it imports and runs on this CPU (skipped with
@@ -91,8 +94,10 @@ BACKENDS = ["fp32", "ternary", "ternary-lean", "onnx-int8", "openvino", "openvin
 #: optional: ONNX Runtime with QUInt8 weights (u8 x u8, no vpmaddubsw int16 saturation on AVX2 without VNNI);
 #: ternary-avx2: ours with the AVX2 kernel build forced (TERNARY_HF_KERNEL_ISA=avx2), on a VNNI CPU;
 #: ternary-eager: ours through transformers' own forward (TERNARY_HF_FAST_FORWARD=0); bnb-int8: bitsandbytes;
-#: ternary-int8-last: ours with the last encoder block in int8 (int8_modules)
-EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2", "ternary-eager", "bnb-int8", "ternary-int8-last"]
+#: ternary-int8-last: ours with the last encoder block in int8 (int8_modules); ternary-distill-default: the
+#: int8 / int4 blocks `ternary-hf distill` keeps by default
+EXTRA_BACKENDS = ["onnx-u8", "ternary-avx2", "ternary-eager", "bnb-int8", "ternary-int8-last",
+                  "ternary-distill-default"]
 #: The stock engines a CPU user would pick instead (issue 29): ours must beat the fastest of them.
 STOCK = ("onnx-int8", "openvino", "openvino-int8", "torch-bf16", "qdyn", "onnx-u8")
 OV_CALIBRATION = 300  # NNCF calibration sentences (Amazon reviews: not in the benchmark set)
@@ -237,7 +242,7 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
         if not {"avx512_bf16", "amx_bf16"} & set(cpu_isa_flags()):
             raise RuntimeError("this CPU has neither AVX512-BF16 nor AMX-BF16 (bf16 would be emulated)")
         st = SentenceTransformer(model_dir, device="cpu").to(torch.bfloat16)
-    elif backend in ("ternary", "ternary-avx2", "ternary-eager", "ternary-int8-last"):
+    elif backend in ("ternary", "ternary-avx2", "ternary-eager", "ternary-int8-last", "ternary-distill-default"):
         if backend == "ternary-avx2":
             os.environ["TERNARY_HF_KERNEL_ISA"] = "avx2"  # read when the kernel first loads, below
         if backend == "ternary-eager":
@@ -253,6 +258,8 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
 
             last = AutoConfig.from_pretrained(model_dir).num_hidden_layers - 1
             config = ternary_hf.TernaryConfig(int8_modules=[f"encoder.layer.{last}"])
+        if backend == "ternary-distill-default":
+            config = _distill_default_config(model_dir)
         st = SentenceTransformer(model_dir, device="cpu", model_kwargs={"quantization_config": config})
     elif backend == "ternary-saved":
         import ternary_hf  # noqa: F401  (registers the quantizer that loads the 2-bit folder)
@@ -283,6 +290,23 @@ def _load_backend(backend: str, model_dir: str, threads: int, onnx_path: str | N
                 return emb.float().numpy()
 
     return _ST()
+
+
+def _distill_default_config(model_dir: str):
+    """The ``TernaryConfig`` of a model ``ternary-hf distill`` finalizes with its defaults (which blocks are
+    int8 / int4), named on a weightless skeleton of the model."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    import ternary_hf
+    from ternary_hf.train.config import DistillConfig
+    from ternary_hf.train.student import with_int4_blocks, with_int8_blocks
+
+    with torch.device("meta"):
+        skeleton = AutoModel.from_config(AutoConfig.from_pretrained(model_dir))
+    defaults = DistillConfig()
+    config = with_int8_blocks(ternary_hf.TernaryConfig(), skeleton, defaults.int8_blocks)
+    return with_int4_blocks(config, skeleton, defaults.int4_blocks, defaults.int4_last_blocks)
 
 
 def _saved_ternary(model_dir: str) -> str:

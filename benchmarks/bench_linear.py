@@ -16,7 +16,7 @@ every method alike):
 * ``qdyn``    - ``torch.ao.quantization.quantize_dynamic`` int8 ``nn.Linear``;
 * with ``--int8``, one more column per build, ``<build>-int8``: the same build on int8 weights
   (``prepare_int8_weight``, the layers of ``TernaryConfig.int8_modules``), e.g. a distilled model's last
-  block.
+  block; with ``--int4``, ``<build>-int4`` on int4 weights (``prepare_int4_weight``, ``int4_modules``).
 
 Each cell is the median over ``--reps`` interleaved rounds; ratios are ``time / fp32 time`` (lower
 is better; the target for the best build is <= 0.30 at M >= 256). The column ``best/fp32 min``
@@ -45,9 +45,16 @@ import torch
 from _machine import cpu_model
 from torch import nn
 
-from ternary_hf.kernels import cpu_kernel_available, kernel_status, prepare_int8_weight, prepare_weight
+from ternary_hf.kernels import (
+    cpu_kernel_available,
+    kernel_status,
+    prepare_int4_weight,
+    prepare_int8_weight,
+    prepare_weight,
+)
 from ternary_hf.kernels._build import load_kernel_variant, supported_isas
 from ternary_hf.quant.functional import ternary_linear_reference
+from ternary_hf.quant.int4 import quantize_weight_int4
 from ternary_hf.quant.int8 import quantize_weight_int8
 from ternary_hf.quant.packing import pack_ternary
 
@@ -74,7 +81,8 @@ def time_call(fn: Callable[[], object], inner: int) -> float:
 
 
 def bench_cell(
-    in_f: int, out_f: int, m: int, reps: int, min_time: float, builds: dict[str, object], int8: bool = False
+    in_f: int, out_f: int, m: int, reps: int, min_time: float, builds: dict[str, object], int8: bool = False,
+    int4: bool = False,
 ) -> dict[str, list[float]]:
     torch.manual_seed(0)
     linear = nn.Linear(in_f, out_f)
@@ -94,6 +102,12 @@ def bench_cell(
         prepared8 = prepare_int8_weight(values)
         for name, module in builds.items():
             fns[f"{name}-int8"] = lambda module=module: module.ternary_linear(x, prepared8, scale8, bias, in_f,
+                                                                              out_f, False)
+    if int4:
+        values4, scale4 = quantize_weight_int4(linear.weight)
+        prepared4 = prepare_int4_weight(values4)
+        for name, module in builds.items():
+            fns[f"{name}-int4"] = lambda module=module: module.ternary_linear(x, prepared4, scale4, bias, in_f,
                                                                               out_f, False)
     fns["unpack"] = lambda: ternary_linear_reference(x, packed, scale, bias, in_f, quantize_activations=True)
     fns["qdyn"] = lambda: qdyn(x)
@@ -130,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--min-time", type=float, default=0.01, help="seconds per timing sample")
     parser.add_argument("--builds", nargs="+", default=None, help="kernel builds to time (default: all this CPU runs)")
     parser.add_argument("--int8", action="store_true", help="also time every build on int8 weights")
+    parser.add_argument("--int4", action="store_true", help="also time every build on int4 weights")
     args = parser.parse_args(argv)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     ms = args.m or ([1, 256] if args.quick else MS)
@@ -148,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {reps} interleaved rounds"
     )
     print("# ratio = time / fp32 time (lower is better)\n")
-    columns = list(builds) + ([f"{b}-int8" for b in builds] if args.int8 else [])
+    columns = (list(builds) + ([f"{b}-int8" for b in builds] if args.int8 else [])
+               + ([f"{b}-int4" for b in builds] if args.int4 else []))
     build_head = "".join(f" {b} ms | {b}/fp32 |" for b in columns)
     print(f"| layer (in x out) | M | threads | fp32 ms |{build_head} best/fp32 min | unpack/fp32 | qdyn/fp32 |")
     print("|---|---|---|---|" + "---|---|" * len(columns) + "---|---|---|")
@@ -158,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         for shape in shapes:
             in_f, out_f = (int(v) for v in shape.lower().split("x"))
             for m in ms:
-                samples = bench_cell(in_f, out_f, m, reps, args.min_time, builds, args.int8)
+                samples = bench_cell(in_f, out_f, m, reps, args.min_time, builds, args.int8, args.int4)
                 t = {k: statistics.median(v) for k, v in samples.items()}
                 cells = "".join(f" {t[b] * 1e3:.3f} | {t[b] / t['fp32']:.2f} |" for b in columns)
                 fastest = min(samples[best]) / min(samples["fp32"])

@@ -20,6 +20,7 @@ from .hub.stock_push import install as install_stock_push_cards
 from .integrations import remote_code
 from .integrations.config import TernaryConfig
 from .integrations.conversion import dequantize_model
+from .integrations.int4_linear import Int4Linear
 from .integrations.int8_linear import Int8Linear
 from .integrations.modules import QuantizedEmbedding, TernaryLinear
 from .integrations.quantizer import TernaryHfQuantizer
@@ -47,6 +48,7 @@ __all__ = [
     "TernaryHfQuantizer",
     "TernaryLinear",
     "Int8Linear",
+    "Int4Linear",
     "QuantizedEmbedding",
     "TernaryWeight",
     "ternarize",

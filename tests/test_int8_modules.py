@@ -349,9 +349,10 @@ def test_int8_blocks_name_the_last_encoder_blocks(tiny_model_dirs):
 
 
 @pytest.mark.parametrize("blocks", [0, 1])
-def test_distillation_default_keeps_the_last_block_int8_and_zero_keeps_all_ternary(tiny_st_dir, tmp_path, blocks):
-    cfg = DistillConfig(max_steps=1, batch_size=8, save_every=1, log_every=1, num_threads=1, int8_blocks=blocks)
-    assert DistillConfig().int8_blocks == 1
+def test_distillation_int8_blocks_keep_the_last_blocks_int8(tiny_st_dir, tmp_path, blocks):
+    cfg = DistillConfig(max_steps=1, batch_size=8, save_every=1, log_every=1, num_threads=1, int8_blocks=blocks,
+                        int4_blocks=0, int4_last_blocks=0)
+    assert DistillConfig().int8_blocks == 0  # the default keeps int4 blocks instead (test_int4_modules)
     distill(tiny_st_dir, tmp_path / "out", texts=tiny_sentences(20), config=cfg, show_progress_bar=False)
     encoder = SentenceTransformer(str(tmp_path / "out"), device="cpu")[0].auto_model
     kinds = {type(layer.output.dense) for layer in encoder.encoder.layer}

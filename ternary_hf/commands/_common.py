@@ -27,6 +27,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--int8", nargs="*", default=None, metavar="MODULE",
                        help="int8_modules: modules stored with int8 weights instead of ternary ones "
                             "(e.g. encoder.layer.5 for MiniLM's last block)")
+    group.add_argument("--int4", nargs="*", default=None, metavar="MODULE",
+                       help="int4_modules: modules stored with int4 weights instead of ternary ones "
+                            "(e.g. encoder.layer.0 for MiniLM's first block)")
 
 
 def config_from_args(args: argparse.Namespace) -> TernaryConfig:
@@ -38,4 +41,5 @@ def config_from_args(args: argparse.Namespace) -> TernaryConfig:
         embedding_storage=None if args.embeddings == NO_EMBEDDING_STORAGE else args.embeddings,
         modules_to_not_convert=args.skip,
         int8_modules=args.int8,
+        int4_modules=args.int4,
     )

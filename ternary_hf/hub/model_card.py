@@ -402,6 +402,7 @@ def _facts(
         "embedding_dim": config.get("hidden_size"),
         "quantization": _flatten(qcfg) if qcfg else None,
         "int8_modules": (qcfg or {}).get("int8_modules"),
+        "int4_modules": (qcfg or {}).get("int4_modules"),
         "made_notes": made,
         "distillation": distillation,
         "results": results,

@@ -30,7 +30,7 @@ DEFAULT_MODULES_TO_NOT_CONVERT = ("classifier", "lm_head", "score", "qa_outputs"
 #: The constructor's arguments, which are also the keys of ``to_dict()`` besides ``quant_method``.
 FIELDS = (
     "threshold_method", "granularity", "activations", "embedding_storage", "modules_to_not_convert", "packing_format",
-    "int8_modules",
+    "int8_modules", "int4_modules",
 )
 
 
@@ -61,6 +61,11 @@ class TernaryConfig(QuantizationConfigMixin):
             (the default) stores none. For the last encoder block, where ternary error costs the most
             out-of-domain quality (docs/quality.md): 4x that block's ternary bytes. See
             :mod:`ternary_hf.quant.int8`.
+        int4_modules: modules stored with int4 weights (per output channel, two per byte) instead of
+            ternary ones, matched the same way; a module matched by both ``int8_modules`` and
+            ``int4_modules`` is refused. For the lower encoder blocks, where ternary weights cost the
+            rest of the network most out of domain (docs/quality.md): 2x those blocks' ternary bytes.
+            See :mod:`ternary_hf.quant.int4`.
 
     Every field is checked whenever it is set, at construction or later (``config.granularity =
     "row"`` fails the same way), and an unknown keyword argument is refused.
@@ -78,6 +83,7 @@ class TernaryConfig(QuantizationConfigMixin):
         modules_to_not_convert: str | Sequence[str] | None = None,
         packing_format: str = PACKING_FORMAT,
         int8_modules: str | Sequence[str] | None = None,
+        int4_modules: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         quant_method = kwargs.pop("quant_method", QUANT_METHOD)  # in to_dict(); another value is refused below
@@ -93,6 +99,7 @@ class TernaryConfig(QuantizationConfigMixin):
         self.modules_to_not_convert = modules_to_not_convert
         self.packing_format = packing_format
         self.int8_modules = int8_modules
+        self.int4_modules = int4_modules
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Validate a field whenever it is set (at construction, by ``config.x = ...``, by ``update``)."""
@@ -118,7 +125,12 @@ class TernaryConfig(QuantizationConfigMixin):
         """The entries of ``int8_modules`` (empty when none)."""
         return list(self.int8_modules or [])
 
+    def int4_module_names(self) -> list[str]:
+        """The entries of ``int4_modules`` (empty when none)."""
+        return list(self.int4_modules or [])
+
     def to_dict(self) -> dict[str, Any]:
+        # int4_modules only when set: a folder without int4 layers stays readable by versions before it
         return {
             "quant_method": self.quant_method,
             "threshold_method": self.threshold_method,
@@ -128,6 +140,7 @@ class TernaryConfig(QuantizationConfigMixin):
             "modules_to_not_convert": self.modules_to_not_convert,
             "packing_format": self.packing_format,
             "int8_modules": self.int8_modules,
+            **({"int4_modules": self.int4_modules} if self.int4_modules is not None else {}),
         }
 
     @classmethod
@@ -221,4 +234,5 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     **{name: _choice(name, allowed) for name, allowed in FIELD_CHOICES.items()},
     "modules_to_not_convert": _module_names("modules_to_not_convert", "the default heads"),
     "int8_modules": _module_names("int8_modules", "none"),
+    "int4_modules": _module_names("int4_modules", "none"),
 }

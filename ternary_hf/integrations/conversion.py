@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from transformers.quantizers.quantizers_utils import should_convert_module
 
+from ..errors import InvalidInputError
 from .config import TernaryConfig
 from .fast_forward import disable_fast_forward
+from .int4_linear import Int4Linear
 from .int8_linear import Int8Linear
 from .modules import QuantizedEmbedding, TernaryLinear
 
@@ -22,7 +24,7 @@ __all__ = ["QUANTIZED_MODULES", "is_skipped", "swap_modules", "replace_with_tern
            "ternary_modules"]
 
 #: The inference modules the quantizer creates, loads and checks (each has ``quantize_weight``,
-#: ``reset_stored_weights`` and ``to_linear`` / ``to_embedding``).
+#: ``reset_stored_weights`` and ``to_linear`` / ``to_embedding``; ``Int4Linear`` is an ``Int8Linear``).
 QUANTIZED_MODULES = (TernaryLinear, Int8Linear, QuantizedEmbedding)
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ def swap_modules(
     make_embedding: Callable[[nn.Embedding], nn.Module],
     convert_anyway: Collection[str] = (),
     make_int8: Callable[[nn.Linear], nn.Module] | None = None,
+    make_int4: Callable[[nn.Linear], nn.Module] | None = None,
 ) -> tuple[int, int]:
     """Replace, in place, every plain ``nn.Linear`` (and ``nn.Embedding`` when the config stores
     embeddings) outside ``skip`` with what the factories build; returns ``(n_linear, n_embedding)``.
@@ -68,17 +71,26 @@ def swap_modules(
     The one walk shared by the quantizer (inference modules) and the trainer (trainable ones), so both
     convert exactly the same set of modules. Modules named in ``convert_anyway`` are converted to
     ternary even if ``skip`` or ``int8_modules`` matches them (a pre-quantized checkpoint that stores
-    them ternary). ``make_int8`` builds the layers ``config.int8_modules`` names (the trainer leaves
-    them out through ``skip`` instead: they train in float).
+    them ternary). ``make_int8`` / ``make_int4`` build the layers ``config.int8_modules`` /
+    ``config.int4_modules`` name (the trainer leaves them out through ``skip`` instead: they train in
+    float).
+
+    Raises:
+        InvalidInputError: a layer is named by both ``int8_modules`` and ``int4_modules``.
     """
     int8 = config.int8_module_names() if make_int8 is not None else []
+    int4 = config.int4_module_names() if make_int4 is not None else []
     n_linear = n_embedding = 0
     for name, module in list(model.named_modules()):
         if not name or (is_skipped(name, skip) and name not in convert_anyway):
             continue
         if type(module) is nn.Linear:
             as_int8 = bool(int8) and is_skipped(name, int8) and name not in convert_anyway
-            new = make_int8(module) if as_int8 else make_linear(module)
+            as_int4 = bool(int4) and is_skipped(name, int4) and name not in convert_anyway
+            if as_int8 and as_int4:
+                raise InvalidInputError(f"{name} is named by both int8_modules {int8} and int4_modules {int4}; "
+                                        "name each layer in one of them")
+            new = make_int8(module) if as_int8 else make_int4(module) if as_int4 else make_linear(module)
             n_linear += 1
         elif type(module) is nn.Embedding and config.embedding_storage is not None:
             new = make_embedding(module)
@@ -92,8 +104,8 @@ def swap_modules(
 def replace_with_ternary(
     model: nn.Module, config: TernaryConfig, skip: list[str], convert_anyway: Collection[str] = ()
 ) -> tuple[int, int]:
-    """Swap in empty inference modules (``TernaryLinear``, ``Int8Linear`` for ``config.int8_modules``,
-    ``QuantizedEmbedding``), e.g. on the meta device.
+    """Swap in empty inference modules (``TernaryLinear``, ``Int8Linear`` / ``Int4Linear`` for
+    ``config.int8_modules`` / ``int4_modules``, ``QuantizedEmbedding``), e.g. on the meta device.
 
     New modules are created on the device of the module they replace; returns ``(n_linear, n_embedding)``.
     ``convert_anyway`` as in :func:`swap_modules`.
@@ -106,11 +118,14 @@ def replace_with_ternary(
             quantize_activations=config.quantize_activations, device=module.weight.device, dtype=module.weight.dtype,
         ).requires_grad_(False)
 
-    def int8_linear(module: nn.Linear) -> nn.Module:
-        return Int8Linear(
+    def int8_linear(module: nn.Linear, cls: type[Int8Linear] = Int8Linear) -> nn.Module:
+        return cls(
             module.in_features, module.out_features, bias=module.bias is not None,
             quantize_activations=config.quantize_activations, device=module.weight.device, dtype=module.weight.dtype,
         ).requires_grad_(False)
+
+    def int4_linear(module: nn.Linear) -> nn.Module:
+        return int8_linear(module, Int4Linear)
 
     def embedding(module: nn.Embedding) -> nn.Module:
         return QuantizedEmbedding(
@@ -118,7 +133,8 @@ def replace_with_ternary(
             padding_idx=module.padding_idx, compute_dtype=module.weight.dtype, device=module.weight.device,
         )
 
-    return swap_modules(model, config, skip, linear, embedding, convert_anyway, make_int8=int8_linear)
+    return swap_modules(model, config, skip, linear, embedding, convert_anyway, make_int8=int8_linear,
+                        make_int4=int4_linear)
 
 
 def ternary_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -86,19 +86,23 @@ class Int8Linear(nn.Module):
         """A float ``nn.Linear`` computing ``s_w * W_q`` (activation quantization is dropped)."""
         return float_linear(self, dtype)
 
+    def int8_values(self) -> torch.Tensor:
+        """The weight as int8 values ``(out_features, in_features)`` (the stored ``weight`` itself)."""
+        return self.weight
+
     def kernel_weight(self, kernels) -> torch.Tensor:
         """The weight in the CPU kernel's layout (the int8 panels of ``kernels.prepare_int8_weight``),
         prepared once and kept until the weight changes (data pointer, version or device)."""
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
         if self._prepared is None or self._prepared[0] != key:
-            self._prepared = (key, kernels.prepare_int8_weight(self.weight))
+            self._prepared = (key, kernels.prepare_int8_weight(self.int8_values()))
         return self._prepared[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = kernel_forward(self, x, int8_weights=True)
         if y is not None:
             return y
-        y = int8_linear(x, self.weight, self.weight_scale, self.bias, self.quantize_activations)
+        y = int8_linear(x, self.int8_values(), self.weight_scale, self.bias, self.quantize_activations)
         return apply_activation(y, self.fused_activation)
 
     def extra_repr(self) -> str:

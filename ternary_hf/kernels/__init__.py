@@ -63,7 +63,15 @@ import torch
 from ..quant.functional import validate_activation
 from . import ops
 from ._build import kernel_isa, kernel_module, kernel_status
-from .layout import BLOCK_K, PANEL_COLS, prepare_int8_weight, prepare_weight, prepared_to_int8, prepared_to_ternary
+from .layout import (
+    BLOCK_K,
+    PANEL_COLS,
+    prepare_int4_weight,
+    prepare_int8_weight,
+    prepare_weight,
+    prepared_to_int8,
+    prepared_to_ternary,
+)
 
 __all__ = [
     "cpu_kernel_available",
@@ -72,6 +80,7 @@ __all__ = [
     "kernel_accumulators",
     "prepared_to_ternary",
     "prepare_int8_weight",
+    "prepare_int4_weight",
     "prepared_to_int8",
     "int8_weights_available",
     "kernel_status",
@@ -118,8 +127,8 @@ def ternary_linear_cpu(
 
     Args:
         x: float32 ``(M, in_features)`` (made contiguous if needed).
-        prepared: output of :func:`prepare_weight`, or of :func:`prepare_int8_weight` for int8 weights
-            (``y = (q(x) @ W_q.T) * s_x * s_w + b``).
+        prepared: output of :func:`prepare_weight`, or of :func:`prepare_int8_weight` /
+            :func:`prepare_int4_weight` for int8 / int4 weights (``y = (q(x) @ W_q.T) * s_x * s_w + b``).
         weight_scale: float32 ``(out_features,)`` or ``(1,)``.
         bias: optional float32 ``(out_features,)``.
         in_features, out_features: the layer's unpadded shape.

@@ -120,6 +120,10 @@ constexpr int64_t kDecodedBlockBytes = 256;
 // ternary codes c = t + 1, so the VNNI and AMX builds multiply them unchanged (the AVX2 build with its
 // own tile, ternary_cpu.cpp) and the epilogue subtracts kInt8Zero * sum(q) instead of sum(q).
 constexpr int32_t kInt8Zero = 128;
+// Int4 weights (values in [-7, 7]; layout.py prepare_int4_weight) use the same byte layout with w + kInt4Zero
+// in [1, 15], marked by an int8 dtype: small enough codes for the AVX2 build's vpmaddubsw (a pair is at most
+// 2 x 15 x 127 = 3810 in magnitude, so an int16 lane holds 8 pairs: one vpmaddwd widening per 32 k).
+constexpr int32_t kInt4Zero = 8;
 
 // 2-bit panel blocks -> one byte per code c in {0, 1, 2}: block kb's step s (k = 16kb + 4s + i) lands at
 // wd + 256 kb + 64 s, byte 4 * col + i. That is the operand of the AVX2 / VNNI micro kernels and, four

@@ -648,12 +648,13 @@ TeamGemm team_gemm(const Gemm& g, const float* x, int64_t m, float* y, int8_t* q
   t.m = m;
   t.k = g.k;
   t.n = g.n;
-  t.w = g.w.data_ptr<uint8_t>();
+  t.w = static_cast<const uint8_t*>(g.w.data_ptr());  // uint8, or int8 for int4 codes
   t.sw = g.s.data_ptr<float>();
   t.sw_per_channel = g.s.numel() > 1;
   t.bias = g.b.has_value() ? g.b->data_ptr<float>() : nullptr;
   t.gelu = g.gelu;
   t.int8_weights = team_gemm_int8(g.w);
+  t.int4_codes = team_gemm_int4(g.w);
   t.y = y;
   t.q = q;
   t.qsum = qsum;

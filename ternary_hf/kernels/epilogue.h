@@ -74,13 +74,14 @@ struct Problem {
   int32_t* acc;           // [M][N] int32 output (debug), or nullptr
   bool gelu;              // apply GELU to the float output (fused activation)
   bool int8_weights = false;  // w holds int8 weights + kInt8Zero in the decoded layout (common.h)
+  bool int4_codes = false;    // ... or int4 weights + kInt4Zero (int8_weights is true too)
 };
 
 // Float (or debug int32) epilogue of one R x 16 tile: acc = tile - zero * sum(q) (zero: 1 for ternary
-// codes, kInt8Zero for int8 weights); y = acc * s_x * s_w + b.
+// codes, kInt8Zero for int8 weights, kInt4Zero for int4 ones); y = acc * s_x * s_w + b.
 inline void store_tile(const Problem& P, int64_t mb, int64_t rows, int64_t nb, const int32_t* tile) {
   const int64_t ncols = std::min(kNR, P.n - nb);
-  const int32_t zero = P.int8_weights ? kInt8Zero : 1;
+  const int32_t zero = P.int4_codes ? kInt4Zero : (P.int8_weights ? kInt8Zero : 1);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t m = mb + r;
     const int32_t rs = P.qsum[m] * zero;

@@ -12,9 +12,9 @@ import torch
 
 from ..quant.packing import unpack_ternary
 
-__all__ = ["PANEL_COLS", "BLOCK_K", "BLOCK_BYTES", "INT8_BLOCK_BYTES", "INT8_ZERO", "prepared_shape",
-           "prepare_weight", "prepared_to_ternary", "prepare_int8_weight", "prepared_to_int8", "is_int8_prepared",
-           "check_prepared"]
+__all__ = ["PANEL_COLS", "BLOCK_K", "BLOCK_BYTES", "INT8_BLOCK_BYTES", "INT8_ZERO", "INT4_ZERO", "prepared_shape",
+           "prepare_weight", "prepared_to_ternary", "prepare_int8_weight", "prepare_int4_weight", "prepared_to_int8",
+           "is_int8_prepared", "check_prepared"]
 
 #: Columns per weight panel and k values per block of the kernel layout (must match common.h).
 PANEL_COLS = 16
@@ -23,6 +23,9 @@ BLOCK_BYTES = PANEL_COLS * BLOCK_K // 4
 #: Int8 weights (``TernaryConfig.int8_modules``): one byte per weight, ``w + INT8_ZERO`` (common.h).
 INT8_BLOCK_BYTES = PANEL_COLS * BLOCK_K
 INT8_ZERO = 128
+#: Int4 weights (``TernaryConfig.int4_modules``): the same layout holding ``w + INT4_ZERO`` in an ``int8``
+#: tensor (the dtype tells the kernel the codes are small; common.h)
+INT4_ZERO = 8
 
 
 def prepared_shape(in_features: int, out_features: int, int8: bool = False) -> tuple[int, int, int]:
@@ -32,7 +35,8 @@ def prepared_shape(in_features: int, out_features: int, int8: bool = False) -> t
 
 
 def is_int8_prepared(prepared: torch.Tensor) -> bool:
-    """Whether a prepared weight holds int8 weights (:func:`prepare_int8_weight`) rather than ternary codes."""
+    """Whether a prepared weight holds int8 or int4 weights (:func:`prepare_int8_weight`,
+    :func:`prepare_int4_weight`) rather than ternary codes."""
     return prepared.dim() == 3 and prepared.shape[2] == INT8_BLOCK_BYTES
 
 
@@ -74,6 +78,21 @@ def prepared_to_ternary(prepared: torch.Tensor, in_features: int, out_features: 
     return codes[:out_features, :in_features].to(torch.float32) - 1.0
 
 
+def prepare_int4_weight(values: torch.Tensor) -> torch.Tensor:
+    """Int4 weights ``(out_features, in_features)`` (int8 values in ``[-7, 7]``) -> the layout of
+    :func:`prepare_int8_weight` holding ``w + 8`` in an ``int8`` tensor (the kernel's AVX2 build multiplies
+    such small codes with its ternary tile; the others as int8 weights).
+
+    Raises:
+        ValueError: unless ``values`` is a 2-D int8 tensor within ``[-7, 7]``.
+    """
+    if values.dtype != torch.int8 or values.dim() != 2:
+        raise ValueError(f"int4 weights must be a 2-D int8 tensor, got {values.dtype} {tuple(values.shape)}")
+    if values.numel() and int(values.detach().abs().max()) > 7:
+        raise ValueError("int4 weights must lie in [-7, 7]")
+    return _byte_panels(values, INT4_ZERO).view(torch.int8)
+
+
 def prepare_int8_weight(values: torch.Tensor) -> torch.Tensor:
     """Int8 weights ``(out_features, in_features)`` -> the kernel's int8 panel layout (once, at load).
 
@@ -89,32 +108,40 @@ def prepare_int8_weight(values: torch.Tensor) -> torch.Tensor:
     """
     if values.dtype != torch.int8 or values.dim() != 2:
         raise ValueError(f"int8 weights must be a 2-D int8 tensor, got {values.dtype} {tuple(values.shape)}")
-    values = values.detach().cpu()
     if values.numel() and int(values.min()) == -128:
         raise ValueError("int8 weights hold -128, outside the int8 rule's range [-127, 127]")
+    return _byte_panels(values, INT8_ZERO)
+
+
+def _byte_panels(values: torch.Tensor, zero: int) -> torch.Tensor:
+    values = values.detach().cpu()
     out_features, in_features = values.shape
     n_pan, n_kb, _ = prepared_shape(in_features, out_features, int8=True)
-    codes = torch.full((n_pan * PANEL_COLS, n_kb * BLOCK_K), INT8_ZERO, dtype=torch.uint8)
-    codes[:out_features, :in_features] = (values.to(torch.int16) + INT8_ZERO).to(torch.uint8)
+    codes = torch.full((n_pan * PANEL_COLS, n_kb * BLOCK_K), zero, dtype=torch.uint8)
+    codes[:out_features, :in_features] = (values.to(torch.int16) + zero).to(torch.uint8)
     # n = 16p + 8v + j ; k = 16kb + 4s + i  ->  order (p, kb, s, v, j, i)
     codes = codes.view(n_pan, 2, 8, n_kb, 4, 4).permute(0, 3, 4, 1, 2, 5)
     return codes.reshape(n_pan, n_kb, INT8_BLOCK_BYTES).contiguous()
 
 
 def prepared_to_int8(prepared: torch.Tensor, in_features: int, out_features: int) -> torch.Tensor:
-    """Inverse of :func:`prepare_int8_weight`: the ``(out_features, in_features)`` int8 matrix."""
+    """Inverse of :func:`prepare_int8_weight` and :func:`prepare_int4_weight`: the ``(out_features,
+    in_features)`` int8 matrix."""
     n_pan, n_kb, _ = prepared.shape
-    codes = prepared.view(n_pan, n_kb, 4, 2, 8, 4).permute(0, 3, 4, 1, 2, 5)
+    zero = INT4_ZERO if prepared.dtype == torch.int8 else INT8_ZERO
+    codes = prepared.view(torch.uint8).view(n_pan, n_kb, 4, 2, 8, 4).permute(0, 3, 4, 1, 2, 5)
     codes = codes.reshape(n_pan * PANEL_COLS, n_kb * BLOCK_K)[:out_features, :in_features]
-    return (codes.to(torch.int16) - INT8_ZERO).to(torch.int8)
+    return (codes.to(torch.int16) - zero).to(torch.int8)
 
 
 def check_prepared(prepared: torch.Tensor, in_features: int, out_features: int) -> None:
     """Raise ``ValueError`` (saying how to build the right one) unless ``prepared`` fits the layer."""
     expected = prepared_shape(in_features, out_features, int8=is_int8_prepared(prepared))
-    if prepared.dtype != torch.uint8 or tuple(prepared.shape) != expected:
+    dtypes = (torch.uint8, torch.int8) if is_int8_prepared(prepared) else (torch.uint8,)
+    if prepared.dtype not in dtypes or tuple(prepared.shape) != expected:
         raise ValueError(
             f"prepared weight has dtype {prepared.dtype} and shape {tuple(prepared.shape)}, expected uint8 "
             f"{expected} for in_features={in_features}, out_features={out_features}; build it with "
-            f"ternary_hf.kernels.prepare_weight(packed, in_features) (or prepare_int8_weight(values))"
+            f"ternary_hf.kernels.prepare_weight(packed, in_features) (or prepare_int8_weight(values), "
+            f"prepare_int4_weight(values))"
         )

@@ -22,6 +22,7 @@ struct TeamGemm {
   const float* bias = nullptr;
   bool gelu = false;
   bool int8_weights = false;  // w holds int8 weights (team_gemm_int8), else 2-bit ternary codes
+  bool int4_codes = false;    // ... int4 ones (team_gemm_int4)
   float* y = nullptr;  // m x n float32 output
   // Quantized activations, shared by the team: team_gemm_q_elems(m, k) int8, m int32 and m float.
   int8_t* q = nullptr;
@@ -35,6 +36,8 @@ void team_gemm_check(const torch::Tensor& prepared, const torch::Tensor& weight_
                      const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features);
 // Whether a prepared weight holds int8 weights (kernels/layout.py prepare_int8_weight).
 bool team_gemm_int8(const torch::Tensor& prepared);
+// Whether they are int4 weights (kernels/layout.py prepare_int4_weight; team_gemm_int8 is true too).
+bool team_gemm_int4(const torch::Tensor& prepared);
 // int8 elements the quantized activations of an (m x k) input need (row padding included).
 int64_t team_gemm_q_elems(int64_t m, int64_t k);
 // Quantize rows [r0, r1) of x into g.q (the thread that ends at g.m also zeroes the padding rows).

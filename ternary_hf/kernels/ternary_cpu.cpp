@@ -170,8 +170,8 @@ void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64
 #define TERNARY_STEP(SS)                                                                            \
   {                                                                                                 \
     constexpr int S = SS;                                                                           \
-    const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wd + 64 * S));           \
-    const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wd + 64 * S + 32));      \
+    const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wd + 64 * S));          \
+    const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wd + 64 * S + 32));     \
     TERNARY_ROWS(TERNARY_ROWSTEP)                                                                   \
   }
     TERNARY_STEP(0)
@@ -409,9 +409,38 @@ void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
   }
 }
 #else
+// AVX2, int4 weights: their codes (w + kInt4Zero, bytes in the decoded layout) are small enough for the
+// ternary tile on decoded bytes (micro_kernel_decoded: vpmaddubsw, int16 sums), run over kInt4WidenBlocks
+// blocks at a time so that no int16 lane exceeds 8 pairs (common.h); its int32 tile accumulates the rest.
+constexpr int64_t kInt4WidenBlocks = 2;  // 4 pairs per lane per block
+
+void run_int4_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  constexpr int64_t kTiles = kRowBlock / kMR;
+  alignas(64) int32_t tiles[kTiles][kMR * kNR];
+  const int64_t panel_bytes = P.kblocks * kDecodedBlockBytes;
+  const int64_t n_tiles = ceil_div(m1 - m0, kMR);
+  for (int64_t nb = n0; nb < n1; nb += kNR) {
+    const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
+    if (P.kblocks == 0) std::memset(tiles, 0, sizeof(tiles));
+    for (int64_t kb0 = 0; kb0 < P.kblocks; kb0 += kInt4WidenBlocks) {
+      const int64_t nkb = std::min(kInt4WidenBlocks, P.kblocks - kb0);
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        const int64_t mb = m0 + t * kMR;
+        kMicroDecoded[std::min(kMR, m1 - mb)](P.q + mb * P.kp + kb0 * kKB, P.kp, wp + kb0 * kDecodedBlockBytes, nkb,
+                                              tiles[t], kb0 == 0);
+      }
+    }
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int64_t mb = m0 + t * kMR;
+      store_tile(P, mb, std::min(kMR, m1 - mb), nb, tiles[t]);
+    }
+  }
+}
+
 // AVX2: the unit's activation rows widened to int16 once, then per panel chunks of widened weights
 // shared by the row tiles (micro_kernel_int8).
 void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  if (P.int4_codes) return run_int4_block(P, m0, m1, n0, n1);
   static thread_local std::vector<int16_t> q16;
   alignas(32) int16_t w16[kInt8ChunkBlocks * kDecodedBlockBytes];
   constexpr int64_t kTiles = (kRowBlock + kInt8Rows - 1) / kInt8Rows;
@@ -610,9 +639,12 @@ void require_amx() {
 #endif
 }
 
-// Int8 weights are prepared in the decoded layout (kDecodedBlockBytes per block), ternary ones in 2-bit
-// blocks (kBlockBytes): the shape says which.
+// Int8 and int4 weights are prepared in the decoded layout (kDecodedBlockBytes per block), ternary ones in
+// 2-bit blocks (kBlockBytes): the shape says which, and an int8 dtype marks int4 codes (common.h).
 bool is_int8_prepared(const torch::Tensor& prepared) { return prepared.size(2) == kDecodedBlockBytes; }
+bool is_int4_prepared(const torch::Tensor& prepared) {
+  return is_int8_prepared(prepared) && prepared.scalar_type() == torch::kInt8;
+}
 
 void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Tensor& weight_scale,
          const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features, float* y,
@@ -647,9 +679,9 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
   run_units(ceil_div(m, qchunk), qthreads, quant);
 
   // 2) GEMM over (row block x column block) units, claimed dynamically in row-major order.
-  const Problem P{qp, qs, sxp, prepared.data_ptr<uint8_t>(), weight_scale.data_ptr<float>(), weight_scale.numel() > 1,
-                  bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, G.kp, G.kblocks, y, acc, gelu,
-                  is_int8_prepared(prepared)};
+  const Problem P{qp, qs, sxp, static_cast<const uint8_t*>(prepared.data_ptr()), weight_scale.data_ptr<float>(),
+                  weight_scale.numel() > 1, bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, G.kp,
+                  G.kblocks, y, acc, gelu, is_int8_prepared(prepared), is_int4_prepared(prepared)};
   const std::function<void(int64_t)> unit = [&](int64_t u) { run_unit(P, G, u); };
   run_units(G.n_rb * G.n_cb, nthreads, unit);
 }
@@ -669,7 +701,9 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& prepared, const t
 
 void check_weights(const torch::Tensor& prepared, const torch::Tensor& weight_scale,
                    const c10::optional<torch::Tensor>& bias, int64_t in_features, int64_t out_features) {
-  TORCH_CHECK_VALUE(prepared.device().is_cpu() && prepared.scalar_type() == torch::kUInt8 && prepared.dim() == 3 &&
+  TORCH_CHECK_VALUE(prepared.device().is_cpu() && prepared.dim() == 3 &&
+                        (prepared.scalar_type() == torch::kUInt8 ||
+                         (prepared.scalar_type() == torch::kInt8 && prepared.size(2) == kDecodedBlockBytes)) &&
                         prepared.size(0) == ceil_div(out_features, kNR) &&
                         prepared.size(1) == ceil_div(in_features, kKB) &&
                         (prepared.size(2) == kBlockBytes || prepared.size(2) == kDecodedBlockBytes) &&
@@ -677,7 +711,7 @@ void check_weights(const torch::Tensor& prepared, const torch::Tensor& weight_sc
                     "ternary kernel: prepared weight of shape ", prepared.sizes(), " does not match in_features=",
                     in_features, ", out_features=", out_features,
                     "; build it with ternary_hf.kernels.prepare_weight(packed, in_features) (ternary) or "
-                    "prepare_int8_weight(values) (int8)");
+                    "prepare_int8_weight(values) (int8) or prepare_int4_weight(values) (int4)");
   TORCH_CHECK_VALUE(weight_scale.device().is_cpu() && weight_scale.scalar_type() == torch::kFloat32 &&
                         weight_scale.is_contiguous() &&
                         (weight_scale.numel() == 1 || weight_scale.numel() == out_features),
@@ -788,6 +822,7 @@ void team_gemm_check(const torch::Tensor& prepared, const torch::Tensor& weight_
 }
 
 bool team_gemm_int8(const torch::Tensor& prepared) { return is_int8_prepared(prepared); }
+bool team_gemm_int4(const torch::Tensor& prepared) { return is_int4_prepared(prepared); }
 
 int64_t team_gemm_q_elems(int64_t m, int64_t k) {
   const Geometry G = geometry(m, k, 1);
@@ -807,7 +842,7 @@ int64_t team_gemm_units(const TeamGemm& g) {
 void team_gemm_unit(const TeamGemm& g, int64_t u) {
   const Geometry G = geometry(g.m, g.k, g.n);
   const Problem P{g.q, g.qsum, g.sx, g.w, g.sw, g.sw_per_channel, g.bias, g.m, g.n, G.kp, G.kblocks, g.y, nullptr,
-                  g.gelu, g.int8_weights};
+                  g.gelu, g.int8_weights, g.int4_codes};
   run_unit(P, G, u);
 }
 

@@ -204,8 +204,8 @@ class _Reached(Exception):
 
 
 def _calibration_targets(model: nn.Module, config: TernaryConfig) -> list[tuple[str, nn.Linear]]:
-    # int8 layers are quantized by rounding alone: calibration fits ``alpha * T`` to ternary layers
-    skip = (config.skipped_modules() + config.int8_module_names()
+    # int8 / int4 layers are quantized by rounding alone: calibration fits ``alpha * T`` to ternary layers
+    skip = (config.skipped_modules() + config.int8_module_names() + config.int4_module_names()
             + list(getattr(model, "_keep_in_fp32_modules", None) or []))
     return [(name, m) for name, m in model.named_modules()
             if name and type(m) is nn.Linear and not is_skipped(name, skip)]

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InvalidInputError, MissingInputError
 from ..integrations.config import TernaryConfig
+from ..integrations.int4_linear import Int4Linear
 from ..integrations.int8_linear import Int8Linear
 from ..integrations.modules import QuantizedEmbedding, TernaryLinear
 from ..utils.io import atomic_write_json, check_output_folder, read_json, staged_folder, weight_files_bytes
@@ -55,6 +56,7 @@ class QuantizeReport:
     n_linear: int
     n_embedding: int
     n_int8: int = 0  # of the n_linear layers, those stored int8 (TernaryConfig.int8_modules)
+    n_int4: int = 0  # of the n_linear layers, those stored int4 (TernaryConfig.int4_modules)
     mean_cosine: float | None = None
     min_cosine: float | None = None
     n_sentences: int = 0
@@ -66,12 +68,13 @@ class QuantizeReport:
 
     def summary(self) -> str:
         int8 = f", {self.n_int8} int8" if self.n_int8 else ""
+        int8 += f", {self.n_int4} int4" if self.n_int4 else ""
         lines = [
             f"source:        {self.source}",
             f"output:        {self.output}",
             f"weights:       {self.source_bytes / 1e6:.1f} MB -> {self.output_bytes / 1e6:.1f} MB "
             f"(size ratio {self.size_ratio:.3f}x)",
-            f"linear layers: {self.n_linear - self.n_int8} ternarized{int8}, "
+            f"linear layers: {self.n_linear - self.n_int8 - self.n_int4} ternarized{int8}, "
             f"{self.linear_fp32_bytes / 1e6:.1f} MB fp32 -> "
             f"{self.linear_ternary_bytes / 1e6:.2f} MB (linear-only ratio {self.linear_ratio:.3f}x)",
             f"embeddings:    {self.n_embedding} tables stored as {self.config.get('embedding_storage')}",
@@ -149,8 +152,8 @@ def _auto_model(encoder) -> torch.nn.Module:
 
 
 def linear_layer_bytes(model: torch.nn.Module) -> tuple[int, int]:
-    """``(fp32 bytes, stored bytes)`` of the quantized linear layers of ``model`` (ternary and int8;
-    weights and scales)."""
+    """``(fp32 bytes, stored bytes)`` of the quantized linear layers of ``model`` (ternary, int8 and
+    int4; weights and scales)."""
     fp32 = stored = 0
     for module in model.modules():
         if isinstance(module, (TernaryLinear, Int8Linear)):
@@ -258,7 +261,8 @@ def _report(source: str, output: Path, saved: Path, config: TernaryConfig, model
         linear_fp32_bytes=fp32, linear_ternary_bytes=stored, linear_ratio=stored / fp32 if fp32 else float("nan"),
         n_linear=sum(isinstance(m, (TernaryLinear, Int8Linear)) for m in model.modules()),
         n_embedding=sum(isinstance(m, QuantizedEmbedding) for m in model.modules()),
-        n_int8=sum(isinstance(m, Int8Linear) for m in model.modules()),
+        n_int8=sum(type(m) is Int8Linear for m in model.modules()),
+        n_int4=sum(isinstance(m, Int4Linear) for m in model.modules()),
         calibration=calibration, notes=notes,
     )
 

@@ -3,7 +3,8 @@ row-wise embedding storage.
 
 Owns: :mod:`.packing` (the one definition of the on-disk layout), :mod:`.ternarize` (float matrix ->
 ``scale * T``), :mod:`.functional` (the plain-torch ternary linear map and per-token int8 activations:
-the reference every fast path is tested against), :mod:`.int8` (int8 weights of ``int8_modules``) and
+the reference every fast path is tested against), :mod:`.int8` / :mod:`.int4` (int8 / int4 weights of
+``int8_modules`` / ``int4_modules``) and
 :mod:`.rowwise` (int8 / int4 embedding rows).
 Imports: torch, numpy and :mod:`ternary_hf.errors` only, so everything above can depend on it.
 """

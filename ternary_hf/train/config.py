@@ -33,12 +33,14 @@ RESUMABLE = frozenset({"max_steps", "max_minutes", "save_every", "keep_checkpoin
 #: without them did (long views off, no token budget, the classic corpus, no --data mixing, every
 #: block ternary): a resume of such a run compares against these
 ADDED_LATER = {"batch_tokens": 0, "long_length": 0, "long_share": 0.1, "mix": "classic", "exclude_sources": "",
-               "data_share": 1.0, "ternary_config.int8_modules": None, "int8_blocks": 0}
+               "data_share": 1.0, "ternary_config.int8_modules": None, "int8_blocks": 0,
+               "ternary_config.int4_modules": None, "int4_blocks": 0,
+               "int4_last_blocks": 0}
 #: the smallest allowed value of the numeric settings (``None`` always allowed where the type says so)
 MINIMUM = {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 1, "bank_size": 1,
            "save_every": 1, "keep_checkpoints": 1, "log_every": 1, "num_threads": 1, "max_texts": 1,
            "eval_limit": 1, "eval_every": 0, "batch_tokens": 0, "long_length": 0, "learning_rate": 0.0,
-           "weight_decay": 0.0, "warmup_ratio": 0.0, "int8_blocks": 0,
+           "weight_decay": 0.0, "warmup_ratio": 0.0, "int8_blocks": 0, "int4_blocks": 0, "int4_last_blocks": 0,
            "similarity_temperature": 0.0, "teacher_forcing": 0.0, "teacher_cache_gb": 0.0, "max_minutes": 0.0,
            **dict.fromkeys(LOSS_WEIGHTS, 0.0)}
 
@@ -107,10 +109,16 @@ class DistillConfig:
     mask_padding: bool = _field(True, "losses over real tokens only (--no-mask-padding: the paper's unmasked MSE)")
     teacher_cache_gb: float = _field(4.0, "memory for the teacher's outputs, so later epochs skip its forward "
                                      "(0: off)")
-    int8_blocks: int = _field(1, "the last N encoder blocks keep int8 weights instead of ternary ones (trained in "
-                              "float, rounded to int8 when finalized): where ternary costs the most quality on "
-                              "unseen domains, for 4x those blocks' ternary bytes (all-MiniLM-L6-v2: 0.120x the "
-                              "teacher instead of 0.106x); 0: every block ternary")
+    int8_blocks: int = _field(0, "the last N encoder blocks keep int8 weights instead of ternary ones (trained in "
+                              "float, rounded to int8 when finalized), for 4x those blocks' ternary bytes; 0: none")
+    int4_blocks: int | None = _field(2, "the first N encoder blocks keep int4 weights instead of ternary ones "
+                                     "(trained in float, rounded to int4 when finalized), for 2x those blocks' "
+                                     "ternary bytes: ternary lower blocks cost the rest of the network the most "
+                                     "quality on unseen domains (with --int4-last-blocks 1, all-MiniLM-L6-v2 is "
+                                     "0.120x the teacher instead of 0.106x all ternary); None: the lower half; 0: "
+                                     "none")
+    int4_last_blocks: int = _field(1, "the last N encoder blocks keep int4 weights (as --int4-blocks; "
+                                   "--int8-blocks takes precedence where both name a block)")
     int8_grad_input: bool = _field(True, "each ternary layer's input gradient on the int8 kernel "
                                    "(--float-grad-input: float32)")
     seed: int = _field(0, "seed of the batch order, initialisation and sampling")

@@ -41,7 +41,7 @@ from ..quant.functional import quantize_activations_int8
 from ..quant.ternarize import dequantize_ternary, ternarize
 
 __all__ = ["FakeQuantEmbedding", "FakeTernaryLinear", "build_student", "disable_dropout", "fake_quantize_int8",
-           "set_int8_grad_input", "to_float_model", "with_int8_blocks"]
+           "set_int8_grad_input", "to_float_model", "with_int4_blocks", "with_int8_blocks"]
 
 
 def fake_quantize_int8(x: torch.Tensor) -> torch.Tensor:
@@ -196,8 +196,25 @@ class FakeQuantEmbedding(nn.Module):
 
 def with_int8_blocks(config: TernaryConfig, model: nn.Module, n: int) -> TernaryConfig:
     """``config`` with the last ``n`` encoder blocks of ``model`` added to its ``int8_modules``
-    (``DistillConfig.int8_blocks``); ``config`` itself when ``n`` is 0, or (with a warning) when the
-    blocks of ``model``'s architecture are not known (every layer then stays ternary).
+    (``DistillConfig.int8_blocks``); see :func:`_with_blocks`."""
+    return _with_blocks(config, model, "int8_blocks", n, "int8", last=True)
+
+
+def with_int4_blocks(config: TernaryConfig, model: nn.Module, first: int | None, last: int = 0) -> TernaryConfig:
+    """``config`` with the first ``first`` encoder blocks of ``model`` (``None``: the lower half) and its
+    last ``last`` ones added to its ``int4_modules`` (``DistillConfig.int4_blocks``, ``int4_last_blocks``),
+    leaving out blocks its ``int8_modules`` already names. One block always stays ternary (the defaults
+    fit any encoder, however few its blocks): the last ones give way first. See :func:`_with_blocks`."""
+    config = _with_blocks(config, model, "int4_blocks", first, "int4", last=False, keep_one=True)
+    return _with_blocks(config, model, "int4_last_blocks", last, "int4", last=True, keep_one=True)
+
+
+def _with_blocks(config: TernaryConfig, model: nn.Module, field: str, n: int | None, kind: str,
+                 last: bool, keep_one: bool = False) -> TernaryConfig:
+    """``config`` with ``n`` blocks (``None``: half of them) from one end of ``model``'s encoder added to
+    its ``<kind>_modules`` (with ``keep_one``, at most all but one of the blocks no list names yet);
+    ``config`` itself when ``n`` is 0, or (with a warning) when the blocks of ``model``'s architecture
+    are not known (every layer then stays ternary).
 
     Raises:
         InvalidInputError: ``n`` exceeds the blocks of ``model``.
@@ -207,25 +224,35 @@ def with_int8_blocks(config: TernaryConfig, model: nn.Module, n: int) -> Ternary
     names = block_names(model)
     if names is None:
         warnings.warn(
-            f"int8_blocks={n} ignored: the encoder blocks of {type(model).__name__} are not known to ternary-hf, "
-            "so every layer stays ternary; name layers to keep in int8 with --int8 (TernaryConfig.int8_modules)",
-            stacklevel=2,
+            f"{field}={n} ignored: the encoder blocks of {type(model).__name__} are not known to ternary-hf, "
+            f"so every layer stays ternary; name layers to keep in {kind} with --{kind} "
+            f"(TernaryConfig.{kind}_modules)",
+            stacklevel=3,
         )
         return config
+    if n is None:
+        n = len(names) // 2
     if n > len(names):
-        raise InvalidInputError(f"int8_blocks={n}, but {type(model).__name__} has {len(names)} encoder blocks")
-    extra = [name for name in names[-n:] if name not in config.int8_module_names()]
-    return TernaryConfig.from_dict({**config.to_dict(), "int8_modules": config.int8_module_names() + extra})
+        raise InvalidInputError(f"{field}={n}, but {type(model).__name__} has {len(names)} encoder blocks")
+    taken = config.int8_module_names() + config.int4_module_names()
+    extra = [name for name in (names[-n:] if last else names[:n]) if name not in taken]
+    if keep_one:
+        extra = extra[:max(0, sum(name not in taken for name in names) - 1)]
+    if not extra:
+        return config
+    current = config.int8_module_names() if kind == "int8" else config.int4_module_names()
+    return TernaryConfig.from_dict({**config.to_dict(), f"{kind}_modules": current + extra})
 
 
 def build_student(teacher: nn.Module, config: TernaryConfig) -> nn.Module:
     """A trainable ternary copy of ``teacher`` (the teacher itself is not modified).
 
-    Layers named in ``config.int8_modules`` stay plain ``nn.Linear`` and train in float: finalizing
-    quantizes them to int8 per output channel, which keeps them near-float (docs/quality.md).
+    Layers named in ``config.int8_modules`` / ``int4_modules`` stay plain ``nn.Linear`` and train in
+    float: finalizing rounds them to int8 / int4 per output channel, which costs little after training
+    (docs/quality.md).
     """
     student = copy.deepcopy(teacher)
-    skip = (config.skipped_modules() + config.int8_module_names()
+    skip = (config.skipped_modules() + config.int8_module_names() + config.int4_module_names()
             + list(getattr(teacher, "_keep_in_fp32_modules", None) or []))
     n_linear, _ = swap_modules(
         student, config, skip,

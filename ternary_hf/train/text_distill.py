@@ -41,7 +41,7 @@ from .finalize import DISTILLATION_INFO, finalize
 from .loop import is_finished, make_accelerator, open_run, train
 from .losses import TeacherBank, distillation_loss, mean_pool, teacher_forced_loss
 from .run_settings import run_settings
-from .student import build_student, disable_dropout, set_int8_grad_input, with_int8_blocks
+from .student import build_student, disable_dropout, set_int8_grad_input, with_int4_blocks, with_int8_blocks
 from .teacher_cache import TeacherCache, cache_supported
 from .teacher_forcing import LayerwiseTeacherForcing
 
@@ -297,6 +297,7 @@ def distill(
     set_seed(cfg.seed)
     teacher_st, teacher_model, tokenizer = load_teacher(teacher)
     tcfg = with_int8_blocks(tcfg, teacher_model, cfg.int8_blocks)
+    tcfg = with_int4_blocks(tcfg, teacher_model, cfg.int4_blocks, cfg.int4_last_blocks)
     run.begin(accelerator, settings, cfg, data=_texts_source(texts))
     student = _prepare_student(teacher_model, cfg, tcfg)
     forcing = LayerwiseTeacherForcing(student, teacher_model) if cfg.teacher_forcing else None

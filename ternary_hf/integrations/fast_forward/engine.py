@@ -33,6 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ...quant.functional import apply_activation
 from ...quant.int8 import int8_linear
+from ..int4_linear import Int4Linear
 from ..int8_linear import Int8Linear
 from ..modules import TernaryLinear
 from . import ops
@@ -67,8 +68,8 @@ class _Linear:
     """One GEMM of the plan: ``modules`` side by side (outputs concatenated), then the activation.
 
     Ternary layers with int8 activations run as one kernel call over their concatenated panels
-    (possible when every part but the last has a multiple of 16 outputs, the panel width). Int8 layers
-    (``int8_modules``) run as one kernel call over their concatenated int8 weights (without the
+    (possible when every part but the last has a multiple of 16 outputs, the panel width). Int8 and int4
+    layers (``int8_modules``, ``int4_modules``) run as one kernel call over their concatenated int8 weights (without the
     kernel: one ``torch._int_mm`` product). Anything else (a
     float ``nn.Linear`` kept by ``modules_to_not_convert``, no kernel) calls the modules.
     The activation is looked up on every call (``activation_at``: owner module and attribute), as is
@@ -106,15 +107,17 @@ class _Linear:
     def _prepare(self, kernels: Any) -> None:
         self._concat_scale_and_bias()
         with torch.no_grad():
-            if self.int8:
-                self.prepared = kernels.prepare_int8_weight(self.int8_values())
+            if self.int8:  # int4 codes where every part is int4 (the AVX2 build's faster tile), else int8
+                int4 = all(isinstance(m, Int4Linear) for m in self.modules)
+                prepare = kernels.prepare_int4_weight if int4 else kernels.prepare_int8_weight
+                self.prepared = prepare(self.int8_values())
             else:
                 self.prepared = torch.cat([m.kernel_weight(kernels) for m in self.modules]).contiguous()
 
     def int8_values(self) -> torch.Tensor:
         if self._int8_values is None:
             self._concat_scale_and_bias()
-            self._int8_values = torch.cat([m.weight for m in self.modules]).contiguous()
+            self._int8_values = torch.cat([m.int8_values() for m in self.modules]).contiguous()
         return self._int8_values
 
     def __call__(self, x: torch.Tensor, kernels: Any) -> torch.Tensor:
