@@ -104,3 +104,21 @@ def tiny_sentences(n: int, seed: int = 0) -> list[str]:
 
     rng = random.Random(seed)
     return [" ".join(rng.choices(_WORDS, k=rng.randint(3, 12))) for _ in range(n)]
+
+
+def kernel_builds() -> list:
+    """The kernel builds that run here, AMX also emulated (every build multiplies int8 and int4 weights);
+    skips the test when there is none."""
+    from ternary_hf.kernels import _build
+
+    builds = []
+    for isa in ("avx2", "avx512vnni", "amx", "amx_emulated"):
+        runnable = isa in _build.supported_isas() or (isa in _build.TEST_CFLAGS and "avx2" in _build.supported_isas())
+        if runnable:
+            try:
+                builds.append(_build.load_kernel_variant(isa))
+            except RuntimeError:
+                continue
+    if not builds:
+        pytest.skip("no kernel build runs here")
+    return builds

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_inputs, tiny_sentences
+from conftest import kernel_builds, tiny_inputs, tiny_sentences
 from safetensors import safe_open
 from sentence_transformers import SentenceTransformer
 from torch import nn
@@ -231,8 +231,6 @@ def test_prepared_int4_layout_is_the_int8_layout_of_small_codes():
 @pytest.mark.parametrize(("m", "k", "n"), [(1, 37, 45), (3, 100, 3), (8, 300, 33), (17, 1030, 100), (64, 1536, 40)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_kernel_int4_weights_give_the_torch_int8_bits(m, k, n, threads):
-    from test_int8_modules import _int8_builds
-
     from ternary_hf.kernels.layout import prepare_int4_weight
 
     g = torch.Generator().manual_seed(m + k + n)
@@ -251,7 +249,7 @@ def test_kernel_int4_weights_give_the_torch_int8_bits(m, k, n, threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for build in _int8_builds():
+        for build in kernel_builds():
             assert torch.equal(build.ternary_accumulators(x, prepared, k, n), exact), build.ISA
             assert torch.equal(build.ternary_linear(x, prepared, scale, bias, k, n, False), expected), build.ISA
     finally:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import tiny_inputs, tiny_sentences
+from conftest import kernel_builds, tiny_inputs, tiny_sentences
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
@@ -222,23 +222,6 @@ def test_cli_int8_flag_reaches_the_saved_config(tiny_st_dir, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------- the kernel's int8 panels
-def _int8_builds():
-    """The kernel builds that run here (every build multiplies int8 weights; AMX also emulated)."""
-    from ternary_hf.kernels import _build
-
-    builds = []
-    for isa in ("avx2", "avx512vnni", "amx", "amx_emulated"):
-        runnable = isa in _build.supported_isas() or (isa in _build.TEST_CFLAGS and "avx2" in _build.supported_isas())
-        if runnable:
-            try:
-                builds.append(_build.load_kernel_variant(isa))
-            except RuntimeError:
-                continue
-    if not builds:
-        pytest.skip("no kernel build runs here")
-    return builds
-
-
 def test_prepared_int8_layout_round_trips_and_refuses_bad_values():
     from ternary_hf.kernels.layout import prepare_int8_weight, prepared_to_int8
 
@@ -278,7 +261,7 @@ def test_kernel_int8_weights_give_the_torch_int8_bits(m, k, n, threads):
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for build in _int8_builds():
+        for build in kernel_builds():
             assert build.INT8_WEIGHTS
             assert torch.equal(build.ternary_accumulators(x, prepared, k, n), exact), build.ISA
             assert torch.equal(build.ternary_linear(x, prepared, scale, bias, k, n, False), expected), build.ISA

@@ -33,6 +33,9 @@ class Int8Linear(nn.Module):
     kernel, other devices, autograd) ``torch._int_mm`` or a float matmul computes the same integers.
     """
 
+    #: the ``ternary_hf.kernels`` function that lays the values out for the kernel
+    KERNEL_PREPARE = "prepare_int8_weight"
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, quantize_activations: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -91,11 +94,11 @@ class Int8Linear(nn.Module):
         return self.weight
 
     def kernel_weight(self, kernels) -> torch.Tensor:
-        """The weight in the CPU kernel's layout (the int8 panels of ``kernels.prepare_int8_weight``),
-        prepared once and kept until the weight changes (data pointer, version or device)."""
+        """The weight in the CPU kernel's layout (the panels of ``kernels.<KERNEL_PREPARE>``), prepared
+        once and kept until the weight changes (data pointer, version or device)."""
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
         if self._prepared is None or self._prepared[0] != key:
-            self._prepared = (key, kernels.prepare_int8_weight(self.int8_values()))
+            self._prepared = (key, getattr(kernels, self.KERNEL_PREPARE)(self.int8_values()))
         return self._prepared[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,6 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from ...quant.functional import apply_activation
 from ...quant.int8 import int8_linear
-from ..int4_linear import Int4Linear
 from ..int8_linear import Int8Linear
 from ..modules import TernaryLinear
 from . import ops
@@ -107,10 +106,10 @@ class _Linear:
     def _prepare(self, kernels: Any) -> None:
         self._concat_scale_and_bias()
         with torch.no_grad():
-            if self.int8:  # int4 codes where every part is int4 (the AVX2 build's faster tile), else int8
-                int4 = all(isinstance(m, Int4Linear) for m in self.modules)
-                prepare = kernels.prepare_int4_weight if int4 else kernels.prepare_int8_weight
-                self.prepared = prepare(self.int8_values())
+            if self.int8:  # the parts' own layout where they share one (int4 codes), else int8 bytes
+                kinds = {m.KERNEL_PREPARE for m in self.modules}
+                prepare = kinds.pop() if len(kinds) == 1 else Int8Linear.KERNEL_PREPARE
+                self.prepared = getattr(kernels, prepare)(self.int8_values())
             else:
                 self.prepared = torch.cat([m.kernel_weight(kernels) for m in self.modules]).contiguous()
 
