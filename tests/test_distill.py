@@ -14,7 +14,7 @@ from conftest import tiny_sentences
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
-from ternary_hf import TernaryConfig, TernaryLinear
+from ternary_hf import Int4Linear, Int8Linear, TernaryConfig, TernaryLinear
 from ternary_hf.train.config import DistillConfig
 from ternary_hf.train.data import load_texts
 from ternary_hf.train.finalize import finalize
@@ -163,9 +163,12 @@ def test_bad_config_and_data_errors(tmp_path):
     assert sorted(load_texts(["a", "b", "c"], limit=2, seed=1)) == sorted(load_texts(["a", "b", "c"], limit=2, seed=1))
 
 
-def test_finalized_model_matches_the_trained_student(tiny_st_dir, tmp_path):
+@pytest.mark.parametrize("config", [TernaryConfig(), TernaryConfig(int4_modules=["encoder.layer.0"],
+                                                                   int8_modules=["encoder.layer.1.output"])],
+                         ids=["ternary", "int4-int8-quantization-aware"])
+def test_finalized_model_matches_the_trained_student(tiny_st_dir, tmp_path, config):
     teacher = SentenceTransformer(tiny_st_dir, device="cpu")
-    student = build_student(teacher[0].auto_model, TernaryConfig())
+    student = build_student(teacher[0].auto_model, config, quantized_int_layers=True)
     torch.manual_seed(3)
     with torch.no_grad():  # stand-in for training: move every latent weight
         for p in student.parameters():
@@ -173,7 +176,7 @@ def test_finalized_model_matches_the_trained_student(tiny_st_dir, tmp_path):
                 p.add_(torch.randn_like(p) * 0.02)
     student.eval()
     out = tmp_path / "final"
-    finalize(student, teacher, out, TernaryConfig())
+    finalize(student, teacher, out, config)
     packed = SentenceTransformer(str(out), device="cpu")
     sentences = tiny_sentences(6)
     features = teacher.tokenize(sentences)
@@ -184,6 +187,9 @@ def test_finalized_model_matches_the_trained_student(tiny_st_dir, tmp_path):
     got = packed.encode(sentences, convert_to_tensor=True)
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
     assert any(isinstance(m, TernaryLinear) for m in packed[0].auto_model.modules())
+    layers = packed[0].auto_model.encoder.layer
+    assert isinstance(layers[0].output.dense, Int4Linear) == bool(config.int4_modules)
+    assert isinstance(layers[1].output.dense, Int8Linear) == bool(config.int8_modules)
 
 
 @pytest.mark.parametrize("extra", [{}, {"bank_similarity": 5.0, "bank_size": 20}, {"batch_tokens": 60},

@@ -223,17 +223,18 @@ def test_every_historical_distill_flag_sets_its_config_field():
         "--grad-accum", "3", "--max-texts", "99", "--hidden-mse", "0.5", "--pooled-cosine", "0.25",
         "--pooled-mse", "0.125", "--layer-mse", "2", "--attention-kl", "3", "--similarity", "4",
         "--bank-similarity", "5", "--similarity-mode", "kl", "--bank-size", "64", "--teacher-forcing", "0.3",
-        "--no-mask-padding", "--teacher-cache-gb", "1.5", "--float-grad-input", "--minutes", "2.5",
-        "--save-every", "11", "--optimizer", "adamw8bit", "--mixed-precision", "bf16", "--seed", "3",
-        "--eval-every", "13", "--eval-tasks", "sts", "--eval-limit", "17", "--report-to", "tensorboard",
+        "--no-mask-padding", "--teacher-cache-gb", "1.5", "--float-grad-input", "--float-int-blocks",
+        "--minutes", "2.5", "--save-every", "11", "--optimizer", "adamw8bit", "--mixed-precision", "bf16",
+        "--seed", "3", "--eval-every", "13", "--eval-tasks", "sts", "--eval-limit", "17", "--report-to", "tensorboard",
         "--data", "d.txt", "--text-field", "body", "--work-dir", "W", "--overwrite", "--no-resume"])
     config = DistillConfig(**{name: getattr(args, name) for name in DistillConfig.__dataclass_fields__})
     assert config == DistillConfig(
         max_steps=7, batch_size=5, learning_rate=0.002, max_length=40, gradient_accumulation_steps=3, max_texts=99,
         hidden_mse=0.5, pooled_cosine=0.25, pooled_mse=0.125, layer_mse=2, attention_kl=3, similarity=4,
         bank_similarity=5, similarity_mode="kl", bank_size=64, teacher_forcing=0.3, mask_padding=False,
-        teacher_cache_gb=1.5, int8_grad_input=False, max_minutes=2.5, save_every=11, optimizer="adamw8bit",
-        mixed_precision="bf16", seed=3, eval_every=13, eval_tasks="sts", eval_limit=17, report_to="tensorboard")
+        teacher_cache_gb=1.5, int8_grad_input=False, int_blocks_qat=False, max_minutes=2.5, save_every=11,
+        optimizer="adamw8bit", mixed_precision="bf16", seed=3, eval_every=13, eval_tasks="sts", eval_limit=17,
+        report_to="tensorboard")
     assert (args.data, args.text_field, args.work_dir, args.overwrite, args.fresh) == ("d.txt", "body", "W", True, True)
     defaults = build_parser().parse_args(["distill", "T", "O"])
     assert DistillConfig(**{name: getattr(defaults, name) for name in DistillConfig.__dataclass_fields__}) \

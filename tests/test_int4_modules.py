@@ -21,9 +21,9 @@ from ternary_hf.integrations.conversion import dequantize_model
 from ternary_hf.integrations.fast_forward.engine import ENV, FastEncoder
 from ternary_hf.quant.functional import quantize_activations_int8
 from ternary_hf.quant.int4 import CLIP_GRID, pack_int4, quantize_weight_int4, unpack_int4
-from ternary_hf.quant.int8 import dequantize_int8, int8_linear
+from ternary_hf.quant.int8 import dequantize_int8, int8_linear, quantize_weight_int8
 from ternary_hf.train.config import DistillConfig
-from ternary_hf.train.student import build_student, with_int4_blocks, with_int8_blocks
+from ternary_hf.train.student import FakeIntLinear, build_student, with_int4_blocks, with_int8_blocks
 from ternary_hf.train.text_distill import distill
 
 FIRST = {"bert": "encoder.layer.0", "mpnet": "encoder.layer.0", "vit": "layers.0"}
@@ -188,18 +188,79 @@ def test_distillation_defaults_name_the_first_two_and_the_last_block_int4():
     assert config.int8_modules is None
 
 
-def test_distillation_trains_int4_blocks_in_float_and_finalizes_them_int4(tiny_st_dir, tmp_path):
-    student = build_student(AutoModel.from_pretrained(tiny_st_dir), TernaryConfig(int4_modules=["encoder.layer.0"]))
-    assert type(student.encoder.layer[0].output.dense) is nn.Linear
+def test_distillation_trains_int4_blocks_through_their_rounding_and_finalizes_them_int4(tiny_st_dir, tmp_path):
+    teacher, config = AutoModel.from_pretrained(tiny_st_dir), TernaryConfig(int4_modules=["encoder.layer.0"])
+    assert type(build_student(teacher, config).encoder.layer[0].output.dense) is nn.Linear  # float (--float-int-blocks)
+    student = build_student(teacher, config, quantized_int_layers=True)
+    assert isinstance(student.encoder.layer[0].output.dense, FakeIntLinear)
+    assert student.encoder.layer[0].output.dense.bits == 4
     assert type(student.encoder.layer[1].output.dense).__name__ == "FakeTernaryLinear"
     cfg = DistillConfig(max_steps=2, batch_size=8, save_every=2, log_every=1, num_threads=1)  # the defaults
+    assert cfg.int_blocks_qat
     distill(tiny_st_dir, tmp_path / "out", texts=tiny_sentences(40), config=cfg, show_progress_bar=False)
     packed = SentenceTransformer(str(tmp_path / "out"), device="cpu")
     layers = packed[0].auto_model.encoder.layer
     assert [type(layer.output.dense) for layer in layers] == [Int4Linear, TernaryLinear]  # one stays ternary
     assert torch.isfinite(packed.encode(tiny_sentences(3), convert_to_tensor=True)).all()
     info = json.loads((tmp_path / "out" / "distillation.json").read_text())
-    assert info["ternary_config"]["int4_modules"] == ["encoder.layer.0"]
+    assert info["ternary_config"]["int4_modules"] == ["encoder.layer.0"] and info["config"]["int_blocks_qat"]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantization_aware_layer_multiplies_what_the_finalized_layer_multiplies(bits):
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 20)
+    layer = FakeIntLinear(linear, bits, quantize_activations=True).eval()
+    x = torch.randn(5, 48) * 3
+    values, scale = (quantize_weight_int4 if bits == 4 else quantize_weight_int8)(linear.weight)
+    with torch.no_grad():
+        assert torch.allclose(layer(x), int8_linear(x, values, scale, linear.bias), atol=1e-5)
+        # float activations when the config keeps them float
+        plain = FakeIntLinear(linear, bits, quantize_activations=False)(x)
+        assert torch.allclose(plain, x @ dequantize_int8(values, scale).t() + linear.bias, atol=1e-5)
+    assert layer.to_linear().weight.equal(linear.weight)  # the latent weight, not the rounded one
+
+
+def test_quantization_aware_layer_gradient_goes_straight_through_both_roundings():
+    torch.manual_seed(1)
+    layer = FakeIntLinear(nn.Linear(32, 8), 4, quantize_activations=True)
+    x = torch.randn(6, 32, requires_grad=True)
+    g = torch.randn(6, 8)
+    layer(x).backward(g)
+    q, s_x = quantize_activations_int8(x.detach())
+    assert torch.allclose(layer.weight.grad, g.t() @ (q * s_x), atol=1e-5)  # grad_W = g.T @ (rounded x)
+    assert torch.allclose(x.grad, g @ layer.quantized_weight(), atol=1e-5)  # grad_x through the rounded W
+    assert torch.allclose(layer.bias.grad, g.sum(0))
+
+
+def test_int4_training_searches_the_clipping_every_n_forwards_and_in_eval():
+    torch.manual_seed(2)
+    layer = FakeIntLinear(nn.Linear(64, 16), 4, quantize_activations=False, search_every=3)
+    x = torch.randn(4, 64)
+
+    def searched():
+        values, scale = quantize_weight_int4(layer.weight)
+        return dequantize_int8(values, scale)
+
+    def kept(clip):  # the last search's factors on the current max|row|
+        scale = clip * layer.weight.detach().abs().amax(dim=1) / 7
+        return torch.round(layer.weight.detach() / scale[:, None]).clamp(-7, 7) * scale[:, None]
+
+    layer(x)  # forward 1 searches
+    clip = layer.clip.clone()
+    with torch.no_grad():
+        layer.weight.mul_(1.0 + 0.3 * torch.rand_like(layer.weight))  # the search would now pick other factors
+    assert not torch.equal(searched(), kept(clip))
+    assert torch.allclose(layer.quantized_weight(), kept(clip))  # between searches: the kept factors
+    layer(x)
+    layer(x)  # forward 3 searches again
+    assert torch.allclose(layer.quantized_weight(), searched()) and not torch.equal(layer.clip, clip)
+    with torch.no_grad():
+        layer.weight.mul_(0.8)
+    layer.eval()
+    assert torch.allclose(layer.quantized_weight(), searched())  # eval: exactly the finalized rule
+    with pytest.raises(InvalidInputError, match="int8 or int4"):
+        FakeIntLinear(nn.Linear(4, 4), 2, quantize_activations=True)
 
 
 def test_cli_int4_flag_reaches_the_saved_config_and_the_report(tiny_st_dir, tmp_path, capsys):

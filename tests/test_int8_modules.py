@@ -187,14 +187,15 @@ def test_fast_forward_of_a_pre_ln_model_with_an_int8_block_matches_its_own_forwa
     assert torch.allclose(_forward(model, "vit"), fast, atol=1e-5)
 
 
-def test_distillation_trains_int8_layers_in_float_and_finalizes_them_int8(tiny_st_dir, tmp_path):
+@pytest.mark.parametrize("qat", [True, False], ids=["quantization-aware", "float"])
+def test_distillation_trains_int8_layers_and_finalizes_them_int8(tiny_st_dir, tmp_path, qat):
     from transformers import AutoModel as Auto
 
     config = TernaryConfig(int8_modules=["encoder.layer.1"])
-    student = build_student(Auto.from_pretrained(tiny_st_dir), config)
-    assert type(student.encoder.layer[1].output.dense) is nn.Linear
+    student = build_student(Auto.from_pretrained(tiny_st_dir), config, quantized_int_layers=qat)
+    assert type(student.encoder.layer[1].output.dense).__name__ == ("FakeIntLinear" if qat else "Linear")
     assert type(student.encoder.layer[0].output.dense).__name__ == "FakeTernaryLinear"
-    cfg = DistillConfig(max_steps=2, batch_size=8, save_every=2, log_every=1, num_threads=1)
+    cfg = DistillConfig(max_steps=2, batch_size=8, save_every=2, log_every=1, num_threads=1, int_blocks_qat=qat)
     distill(tiny_st_dir, tmp_path / "out", texts=tiny_sentences(40), config=cfg, ternary_config=config,
             show_progress_bar=False)
     packed = SentenceTransformer(str(tmp_path / "out"), device="cpu")

@@ -33,6 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--text-field", default="text", help="field of a .jsonl file holding the text")
     parser.add_argument("--float-grad-input", dest="int8_grad_input", action="store_false",
                         help="compute each ternary layer's input gradient in float32 instead of on the int8 kernel")
+    parser.add_argument("--float-int-blocks", dest="int_blocks_qat", action="store_false",
+                        help="train the int8 / int4 blocks in float and round them only when finalized")
     parser.add_argument("--work-dir", default=None, help="checkpoints + metrics.csv (default: OUT.work)")
     parser.add_argument("--fresh", action="store_true",
                         help="discard the checkpoints and metrics in the work dir and start over")

@@ -35,7 +35,7 @@ RESUMABLE = frozenset({"max_steps", "max_minutes", "save_every", "keep_checkpoin
 ADDED_LATER = {"batch_tokens": 0, "long_length": 0, "long_share": 0.1, "mix": "classic", "exclude_sources": "",
                "data_share": 1.0, "ternary_config.int8_modules": None, "int8_blocks": 0,
                "ternary_config.int4_modules": None, "int4_blocks": 0,
-               "int4_last_blocks": 0}
+               "int4_last_blocks": 0, "int_blocks_qat": False}
 #: the smallest allowed value of the numeric settings (``None`` always allowed where the type says so)
 MINIMUM = {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 1, "bank_size": 1,
            "save_every": 1, "keep_checkpoints": 1, "log_every": 1, "num_threads": 1, "max_texts": 1,
@@ -109,16 +109,19 @@ class DistillConfig:
     mask_padding: bool = _field(True, "losses over real tokens only (--no-mask-padding: the paper's unmasked MSE)")
     teacher_cache_gb: float = _field(4.0, "memory for the teacher's outputs, so later epochs skip its forward "
                                      "(0: off)")
-    int8_blocks: int = _field(0, "the last N encoder blocks keep int8 weights instead of ternary ones (trained in "
-                              "float, rounded to int8 when finalized), for 4x those blocks' ternary bytes; 0: none")
+    int8_blocks: int = _field(0, "the last N encoder blocks keep int8 weights instead of ternary ones (see "
+                              "--float-int-blocks), for 4x those blocks' ternary bytes; 0: none")
     int4_blocks: int | None = _field(2, "the first N encoder blocks keep int4 weights instead of ternary ones "
-                                     "(trained in float, rounded to int4 when finalized), for 2x those blocks' "
+                                     "(see --float-int-blocks), for 2x those blocks' "
                                      "ternary bytes: ternary lower blocks cost the rest of the network the most "
                                      "quality on unseen domains (with --int4-last-blocks 1, all-MiniLM-L6-v2 is "
                                      "0.120x the teacher instead of 0.106x all ternary); None: the lower half; 0: "
                                      "none")
     int4_last_blocks: int = _field(1, "the last N encoder blocks keep int4 weights (as --int4-blocks; "
                                    "--int8-blocks takes precedence where both name a block)")
+    int_blocks_qat: bool = _field(True, "the int8 / int4 blocks train through their rounding (quantization-aware: int "
+                                  "weights and int8 activations in the forward, a straight-through gradient) "
+                                  "instead of in float and rounded only when finalized (--float-int-blocks)")
     int8_grad_input: bool = _field(True, "each ternary layer's input gradient on the int8 kernel "
                                    "(--float-grad-input: float32)")
     seed: int = _field(0, "seed of the batch order, initialisation and sampling")

@@ -38,10 +38,12 @@ from ..integrations.conversion import swap_modules
 from ..integrations.fast_forward.plan import block_names
 from ..quant import rowwise
 from ..quant.functional import quantize_activations_int8
+from ..quant.int4 import INT4_MAX, quantize_weight_int4
+from ..quant.int8 import dequantize_int8, quantize_weight_int8
 from ..quant.ternarize import dequantize_ternary, ternarize
 
-__all__ = ["FakeQuantEmbedding", "FakeTernaryLinear", "build_student", "disable_dropout", "fake_quantize_int8",
-           "set_int8_grad_input", "to_float_model", "with_int4_blocks", "with_int8_blocks"]
+__all__ = ["FakeIntLinear", "FakeQuantEmbedding", "FakeTernaryLinear", "build_student", "disable_dropout",
+           "fake_quantize_int8", "set_int8_grad_input", "to_float_model", "with_int4_blocks", "with_int8_blocks"]
 
 
 def fake_quantize_int8(x: torch.Tensor) -> torch.Tensor:
@@ -91,13 +93,7 @@ class FakeTernaryLinear(nn.Module):
 
     def to_linear(self) -> nn.Linear:
         """The latent weights as a plain ``nn.Linear`` (what the quantizer then ternarizes)."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(self.weight)
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return _plain_linear(self.weight, self.bias)
 
 
 def _training_kernels(x: torch.Tensor, layer: FakeTernaryLinear):
@@ -165,6 +161,73 @@ def set_int8_grad_input(model: nn.Module, enabled: bool) -> int:
     for layer in layers:
         layer.int8_grad_input = bool(enabled)
     return len(layers)
+
+
+class FakeIntLinear(nn.Module):
+    """``nn.Linear`` trained through the int8 / int4 rounding of its finalized layer (quantization-aware).
+
+    The forward multiplies the per-token int8 activations by the rounded weight, as
+    :class:`~ternary_hf.Int8Linear` / :class:`~ternary_hf.Int4Linear` will; the backward goes straight
+    through both roundings to the latent float ``weight``. A layer trained in float and rounded only when
+    finalized never sees that error, and the blocks given more bits are the ones whose error the rest of
+    the network is most sensitive to (docs/quality.md).
+
+    The int4 rule searches a clipping factor per row (:func:`~ternary_hf.quant.int4.quantize_weight_int4`),
+    which costs several passes over the matrix: in training the factors are searched every ``search_every``
+    forwards and applied to the current ``max|row|`` in between; in eval mode every forward searches, so an
+    evaluated student is exactly its finalized model.
+    """
+
+    def __init__(self, linear: nn.Linear, bits: int, quantize_activations: bool, search_every: int = 32):
+        super().__init__()
+        if bits not in (4, 8):
+            raise InvalidInputError(f"bits={bits!r}; FakeIntLinear rounds to int8 or int4 weights")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bits, self.quantize_activations, self.search_every = bits, quantize_activations, search_every
+        self.weight = nn.Parameter(linear.weight.detach().clone())
+        self.bias = nn.Parameter(linear.bias.detach().clone()) if linear.bias is not None else None
+        if bits == 4:  # buffers, so that a resumed run searches at the same steps as an uninterrupted one
+            self.register_buffer("clip", torch.ones(self.out_features, device=self.weight.device))
+            self.register_buffer("forwards", torch.zeros((), dtype=torch.int64, device=self.weight.device))
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The rounded weight the forward multiplies, dequantized (no gradient)."""
+        with torch.no_grad():
+            values, scale = quantize_weight_int8(self.weight) if self.bits == 8 else self._int4()
+            return dequantize_int8(values, scale, self.weight.dtype)
+
+    def _int4(self) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.weight.detach().to(torch.float32)
+        amax = w.abs().amax(dim=1)
+        if not self.training or int(self.forwards) % self.search_every == 0:
+            values, scale = quantize_weight_int4(w)
+            self.clip.copy_(torch.where(amax > 0, scale * INT4_MAX / amax.clamp_min(torch.finfo(w.dtype).tiny),
+                                        torch.ones_like(amax)))
+            return values, scale
+        scale = torch.where(amax > 0, self.clip * amax / INT4_MAX, torch.ones_like(amax))
+        return torch.round(w / scale[:, None]).clamp_(-INT4_MAX, INT4_MAX).to(torch.int8), scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.quantized_weight() + (self.weight - self.weight.detach())  # rounded value, identity gradient
+        if self.training and self.bits == 4:
+            self.forwards += 1
+        if self.quantize_activations:
+            x = fake_quantize_int8(x)
+        return F.linear(x, w, self.bias)
+
+    def to_linear(self) -> nn.Linear:
+        """The latent weights as a plain ``nn.Linear`` (what the quantizer then rounds)."""
+        return _plain_linear(self.weight, self.bias)
+
+
+def _plain_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
+                       dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
 
 
 class FakeQuantEmbedding(nn.Module):
@@ -244,20 +307,23 @@ def _with_blocks(config: TernaryConfig, model: nn.Module, field: str, n: int | N
     return TernaryConfig.from_dict({**config.to_dict(), f"{kind}_modules": current + extra})
 
 
-def build_student(teacher: nn.Module, config: TernaryConfig) -> nn.Module:
+def build_student(teacher: nn.Module, config: TernaryConfig, quantized_int_layers: bool = False) -> nn.Module:
     """A trainable ternary copy of ``teacher`` (the teacher itself is not modified).
 
-    Layers named in ``config.int8_modules`` / ``int4_modules`` stay plain ``nn.Linear`` and train in
-    float: finalizing rounds them to int8 / int4 per output channel, which costs little after training
-    (docs/quality.md).
+    Layers named in ``config.int8_modules`` / ``int4_modules`` become :class:`FakeIntLinear` (trained
+    through their rounding) with ``quantized_int_layers``; otherwise they stay plain ``nn.Linear`` and
+    train in float, and only finalizing rounds them.
     """
     student = copy.deepcopy(teacher)
-    skip = (config.skipped_modules() + config.int8_module_names() + config.int4_module_names()
-            + list(getattr(teacher, "_keep_in_fp32_modules", None) or []))
+    skip = config.skipped_modules() + list(getattr(teacher, "_keep_in_fp32_modules", None) or [])
+    if not quantized_int_layers:
+        skip += config.int8_module_names() + config.int4_module_names()
     n_linear, _ = swap_modules(
         student, config, skip,
         lambda m: FakeTernaryLinear(m, config.threshold_method, config.granularity, config.quantize_activations),
         lambda m: FakeQuantEmbedding(m, config.embedding_storage),
+        make_int8=lambda m: FakeIntLinear(m, 8, config.quantize_activations),
+        make_int4=lambda m: FakeIntLinear(m, 4, config.quantize_activations),
     )
     if n_linear == 0:
         raise ValueError(f"{type(teacher).__name__} has no nn.Linear layer to ternarize (skipped: {skip})")
@@ -268,10 +334,10 @@ def to_float_model(student: nn.Module) -> nn.Module:
     """A copy of the student with plain float modules holding the latent weights."""
     model = copy.deepcopy(student)
     for name, module in list(model.named_modules()):
-        if isinstance(module, (FakeTernaryLinear, FakeQuantEmbedding)):
+        if isinstance(module, (FakeTernaryLinear, FakeIntLinear, FakeQuantEmbedding)):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            new = module.to_linear() if isinstance(module, FakeTernaryLinear) else module.to_embedding()
+            new = module.to_embedding() if isinstance(module, FakeQuantEmbedding) else module.to_linear()
             setattr(parent, child, new)
     return model
 

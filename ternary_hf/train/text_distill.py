@@ -218,7 +218,7 @@ def _check_eval_tasks(cfg: DistillConfig) -> None:
 
 
 def _prepare_student(teacher_model: nn.Module, cfg: DistillConfig, tcfg: TernaryConfig) -> nn.Module:
-    student = build_student(teacher_model, tcfg)
+    student = build_student(teacher_model, tcfg, quantized_int_layers=cfg.int_blocks_qat)
     set_int8_grad_input(student, cfg.int8_grad_input)
     teacher_model.eval().requires_grad_(False)
     if cfg.attention_kl:  # attention probabilities are only returned by the eager implementation
