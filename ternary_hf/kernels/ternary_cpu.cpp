@@ -149,15 +149,20 @@ void micro_kernel(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t kblock
 // block: step s at offset 64*s, columns 0-7 then 8-15), decoded once per panel chunk by
 // decode_chunk() and shared by all row tiles of a row block, which takes the shift/mask work out of
 // the inner loop (measured +9% on one core).  `first` stores instead of accumulating into out.
+// The int16 sums are widened into out every W blocks: kWidenBlocks for ternary codes, fewer for the
+// larger int4 codes (run_int4_block), which then still take one call per tile and panel chunk.
 
-template <int R>
+template <int R, int64_t W = kWidenBlocks>
 void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out, bool first) {
   const __m256i ones = _mm256_set1_epi16(1);
+  int64_t kb0 = 0;
+  do {  // once even when nkb == 0, so that `first` still stores the (zero) sums
+    const int64_t kb1 = std::min(nkb, kb0 + W);
 #define TERNARY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define TERNARY_ZERO(r) __m256i c##r##0 = _mm256_setzero_si256(), c##r##1 = _mm256_setzero_si256();
   TERNARY_ROWS(TERNARY_ZERO)
 #undef TERNARY_ZERO
-  for (int64_t kb = 0; kb < nkb; ++kb, wd += kDecodedBlockBytes, q += kKB) {
+  for (int64_t kb = kb0; kb < kb1; ++kb, wd += kDecodedBlockBytes, q += kKB) {
 #define TERNARY_ROWSTEP(r)                                              \
   if (R > r) {                                                          \
     int32_t a4;                                                         \
@@ -185,7 +190,7 @@ void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64
   if (R > r) {                                                                             \
     __m256i* o = reinterpret_cast<__m256i*>(out + r * kNR);                                \
     __m256i s0 = _mm256_madd_epi16(c##r##0, ones), s1 = _mm256_madd_epi16(c##r##1, ones);  \
-    if (!first) {                                                                          \
+    if (!first || kb0 > 0) {                                                               \
       s0 = _mm256_add_epi32(s0, _mm256_load_si256(o));                                     \
       s1 = _mm256_add_epi32(s1, _mm256_load_si256(o + 1));                                 \
     }                                                                                      \
@@ -195,6 +200,8 @@ void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64
   TERNARY_ROWS(TERNARY_WIDEN)
 #undef TERNARY_WIDEN
 #undef TERNARY_ROWS
+    kb0 = kb1;
+  } while (kb0 < nkb);
 }
 
 
@@ -393,6 +400,13 @@ bool g_decode_panels = true;
 #endif
 bool g_prefetch_out = true;   // switchable for benchmarks (_set_prefetch_output)
 
+// Pull the output lines of rows [m0, m1) x columns nb.. nb + 15 in while a panel's tiles are computed: the
+// stores of store_tile otherwise wait on reads-for-ownership from L3/DRAM (15% of the time at K = 384).
+inline void prefetch_output(const Problem& P, int64_t m0, int64_t m1, int64_t nb) {
+  if (!g_prefetch_out || P.y == nullptr) return;
+  for (int64_t m = m0; m < m1; ++m) _mm_prefetch(reinterpret_cast<const char*>(P.y + m * P.n + nb), _MM_HINT_T0);
+}
+
 #if defined(TERNARY_HF_VNNI)
 // The work unit of int8 weights: the panels are already bytes, so every row tile reads them as a
 // decoded chunk, over all k at once (int32 sums, no widening).
@@ -401,6 +415,7 @@ void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
   const int64_t panel_bytes = P.kblocks * kDecodedBlockBytes;
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
+    prefetch_output(P, m0, m1, nb);
     for (int64_t mb = m0; mb < m1; mb += kMR) {
       const int64_t rows = std::min(kMR, m1 - mb);
       kMicroDecoded[rows](P.q + mb * P.kp, P.kp, wp, P.kblocks, tile, true);
@@ -410,9 +425,17 @@ void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
 }
 #else
 // AVX2, int4 weights: their codes (w + kInt4Zero, bytes in the decoded layout) are small enough for the
-// ternary tile on decoded bytes (micro_kernel_decoded: vpmaddubsw, int16 sums), run over kInt4WidenBlocks
-// blocks at a time so that no int16 lane exceeds 8 pairs (common.h); its int32 tile accumulates the rest.
+// ternary tile on decoded bytes (micro_kernel_decoded: vpmaddubsw, int16 sums), widened to int32 every
+// kInt4WidenBlocks blocks so that no int16 lane exceeds 8 pairs (common.h). The row tiles share each
+// panel chunk of kWidenBlocks blocks while it is in L1, as the ternary tiles share a decoded chunk.
 constexpr int64_t kInt4WidenBlocks = 2;  // 4 pairs per lane per block
+constexpr DecodedFn kMicroInt4[kMR + 1] = {nullptr,
+                                           micro_kernel_decoded<1, kInt4WidenBlocks>,
+                                           micro_kernel_decoded<2, kInt4WidenBlocks>,
+                                           micro_kernel_decoded<3, kInt4WidenBlocks>,
+                                           micro_kernel_decoded<4, kInt4WidenBlocks>,
+                                           micro_kernel_decoded<5, kInt4WidenBlocks>,
+                                           micro_kernel_decoded<6, kInt4WidenBlocks>};
 
 void run_int4_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr int64_t kTiles = kRowBlock / kMR;
@@ -421,13 +444,14 @@ void run_int4_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
   const int64_t n_tiles = ceil_div(m1 - m0, kMR);
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
+    prefetch_output(P, m0, m1, nb);
     if (P.kblocks == 0) std::memset(tiles, 0, sizeof(tiles));
-    for (int64_t kb0 = 0; kb0 < P.kblocks; kb0 += kInt4WidenBlocks) {
-      const int64_t nkb = std::min(kInt4WidenBlocks, P.kblocks - kb0);
+    for (int64_t kb0 = 0; kb0 < P.kblocks; kb0 += kWidenBlocks) {
+      const int64_t nkb = std::min(kWidenBlocks, P.kblocks - kb0);
       for (int64_t t = 0; t < n_tiles; ++t) {
         const int64_t mb = m0 + t * kMR;
-        kMicroDecoded[std::min(kMR, m1 - mb)](P.q + mb * P.kp + kb0 * kKB, P.kp, wp + kb0 * kDecodedBlockBytes, nkb,
-                                              tiles[t], kb0 == 0);
+        kMicroInt4[std::min(kMR, m1 - mb)](P.q + mb * P.kp + kb0 * kKB, P.kp, wp + kb0 * kDecodedBlockBytes, nkb,
+                                           tiles[t], kb0 == 0);
       }
     }
     for (int64_t t = 0; t < n_tiles; ++t) {
@@ -462,6 +486,7 @@ void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
   const int64_t n_tiles = ceil_div(rows, kInt8Rows);
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
+    prefetch_output(P, m0, m1, nb);
     for (int64_t kb0 = 0; kb0 < P.kblocks; kb0 += kInt8ChunkBlocks) {
       const int64_t nkb = std::min(kInt8ChunkBlocks, P.kblocks - kb0);
       widen_int8_chunk(wp + kb0 * kDecodedBlockBytes, nkb, w16);
@@ -491,11 +516,7 @@ void run_tile_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
   const int64_t n_tiles = ceil_div(m1 - m0, kMR);
   for (int64_t nb = n0; nb < n1; nb += kNR) {
     const uint8_t* wp = P.w + (nb / kNR) * panel_bytes;
-    if (g_prefetch_out && P.y != nullptr) {
-      // Pull this panel's output lines in while the tiles are computed: the stores of store_tile
-      // otherwise wait on reads-for-ownership from L3/DRAM (15% of the time at K = 384).
-      for (int64_t m = m0; m < m1; ++m) _mm_prefetch(reinterpret_cast<const char*>(P.y + m * P.n + nb), _MM_HINT_T0);
-    }
+    prefetch_output(P, m0, m1, nb);
     if (n_tiles == 1 || !g_decode_panels) {
       for (int64_t mb = m0; mb < m1; mb += kMR) {
         kMicro[std::min(kMR, m1 - mb)](P.q + mb * P.kp, P.kp, wp, P.kblocks, tiles[0]);
