@@ -258,7 +258,9 @@ def test_int4_training_searches_the_clipping_every_n_forwards_and_in_eval():
     with torch.no_grad():
         layer.weight.mul_(0.8)
     layer.eval()
+    last = layer.clip.clone()
     assert torch.allclose(layer.quantized_weight(), searched())  # eval: exactly the finalized rule
+    assert torch.equal(layer.clip, last)  # and training goes on with the factors it had
     with pytest.raises(InvalidInputError, match="int8 or int4"):
         FakeIntLinear(nn.Linear(4, 4), 2, quantize_activations=True)
 

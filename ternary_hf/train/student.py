@@ -1,8 +1,9 @@
 """Trainable stand-ins for the inference modules: latent float weights, ternary forward, straight-through gradient.
 
 The distillation student is the teacher with every converted ``nn.Linear`` swapped for
-:class:`FakeTernaryLinear` and every stored embedding table for :class:`FakeQuantEmbedding`. Both
-keep a float tensor named ``weight`` of the original shape, so the student's ``state_dict`` is a
+:class:`FakeTernaryLinear` (:class:`FakeIntLinear` for the layers ``int8_modules`` / ``int4_modules``
+name) and every stored embedding table for :class:`FakeQuantEmbedding`. Each
+keeps a float tensor named ``weight`` of the original shape, so the student's ``state_dict`` is a
 plain float checkpoint of the teacher's architecture: finalizing it means loading that checkpoint
 through the quantizer, which applies the very same :func:`~ternary_hf.ternarize.ternarize` rule (and,
 for activations, the same int8 rule from :mod:`ternary_hf.functional`) as the forward used in training.
@@ -201,8 +202,9 @@ class FakeIntLinear(nn.Module):
         amax = w.abs().amax(dim=1)
         if not self.training or int(self.forwards) % self.search_every == 0:
             values, scale = quantize_weight_int4(w)
-            self.clip.copy_(torch.where(amax > 0, scale * INT4_MAX / amax.clamp_min(torch.finfo(w.dtype).tiny),
-                                        torch.ones_like(amax)))
+            if self.training:  # kept for the forwards until the next search (an evaluation leaves it alone)
+                self.clip.copy_(torch.where(amax > 0, scale * INT4_MAX / amax.clamp_min(torch.finfo(w.dtype).tiny),
+                                            torch.ones_like(amax)))
             return values, scale
         scale = torch.where(amax > 0, self.clip * amax / INT4_MAX, torch.ones_like(amax))
         return torch.round(w / scale[:, None]).clamp_(-INT4_MAX, INT4_MAX).to(torch.int8), scale
