@@ -109,19 +109,19 @@ class DistillConfig:
     mask_padding: bool = _field(True, "losses over real tokens only (--no-mask-padding: the paper's unmasked MSE)")
     teacher_cache_gb: float = _field(4.0, "memory for the teacher's outputs, so later epochs skip its forward "
                                      "(0: off)")
-    int8_blocks: int = _field(0, "the last N encoder blocks keep int8 weights instead of ternary ones (see "
-                              "--float-int-blocks), for 4x those blocks' ternary bytes; 0: none")
-    int4_blocks: int | None = _field(2, "the first N encoder blocks keep int4 weights instead of ternary ones "
-                                     "(see --float-int-blocks), for 2x those blocks' "
-                                     "ternary bytes: ternary lower blocks cost the rest of the network the most "
-                                     "quality on unseen domains (with --int4-last-blocks 1, all-MiniLM-L6-v2 is "
-                                     "0.120x the teacher instead of 0.106x all ternary); None: the lower half; 0: "
-                                     "none")
+    int8_blocks: int = _field(0, "the last N encoder blocks keep int8 weights instead of ternary ones, for "
+                              "4x those blocks' ternary bytes; 0: none")
+    int4_blocks: int | None = _field(2, "the first N encoder blocks keep int4 weights instead of ternary ones, "
+                                     "for 2x those blocks' ternary bytes: ternary lower blocks cost the rest of the "
+                                     "network the most quality on unseen domains (with --int4-last-blocks 1, "
+                                     "all-MiniLM-L6-v2 is 0.120x the teacher instead of 0.106x all ternary); None: "
+                                     "the lower half; 0: none")
     int4_last_blocks: int = _field(1, "the last N encoder blocks keep int4 weights (as --int4-blocks; "
                                    "--int8-blocks takes precedence where both name a block)")
-    int_blocks_qat: bool = _field(True, "the int8 / int4 blocks train through their rounding (quantization-aware: int "
-                                  "weights and int8 activations in the forward, a straight-through gradient) "
-                                  "instead of in float and rounded only when finalized (--float-int-blocks)")
+    int_blocks_qat: bool = _field(True, "the int8 / int4 layers (--int8-blocks, --int4-blocks, --int8, --int4) train "
+                                  "through their rounding (quantization-aware: int weights and int8 activations in "
+                                  "the forward, a straight-through gradient) instead of in float and rounded only "
+                                  "when finalized (--float-int-blocks)")
     int8_grad_input: bool = _field(True, "each ternary layer's input gradient on the int8 kernel "
                                    "(--float-grad-input: float32)")
     seed: int = _field(0, "seed of the batch order, initialisation and sampling")
