@@ -49,6 +49,21 @@ def tiny_inputs(kind: str, batch: int = 3, seq: int = 11) -> dict[str, torch.Ten
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def tiny_hidden(model, kind: str) -> torch.Tensor:
+    """``model``'s last hidden state on :func:`tiny_inputs` of ``kind`` (no gradient)."""
+    with torch.no_grad():
+        return model(**tiny_inputs(kind)).last_hidden_state
+
+
+def quantized_tiny(path: str, **config):
+    """The model at ``path`` loaded through the quantizer with ``TernaryConfig(**config)``, in eval mode."""
+    from transformers import AutoModel
+
+    from ternary_hf import TernaryConfig
+
+    return AutoModel.from_pretrained(path, quantization_config=TernaryConfig(**config)).eval()
+
+
 def native_encoder_forward(module, engine, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
     """``module.encoder_forward`` over the lists a fast-forward ``engine`` built (after one model call), for one
     sequence ``x`` (tokens, hidden) and no relative-position bias; ``final_norm=False`` leaves the final norm out."""

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_inputs
-from transformers import AutoModel, RobertaConfig, RobertaModel
+from conftest import quantized_tiny, tiny_inputs
+from transformers import RobertaConfig, RobertaModel
 
-from ternary_hf import TernaryConfig
 from ternary_hf.integrations.fast_forward import ENV
 from ternary_hf.integrations.fast_forward.embeddings import first_token_pooler, text_embedder
 from ternary_hf.kernels import cpu_kernel_available, kernel_module
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="the CPU kernel cannot run here")
-
-
-def _quantize(path):
-    return AutoModel.from_pretrained(path, quantization_config=TernaryConfig()).eval()
 
 
 #: A vocabulary large enough that the int4 word table is not dequantized whole (QuantizedEmbedding's
@@ -69,7 +64,7 @@ def _module_rows(model, ids, token_types, mask):
 @pytest.mark.parametrize("types", [False, True], ids=["no-types", "types"])
 def test_the_embedder_equals_the_embedding_module_on_real_tokens(tiny_model_dirs, extra_model_dirs, kind, padding,
                                                                    types):
-    model = _quantize(_dirs(tiny_model_dirs, extra_model_dirs)[kind])
+    model = quantized_tiny(_dirs(tiny_model_dirs, extra_model_dirs)[kind])
     embedder = text_embedder(model.embeddings)
     assert embedder is not None
     ids = tiny_inputs("bert", batch=3, seq=11)["input_ids"]
@@ -100,7 +95,7 @@ def test_the_fast_forward_uses_its_embedder_and_pooler_and_matches_the_modules(
 ):
     if not kernel:
         monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
-    model = _quantize(_dirs(tiny_model_dirs, extra_model_dirs)[kind])
+    model = quantized_tiny(_dirs(tiny_model_dirs, extra_model_dirs)[kind])
     inputs = tiny_inputs(kind, batch=4)
     with torch.inference_mode():
         monkeypatch.setenv(ENV, "0")
@@ -121,7 +116,7 @@ def test_the_fast_forward_uses_its_embedder_and_pooler_and_matches_the_modules(
 
 
 def test_other_embedding_and_pooler_classes_keep_their_modules(tiny_model_dirs):
-    model = _quantize(tiny_model_dirs["vit"])
+    model = quantized_tiny(tiny_model_dirs["vit"])
     assert text_embedder(model.embeddings) is None
     assert first_token_pooler(getattr(model, "pooler", None)) is None
 
@@ -132,7 +127,7 @@ def test_other_embedding_and_pooler_classes_keep_their_modules(tiny_model_dirs):
             self.position_embeddings = embeddings.position_embeddings
             self.LayerNorm = embeddings.LayerNorm
 
-    bert = _quantize(tiny_model_dirs["bert"])
+    bert = quantized_tiny(tiny_model_dirs["bert"])
     assert text_embedder(LookAlike(bert.embeddings)) is None
     assert text_embedder(bert.embeddings) is not None
 
@@ -140,7 +135,7 @@ def test_other_embedding_and_pooler_classes_keep_their_modules(tiny_model_dirs):
 @needs_kernel
 def test_the_int4_word_table_is_read_natively_and_bad_indices_are_refused(tiny_model_dirs, extra_model_dirs,
                                                                             monkeypatch):
-    model = _quantize(extra_model_dirs["bert-big"])
+    model = quantized_tiny(extra_model_dirs["bert-big"])
     embedder = text_embedder(model.embeddings)
     km = kernel_module()
     calls = []

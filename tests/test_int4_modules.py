@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import kernel_builds, tiny_inputs, tiny_sentences
+from conftest import kernel_builds, quantized_tiny, tiny_hidden, tiny_inputs, tiny_sentences
 from safetensors import safe_open
 from sentence_transformers import SentenceTransformer
 from torch import nn
@@ -27,15 +27,6 @@ from ternary_hf.train.student import FakeIntLinear, build_student, with_int4_blo
 from ternary_hf.train.text_distill import distill
 
 FIRST = {"bert": "encoder.layer.0", "mpnet": "encoder.layer.0", "vit": "layers.0"}
-
-
-def _forward(model, kind):
-    with torch.no_grad():
-        return model(**tiny_inputs(kind)).last_hidden_state
-
-
-def _quantize(path, **kwargs):
-    return AutoModel.from_pretrained(path, quantization_config=TernaryConfig(**kwargs)).eval()
 
 
 def test_weight_rule_is_per_channel_in_seven_levels_each_side_with_the_best_clipping():
@@ -107,13 +98,14 @@ def test_config_field_is_checked_round_trips_and_is_left_out_when_unset():
 
 def test_a_layer_named_int8_and_int4_is_refused(tiny_model_dirs):
     with pytest.raises(InvalidInputError, match="both int8_modules .* and int4_modules"):
-        _quantize(tiny_model_dirs["bert"], int8_modules=["encoder.layer.0"], int4_modules=["encoder.layer.0.output"])
+        quantized_tiny(tiny_model_dirs["bert"], int8_modules=["encoder.layer.0"],
+                       int4_modules=["encoder.layer.0.output"])
 
 
 @pytest.mark.parametrize("kind", ["bert", "mpnet", "vit"])
 def test_named_layers_load_int4_and_reload_bit_identically(tiny_model_dirs, kind, tmp_path):
     first = FIRST[kind]
-    model = _quantize(tiny_model_dirs[kind], int4_modules=[first])
+    model = quantized_tiny(tiny_model_dirs[kind], int4_modules=[first])
     float_model = AutoModel.from_pretrained(tiny_model_dirs[kind])
     float_linears = {n: m for n, m in float_model.named_modules() if type(m) is nn.Linear}
     int4 = {n: m for n, m in model.named_modules() if isinstance(m, Int4Linear)}
@@ -122,7 +114,7 @@ def test_named_layers_load_int4_and_reload_bit_identically(tiny_model_dirs, kind
     for name, module in int4.items():
         values, scale = quantize_weight_int4(float_linears[name].weight)
         assert torch.equal(module.int8_values(), values) and torch.equal(module.weight_scale, scale)
-    out = _forward(model, kind)
+    out = tiny_hidden(model, kind)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert saved["int4_modules"] == [first]
@@ -134,7 +126,7 @@ def test_named_layers_load_int4_and_reload_bit_identically(tiny_model_dirs, kind
     card = str(render_model_card(tmp_path, "tester/int4"))
     assert f"The modules matching `int4_modules` ({first}) store int4 weights" in card
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert torch.equal(_forward(reloaded, kind), out)
+    assert torch.equal(tiny_hidden(reloaded, kind), out)
     assert sum(isinstance(m, Int4Linear) for m in reloaded.modules()) == len(int4)
     dequantize_model(reloaded)
     assert not any(isinstance(m, (Int8Linear, TernaryLinear)) for m in reloaded.modules())
@@ -144,17 +136,17 @@ def test_named_layers_load_int4_and_reload_bit_identically(tiny_model_dirs, kind
 def test_fast_forward_runs_the_int4_block_in_the_kernel_encoder(tiny_model_dirs, kind, monkeypatch):
     from ternary_hf import kernels
 
-    model = _quantize(tiny_model_dirs[kind], int4_modules=[FIRST[kind]])
-    fast = _forward(model, kind)
+    model = quantized_tiny(tiny_model_dirs[kind], int4_modules=[FIRST[kind]])
+    fast = tiny_hidden(model, kind)
     engine = model.__dict__["_ternary_fast_forward"]
     assert engine.layers[0].qkv.int8 and engine.layers[0].up.int8  # the int8 GEMM path, on unpacked values
     if kernels.cpu_kernel_available() and kernels.int8_weights_available():
         assert engine.native.n_layers == 2
     monkeypatch.setattr(FastEncoder, "use_native", False)
-    assert torch.equal(_forward(model, kind), fast)
+    assert torch.equal(tiny_hidden(model, kind), fast)
     monkeypatch.setenv(ENV, "0")  # transformers' own forward through the modules
     mask = tiny_inputs(kind)["attention_mask"].bool()
-    assert torch.allclose(_forward(model, kind)[mask], fast[mask], atol=1e-5)
+    assert torch.allclose(tiny_hidden(model, kind)[mask], fast[mask], atol=1e-5)
 
 
 def test_int4_blocks_name_the_first_encoder_blocks(tiny_model_dirs):

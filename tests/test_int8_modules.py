@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import kernel_builds, tiny_inputs, tiny_sentences
+from conftest import kernel_builds, quantized_tiny, tiny_hidden, tiny_inputs, tiny_sentences
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
@@ -28,15 +28,6 @@ from ternary_hf.train.student import build_student
 from ternary_hf.train.text_distill import distill
 
 LAST = {"bert": "encoder.layer.1", "mpnet": "encoder.layer.1", "vit": "layers.1"}
-
-
-def _forward(model, kind):
-    with torch.no_grad():
-        return model(**tiny_inputs(kind)).last_hidden_state
-
-
-def _quantize(path, **kwargs):
-    return AutoModel.from_pretrained(path, quantization_config=TernaryConfig(**kwargs)).eval()
 
 
 def test_weight_rule_is_symmetric_per_output_channel():
@@ -103,7 +94,7 @@ def test_config_field_is_checked_and_round_trips():
 @pytest.mark.parametrize("kind", ["bert", "mpnet", "vit"])
 def test_named_layers_load_int8_and_reload_bit_identically(tiny_model_dirs, kind, tmp_path):
     last = LAST[kind]
-    model = _quantize(tiny_model_dirs[kind], int8_modules=[last])
+    model = quantized_tiny(tiny_model_dirs[kind], int8_modules=[last])
     float_model = AutoModel.from_pretrained(tiny_model_dirs[kind])
     float_linears = {n: m for n, m in float_model.named_modules() if type(m) is nn.Linear}
     int8 = {n: m for n, m in model.named_modules() if isinstance(m, Int8Linear)}
@@ -112,7 +103,7 @@ def test_named_layers_load_int8_and_reload_bit_identically(tiny_model_dirs, kind
     for name, module in int8.items():  # each holds exactly the int8 rule applied to the float weight
         values, scale = quantize_weight_int8(float_linears[name].weight)
         assert torch.equal(module.weight, values) and torch.equal(module.weight_scale, scale)
-    out = _forward(model, kind)
+    out = tiny_hidden(model, kind)
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
     assert saved["int8_modules"] == [last]
@@ -123,14 +114,14 @@ def test_named_layers_load_int8_and_reload_bit_identically(tiny_model_dirs, kind
     card = str(render_model_card(tmp_path, "tester/int8"))
     assert f"The modules matching `int8_modules` ({last}) store int8 weights" in card
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert torch.equal(_forward(reloaded, kind), out)
+    assert torch.equal(tiny_hidden(reloaded, kind), out)
     assert sum(isinstance(m, Int8Linear) for m in reloaded.modules()) == len(int8)
     dequantize_model(reloaded)
     assert not any(isinstance(m, (Int8Linear, TernaryLinear)) for m in reloaded.modules())
 
 
 def test_modules_to_not_convert_wins_over_int8_modules(tiny_model_dirs):
-    model = _quantize(tiny_model_dirs["bert"], int8_modules=["encoder.layer.1"],
+    model = quantized_tiny(tiny_model_dirs["bert"], int8_modules=["encoder.layer.1"],
                       modules_to_not_convert=["encoder.layer.1.output"])
     kinds = {n: type(m).__name__ for n, m in model.named_modules() if n.startswith("encoder.layer.1.")}
     assert kinds["encoder.layer.1.output.dense"] == "Linear"
@@ -138,7 +129,7 @@ def test_modules_to_not_convert_wins_over_int8_modules(tiny_model_dirs):
 
 
 def test_a_wrong_dtype_for_an_int8_layer_names_the_tensor(tiny_model_dirs, tmp_path):
-    _quantize(tiny_model_dirs["bert"]).save_pretrained(tmp_path)  # every layer stored ternary (U8)
+    quantized_tiny(tiny_model_dirs["bert"]).save_pretrained(tmp_path)  # every layer stored ternary (U8)
     config = json.loads((tmp_path / "config.json").read_text())
     config["quantization_config"]["int8_modules"] = ["encoder.layer.1.attention.self.query"]
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -146,7 +137,7 @@ def test_a_wrong_dtype_for_an_int8_layer_names_the_tensor(tiny_model_dirs, tmp_p
     model = AutoModel.from_pretrained(tmp_path)
     assert isinstance(model.encoder.layer[1].attention.self.query, TernaryLinear)
     int8_dir = tmp_path / "int8"
-    _quantize(tiny_model_dirs["bert"], int8_modules=["encoder.layer.1"]).save_pretrained(int8_dir)
+    quantized_tiny(tiny_model_dirs["bert"], int8_modules=["encoder.layer.1"]).save_pretrained(int8_dir)
     tensors = load_file(str(int8_dir / "model.safetensors"))
     key = "encoder.layer.1.output.dense.weight"
     tensors[key] = tensors[key].float()
@@ -157,8 +148,8 @@ def test_a_wrong_dtype_for_an_int8_layer_names_the_tensor(tiny_model_dirs, tmp_p
 
 @pytest.mark.parametrize("kind", ["bert", "mpnet"])
 def test_fast_forward_runs_the_ternary_blocks_natively_and_the_int8_block_after(tiny_model_dirs, kind, monkeypatch):
-    model = _quantize(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
-    fast = _forward(model, kind)
+    model = quantized_tiny(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
+    fast = tiny_hidden(model, kind)
     engine = model.__dict__["_ternary_fast_forward"]
     from ternary_hf import kernels
     from ternary_hf.kernels import cpu_kernel_available
@@ -167,15 +158,15 @@ def test_fast_forward_runs_the_ternary_blocks_natively_and_the_int8_block_after(
         assert engine.native.n_layers == (2 if kernels.int8_weights_available() else 1)
         assert engine.layers[1].qkv.int8 and engine.layers[1].up.int8
     monkeypatch.setattr(FastEncoder, "use_native", False)
-    assert torch.equal(_forward(model, kind), fast)
+    assert torch.equal(tiny_hidden(model, kind), fast)
     monkeypatch.setenv(ENV, "0")  # transformers' own forward through the modules
     mask = tiny_inputs(kind)["attention_mask"].bool()
-    assert torch.allclose(_forward(model, kind)[mask], fast[mask], atol=1e-5)
+    assert torch.allclose(tiny_hidden(model, kind)[mask], fast[mask], atol=1e-5)
 
 
 def test_fast_forward_of_a_pre_ln_model_with_an_int8_block_matches_its_own_forward(tiny_model_dirs, monkeypatch):
-    model = _quantize(tiny_model_dirs["vit"], int8_modules=["layers.0"])
-    fast = _forward(model, "vit")
+    model = quantized_tiny(tiny_model_dirs["vit"], int8_modules=["layers.0"])
+    fast = tiny_hidden(model, "vit")
     from ternary_hf import kernels
 
     native = model.__dict__["_ternary_fast_forward"].native
@@ -184,7 +175,7 @@ def test_fast_forward_of_a_pre_ln_model_with_an_int8_block_matches_its_own_forwa
     else:
         assert native in (None, True)
     monkeypatch.setenv(ENV, "0")
-    assert torch.allclose(_forward(model, "vit"), fast, atol=1e-5)
+    assert torch.allclose(tiny_hidden(model, "vit"), fast, atol=1e-5)
 
 
 @pytest.mark.parametrize("qat", [True, False], ids=["quantization-aware", "float"])
@@ -281,13 +272,13 @@ def test_the_int8_block_runs_in_the_kernel_encoder_and_team_forward(tiny_model_d
 
     if not kernels.int8_weights_available():
         pytest.skip("the kernel build here does not multiply int8 weights")
-    model = _quantize(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
+    model = quantized_tiny(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
     assert model.encoder.layer[1].intermediate.dense.fused_activation == "gelu"  # fused into the int8 layer
-    native = _forward(model, kind)
+    native = tiny_hidden(model, kind)
     engine = model.__dict__["_ternary_fast_forward"]
     assert engine.native.n_layers == 2 and engine.layers[1].qkv.on_kernel(kernels)
     monkeypatch.setattr(FastEncoder, "use_native", False)
-    assert torch.equal(_forward(model, kind), native)  # op by op, the same kernel GEMMs
+    assert torch.equal(tiny_hidden(model, kind), native)  # op by op, the same kernel GEMMs
     monkeypatch.undo()
     module = kernels.kernel_module()
     x = torch.randn(9, model.config.hidden_size, generator=torch.Generator().manual_seed(4))
@@ -305,8 +296,8 @@ def test_the_int8_block_runs_in_the_kernel_encoder_and_team_forward(tiny_model_d
     # a build without int8 weights (compiled by an older ternary-hf): the int8 block runs in torch after the
     # native ternary blocks
     monkeypatch.setattr(kernels, "int8_weights_available", lambda: False)
-    model = _quantize(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
-    torch_int8 = _forward(model, kind)
+    model = quantized_tiny(tiny_model_dirs[kind], int8_modules=[LAST[kind]])
+    torch_int8 = tiny_hidden(model, kind)
     assert model.__dict__["_ternary_fast_forward"].native.n_layers == 1
     mask = tiny_inputs(kind)["attention_mask"].bool()
     assert torch.allclose(torch_int8[mask], native[mask], atol=1e-5)  # GELU: torch's erf vs the kernel's

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import tiny_inputs
+from conftest import quantized_tiny, tiny_hidden, tiny_inputs
 from safetensors import safe_open
 from torch import nn
 from transformers import AutoModel
@@ -23,18 +23,9 @@ from ternary_hf.integrations.safetensors_checks import CheckpointError
 KINDS = ["bert", "mpnet", "vit"]
 
 
-def _forward(model, kind):
-    with torch.no_grad():
-        return model(**tiny_inputs(kind)).last_hidden_state
-
-
-def _quantize(path, **kwargs):
-    return AutoModel.from_pretrained(path, quantization_config=TernaryConfig(**kwargs)).eval()
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_on_the_fly_converts_every_linear_layer(tiny_model_dirs, kind):
-    model = _quantize(tiny_model_dirs[kind], modules_to_not_convert=[])
+    model = quantized_tiny(tiny_model_dirs[kind], modules_to_not_convert=[])
     float_model = AutoModel.from_pretrained(tiny_model_dirs[kind])
     n_float = sum(type(m) is nn.Linear for m in float_model.modules())
     assert n_float > 0
@@ -53,8 +44,8 @@ def test_on_the_fly_converts_every_linear_layer(tiny_model_dirs, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_save_and_reload_is_bit_identical(tiny_model_dirs, kind, tmp_path):
-    model = _quantize(tiny_model_dirs[kind])
-    out = _forward(model, kind)
+    model = quantized_tiny(tiny_model_dirs[kind])
+    out = tiny_hidden(model, kind)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "ternary"
@@ -62,14 +53,14 @@ def test_save_and_reload_is_bit_identical(tiny_model_dirs, kind, tmp_path):
         packed = [k for k in f.keys() if f.get_slice(k).get_dtype() == "U8"]
         assert packed, "packed ternary weights must be stored as uint8"
     reloaded = AutoModel.from_pretrained(tmp_path).eval()
-    assert torch.equal(_forward(reloaded, kind), out)
+    assert torch.equal(tiny_hidden(reloaded, kind), out)
     for (n1, b1), (n2, b2) in zip(model.state_dict().items(), reloaded.state_dict().items(), strict=True):
         assert n1 == n2 and torch.equal(b1, b2)
 
 
 def test_checkpoint_is_small_and_embeddings_follow_config(tiny_model_dirs, tmp_path):
     for storage in (None, "fp16", "int8", "int4"):
-        model = _quantize(tiny_model_dirs["bert"], embedding_storage=storage)
+        model = quantized_tiny(tiny_model_dirs["bert"], embedding_storage=storage)
         n_emb = sum(isinstance(m, QuantizedEmbedding) for m in model.modules())
         assert n_emb == (0 if storage is None else 3)
         model.save_pretrained(tmp_path / str(storage))
@@ -79,23 +70,23 @@ def test_checkpoint_is_small_and_embeddings_follow_config(tiny_model_dirs, tmp_p
 
 
 def test_dequantize_gives_back_a_float_model(tiny_model_dirs):
-    model = _quantize(tiny_model_dirs["bert"], activations="float", embedding_storage="int8")
-    out = _forward(model, "bert")
+    model = quantized_tiny(tiny_model_dirs["bert"], activations="float", embedding_storage="int8")
+    out = tiny_hidden(model, "bert")
     model = model.dequantize()
     assert not any(isinstance(m, (TernaryLinear, QuantizedEmbedding)) for m in model.modules())
     assert any(type(m) is nn.Linear for m in model.modules())
     assert not hasattr(model.config, "quantization_config")
     real = tiny_inputs("bert")["attention_mask"][..., None].bool()  # the ternary fast forward leaves padding at 0
-    assert torch.allclose(_forward(model, "bert") * real, out * real, atol=1e-5)
+    assert torch.allclose(tiny_hidden(model, "bert") * real, out * real, atol=1e-5)
 
 
 def test_modules_to_not_convert_and_nothing_to_convert_warning(tiny_model_dirs):
-    model = _quantize(tiny_model_dirs["bert"], modules_to_not_convert=["pooler", "attention.self"])
+    model = quantized_tiny(tiny_model_dirs["bert"], modules_to_not_convert=["pooler", "attention.self"])
     assert type(model.pooler.dense) is nn.Linear
     assert type(model.encoder.layer[0].attention.self.query) is nn.Linear
     assert isinstance(model.encoder.layer[0].attention.output.dense, TernaryLinear)
     with pytest.warns(UserWarning, match="no nn.Linear"):
-        _quantize(tiny_model_dirs["bert"], modules_to_not_convert=["encoder", "pooler"])
+        quantized_tiny(tiny_model_dirs["bert"], modules_to_not_convert=["encoder", "pooler"])
 
 
 def test_default_config_keeps_classification_head(tiny_model_dirs, tmp_path):
@@ -110,7 +101,7 @@ def test_default_config_keeps_classification_head(tiny_model_dirs, tmp_path):
 
 def _saved(tiny_model_dirs, tmp_path) -> str:
     path = tmp_path / "ternary"
-    _quantize(tiny_model_dirs["bert"]).save_pretrained(path)
+    quantized_tiny(tiny_model_dirs["bert"]).save_pretrained(path)
     return str(path)
 
 
@@ -166,7 +157,7 @@ def test_loading_without_the_plugin_fails_loudly(tiny_model_dirs, tmp_path):
 def test_trust_remote_code_loads_without_import(tiny_model_dirs, tmp_path):
     path = _saved(tiny_model_dirs, tmp_path)
     assert os.path.isfile(os.path.join(path, "ternary_hf_autoload.py"))
-    expected = _forward(AutoModel.from_pretrained(path), "bert")
+    expected = tiny_hidden(AutoModel.from_pretrained(path), "bert")
     torch.save(tiny_inputs("bert"), tmp_path / "inputs.pt")
     result = _run_python(f"""
         import sys, torch
@@ -238,20 +229,20 @@ def test_gelu_is_fused_into_the_up_projection_and_undone_by_dequantize(tiny_mode
 
     from ternary_hf.integrations.fusion import FusedIntoLinear, unfuse_activations
 
-    model = _quantize(tiny_model_dirs[kind])
+    model = quantized_tiny(tiny_model_dirs[kind])
     blocks = _mlp_blocks(model)
     assert len(blocks) == 2  # one per layer of the tiny models
     assert all(isinstance(getattr(b, act), FusedIntoLinear) and lin.fused_activation == "gelu"
                for b, lin, act in blocks)
-    fused_out = _forward(model, kind)
+    fused_out = tiny_hidden(model, kind)
     assert not any("original" in name for name in model.state_dict())  # nothing saved changes
     # the same model with GELU as its own module: same result (the fused erf differs by ~1e-7, which
     # can move a rounding of the next layer's int8 activations by one step, hence the tolerance)
-    reference = _quantize(tiny_model_dirs[kind])
+    reference = quantized_tiny(tiny_model_dirs[kind])
     assert unfuse_activations(reference) == 2
     assert all(type(getattr(b, act)) is GELUActivation and lin.fused_activation is None
                for b, lin, act in _mlp_blocks(reference))
-    ref_out = _forward(reference, kind)
+    ref_out = tiny_hidden(reference, kind)
     cos = torch.nn.functional.cosine_similarity(fused_out.flatten(1), ref_out.flatten(1), dim=-1)
     assert bool((cos > 0.9999).all()), cos
     # dequantize puts the original activation back before the layers turn float
@@ -262,7 +253,7 @@ def test_gelu_is_fused_into_the_up_projection_and_undone_by_dequantize(tiny_mode
 
 def test_reference_path_applies_the_fused_gelu_exactly(tiny_model_dirs):
     """Without the kernel (autograd here), a fused layer computes torch's GELU of its own output."""
-    _, linear, _ = _mlp_blocks(_quantize(tiny_model_dirs["bert"]))[0]
+    _, linear, _ = _mlp_blocks(quantized_tiny(tiny_model_dirs["bert"]))[0]
     x = torch.randn(5, linear.in_features, requires_grad=True)  # requires_grad -> reference path
     fused = linear(x)
     linear.fused_activation = None

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import native_encoder_forward, tiny_inputs
+from conftest import native_encoder_forward, quantized_tiny, tiny_inputs
 from transformers import AutoModel, BertConfig, BertModel
 
 from ternary_hf import TernaryConfig, dequantize_model
@@ -15,10 +15,6 @@ from ternary_hf.integrations.fast_forward import ENV, build_plan, fast_forward_e
 from ternary_hf.kernels import cpu_kernel_available
 
 needs_kernel = pytest.mark.skipif(not cpu_kernel_available(), reason="the CPU kernel cannot run here")
-
-
-def _quantize(path):
-    return AutoModel.from_pretrained(path, quantization_config=TernaryConfig()).eval()
 
 
 def _use_kernel(kernel: bool, monkeypatch) -> None:
@@ -46,7 +42,7 @@ def test_fast_forward_matches_the_eager_forward(tiny_model_dirs, kind, kernel, m
     # softmax, ~1e-7); in these models no activation crosses an int8 rounding boundary because of it,
     # while any real defect (mask, bias, head layout, residual) gives errors of order 0.1-1.
     _use_kernel(kernel, monkeypatch)
-    model = _quantize(tiny_model_dirs[kind])
+    model = quantized_tiny(tiny_model_dirs[kind])
     assert fast_forward_enabled(model)
     inputs = tiny_inputs(kind, batch=4)
     fast, eager = _both_paths(model, inputs, monkeypatch)
@@ -78,7 +74,7 @@ def test_layers_kept_in_float_run_through_the_fast_forward(tiny_model_dirs, kern
 def test_the_one_call_forward_equals_the_op_by_op_loop(tiny_model_dirs, kind, monkeypatch):
     from ternary_hf.integrations.fast_forward.native import NativeEncoder
 
-    model = _quantize(tiny_model_dirs[kind])
+    model = quantized_tiny(tiny_model_dirs[kind])
     engine = model._ternary_fast_forward
     inputs = tiny_inputs(kind, batch=6)
     threads = torch.get_num_threads()
@@ -103,7 +99,7 @@ def test_the_team_forward_equals_the_op_by_op_forward(tiny_model_dirs, kind, bat
     # op together in one region (encode_team). Switched off, each op forks and joins on its own.
     from ternary_hf.kernels import kernel_module
 
-    model = _quantize(tiny_model_dirs[kind])
+    model = quantized_tiny(tiny_model_dirs[kind])
     module = kernel_module()
     inputs = tiny_inputs(kind, batch=batch)
     threads = torch.get_num_threads()
@@ -126,7 +122,7 @@ def test_the_team_forward_equals_the_op_by_op_forward(tiny_model_dirs, kind, bat
 def test_the_team_forward_of_a_pre_ln_encoder_without_a_final_norm_ends_with_the_residual_sum(tiny_model_dirs):
     from ternary_hf.kernels import kernel_module
 
-    model = _quantize(tiny_model_dirs["vit"])
+    model = quantized_tiny(tiny_model_dirs["vit"])
     module = kernel_module()
     engine = model._ternary_fast_forward
     with torch.inference_mode():
@@ -150,7 +146,7 @@ def test_the_team_forward_of_a_pre_ln_encoder_without_a_final_norm_ends_with_the
 
 
 def test_the_fast_path_runs_and_falls_back(tiny_model_dirs, monkeypatch):
-    model = _quantize(tiny_model_dirs["bert"])
+    model = quantized_tiny(tiny_model_dirs["bert"])
     inputs = tiny_inputs("bert", batch=3)
     calls = []
     engine = model._ternary_fast_forward
@@ -181,7 +177,7 @@ def test_weights_changed_after_a_call_are_used_by_the_next_one(tiny_model_dirs, 
     # The engine caches kernel-ready copies of the weights; an in-place change (a training step, a
     # loaded state dict) or a swapped storage must be picked up, for the encoder layers and the pooler.
     _use_kernel(kernel, monkeypatch)
-    model = _quantize(tiny_model_dirs["bert"])
+    model = quantized_tiny(tiny_model_dirs["bert"])
     inputs = tiny_inputs("bert", batch=2)
     layer = model.encoder.layer[1]
     changes = [
@@ -207,7 +203,7 @@ def test_the_kept_relative_bias_table_serves_every_length_and_follows_its_weight
     # MPNet's relative-position bias table is kept between calls (built for a power-of-two length): a
     # short sequence after a long one reads it at its own offsets, a longer one rebuilds it, and an
     # in-place change of the bias weights reaches the next call.
-    model = _quantize(tiny_model_dirs["mpnet"])
+    model = quantized_tiny(tiny_model_dirs["mpnet"])
     engine = model._ternary_fast_forward
     bias = model.encoder.relative_attention_bias  # a QuantizedEmbedding: codes and float16 scales
     for length in (20, 5, 60):
@@ -228,7 +224,7 @@ def test_unsupported_architectures_keep_their_forward(tiny_model_dirs, tmp_path)
     relative = BertModel(BertConfig(vocab_size=101, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                     intermediate_size=37, position_embedding_type="relative_key"))
     relative.save_pretrained(tmp_path / "rel")
-    model = _quantize(str(tmp_path / "rel"))
+    model = quantized_tiny(str(tmp_path / "rel"))
     assert not fast_forward_enabled(model)
     assert build_plan(model)[0] is None and "relative_key" in build_plan(model)[1]
     with torch.inference_mode():
