@@ -6,10 +6,11 @@ import importlib
 import json
 
 import pytest
+import torch
 
 import ternary_hf
 from ternary_hf import TernaryConfig, TernaryHfError
-from ternary_hf.integrations.config import ACTIVATION_MODES
+from ternary_hf.integrations.config import ACTIVATION_MODES, LEGACY_EMBEDDING_GROUP_SIZE
 
 
 @pytest.mark.parametrize(
@@ -51,8 +52,19 @@ def test_from_dict_errors_say_config_json():
 
 def test_unknown_keys_warn_but_load():
     with pytest.warns(UserWarning, match="future_knob"):
-        config = TernaryConfig.from_dict({"quant_method": "ternary", "future_knob": 1})
+        config = TernaryConfig.from_dict({"quant_method": "ternary", "future_knob": 1, "embedding_group_size": 64})
     assert config == TernaryConfig()
+
+
+def test_a_config_without_an_embedding_group_size_means_the_32_columns_of_older_checkpoints():
+    assert TernaryConfig().embedding_group_size == 64
+    assert TernaryConfig().to_dict()["embedding_group_size"] == 64
+    legacy = TernaryConfig.from_dict({"quant_method": "ternary", "embedding_storage": "int4"})
+    assert legacy.embedding_group_size == LEGACY_EMBEDDING_GROUP_SIZE == 32
+    assert "embedding_group_size" not in legacy.to_dict()  # written as older versions wrote it
+    assert TernaryConfig.from_dict(legacy.to_dict()) == legacy
+    with pytest.raises(ValueError, match=r"embedding_group_size=48 is not allowed; choose one of \[16, 32, 64, 128\]"):
+        TernaryConfig(embedding_group_size=48)
 
 
 def test_default_skips_heads_and_empty_list_converts_all():
@@ -149,3 +161,21 @@ def test_saved_folder_reloads_with_the_same_config(tiny_model_dirs, tmp_path):
     assert model.config.quantization_config == config
     assert type(model.pooler.dense).__name__ == "Linear"
     assert TernaryConfig.from_dict(AutoConfig.from_pretrained(tmp_path).quantization_config) == config
+
+
+@pytest.mark.parametrize("group_size", [32, 64])
+def test_int4_embeddings_of_either_group_size_reload_bit_identically(tiny_model_dirs, tmp_path, group_size):
+    from conftest import tiny_hidden
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_model_dirs["bert"],
+                                      quantization_config=TernaryConfig(embedding_group_size=group_size)).eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert saved.get("embedding_group_size", LEGACY_EMBEDDING_GROUP_SIZE) == group_size
+    scales = load_file(tmp_path / "model.safetensors")["embeddings.word_embeddings.weight_scale"]
+    assert scales.shape[1] == -(-model.config.hidden_size // group_size)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert reloaded.embeddings.word_embeddings.group_size == group_size
+    assert torch.equal(tiny_hidden(reloaded, "bert"), tiny_hidden(model, "bert"))

@@ -133,9 +133,11 @@ def test_other_embedding_and_pooler_classes_keep_their_modules(tiny_model_dirs):
 
 
 @needs_kernel
+@pytest.mark.parametrize("group_size", [32, 64, 128])
 def test_the_int4_word_table_is_read_natively_and_bad_indices_are_refused(tiny_model_dirs, extra_model_dirs,
-                                                                            monkeypatch):
-    model = quantized_tiny(extra_model_dirs["bert-big"])
+                                                                            monkeypatch, group_size):
+    model = quantized_tiny(extra_model_dirs["bert-big"], embedding_group_size=group_size)
+    assert model.embeddings.word_embeddings.weight_scale.shape[1] == -(-model.config.hidden_size // group_size)
     embedder = text_embedder(model.embeddings)
     km = kernel_module()
     calls = []

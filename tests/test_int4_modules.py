@@ -169,14 +169,16 @@ def test_int4_blocks_name_the_first_encoder_blocks(tiny_model_dirs):
         assert with_int4_blocks(TernaryConfig(), nn.Linear(2, 2), 1).int4_modules is None
 
 
-def test_distillation_defaults_name_the_first_two_and_the_last_block_int4():
+@pytest.mark.parametrize("blocks, expected", [(6, [0, 1, 2, 5]), (12, [0, 1, 2, 3, 4, 5, 11]), (3, [0, 2]), (2, [0])])
+def test_distillation_defaults_name_the_lower_half_and_the_last_block_int4(blocks, expected):
     from transformers import BertConfig, BertModel
 
-    six = BertModel(BertConfig(hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=37))
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=blocks, num_attention_heads=4,
+                                 intermediate_size=37))
     defaults = DistillConfig()
-    config = with_int8_blocks(TernaryConfig(), six, defaults.int8_blocks)
-    config = with_int4_blocks(config, six, defaults.int4_blocks, defaults.int4_last_blocks)
-    assert config.int4_modules == ["encoder.layer.0", "encoder.layer.1", "encoder.layer.5"]
+    config = with_int8_blocks(TernaryConfig(), model, defaults.int8_blocks)
+    config = with_int4_blocks(config, model, defaults.int4_blocks, defaults.int4_last_blocks)
+    assert config.int4_modules == [f"encoder.layer.{i}" for i in expected]  # at least one block stays ternary
     assert config.int8_modules is None
 
 

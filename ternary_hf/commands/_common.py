@@ -23,6 +23,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     storages = [s for s in FIELD_CHOICES["embedding_storage"] if s is not None] + [NO_EMBEDDING_STORAGE]
     group.add_argument("--embeddings", choices=storages, default=defaults.embedding_storage or NO_EMBEDDING_STORAGE,
                        help="embedding table storage")
+    group.add_argument("--embedding-group", type=int, choices=FIELD_CHOICES["embedding_group_size"],
+                       default=defaults.embedding_group_size,
+                       help="columns per scale of an int4 embedding table (embedding_group_size)")
     group.add_argument("--skip", nargs="*", default=None, metavar="MODULE", help="modules_to_not_convert")
     group.add_argument("--int8", nargs="*", default=None, metavar="MODULE",
                        help="int8_modules: modules stored with int8 weights instead of ternary ones "
@@ -42,4 +45,5 @@ def config_from_args(args: argparse.Namespace) -> TernaryConfig:
         modules_to_not_convert=args.skip,
         int8_modules=args.int8,
         int4_modules=args.int4,
+        embedding_group_size=args.embedding_group,
     )

@@ -15,11 +15,12 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..errors import InvalidInputError
 from ..quant.packing import PACKING_FORMAT
-from ..quant.rowwise import EMBEDDING_STORAGES
+from ..quant.rowwise import EMBEDDING_STORAGES, INT4_GROUP_SIZE, INT4_GROUP_SIZES
 from ..quant.ternarize import SCALE_GRANULARITIES, THRESHOLD_METHODS
 
 __all__ = [
-    "ACTIVATION_MODES", "DEFAULT_MODULES_TO_NOT_CONVERT", "FIELDS", "FIELD_CHOICES", "QUANT_METHOD", "TernaryConfig",
+    "ACTIVATION_MODES", "DEFAULT_MODULES_TO_NOT_CONVERT", "FIELDS", "FIELD_CHOICES", "LEGACY_EMBEDDING_GROUP_SIZE",
+    "QUANT_METHOD", "TernaryConfig",
 ]
 
 QUANT_METHOD = "ternary"
@@ -30,8 +31,11 @@ DEFAULT_MODULES_TO_NOT_CONVERT = ("classifier", "lm_head", "score", "qa_outputs"
 #: The constructor's arguments, which are also the keys of ``to_dict()`` besides ``quant_method``.
 FIELDS = (
     "threshold_method", "granularity", "activations", "embedding_storage", "modules_to_not_convert", "packing_format",
-    "int8_modules", "int4_modules",
+    "int8_modules", "int4_modules", "embedding_group_size",
 )
+#: The int4 embedding group size of a ``config.json`` that does not record one: every checkpoint written
+#: before ``embedding_group_size`` existed used 32, and ``to_dict`` leaves 32 out so they stay alike.
+LEGACY_EMBEDDING_GROUP_SIZE = 32
 
 
 class TernaryConfig(QuantizationConfigMixin):
@@ -46,8 +50,9 @@ class TernaryConfig(QuantizationConfigMixin):
         activations: ``"int8"`` (per-token int8 activations: what the fast CPU kernel computes, the
             default) or ``"float"`` (activations left in float, as the paper's GPU path does).
         embedding_storage: how ``nn.Embedding`` tables are stored: ``None`` (unchanged), ``"fp16"``,
-            ``"int8"`` (per row) or ``"int4"`` (per group of 32, the default: in a small encoder the
-            table is as large as all linear layers together, so it decides the checkpoint's size).
+            ``"int8"`` (per row) or ``"int4"`` (per group of ``embedding_group_size`` columns, the
+            default: in a small encoder the table is as large as all linear layers together, so it
+            decides the checkpoint's size).
         modules_to_not_convert: modules kept in full precision, as a list of entries (one string is
             one entry). An entry matches as in transformers' other quantizers (a regular expression
             matching the start of the module's name up to a dot, or a plain suffix of the name) or
@@ -66,6 +71,10 @@ class TernaryConfig(QuantizationConfigMixin):
             ``int4_modules`` is refused. For the lower encoder blocks, where ternary weights cost the
             rest of the network most out of domain (docs/quality.md): 2x those blocks' ternary bytes.
             See :mod:`ternary_hf.quant.int4`.
+        embedding_group_size: columns per float16 scale of an int4 embedding table (16, 32, 64 or 128).
+            The default 64 spends 4.25 bits per value where 32 spends 4.5, which matters because the
+            table is a third or more of a small encoder's checkpoint. A ``config.json`` without this key
+            (written before it existed) means 32. See :mod:`ternary_hf.quant.rowwise`.
 
     Every field is checked whenever it is set, at construction or later (``config.granularity =
     "row"`` fails the same way), and an unknown keyword argument is refused.
@@ -84,6 +93,7 @@ class TernaryConfig(QuantizationConfigMixin):
         packing_format: str = PACKING_FORMAT,
         int8_modules: str | Sequence[str] | None = None,
         int4_modules: str | Sequence[str] | None = None,
+        embedding_group_size: int = INT4_GROUP_SIZE,
         **kwargs: Any,
     ) -> None:
         quant_method = kwargs.pop("quant_method", QUANT_METHOD)  # in to_dict(); another value is refused below
@@ -100,6 +110,7 @@ class TernaryConfig(QuantizationConfigMixin):
         self.packing_format = packing_format
         self.int8_modules = int8_modules
         self.int4_modules = int4_modules
+        self.embedding_group_size = embedding_group_size
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Validate a field whenever it is set (at construction, by ``config.x = ...``, by ``update``)."""
@@ -130,7 +141,8 @@ class TernaryConfig(QuantizationConfigMixin):
         return list(self.int4_modules or [])
 
     def to_dict(self) -> dict[str, Any]:
-        # int4_modules only when set: a folder without int4 layers stays readable by versions before it
+        # int4_modules only when set and embedding_group_size only when not 32: a folder without int4 layers
+        # or with 32-column embedding groups stays readable by versions before them
         return {
             "quant_method": self.quant_method,
             "threshold_method": self.threshold_method,
@@ -141,6 +153,8 @@ class TernaryConfig(QuantizationConfigMixin):
             "packing_format": self.packing_format,
             "int8_modules": self.int8_modules,
             **({"int4_modules": self.int4_modules} if self.int4_modules is not None else {}),
+            **({"embedding_group_size": self.embedding_group_size}
+               if self.embedding_group_size != LEGACY_EMBEDDING_GROUP_SIZE else {}),
         }
 
     @classmethod
@@ -159,7 +173,8 @@ class TernaryConfig(QuantizationConfigMixin):
             raise InvalidInputError(
                 f"quantization_config has quant_method={method!r}; TernaryConfig needs {QUANT_METHOD!r}"
             )
-        known = {k: v for k, v in config_dict.items() if k in FIELDS or k == "quant_method"}
+        known = {"embedding_group_size": LEGACY_EMBEDDING_GROUP_SIZE,
+                 **{k: v for k, v in config_dict.items() if k in FIELDS or k == "quant_method"}}
         unknown = sorted(set(config_dict) - set(known))
         if unknown:
             warnings.warn(
@@ -226,6 +241,7 @@ FIELD_CHOICES: dict[str, tuple] = {
     "activations": ACTIVATION_MODES,
     "embedding_storage": (None, *EMBEDDING_STORAGES),
     "packing_format": (PACKING_FORMAT,),
+    "embedding_group_size": INT4_GROUP_SIZES,
 }
 
 #: The check run whenever a field is set; it returns the value to store (a normalised one).

@@ -131,6 +131,7 @@ def replace_with_ternary(
         return QuantizedEmbedding(
             module.num_embeddings, module.embedding_dim, storage=config.embedding_storage,
             padding_idx=module.padding_idx, compute_dtype=module.weight.dtype, device=module.weight.device,
+            group_size=config.embedding_group_size,
         )
 
     return swap_modules(model, config, skip, linear, embedding, convert_anyway, make_int8=int8_linear,

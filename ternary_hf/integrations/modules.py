@@ -198,7 +198,8 @@ class TernaryLinear(nn.Module):
 
 
 class QuantizedEmbedding(nn.Module):
-    """An embedding table stored as fp16, int8 (per row) or int4 (per group), see :mod:`ternary_hf.quant.rowwise`.
+    """An embedding table stored as fp16, int8 (per row) or int4 (per group of ``group_size`` columns), see
+    :mod:`ternary_hf.quant.rowwise`.
 
     Only the looked-up rows are dequantized, into ``compute_dtype``.
     """
@@ -211,20 +212,23 @@ class QuantizedEmbedding(nn.Module):
         padding_idx: int | None = None,
         compute_dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        group_size: int = rowwise.INT4_GROUP_SIZE,
     ) -> None:
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.storage = storage
+        self.group_size = group_size
         self.padding_idx = padding_idx
         self.compute_dtype = compute_dtype
-        for name, (shape, dtype) in rowwise.storage_shapes(num_embeddings, embedding_dim, storage).items():
+        for name, (shape, dtype) in rowwise.storage_shapes(num_embeddings, embedding_dim, storage, group_size).items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
 
     @classmethod
-    def from_embedding(cls, embedding: nn.Embedding, storage: str = "int4") -> QuantizedEmbedding:
+    def from_embedding(cls, embedding: nn.Embedding, storage: str = "int4",
+                       group_size: int = rowwise.INT4_GROUP_SIZE) -> QuantizedEmbedding:
         module = cls(embedding.num_embeddings, embedding.embedding_dim, storage, embedding.padding_idx,
-                     embedding.weight.dtype, embedding.weight.device)
+                     embedding.weight.dtype, embedding.weight.device, group_size)
         for name, tensor in module.quantize_weight(embedding.weight).items():
             getattr(module, name).copy_(tensor)
         return module
@@ -242,7 +246,7 @@ class QuantizedEmbedding(nn.Module):
                 f"({self.num_embeddings}, {self.embedding_dim})"
             )
         # In row chunks: the float temporaries of a whole table would cost several times its size at once.
-        parts = [rowwise.quantize_rows(weight[i : i + _ROW_CHUNK], self.storage)
+        parts = [rowwise.quantize_rows(weight[i : i + _ROW_CHUNK], self.storage, self.group_size)
                  for i in range(0, max(self.num_embeddings, 1), _ROW_CHUNK)]
         return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
@@ -292,4 +296,6 @@ class QuantizedEmbedding(nn.Module):
         return cached[1]
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, storage={self.storage}, padding_idx={self.padding_idx}"
+        group = f", group_size={self.group_size}" if self.storage == "int4" else ""
+        return (f"{self.num_embeddings}, {self.embedding_dim}, storage={self.storage}{group}, "
+                f"padding_idx={self.padding_idx}")

@@ -920,20 +920,23 @@ torch::Tensor encoder_forward(const torch::Tensor& x, const torch::Tensor& cu_se
 // Why in C++: at batch 1 the same sum as torch ops is a dozen dispatches (gather, nibble lookup, scale,
 // three adds), each costing more than its arithmetic. The arithmetic is the modules' own, element by
 // element and in their order: code * group scale in float32, then (word + type) + position.
-// word: (vocab, groups * 16) uint8, two 4-bit codes per byte (low nibble first, stored as code + 8);
-// word_scale: (vocab, groups) float16; tables: float32 (rows, dim); types: empty = type 0 everywhere.
+// word: (vocab, groups * group / 2) uint8, two 4-bit codes per byte (low nibble first, stored as code + 8),
+// the group size implied by the shapes as in ternary_hf.quant.rowwise; word_scale: (vocab, groups) float16;
+// tables: float32 (rows, dim); types: empty = type 0 everywhere.
 torch::Tensor int4_text_embeddings(const torch::Tensor& ids, const torch::Tensor& word, const torch::Tensor& word_scale,
                                    int64_t dim, const torch::Tensor& positions, const torch::Tensor& position_table,
                                    const c10::optional<torch::Tensor>& types,
                                    const c10::optional<torch::Tensor>& type_table) {
-  constexpr int64_t kGroup = 32;
   TORCH_CHECK_VALUE(ids.dim() == 1 && ids.scalar_type() == torch::kInt64 && positions.sizes() == ids.sizes() &&
                         positions.scalar_type() == torch::kInt64,
                     "int4_text_embeddings: ids and positions must be int64 vectors of one length");
   TORCH_CHECK_VALUE(word.dim() == 2 && word.scalar_type() == torch::kUInt8 && word_scale.dim() == 2 &&
                         word_scale.scalar_type() == torch::kHalf && word_scale.size(0) == word.size(0) &&
-                        word.size(1) * 2 == word_scale.size(1) * kGroup && dim <= word.size(1) * 2,
-                    "int4_text_embeddings: word must be (vocab, groups * 16) uint8 with (vocab, groups) float16 scales");
+                        word_scale.size(1) > 0 && word.size(1) * 2 % word_scale.size(1) == 0 &&
+                        dim <= word.size(1) * 2,
+                    "int4_text_embeddings: word must be (vocab, groups * group / 2) uint8 with (vocab, groups) "
+                    "float16 scales");
+  const int64_t group = word.size(1) * 2 / word_scale.size(1);
   TORCH_CHECK_VALUE(position_table.dim() == 2 && position_table.size(1) == dim &&
                         position_table.scalar_type() == torch::kFloat32,
                     "int4_text_embeddings: the position table must be float32 (positions, dim)");
@@ -974,11 +977,14 @@ torch::Tensor int4_text_embeddings(const torch::Tensor& ids, const torch::Tensor
     const float* prow = ptp + posp[t] * dim;
     const float* trow = typed ? ttp + (typ != nullptr ? typ[t] : 0) * dim : nullptr;
     float* o = op + t * dim;
-    for (int64_t i = 0; i < dim; ++i) {
-      const int code = i % 2 == 0 ? (codes[i / 2] & 0x0F) - 8 : (codes[i / 2] >> 4) - 8;
-      float v = static_cast<float>(code) * static_cast<float>(scales[i / kGroup]);
-      if (trow != nullptr) v = v + trow[i];
-      o[i] = v + prow[i];
+    for (int64_t g = 0, i = 0; i < dim; ++g) {
+      const float scale = static_cast<float>(scales[g]);
+      for (const int64_t end = std::min(dim, i + group); i < end; ++i) {
+        const int code = i % 2 == 0 ? (codes[i / 2] & 0x0F) - 8 : (codes[i / 2] >> 4) - 8;
+        float v = static_cast<float>(code) * scale;
+        if (trow != nullptr) v = v + trow[i];
+        o[i] = v + prow[i];
+      }
     }
   }
   return out;

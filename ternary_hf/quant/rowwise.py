@@ -6,10 +6,11 @@ docs/format.md). Embedding rows are only gathered, never multiplied as a matrix,
 
 * ``"fp16"`` -- half precision, no scale.
 * ``"int8"`` -- symmetric per row: ``q = round(w / s)`` in ``[-127, 127]``, ``s = max|row| / 127``.
-* ``"int4"`` -- symmetric per group of :data:`INT4_GROUP_SIZE` columns, ``q`` in ``[-7, 7]``, stored two per
-  byte (value ``2j`` in the low nibble, ``2j+1`` in the high nibble, as ``q + 8``); a row whose width is
-  not a multiple of the group size is zero-padded. Finer groups than int8 because 15 levels over a
-  whole row would let one outlier flatten the rest.
+* ``"int4"`` -- symmetric per group of ``group_size`` columns (:data:`INT4_GROUP_SIZES`), ``q`` in
+  ``[-7, 7]``, stored two per byte (value ``2j`` in the low nibble, ``2j+1`` in the high nibble, as
+  ``q + 8``); a row whose width is not a multiple of the group size is zero-padded. Finer groups than
+  int8 because 15 levels over a whole row would let one outlier flatten the rest. The stored shapes
+  imply the group size (twice the bytes per row over the scales per row), so reading needs no setting.
 
 Scales are stored in float16 (the quantization uses the rounded scale, so dequantization is exact to
 what was quantized). Functions are pure and reject NaN / inf.
@@ -24,6 +25,8 @@ from ..errors import InvalidInputError
 __all__ = [
     "EMBEDDING_STORAGES",
     "INT4_GROUP_SIZE",
+    "INT4_GROUP_SIZES",
+    "int4_group_size",
     "dequantize_rows",
     "gather_int4_rows",
     "quantize_rows",
@@ -31,20 +34,41 @@ __all__ = [
 ]
 
 EMBEDDING_STORAGES = ("fp16", "int8", "int4")
-INT4_GROUP_SIZE = 32
+#: The int4 group size of ``TernaryConfig`` (fp16 scales cost 16 / group_size bits per value on top of
+#: the 4-bit codes); checkpoints written before ``embedding_group_size`` existed use 32.
+INT4_GROUP_SIZE = 64
+INT4_GROUP_SIZES = (16, 32, 64, 128)
 _SCALE_DTYPE = torch.float16
 
 
-def storage_shapes(rows: int, dim: int, storage: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def _check_group(group_size: int) -> int:
+    if group_size not in INT4_GROUP_SIZES:
+        raise InvalidInputError(f"int4 group size {group_size!r} is not one of {INT4_GROUP_SIZES}")
+    return group_size
+
+
+def int4_group_size(weight: torch.Tensor, scale: torch.Tensor) -> int:
+    """The group size stored int4 ``weight`` / ``weight_scale`` were written with (from their shapes)."""
+    groups, row_bytes = scale.shape[-1], weight.shape[-1]
+    if groups < 1 or (2 * row_bytes) % groups:
+        raise InvalidInputError(
+            f"int4 embedding of {row_bytes} bytes per row does not fit {groups} scales per row "
+            "(each group of columns has one scale and two codes per byte)"
+        )
+    return _check_group(2 * row_bytes // groups)
+
+
+def storage_shapes(rows: int, dim: int, storage: str,
+                   group_size: int = INT4_GROUP_SIZE) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Shapes and dtypes of the stored tensors (``weight`` and, except fp16, ``weight_scale``)."""
     if storage == "fp16":
         return {"weight": ((rows, dim), torch.float16)}
     if storage == "int8":
         return {"weight": ((rows, dim), torch.int8), "weight_scale": ((rows, 1), _SCALE_DTYPE)}
     if storage == "int4":
-        groups = -(-dim // INT4_GROUP_SIZE)
+        groups = -(-dim // _check_group(group_size))
         return {
-            "weight": ((rows, groups * INT4_GROUP_SIZE // 2), torch.uint8),
+            "weight": ((rows, groups * group_size // 2), torch.uint8),
             "weight_scale": ((rows, groups), _SCALE_DTYPE),
         }
     raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
@@ -58,8 +82,9 @@ def _symmetric(groups: torch.Tensor, qmax: int) -> tuple[torch.Tensor, torch.Ten
     return q, scale
 
 
-def quantize_rows(weight: torch.Tensor, storage: str) -> dict[str, torch.Tensor]:
-    """Quantize a ``(rows, dim)`` table; returns ``{"weight": ..., "weight_scale": ...}`` per :func:`storage_shapes`."""
+def quantize_rows(weight: torch.Tensor, storage: str, group_size: int = INT4_GROUP_SIZE) -> dict[str, torch.Tensor]:
+    """Quantize a ``(rows, dim)`` table; returns ``{"weight": ..., "weight_scale": ...}`` per :func:`storage_shapes`
+    (``group_size``: columns per int4 scale)."""
     if weight.dim() != 2 or not weight.is_floating_point():
         raise InvalidInputError(f"expected a 2-D float embedding table, got {tuple(weight.shape)} {weight.dtype}")
     if not bool(torch.isfinite(weight).all()):
@@ -74,10 +99,10 @@ def quantize_rows(weight: torch.Tensor, storage: str) -> dict[str, torch.Tensor]
         q, scale = _symmetric(w, 127)
         return {"weight": q.to(torch.int8), "weight_scale": scale}
     if storage == "int4":
-        groups = -(-dim // INT4_GROUP_SIZE)
-        padded = torch.zeros(rows, groups * INT4_GROUP_SIZE, dtype=torch.float32, device=w.device)
+        groups = -(-dim // _check_group(group_size))
+        padded = torch.zeros(rows, groups * group_size, dtype=torch.float32, device=w.device)
         padded[:, :dim] = w
-        q, scale = _symmetric(padded.view(rows, groups, INT4_GROUP_SIZE), 7)
+        q, scale = _symmetric(padded.view(rows, groups, group_size), 7)
         codes = (q.view(rows, -1) + 8).to(torch.uint8)
         packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
         return {"weight": packed, "weight_scale": scale.view(rows, groups)}
@@ -98,7 +123,8 @@ def dequantize_rows(
         lead = weight.shape[:-1]
         low = (weight & 0x0F).to(torch.int16) - 8
         high = (weight >> 4).to(torch.int16) - 8
-        q = torch.stack([low, high], dim=-1).reshape(*lead, -1, INT4_GROUP_SIZE).to(torch.float32)
+        group = int4_group_size(weight, scale)
+        q = torch.stack([low, high], dim=-1).reshape(*lead, -1, group).to(torch.float32)
         return (q * scale.unsqueeze(-1)).reshape(*lead, -1)[..., :dim].to(dtype)
     raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
 
@@ -127,5 +153,6 @@ def gather_int4_rows(weight: torch.Tensor, scale: torch.Tensor, index: torch.Ten
     flat = index.reshape(-1)
     codes = torch.nn.functional.embedding(weight.index_select(0, flat).to(torch.int32), _nibble_table(weight.device))
     groups = scale.index_select(0, flat).to(torch.float32)
-    rows = (codes.view(flat.numel(), groups.shape[1], INT4_GROUP_SIZE) * groups.unsqueeze(-1)).view(flat.numel(), -1)
+    group = int4_group_size(weight, scale)
+    rows = (codes.view(flat.numel(), groups.shape[1], group) * groups.unsqueeze(-1)).view(flat.numel(), -1)
     return rows[:, :dim].to(dtype).reshape(*index.shape, dim)

@@ -35,7 +35,7 @@ RESUMABLE = frozenset({"max_steps", "max_minutes", "save_every", "keep_checkpoin
 ADDED_LATER = {"batch_tokens": 0, "long_length": 0, "long_share": 0.1, "mix": "classic", "exclude_sources": "",
                "data_share": 1.0, "ternary_config.int8_modules": None, "int8_blocks": 0,
                "ternary_config.int4_modules": None, "int4_blocks": 0,
-               "int4_last_blocks": 0, "int_blocks_qat": False}
+               "int4_last_blocks": 0, "int_blocks_qat": False, "ternary_config.embedding_group_size": 32}
 #: the smallest allowed value of the numeric settings (``None`` always allowed where the type says so)
 MINIMUM = {"max_steps": 1, "batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 1, "bank_size": 1,
            "save_every": 1, "keep_checkpoints": 1, "log_every": 1, "num_threads": 1, "max_texts": 1,
@@ -111,11 +111,11 @@ class DistillConfig:
                                      "(0: off)")
     int8_blocks: int = _field(0, "the last N encoder blocks keep int8 weights instead of ternary ones, for "
                               "4x those blocks' ternary bytes; 0: none")
-    int4_blocks: int | None = _field(2, "the first N encoder blocks keep int4 weights instead of ternary ones, "
+    int4_blocks: int | None = _field(None, "the first N encoder blocks keep int4 weights instead of ternary ones, "
                                      "for 2x those blocks' ternary bytes: ternary lower blocks cost the rest of the "
-                                     "network the most quality on unseen domains (with --int4-last-blocks 1, "
-                                     "all-MiniLM-L6-v2 is 0.120x the teacher instead of 0.106x all ternary); None: "
-                                     "the lower half; 0: none")
+                                     "network the most quality on unseen domains; None (the default): the lower half "
+                                     "(with --int4-last-blocks 1, all-MiniLM-L6-v2 keeps blocks 0-2 and 5 in int4, "
+                                     "0.121x the teacher instead of 0.102x all ternary); 0: none")
     int4_last_blocks: int = _field(1, "the last N encoder blocks keep int4 weights (as --int4-blocks; "
                                    "--int8-blocks takes precedence where both name a block)")
     int_blocks_qat: bool = _field(True, "the int8 / int4 layers (--int8-blocks, --int4-blocks, --int8, --int4) train "

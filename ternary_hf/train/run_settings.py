@@ -30,7 +30,7 @@ RUN_FILE = "run.json"
 _NON_CONFIG_FLAGS = {"teacher": "TEACHER", "data": "--data / --text-field / --max-texts", "processes": None}
 _TERNARY_FLAGS = {"threshold_method": "--threshold", "granularity": "--granularity", "activations": "--activations",
                   "embedding_storage": "--embeddings", "modules_to_not_convert": "--skip",
-                  "int8_modules": "--int8", "int4_modules": "--int4"}
+                  "int8_modules": "--int8", "int4_modules": "--int4", "embedding_group_size": "--embedding-group"}
 
 
 class SettingsChangedError(InvalidInputError):

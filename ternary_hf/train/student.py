@@ -239,15 +239,15 @@ class FakeQuantEmbedding(nn.Module):
     what gathering from the stored table gives at inference.
     """
 
-    def __init__(self, embedding: nn.Embedding, storage: str):
+    def __init__(self, embedding: nn.Embedding, storage: str, group_size: int = rowwise.INT4_GROUP_SIZE):
         super().__init__()
         self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
-        self.padding_idx, self.storage = embedding.padding_idx, storage
+        self.padding_idx, self.storage, self.group_size = embedding.padding_idx, storage, group_size
         self.weight = nn.Parameter(embedding.weight.detach().clone(), requires_grad=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(input_ids, self.weight).reshape(-1, self.embedding_dim)
-        stored = rowwise.quantize_rows(rows, self.storage)
+        stored = rowwise.quantize_rows(rows, self.storage, self.group_size)
         out = rowwise.dequantize_rows(stored, self.storage, self.embedding_dim, self.weight.dtype)
         return out.reshape(*input_ids.shape, self.embedding_dim)
 
@@ -323,7 +323,7 @@ def build_student(teacher: nn.Module, config: TernaryConfig, quantized_int_layer
     n_linear, _ = swap_modules(
         student, config, skip,
         lambda m: FakeTernaryLinear(m, config.threshold_method, config.granularity, config.quantize_activations),
-        lambda m: FakeQuantEmbedding(m, config.embedding_storage),
+        lambda m: FakeQuantEmbedding(m, config.embedding_storage, config.embedding_group_size),
         make_int8=lambda m: FakeIntLinear(m, 8, config.quantize_activations),
         make_int4=lambda m: FakeIntLinear(m, 4, config.quantize_activations),
     )
