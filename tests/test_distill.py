@@ -342,3 +342,26 @@ def test_an_unrelated_output_folder_is_refused_before_training_and_replaced_only
     distill(tiny_st_dir, user, texts=tiny_sentences(20), config=cfg, show_progress_bar=False)
     assert SentenceTransformer(str(user), device="cpu").encode(["the cat"]).shape == (1, 32)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left aside
+
+
+def test_num_threads_holds_for_the_call_only(tiny_st_dir, tmp_path, monkeypatch):
+    from ternary_hf.evaluation import evaluate
+
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    cfg = DistillConfig(max_steps=1, batch_size=4, num_threads=threads, save_every=1)
+    seen = []
+    original = torch.nn.Module.__call__
+
+    def spy(self, *args, **kwargs):  # the count the training forward runs with
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", spy)
+    distill(tiny_st_dir, tmp_path / "out", texts=tiny_sentences(8), config=cfg, show_progress_bar=False)
+    monkeypatch.undo()
+    assert seen and set(seen) == {threads}
+    assert torch.get_num_threads() == before
+    evaluate(str(tmp_path / "out"), tasks=["teacher-agreement"], teacher=tiny_st_dir, limit=8,
+             show_progress_bar=False, num_threads=threads)
+    assert torch.get_num_threads() == before

@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from ..errors import InvalidInputError
 from ..search import exact_search
 from ..utils.progress import bar_switch
+from ..utils.threads import torch_threads
 from .encoders import Encoder, load_model, model_fingerprint, short_name, state_dict_bytes
 from .environment import environment
 from .metrics import K, retrieval_metrics, sentence_pairs, topk_overlap
@@ -281,16 +282,9 @@ def evaluate(
     _check_positive("limit", limit, allow_none=True)
     task_list = resolve_tasks(tasks, teacher is not None)
     _check_positive("num_threads", num_threads, allow_none=True)
-    import torch
-
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         return _evaluate(model, teacher, task_list, TaskData(limit, seed, cache_dir), batch_size,
                          show_progress_bar, device, label, teacher_embeddings)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _run_tasks(task_list: list[str], encoders: dict[str, Encoder], data: TaskData, notes: list[str],

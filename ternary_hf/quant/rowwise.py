@@ -9,8 +9,10 @@ docs/format.md). Embedding rows are only gathered, never multiplied as a matrix,
 * ``"int4"`` -- symmetric per group of ``group_size`` columns (:data:`INT4_GROUP_SIZES`), ``q`` in
   ``[-7, 7]``, stored two per byte (value ``2j`` in the low nibble, ``2j+1`` in the high nibble, as
   ``q + 8``); a row whose width is not a multiple of the group size is zero-padded. Finer groups than
-  int8 because 15 levels over a whole row would let one outlier flatten the rest. The stored shapes
-  imply the group size (twice the bytes per row over the scales per row), so reading needs no setting.
+  int8 because 15 levels over a whole row would let one outlier flatten the rest. A row narrower than
+  the group is one group of its own width (rounded up to even), not padded to the full group. The stored
+  shapes imply the group size (twice the bytes per row over the scales per row), so reading needs no
+  setting.
 
 Scales are stored in float16 (the quantization uses the rounded scale, so dequantization is exact to
 what was quantized). Functions are pure and reject NaN / inf.
@@ -41,10 +43,12 @@ INT4_GROUP_SIZES = (16, 32, 64, 128)
 _SCALE_DTYPE = torch.float16
 
 
-def _check_group(group_size: int) -> int:
+def _group(dim: int, group_size: int) -> int:
+    """The columns per scale of a ``dim``-wide int4 table: ``group_size``, or the row itself (rounded up to
+    an even width) when it is narrower."""
     if group_size not in INT4_GROUP_SIZES:
         raise InvalidInputError(f"int4 group size {group_size!r} is not one of {INT4_GROUP_SIZES}")
-    return group_size
+    return min(group_size, max(2, dim + dim % 2))
 
 
 def int4_group_size(weight: torch.Tensor, scale: torch.Tensor) -> int:
@@ -55,7 +59,7 @@ def int4_group_size(weight: torch.Tensor, scale: torch.Tensor) -> int:
             f"int4 embedding of {row_bytes} bytes per row does not fit {groups} scales per row "
             "(each group of columns has one scale and two codes per byte)"
         )
-    return _check_group(2 * row_bytes // groups)
+    return 2 * row_bytes // groups
 
 
 def storage_shapes(rows: int, dim: int, storage: str,
@@ -66,9 +70,10 @@ def storage_shapes(rows: int, dim: int, storage: str,
     if storage == "int8":
         return {"weight": ((rows, dim), torch.int8), "weight_scale": ((rows, 1), _SCALE_DTYPE)}
     if storage == "int4":
-        groups = -(-dim // _check_group(group_size))
+        group = _group(dim, group_size)
+        groups = -(-dim // group)
         return {
-            "weight": ((rows, groups * group_size // 2), torch.uint8),
+            "weight": ((rows, groups * group // 2), torch.uint8),
             "weight_scale": ((rows, groups), _SCALE_DTYPE),
         }
     raise InvalidInputError(f"embedding storage {storage!r} is not one of {EMBEDDING_STORAGES}")
@@ -99,10 +104,11 @@ def quantize_rows(weight: torch.Tensor, storage: str, group_size: int = INT4_GRO
         q, scale = _symmetric(w, 127)
         return {"weight": q.to(torch.int8), "weight_scale": scale}
     if storage == "int4":
-        groups = -(-dim // _check_group(group_size))
-        padded = torch.zeros(rows, groups * group_size, dtype=torch.float32, device=w.device)
+        group = _group(dim, group_size)
+        groups = -(-dim // group)
+        padded = torch.zeros(rows, groups * group, dtype=torch.float32, device=w.device)
         padded[:, :dim] = w
-        q, scale = _symmetric(padded.view(rows, groups, group_size), 7)
+        q, scale = _symmetric(padded.view(rows, groups, group), 7)
         codes = (q.view(rows, -1) + 8).to(torch.uint8)
         packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
         return {"weight": packed, "weight_scale": scale.view(rows, groups)}

@@ -26,6 +26,7 @@ from ..errors import InvalidInputError, MissingInputError
 from ..integrations.config import TernaryConfig
 from ..utils.io import check_output_folder
 from ..utils.progress import bar_switch
+from ..utils.threads import torch_threads
 from .config import DistillConfig, DistillResult
 from .data import (
     IndexedTexts,
@@ -269,15 +270,25 @@ def distill(
         fresh: discard the checkpoints, metrics and record in ``work_dir`` and start over.
 
     A run finished earlier (its step cap or time budget reached, its model in ``output_dir``) is
-    reported with ``already_finished=True`` and left untouched.
+    reported with ``already_finished=True`` and left untouched. ``config.num_threads`` holds for this
+    call only: torch's thread count is restored when it returns or raises.
 
     Raises:
         SettingsChangedError: ``work_dir`` holds checkpoints of a run with other settings (named).
         OutputExistsError / MissingInputError / InvalidInputError / MissingDependencyError: before training.
     """
+    cfg, tcfg = config or DistillConfig(), ternary_config or TernaryConfig()
+    with torch_threads(cfg.num_threads):
+        return _distill(teacher, output_dir, texts, tcfg, cfg, work_dir, resume, show_progress_bar, stop_after,
+                        overwrite, text_field, fresh)
+
+
+def _distill(teacher: str | os.PathLike, output_dir: str | os.PathLike, texts: Any, tcfg: TernaryConfig,
+             cfg: DistillConfig, work_dir: str | os.PathLike | None, resume: bool, show_progress_bar: bool,
+             stop_after: int | None, overwrite: bool, text_field: str, fresh: bool) -> DistillResult:
+    """:func:`distill` with its configs resolved, inside its thread count."""
     from accelerate.utils import set_seed
 
-    cfg, tcfg = config or DistillConfig(), ternary_config or TernaryConfig()
     output_dir = check_output_folder(output_dir, marker=DISTILLATION_INFO, overwrite=overwrite,
                                      hint="pass overwrite=True (CLI: --overwrite) to replace it")
     work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
@@ -285,8 +296,6 @@ def distill(
     _check_data_settings(texts, cfg)
     corpus = load_texts(texts, limit=cfg.max_texts, seed=cfg.seed, text_field=text_field, mix=cfg.mix,
                         exclude=cfg.excluded_sources, share=cfg.data_share)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     accelerator = make_accelerator(cfg, work_dir)
     settings = run_settings(cfg, teacher=_teacher_id(teacher), ternary_config=tcfg.to_dict(),
                             data={"count": len(corpus), "sha256": corpus_fingerprint(corpus)},

@@ -30,6 +30,7 @@ from ..train.losses import distillation_loss
 from ..train.run_settings import run_settings
 from ..train.student import build_student, disable_dropout, to_float_model
 from ..utils.io import check_output_folder
+from ..utils.threads import torch_threads
 from .data import to_pixel_values
 from .embed import check_pooling
 
@@ -185,34 +186,33 @@ def distill_vision(
     tcfg = ternary_config or TernaryConfig()
     output_dir = check_output_folder(output_dir, marker=DISTILLATION_INFO, overwrite=overwrite)
     work_dir = Path(work_dir) if work_dir is not None else output_dir.with_name(output_dir.name + ".work")
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    set_seed(seed)
-    teacher, pixels = _teacher_and_pixels(teacher_dir, images)
-    accelerator = make_accelerator(cfg, work_dir)
-    settings = run_settings(cfg, teacher=os.path.abspath(teacher_dir), ternary_config=tcfg.to_dict(),
-                            data={"count": len(pixels), "sha256": _fingerprint(pixels)},
-                            processes=accelerator.num_processes, pooling=pooling)
-    run = open_run(accelerator, work_dir, settings, fresh=fresh or not resume, hint="pass fresh=True to start over")
-    if (info := run.finished_output(cfg, output_dir)) is not None:
-        loss = info.get("final_loss")
-        return VisionDistillResult(str(output_dir), info["steps"], float(info.get("seconds") or 0.0),
-                                   float("nan") if loss is None else float(loss), already_finished=True)
-    run.begin(accelerator, settings, cfg)
-    student = disable_dropout(build_student(teacher, tcfg).train())
-    # The batches of every step are fixed by the seed alone, so a resumed run sees the same batches.
-    order = batch_order([0] * len(pixels), batch_size, steps * accelerator.num_processes, seed)
-    loader = torch.utils.data.DataLoader(_Pixels(pixels), batch_sampler=order)
-    teacher.to(accelerator.device)
-    result = train(accelerator, cfg, student, loader, ImageLoss(cfg, teacher, pooling), work_dir=work_dir,
-                   resume_from=run.latest, stop_after=stop_after, show_progress_bar=show_progress_bar,
-                   desc="distilling ViT")
-    if result.finished and accelerator.is_main_process:
-        info = {"teacher": str(teacher_dir), "steps": result.steps, "seconds": result.seconds,
-                "final_loss": result.final_loss, "pooling": pooling, "batch_size": batch_size, "learning_rate": lr,
-                "loss_weights": {k: getattr(cfg, k) for k in _WEIGHTS}, "num_images": len(pixels),
-                "ternary_config": tcfg.to_dict(), "run_id": run.record.run_id, "sessions": run.sessions}
-        finalize_vision(result.model, teacher_dir, output_dir, tcfg, info=info, overwrite=overwrite)
-    accelerator.wait_for_everyone()
-    return VisionDistillResult(str(output_dir if result.finished else work_dir), result.steps, result.seconds,
-                               result.final_loss, result.losses, result.model)
+    with torch_threads(num_threads):
+        set_seed(seed)
+        teacher, pixels = _teacher_and_pixels(teacher_dir, images)
+        accelerator = make_accelerator(cfg, work_dir)
+        settings = run_settings(cfg, teacher=os.path.abspath(teacher_dir), ternary_config=tcfg.to_dict(),
+                                data={"count": len(pixels), "sha256": _fingerprint(pixels)},
+                                processes=accelerator.num_processes, pooling=pooling)
+        run = open_run(accelerator, work_dir, settings, fresh=fresh or not resume, hint="pass fresh=True to start over")
+        if (info := run.finished_output(cfg, output_dir)) is not None:
+            loss = info.get("final_loss")
+            return VisionDistillResult(str(output_dir), info["steps"], float(info.get("seconds") or 0.0),
+                                       float("nan") if loss is None else float(loss), already_finished=True)
+        run.begin(accelerator, settings, cfg)
+        student = disable_dropout(build_student(teacher, tcfg).train())
+        # The batches of every step are fixed by the seed alone, so a resumed run sees the same batches.
+        order = batch_order([0] * len(pixels), batch_size, steps * accelerator.num_processes, seed)
+        loader = torch.utils.data.DataLoader(_Pixels(pixels), batch_sampler=order)
+        teacher.to(accelerator.device)
+        result = train(accelerator, cfg, student, loader, ImageLoss(cfg, teacher, pooling), work_dir=work_dir,
+                       resume_from=run.latest, stop_after=stop_after, show_progress_bar=show_progress_bar,
+                       desc="distilling ViT")
+        if result.finished and accelerator.is_main_process:
+            info = {"teacher": str(teacher_dir), "steps": result.steps, "seconds": result.seconds,
+                    "final_loss": result.final_loss, "pooling": pooling, "batch_size": batch_size, "learning_rate": lr,
+                    "loss_weights": {k: getattr(cfg, k) for k in _WEIGHTS}, "num_images": len(pixels),
+                    "ternary_config": tcfg.to_dict(), "run_id": run.record.run_id, "sessions": run.sessions}
+            finalize_vision(result.model, teacher_dir, output_dir, tcfg, info=info, overwrite=overwrite)
+        accelerator.wait_for_everyone()
+        return VisionDistillResult(str(output_dir if result.finished else work_dir), result.steps, result.seconds,
+                                   result.final_loss, result.losses, result.model)

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..utils.io import atomic_write_json, staged_folder
+from ..utils.threads import torch_threads
 from .data import ImageSplit, as_split, to_pixel_values
 
 __all__ = ["TEACHER_INFO", "TeacherResult", "train_vit_teacher"]
@@ -160,27 +161,26 @@ def train_vit_teacher(
     """
     from transformers import ViTForImageClassification
 
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    train = as_split(dataset, "train", limit, seed)
-    if eval_dataset is None and isinstance(dataset, (str, os.PathLike)):
-        eval_dataset = dataset
-    test = as_split(eval_dataset, "test", None, seed) if eval_dataset is not None else None
-    config = _vit_config(train, hidden_size, num_layers, num_heads, intermediate_size, patch_size)
-    with staged_folder(output_dir, marker=TEACHER_INFO, overwrite=overwrite,
-                       hint="pass overwrite=True to replace it") as staging:
-        torch.manual_seed(seed)
-        model = ViTForImageClassification(config)
-        seconds, train_acc, test_acc = _fit(
-            model, (to_pixel_values(train.images, config), train.labels),
-            (to_pixel_values(test.images, config), test.labels) if test is not None else None,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-            seed=seed, show_progress_bar=show_progress_bar)
-        _save_backbone(model, config, staging, seed)
-        result = TeacherResult(str(output_dir), train_acc, test_acc, seconds, epochs,
-                               {"hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
-                                "patch_size": config.patch_size, "image_size": config.image_size,
-                                "train_images": len(train.labels), "batch_size": batch_size,
-                                "learning_rate": learning_rate})
-        atomic_write_json(staging / TEACHER_INFO, asdict(result))
-    return result
+    with torch_threads(num_threads):
+        train = as_split(dataset, "train", limit, seed)
+        if eval_dataset is None and isinstance(dataset, (str, os.PathLike)):
+            eval_dataset = dataset
+        test = as_split(eval_dataset, "test", None, seed) if eval_dataset is not None else None
+        config = _vit_config(train, hidden_size, num_layers, num_heads, intermediate_size, patch_size)
+        with staged_folder(output_dir, marker=TEACHER_INFO, overwrite=overwrite,
+                           hint="pass overwrite=True to replace it") as staging:
+            torch.manual_seed(seed)
+            model = ViTForImageClassification(config)
+            seconds, train_acc, test_acc = _fit(
+                model, (to_pixel_values(train.images, config), train.labels),
+                (to_pixel_values(test.images, config), test.labels) if test is not None else None,
+                epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+                seed=seed, show_progress_bar=show_progress_bar)
+            _save_backbone(model, config, staging, seed)
+            result = TeacherResult(str(output_dir), train_acc, test_acc, seconds, epochs,
+                                   {"hidden_size": hidden_size, "num_layers": num_layers, "num_heads": num_heads,
+                                    "patch_size": config.patch_size, "image_size": config.image_size,
+                                    "train_images": len(train.labels), "batch_size": batch_size,
+                                    "learning_rate": learning_rate})
+            atomic_write_json(staging / TEACHER_INFO, asdict(result))
+        return result
