@@ -311,3 +311,35 @@ def test_kernel_int4_weights_give_the_torch_int8_bits(m, k, n, threads):
             assert torch.equal(build.ternary_linear(x, prepared, scale, bias, k, n, False), expected), build.ISA
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize(("threads", "reach_cap"), [(1, 64), (2, 64), (1, 2)])
+def test_kernel_int4_sums_stay_exact_where_rows_reach_the_int16_bound_at_different_blocks(threads, reach_cap):
+    # Every weight 7 (code 15) against same-sign activations makes each int16 lane of the AVX2 tile as large
+    # as it can get for its rows' sum(|q|), and outlier channels make that sum differ from row to row and
+    # block to block: widening one block later than each row allows would wrap an int16 lane.
+    g = torch.Generator().manual_seed(11)
+    m, k, n = 29, 1536, 48
+    values = torch.full((n, k), 7, dtype=torch.int8)
+    values[n // 2:] = -7  # codes 1: the small end too
+    x = torch.rand(m, k, generator=g) * torch.rand(m, 1, generator=g) ** 2
+    for r in range(m):  # a few outlier channels per row scale its other codes down by different amounts
+        x[r, torch.randint(0, k, (r % 5,), generator=g)] = 4.0 + r
+    x[1::3] *= -1
+    x[2, 512:1024] = 1.0  # a stretch of 127s in an otherwise small row
+    from ternary_hf.kernels.layout import prepare_int4_weight
+
+    prepared = prepare_int4_weight(values)
+    q, _ = quantize_activations_int8(x)
+    exact = (q.to(torch.int64) @ values.to(torch.int64).t()).to(torch.int32)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    builds = kernel_builds()
+    try:
+        for build in builds:
+            build._set_int4_reach_cap(reach_cap)  # 2: the worst case's widening, whatever the rows
+            assert torch.equal(build.ternary_accumulators(x, prepared, k, n), exact), build.ISA
+    finally:
+        torch.set_num_threads(old)
+        for build in builds:
+            build._set_int4_reach_cap(64)

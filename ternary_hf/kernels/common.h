@@ -125,6 +125,46 @@ constexpr int32_t kInt8Zero = 128;
 // 2 x 15 x 127 = 3810 in magnitude, so an int16 lane holds 8 pairs: one vpmaddwd widening per 32 k).
 constexpr int32_t kInt4Zero = 8;
 
+// How long the AVX2 build's int4 tile may add int16 sums before widening them, per activation row.
+// Why: a fixed widening every 2 blocks (the worst case, every |q| = 127) costs two vpmaddwd per row per
+// 16 vpmaddubsw on the multiply ports, while real rows (per-token absmax scaling, a few outlier channels)
+// have a far smaller sum(|q|) and so far smaller int16 sums. An int16 lane of the tile adds the products
+// of one k pair per step (k % 4 in {0, 1}, or in {2, 3}), each at most 15 |q| (codes <= 15), so it cannot
+// saturate while the lane's sum(|q|) stays <= kInt4LaneBudget: that is the exact bound the tile widens at.
+// reach[kb] = how many blocks from block kb on fit within the budget on both lane kinds (at least 2 where
+// that many remain: 2 x 8 x 127 <= kInt4LaneBudget), capped at `cap` (<= kInt4MaxReach; 2 = the fixed
+// widening every 2 blocks, for benchmarks).
+constexpr int32_t kInt4LaneBudget = 32767 / (2 * kInt4Zero - 1);
+constexpr int64_t kInt4MaxReach = 64;
+
+inline void int4_reach_row(const int8_t* q, int64_t kblocks, uint8_t* reach, int64_t cap = kInt4MaxReach) {
+  cap = std::min(std::max<int64_t>(cap, 2), kInt4MaxReach);
+  // bytes at k % 4 in {0, 1} (the first lane of each column's vpmaddubsw pair sums) / in {2, 3}
+  const __m128i even = _mm_set1_epi32(0x0000FFFF);
+  const __m128i zero = _mm_setzero_si128();
+  int32_t sum_even = 0, sum_odd = 0;  // of blocks [kb, end)
+  int64_t end = 0;
+  uint16_t lanes[2][kInt4MaxReach];  // per block of the window (ring buffer): sum(|q|) per lane kind
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    while (end < kblocks && end - kb < cap) {
+      const __m128i a = _mm_abs_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + end * 16)));
+      const __m128i se = _mm_sad_epu8(_mm_and_si128(a, even), zero);
+      const __m128i so = _mm_sad_epu8(_mm_andnot_si128(even, a), zero);
+      const int32_t e = _mm_cvtsi128_si32(se) + _mm_extract_epi32(se, 2);
+      const int32_t o = _mm_cvtsi128_si32(so) + _mm_extract_epi32(so, 2);
+      if (sum_even + e > kInt4LaneBudget || sum_odd + o > kInt4LaneBudget) break;
+      sum_even += e;
+      sum_odd += o;
+      lanes[0][end % kInt4MaxReach] = static_cast<uint16_t>(e);
+      lanes[1][end % kInt4MaxReach] = static_cast<uint16_t>(o);
+      ++end;
+    }
+    reach[kb] = static_cast<uint8_t>(end - kb);
+    sum_even -= lanes[0][kb % kInt4MaxReach];
+    sum_odd -= lanes[1][kb % kInt4MaxReach];
+  }
+}
+
 // 2-bit panel blocks -> one byte per code c in {0, 1, 2}: block kb's step s (k = 16kb + 4s + i) lands at
 // wd + 256 kb + 64 s, byte 4 * col + i. That is the operand of the AVX2 / VNNI micro kernels and, four
 // blocks at a time, exactly one AMX B tile (16 rows of 4 k x 16 columns). wd must be 32-byte aligned.

@@ -642,7 +642,8 @@ void check_gemm_chain(const Gemm& g, int64_t k, int64_t n, const char* name) {
   team_gemm_check(g.w, g.s, g.b, k, n);
 }
 
-TeamGemm team_gemm(const Gemm& g, const float* x, int64_t m, float* y, int8_t* q, int32_t* qsum, float* sx) {
+TeamGemm team_gemm(const Gemm& g, const float* x, int64_t m, float* y, int8_t* q, int32_t* qsum, float* sx,
+                   uint8_t* reach) {
   TeamGemm t;
   t.x = x;
   t.m = m;
@@ -659,6 +660,7 @@ TeamGemm team_gemm(const Gemm& g, const float* x, int64_t m, float* y, int8_t* q
   t.q = q;
   t.qsum = qsum;
   t.sx = sx;
+  t.reach = reach;
   return t;
 }
 
@@ -700,6 +702,7 @@ struct TeamPlan {
   std::vector<int8_t> q;  // quantized activations, shared by every GEMM in turn
   std::vector<int32_t> qsum;
   std::vector<float> sx;
+  std::vector<uint8_t> reach;  // int4 widening reach of the quantized rows (team_gemm_reach_elems)
   std::vector<TeamLayer> layers;
   AttentionProblem attention;
   AttentionTasks tasks;
@@ -720,6 +723,7 @@ void plan_team(const Encoder& E, const torch::Tensor& x, const int64_t* cu, int6
   T.q.resize(static_cast<size_t>(std::max(team_gemm_q_elems(m, hidden), team_gemm_q_elems(m, inter))));
   T.qsum.resize(m);
   T.sx.resize(m);
+  T.reach.resize(static_cast<size_t>(std::max(team_gemm_reach_elems(m, hidden), team_gemm_reach_elems(m, inter))));
   const float* xp = x.data_ptr<float>();
   float* hp = E.pre_norm ? T.h.data_ptr<float>() : nullptr;
   for (size_t i = 0; i < E.layers.size(); ++i) {
@@ -727,7 +731,7 @@ void plan_team(const Encoder& E, const torch::Tensor& x, const int64_t* cu, int6
     const float* in = E.pre_norm ? hp : (i == 0 ? xp : T.s2.data_ptr<float>());
     const float* mid = E.pre_norm ? hp : T.s1.data_ptr<float>();
     const auto gemm = [&](const Gemm& g, const float* src, const torch::Tensor& dst) {
-      return team_gemm(g, src, m, dst.data_ptr<float>(), T.q.data(), T.qsum.data(), T.sx.data());
+      return team_gemm(g, src, m, dst.data_ptr<float>(), T.q.data(), T.qsum.data(), T.sx.data(), T.reach.data());
     };
     TeamLayer t{gemm(L.qkv, in, T.qkv), gemm(L.o, T.ctx.data_ptr<float>(), T.a), gemm(L.up, mid, T.u),
                 gemm(L.down, T.u.data_ptr<float>(), T.f), {}};

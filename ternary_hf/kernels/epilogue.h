@@ -75,6 +75,7 @@ struct Problem {
   bool gelu;              // apply GELU to the float output (fused activation)
   bool int8_weights = false;  // w holds int8 weights + kInt8Zero in the decoded layout (common.h)
   bool int4_codes = false;    // ... or int4 weights + kInt4Zero (int8_weights is true too)
+  const uint8_t* int4_reach = nullptr;  // [M][kblocks] (int4_reach_row): int4 codes in the AVX2 build
 };
 
 // Float (or debug int32) epilogue of one R x 16 tile: acc = tile - zero * sum(q) (zero: 1 for ternary

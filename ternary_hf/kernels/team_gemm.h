@@ -28,6 +28,7 @@ struct TeamGemm {
   int8_t* q = nullptr;
   int32_t* qsum = nullptr;
   float* sx = nullptr;
+  uint8_t* reach = nullptr;  // team_gemm_reach_elems(m, k) bytes: int4 weights in the AVX2 build
 };
 
 // The checks ternary_linear makes on a layer's weights (ValueError naming what to rebuild): a team
@@ -40,6 +41,8 @@ bool team_gemm_int8(const torch::Tensor& prepared);
 bool team_gemm_int4(const torch::Tensor& prepared);
 // int8 elements the quantized activations of an (m x k) input need (row padding included).
 int64_t team_gemm_q_elems(int64_t m, int64_t k);
+// Bytes of TeamGemm::reach an (m x k) input needs (0 where the build has no use for it).
+int64_t team_gemm_reach_elems(int64_t m, int64_t k);
 // Quantize rows [r0, r1) of x into g.q (the thread that ends at g.m also zeroes the padding rows).
 void team_gemm_quantize(const TeamGemm& g, int64_t r0, int64_t r1);
 // Output units of the GEMM (each a block of rows x 64 columns, written by one thread).

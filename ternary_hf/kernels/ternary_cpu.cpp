@@ -149,15 +149,23 @@ void micro_kernel(const int8_t* q, int64_t ldq, const uint8_t* w, int64_t kblock
 // block: step s at offset 64*s, columns 0-7 then 8-15), decoded once per panel chunk by
 // decode_chunk() and shared by all row tiles of a row block, which takes the shift/mask work out of
 // the inner loop (measured +9% on one core).  `first` stores instead of accumulating into out.
-// The int16 sums are widened into out every W blocks: kWidenBlocks for ternary codes, fewer for the
-// larger int4 codes (run_int4_block), which then still take one call per tile and panel chunk.
+// The int16 sums are widened into out every W blocks for ternary codes (kWidenBlocks); for the larger int4
+// codes (W = 0, run_int4_block) after as many blocks as every row's reach allows (int4_reach_row, common.h:
+// reach[r * ldr + kb] for row r from block kb on).
 
-template <int R, int64_t W = kWidenBlocks>
-void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out, bool first) {
+template <int R, int64_t W>
+inline __attribute__((always_inline)) void decoded_tile(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb,
+                                                        int32_t* out, bool first, const uint8_t* reach, int64_t ldr) {
   const __m256i ones = _mm256_set1_epi16(1);
   int64_t kb0 = 0;
   do {  // once even when nkb == 0, so that `first` still stores the (zero) sums
-    const int64_t kb1 = std::min(nkb, kb0 + W);
+    int64_t run = W;
+    if constexpr (W == 0) {
+      run = reach[kb0];
+#pragma GCC unroll 6
+      for (int r = 1; r < R; ++r) run = std::min<int64_t>(run, reach[r * ldr + kb0]);
+    }
+    const int64_t kb1 = std::min(nkb, kb0 + run);
 #define TERNARY_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define TERNARY_ZERO(r) __m256i c##r##0 = _mm256_setzero_si256(), c##r##1 = _mm256_setzero_si256();
   TERNARY_ROWS(TERNARY_ZERO)
@@ -202,6 +210,17 @@ void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64
 #undef TERNARY_ROWS
     kb0 = kb1;
   } while (kb0 < nkb);
+}
+
+template <int R>
+void micro_kernel_decoded(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out, bool first) {
+  decoded_tile<R, kWidenBlocks>(q, ldq, wd, nkb, out, first, nullptr, 0);
+}
+
+template <int R>
+void micro_kernel_int4(const int8_t* q, int64_t ldq, const uint8_t* wd, int64_t nkb, int32_t* out, bool first,
+                       const uint8_t* reach, int64_t ldr) {
+  decoded_tile<R, 0>(q, ldq, wd, nkb, out, first, reach, ldr);
 }
 
 
@@ -425,17 +444,18 @@ void run_int8_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
 }
 #else
 // AVX2, int4 weights: their codes (w + kInt4Zero, bytes in the decoded layout) are small enough for the
-// ternary tile on decoded bytes (micro_kernel_decoded: vpmaddubsw, int16 sums), widened to int32 every
-// kInt4WidenBlocks blocks so that no int16 lane exceeds 8 pairs (common.h). The row tiles share each
-// panel chunk of kWidenBlocks blocks while it is in L1, as the ternary tiles share a decoded chunk.
-constexpr int64_t kInt4WidenBlocks = 2;  // 4 pairs per lane per block
-constexpr DecodedFn kMicroInt4[kMR + 1] = {nullptr,
-                                           micro_kernel_decoded<1, kInt4WidenBlocks>,
-                                           micro_kernel_decoded<2, kInt4WidenBlocks>,
-                                           micro_kernel_decoded<3, kInt4WidenBlocks>,
-                                           micro_kernel_decoded<4, kInt4WidenBlocks>,
-                                           micro_kernel_decoded<5, kInt4WidenBlocks>,
-                                           micro_kernel_decoded<6, kInt4WidenBlocks>};
+// ternary tile on decoded bytes (vpmaddubsw, int16 sums), widened to int32 as often as the rows' reach
+// (P.int4_reach, computed with their quantization: int4_reach_row) requires: every 2 blocks at worst, far
+// less often on real activations. The row tiles share each panel chunk of kWidenBlocks blocks while it is
+// in L1, as the ternary tiles share a decoded chunk.
+using Int4Fn = void (*)(const int8_t*, int64_t, const uint8_t*, int64_t, int32_t*, bool, const uint8_t*, int64_t);
+constexpr Int4Fn kMicroInt4[kMR + 1] = {nullptr,
+                                        micro_kernel_int4<1>,
+                                        micro_kernel_int4<2>,
+                                        micro_kernel_int4<3>,
+                                        micro_kernel_int4<4>,
+                                        micro_kernel_int4<5>,
+                                        micro_kernel_int4<6>};
 
 void run_int4_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   constexpr int64_t kTiles = kRowBlock / kMR;
@@ -451,7 +471,7 @@ void run_int4_block(const Problem& P, int64_t m0, int64_t m1, int64_t n0, int64_
       for (int64_t t = 0; t < n_tiles; ++t) {
         const int64_t mb = m0 + t * kMR;
         kMicroInt4[std::min(kMR, m1 - mb)](P.q + mb * P.kp + kb0 * kKB, P.kp, wp + kb0 * kDecodedBlockBytes, nkb,
-                                           tiles[t], kb0 == 0);
+                                           tiles[t], kb0 == 0, P.int4_reach + mb * P.kblocks + kb0, P.kblocks);
       }
     }
     for (int64_t t = 0; t < n_tiles; ++t) {
@@ -545,6 +565,7 @@ struct Scratch {
   std::vector<int8_t> q;
   std::vector<int32_t> qsum;
   std::vector<float> sx;
+  std::vector<uint8_t> reach;  // int4 weights in the AVX2 build (kInt4Reach)
 };
 Scratch& scratch() {
   static thread_local Scratch s;
@@ -633,11 +654,23 @@ Geometry geometry(int64_t m, int64_t k, int64_t n) {
   return {kblocks, kp, m_alloc, row_block, ceil_div(m, row_block), ceil_div(n, kColBlock)};
 }
 
-// Rows [r0, r1) of x -> int8 codes, row sums and scales; the range that ends at m also zeroes the
-// padding rows of the AMX build.
+// Whether int4 weights run the AVX2 tile, which needs each row's reach (int4_reach_row); the VNNI and AMX
+// builds sum int4 codes in int32 from the start.
+#if defined(TERNARY_HF_VNNI) || defined(TERNARY_HF_AMX)
+constexpr bool kInt4Reach = false;
+#else
+constexpr bool kInt4Reach = true;
+#endif
+int64_t g_int4_reach_cap = kInt4MaxReach;  // benchmarks: 2 restores the fixed widening (_set_int4_reach_cap)
+
+// Rows [r0, r1) of x -> int8 codes, row sums and scales (and, given `reach`, each row's int4 reach); the
+// range that ends at m also zeroes the padding rows of the AMX build.
 void quantize_rows(const float* x, int64_t m, int64_t k, const Geometry& G, int8_t* q, int32_t* qsum, float* sx,
-                   int64_t r0, int64_t r1) {
-  for (int64_t i = r0; i < r1; ++i) qsum[i] = quantize_row(x + i * k, k, G.kp, q + i * G.kp, sx + i);
+                   int64_t r0, int64_t r1, uint8_t* reach = nullptr) {
+  for (int64_t i = r0; i < r1; ++i) {
+    qsum[i] = quantize_row(x + i * k, k, G.kp, q + i * G.kp, sx + i);
+    if (reach != nullptr) int4_reach_row(q + i * G.kp, G.kblocks, reach + i * G.kblocks, g_int4_reach_cap);
+  }
   if (r1 == m && G.m_alloc > m) std::memset(q + m * G.kp, 0, static_cast<size_t>((G.m_alloc - m) * G.kp));
 }
 
@@ -681,6 +714,12 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
     s.qsum.resize(m);
     s.sx.resize(m);
   }
+  const bool int4 = is_int4_prepared(prepared);
+  uint8_t* reach = nullptr;
+  if (kInt4Reach && int4) {
+    if (static_cast<int64_t>(s.reach.size()) < m * G.kblocks) s.reach.resize(m * G.kblocks);
+    reach = s.reach.data();
+  }
   const float* xp = x.data_ptr<float>();
   int8_t* qp = s.q.data();
   int32_t* qs = s.qsum.data();
@@ -695,14 +734,14 @@ void run(const torch::Tensor& x, const torch::Tensor& prepared, const torch::Ten
   const int64_t qthreads = m * k >= g_min_quant_elems ? nthreads : 1;
   const int64_t qchunk = std::max<int64_t>(16, ceil_div(m, 4 * qthreads));
   const std::function<void(int64_t)> quant = [&](int64_t c) {
-    quantize_rows(xp, m, k, G, qp, qs, sxp, c * qchunk, std::min(m, (c + 1) * qchunk));
+    quantize_rows(xp, m, k, G, qp, qs, sxp, c * qchunk, std::min(m, (c + 1) * qchunk), reach);
   };
   run_units(ceil_div(m, qchunk), qthreads, quant);
 
   // 2) GEMM over (row block x column block) units, claimed dynamically in row-major order.
   const Problem P{qp, qs, sxp, static_cast<const uint8_t*>(prepared.data_ptr()), weight_scale.data_ptr<float>(),
                   weight_scale.numel() > 1, bias.has_value() ? bias->data_ptr<float>() : nullptr, m, n, G.kp,
-                  G.kblocks, y, acc, gelu, is_int8_prepared(prepared), is_int4_prepared(prepared)};
+                  G.kblocks, y, acc, gelu, is_int8_prepared(prepared), int4, reach};
   const std::function<void(int64_t)> unit = [&](int64_t u) { run_unit(P, G, u); };
   run_units(G.n_rb * G.n_cb, nthreads, unit);
 }
@@ -850,8 +889,11 @@ int64_t team_gemm_q_elems(int64_t m, int64_t k) {
   return G.m_alloc * G.kp;
 }
 
+int64_t team_gemm_reach_elems(int64_t m, int64_t k) { return kInt4Reach ? m * geometry(m, k, 1).kblocks : 0; }
+
 void team_gemm_quantize(const TeamGemm& g, int64_t r0, int64_t r1) {
-  quantize_rows(g.x, g.m, g.k, geometry(g.m, g.k, g.n), g.q, g.qsum, g.sx, r0, r1);
+  uint8_t* reach = kInt4Reach && g.int4_codes ? g.reach : nullptr;
+  quantize_rows(g.x, g.m, g.k, geometry(g.m, g.k, g.n), g.q, g.qsum, g.sx, r0, r1, reach);
 }
 
 int64_t team_gemm_units(const TeamGemm& g) {
@@ -863,7 +905,7 @@ int64_t team_gemm_units(const TeamGemm& g) {
 void team_gemm_unit(const TeamGemm& g, int64_t u) {
   const Geometry G = geometry(g.m, g.k, g.n);
   const Problem P{g.q, g.qsum, g.sx, g.w, g.sw, g.sw_per_channel, g.bias, g.m, g.n, G.kp, G.kblocks, g.y, nullptr,
-                  g.gelu, g.int8_weights, g.int4_codes};
+                  g.gelu, g.int8_weights, g.int4_codes, kInt4Reach && g.int4_codes ? g.reach : nullptr};
   run_unit(P, G, u);
 }
 
@@ -908,6 +950,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "benchmarks only: share a decoded panel chunk across row tiles (default) or decode per tile");
   m.def(
       "_decode_panels", []() { return g_decode_panels; }, "whether row tiles share a decoded panel chunk");
+  m.def(
+      "_set_int4_reach_cap",
+      [](int64_t blocks) { g_int4_reach_cap = std::min(std::max<int64_t>(blocks, 2), kInt4MaxReach); },
+      "benchmarks and tests: at most this many blocks between two widenings of the AVX2 int4 tile (2 to 64; "
+      "2 = the fixed widening of the worst case)");
   m.def(
       "_set_prefetch_output", [](bool on) { g_prefetch_out = on; },
       "benchmarks only: prefetch each panel's output lines before computing it (default on)");
