@@ -122,7 +122,8 @@ constexpr int64_t kDecodedBlockBytes = 256;
 constexpr int32_t kInt8Zero = 128;
 // Int4 weights (values in [-7, 7]; layout.py prepare_int4_weight) use the same byte layout with w + kInt4Zero
 // in [1, 15], marked by an int8 dtype: small enough codes for the AVX2 build's vpmaddubsw (a pair is at most
-// 2 x 15 x 127 = 3810 in magnitude, so an int16 lane holds 8 pairs: one vpmaddwd widening per 32 k).
+// 2 x 15 x 127 = 3810 in magnitude, so an int16 lane holds 8 pairs of the worst case; int4_reach_row below
+// says how many more real rows allow).
 constexpr int32_t kInt4Zero = 8;
 
 // How long the AVX2 build's int4 tile may add int16 sums before widening them, per activation row.
