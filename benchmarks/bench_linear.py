@@ -16,7 +16,13 @@ every method alike):
 * ``qdyn``    - ``torch.ao.quantization.quantize_dynamic`` int8 ``nn.Linear``;
 * with ``--int8``, one more column per build, ``<build>-int8``: the same build on int8 weights
   (``prepare_int8_weight``, the layers of ``TernaryConfig.int8_modules``), e.g. a distilled model's last
-  block; with ``--int4``, ``<build>-int4`` on int4 weights (``prepare_int4_weight``, ``int4_modules``).
+  block; with ``--int4``, ``<build>-int4`` on int4 weights (``prepare_int4_weight``, ``int4_modules``),
+  and for the AVX2 build ``avx2-int4-fixed``: its int4 tile widening every 2 blocks whatever the rows
+  (``_set_int4_reach_cap(2)``), which the per-row reach replaced.
+
+``--activations`` picks the rows of x: ``gaussian`` (default), ``outliers`` (Gaussian with a few channels
+20x larger, the shape of a transformer layer's input, whose per-token int8 codes are then mostly small) or
+``saturated`` (every |x| equal, so every int8 code is +-127: the int4 tile's worst case).
 
 Each cell is the median over ``--reps`` interleaved rounds; ratios are ``time / fp32 time`` (lower
 is better; the target for the best build is <= 0.30 at M >= 256). The column ``best/fp32 min``
@@ -80,9 +86,35 @@ def time_call(fn: Callable[[], object], inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
+ACTIVATIONS = ("gaussian", "outliers", "saturated")
+
+
+def activations(m: int, in_f: int, kind: str) -> torch.Tensor:
+    """Rows of x for one cell (see the module docstring); seeded, so every method gets the same."""
+    g = torch.Generator().manual_seed(m * 7919 + in_f)
+    x = torch.randn(m, in_f, generator=g)
+    if kind == "outliers":
+        channels = torch.randperm(in_f, generator=g)[: max(1, in_f // 128)]
+        x[:, channels] *= 20.0
+    elif kind == "saturated":
+        x = torch.sign(x) + (x == 0).float()
+    elif kind != "gaussian":
+        raise ValueError(f"unknown activations {kind!r}; use one of {', '.join(ACTIVATIONS)}")
+    return x
+
+
+def _with_reach_cap(module: object, cap: int, fn: Callable[[], object]) -> object:
+    default = module._int4_reach_cap()  # type: ignore[attr-defined]
+    module._set_int4_reach_cap(cap)  # type: ignore[attr-defined]
+    try:
+        return fn()
+    finally:
+        module._set_int4_reach_cap(default)  # type: ignore[attr-defined]
+
+
 def bench_cell(
     in_f: int, out_f: int, m: int, reps: int, min_time: float, builds: dict[str, object], int8: bool = False,
-    int4: bool = False,
+    int4: bool = False, kind: str = "gaussian",
 ) -> dict[str, list[float]]:
     torch.manual_seed(0)
     linear = nn.Linear(in_f, out_f)
@@ -93,7 +125,7 @@ def bench_cell(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notice
         qdyn = torch.ao.quantization.quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)
-    x = torch.randn(m, in_f)
+    x = activations(m, in_f, kind)
     fns: dict[str, Callable[[], object]] = {"fp32": lambda: linear(x)}
     for name, module in builds.items():
         fns[name] = lambda module=module: module.ternary_linear(x, prepared, scale, bias, in_f, out_f, False)
@@ -109,6 +141,10 @@ def bench_cell(
         for name, module in builds.items():
             fns[f"{name}-int4"] = lambda module=module: module.ternary_linear(x, prepared4, scale4, bias, in_f,
                                                                               out_f, False)
+        if "avx2" in builds and hasattr(builds["avx2"], "_set_int4_reach_cap"):
+            avx2 = builds["avx2"]
+            fns["avx2-int4-fixed"] = lambda: _with_reach_cap(
+                avx2, 2, lambda: avx2.ternary_linear(x, prepared4, scale4, bias, in_f, out_f, False))
     fns["unpack"] = lambda: ternary_linear_reference(x, packed, scale, bias, in_f, quantize_activations=True)
     fns["qdyn"] = lambda: qdyn(x)
     with torch.inference_mode():
@@ -145,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--builds", nargs="+", default=None, help="kernel builds to time (default: all this CPU runs)")
     parser.add_argument("--int8", action="store_true", help="also time every build on int8 weights")
     parser.add_argument("--int4", action="store_true", help="also time every build on int4 weights")
+    parser.add_argument("--activations", choices=ACTIVATIONS, default="gaussian",
+                        help="rows of x: Gaussian, Gaussian with outlier channels, or every code +-127")
     args = parser.parse_args(argv)
     shapes = args.shapes or (QUICK_SHAPES if args.quick else SHAPES)
     ms = args.m or ([1, 256] if args.quick else MS)
@@ -162,9 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; median of {reps} interleaved rounds"
     )
+    print(f"# activations: {args.activations}")
     print("# ratio = time / fp32 time (lower is better)\n")
     columns = (list(builds) + ([f"{b}-int8" for b in builds] if args.int8 else [])
-               + ([f"{b}-int4" for b in builds] if args.int4 else []))
+               + ([f"{b}-int4" for b in builds] if args.int4 else [])
+               + (["avx2-int4-fixed"] if args.int4 and hasattr(builds.get("avx2"), "_set_int4_reach_cap") else []))
     build_head = "".join(f" {b} ms | {b}/fp32 |" for b in columns)
     print(f"| layer (in x out) | M | threads | fp32 ms |{build_head} best/fp32 min | unpack/fp32 | qdyn/fp32 |")
     print("|---|---|---|---|" + "---|---|" * len(columns) + "---|---|---|")
@@ -174,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         for shape in shapes:
             in_f, out_f = (int(v) for v in shape.lower().split("x"))
             for m in ms:
-                samples = bench_cell(in_f, out_f, m, reps, args.min_time, builds, args.int8, args.int4)
+                samples = bench_cell(in_f, out_f, m, reps, args.min_time, builds, args.int8, args.int4,
+                                     args.activations)
                 t = {k: statistics.median(v) for k, v in samples.items()}
                 cells = "".join(f" {t[b] * 1e3:.3f} | {t[b] / t['fp32']:.2f} |" for b in columns)
                 fastest = min(samples[best]) / min(samples["fp32"])

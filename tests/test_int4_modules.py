@@ -335,11 +335,12 @@ def test_kernel_int4_sums_stay_exact_where_rows_reach_the_int16_bound_at_differe
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     builds = kernel_builds()
+    defaults = [build._int4_reach_cap() for build in builds]
     try:
         for build in builds:
             build._set_int4_reach_cap(reach_cap)  # 2: the worst case's widening, whatever the rows
             assert torch.equal(build.ternary_accumulators(x, prepared, k, n), exact), build.ISA
     finally:
         torch.set_num_threads(old)
-        for build in builds:
-            build._set_int4_reach_cap(64)
+        for build, cap in zip(builds, defaults, strict=True):
+            build._set_int4_reach_cap(cap)

@@ -20,7 +20,8 @@
 //   So `(load(block + 32v) >> 2s) & 3` is directly the `vpmaddubsw` operand for 8 columns x 4 k.
 //
 // Structure of one call (run()):
-//   1. quantize every row of x to int8 (+ row sum, + s_x) into a per-thread, grow-only scratch;
+//   1. quantize every row of x to int8 (+ row sum, + s_x; + its reach for int4 weights in the AVX2
+//      build, common.h int4_reach_row) into a per-thread, grow-only scratch;
 //   2. split the output into units of 48 rows x 64 columns (AMX: all rows x 64 columns), claimed
 //      dynamically by the threads of torch's OpenMP pool (default) or by the caller and helpers on
 //      torch's inter-op pool (run_units: never waits for a helper that has not started);
@@ -955,6 +956,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       [](int64_t blocks) { g_int4_reach_cap = std::min(std::max<int64_t>(blocks, 2), kInt4MaxReach); },
       "benchmarks and tests: at most this many blocks between two widenings of the AVX2 int4 tile (2 to 64; "
       "2 = the fixed widening of the worst case)");
+  m.def(
+      "_int4_reach_cap", []() { return g_int4_reach_cap; }, "the current cap (default 64)");
   m.def(
       "_set_prefetch_output", [](bool on) { g_prefetch_out = on; },
       "benchmarks only: prefetch each panel's output lines before computing it (default on)");
