@@ -313,13 +313,13 @@ def test_kernel_int4_weights_give_the_torch_int8_bits(m, k, n, threads):
         torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize(("threads", "reach_cap"), [(1, 64), (2, 64), (1, 2)])
-def test_kernel_int4_sums_stay_exact_where_rows_reach_the_int16_bound_at_different_blocks(threads, reach_cap):
+@pytest.mark.parametrize(("threads", "reach_cap", "k"), [(1, 16, 1536), (2, 16, 1552), (1, 2, 1536)])
+def test_kernel_int4_sums_stay_exact_where_rows_reach_the_int16_bound_at_different_blocks(threads, reach_cap, k):
     # Every weight 7 (code 15) against same-sign activations makes each int16 lane of the AVX2 tile as large
     # as it can get for its rows' sum(|q|), and outlier channels make that sum differ from row to row and
     # block to block: widening one block later than each row allows would wrap an int16 lane.
     g = torch.Generator().manual_seed(11)
-    m, k, n = 29, 1536, 48
+    m, n = 29, 48  # k = 1552: an odd number of 16-input blocks (the reach sums them two at a time)
     values = torch.full((n, k), 7, dtype=torch.int8)
     values[n // 2:] = -7  # codes 1: the small end too
     x = torch.rand(m, k, generator=g) * torch.rand(m, 1, generator=g) ** 2
@@ -338,6 +338,8 @@ def test_kernel_int4_sums_stay_exact_where_rows_reach_the_int16_bound_at_differe
     defaults = [build._int4_reach_cap() for build in builds]
     try:
         for build in builds:
+            with pytest.raises(ValueError, match="2 to 16"):  # a longer reach would outgrow the panel chunk
+                build._set_int4_reach_cap(17)
             build._set_int4_reach_cap(reach_cap)  # 2: the worst case's widening, whatever the rows
             assert torch.equal(build.ternary_accumulators(x, prepared, k, n), exact), build.ISA
     finally:

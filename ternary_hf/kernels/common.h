@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 // Everything in these headers has internal linkage (an anonymous namespace): several builds of the
 // kernel (AVX2, VNNI, AMX, ...) are loaded side by side into one process, and an inline function with
@@ -134,35 +135,53 @@ constexpr int32_t kInt4Zero = 8;
 // saturate while the lane's sum(|q|) stays <= kInt4LaneBudget: that is the exact bound the tile widens at.
 // reach[kb] = how many blocks from block kb on fit within the budget on both lane kinds (at least 2 where
 // that many remain: 2 x 8 x 127 <= kInt4LaneBudget), capped at `cap` (<= kInt4MaxReach; 2 = the fixed
-// widening every 2 blocks, for benchmarks).
+// widening every 2 blocks, for benchmarks). kInt4MaxReach is the tile's panel chunk (ternary_cpu.cpp's
+// kWidenBlocks): the tile widens at the end of every chunk anyway, so a longer reach would never be used.
 constexpr int32_t kInt4LaneBudget = 32767 / (2 * kInt4Zero - 1);
-constexpr int64_t kInt4MaxReach = 64;
+constexpr int64_t kInt4MaxReach = 16;
+
+// Per block, both lane kinds' sum(|q|) in one uint32: the {0, 1} kind in the low half, the {2, 3} kind in the
+// high half (each <= 8 x 127). Two blocks per ymm: vpsadbw adds 8 bytes per 64-bit lane, after masking each
+// lane kind's bytes.
+inline void int4_block_sums(const int8_t* q, int64_t kblocks, uint32_t* sums) {
+  const __m256i even = _mm256_set1_epi32(0x0000FFFF);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i lanes_0_4 = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+  int64_t kb = 0;
+  for (; kb + 2 <= kblocks; kb += 2) {
+    const __m256i a = _mm256_abs_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + kb * 16)));
+    const __m256i se = _mm256_sad_epu8(_mm256_and_si256(a, even), zero);
+    const __m256i so = _mm256_sad_epu8(_mm256_andnot_si256(even, a), zero);
+    __m256i t = _mm256_or_si256(se, _mm256_slli_epi64(so, 16));       // per 8 bytes: e | o << 16
+    t = _mm256_add_epi32(t, _mm256_shuffle_epi32(t, 0x4E));           // per block, in its first 32 bits
+    t = _mm256_permutevar8x32_epi32(t, lanes_0_4);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(sums + kb), _mm256_castsi256_si128(t));
+  }
+  if (kb < kblocks) {
+    const __m128i a = _mm_abs_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kb * 16)));
+    const __m128i se = _mm_sad_epu8(_mm_and_si128(a, _mm256_castsi256_si128(even)), _mm_setzero_si128());
+    const __m128i so = _mm_sad_epu8(_mm_andnot_si128(_mm256_castsi256_si128(even), a), _mm_setzero_si128());
+    const __m128i t = _mm_or_si128(se, _mm_slli_epi64(so, 16));
+    sums[kb] = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E))));
+  }
+}
 
 inline void int4_reach_row(const int8_t* q, int64_t kblocks, uint8_t* reach, int64_t cap = kInt4MaxReach) {
+  // The window stays within the budget, so a half never exceeds budget + one block + the offset below.
+  static_assert(0x7FFF + 8 * 127 < 0x10000 && kInt4LaneBudget <= 0x7FFF, "the packed halves must not carry");
   cap = std::min(std::max<int64_t>(cap, 2), kInt4MaxReach);
-  // bytes at k % 4 in {0, 1} (the first lane of each column's vpmaddubsw pair sums) / in {2, 3}
-  const __m128i even = _mm_set1_epi32(0x0000FFFF);
-  const __m128i zero = _mm_setzero_si128();
-  int32_t sum_even = 0, sum_odd = 0;  // of blocks [kb, end)
+  thread_local std::vector<uint32_t> sums;  // grow-only: one row at a time per thread
+  if (static_cast<int64_t>(sums.size()) < kblocks) sums.resize(kblocks);
+  int4_block_sums(q, kblocks, sums.data());
+  // A half exceeds the budget iff adding (0x7FFF - budget) to it sets its bit 15 (neither half carries).
+  constexpr uint32_t kOver = (0x7FFFu - kInt4LaneBudget) * 0x10001u;
+  uint32_t window = 0;  // packed sums of blocks [kb, end)
   int64_t end = 0;
-  uint16_t lanes[2][kInt4MaxReach];  // per block of the window (ring buffer): sum(|q|) per lane kind
   for (int64_t kb = 0; kb < kblocks; ++kb) {
-    while (end < kblocks && end - kb < cap) {
-      const __m128i a = _mm_abs_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + end * 16)));
-      const __m128i se = _mm_sad_epu8(_mm_and_si128(a, even), zero);
-      const __m128i so = _mm_sad_epu8(_mm_andnot_si128(even, a), zero);
-      const int32_t e = _mm_cvtsi128_si32(se) + _mm_extract_epi32(se, 2);
-      const int32_t o = _mm_cvtsi128_si32(so) + _mm_extract_epi32(so, 2);
-      if (sum_even + e > kInt4LaneBudget || sum_odd + o > kInt4LaneBudget) break;
-      sum_even += e;
-      sum_odd += o;
-      lanes[0][end % kInt4MaxReach] = static_cast<uint16_t>(e);
-      lanes[1][end % kInt4MaxReach] = static_cast<uint16_t>(o);
-      ++end;
-    }
+    const int64_t limit = std::min(kblocks, kb + cap);
+    while (end < limit && ((window + sums[end] + kOver) & 0x80008000u) == 0) window += sums[end++];
     reach[kb] = static_cast<uint8_t>(end - kb);
-    sum_even -= lanes[0][kb % kInt4MaxReach];
-    sum_odd -= lanes[1][kb % kInt4MaxReach];
+    window -= sums[kb];
   }
 }
 

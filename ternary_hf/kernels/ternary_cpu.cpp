@@ -72,6 +72,7 @@ using namespace ternary_hf_kernel;
 
 constexpr int64_t kMR = 6;         // rows per register tile
 constexpr int64_t kWidenBlocks = 16;  // 16 blocks * 16 k = 256 k per int16 accumulation (see top)
+static_assert(kInt4MaxReach == kWidenBlocks, "an int4 row's reach spans at most one panel chunk (common.h)");
 constexpr int64_t kRowBlock = 48;   // rows sharing one pass over the weights (q block stays in L2)
 constexpr int64_t kColBlock = 64;   // columns per parallel work unit
 
@@ -953,11 +954,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "_decode_panels", []() { return g_decode_panels; }, "whether row tiles share a decoded panel chunk");
   m.def(
       "_set_int4_reach_cap",
-      [](int64_t blocks) { g_int4_reach_cap = std::min(std::max<int64_t>(blocks, 2), kInt4MaxReach); },
-      "benchmarks and tests: at most this many blocks between two widenings of the AVX2 int4 tile (2 to 64; "
-      "2 = the fixed widening of the worst case)");
+      [](int64_t blocks) {
+        TORCH_CHECK_VALUE(blocks >= 2 && blocks <= kInt4MaxReach, "_set_int4_reach_cap: blocks must be 2 to ",
+                          kInt4MaxReach, ", got ", blocks);
+        g_int4_reach_cap = blocks;
+      },
+      "benchmarks and tests: at most this many blocks between two widenings of the AVX2 int4 tile (2 to 16, the "
+      "default; 2 = the fixed widening of the worst case)");
   m.def(
-      "_int4_reach_cap", []() { return g_int4_reach_cap; }, "the current cap (default 64)");
+      "_int4_reach_cap", []() { return g_int4_reach_cap; }, "the current cap (default 16)");
   m.def(
       "_set_prefetch_output", [](bool on) { g_prefetch_out = on; },
       "benchmarks only: prefetch each panel's output lines before computing it (default on)");
