@@ -103,6 +103,11 @@ def activations(m: int, in_f: int, kind: str) -> torch.Tensor:
     return x
 
 
+def _has_fixed_int4(builds: dict[str, object]) -> bool:
+    """Whether the ``avx2-int4-fixed`` column can be timed (an AVX2 build with the reach cap switch)."""
+    return hasattr(builds.get("avx2"), "_set_int4_reach_cap")
+
+
 def _with_reach_cap(module: object, cap: int, fn: Callable[[], object]) -> object:
     default = module._int4_reach_cap()  # type: ignore[attr-defined]
     module._set_int4_reach_cap(cap)  # type: ignore[attr-defined]
@@ -141,7 +146,7 @@ def bench_cell(
         for name, module in builds.items():
             fns[f"{name}-int4"] = lambda module=module: module.ternary_linear(x, prepared4, scale4, bias, in_f,
                                                                               out_f, False)
-        if "avx2" in builds and hasattr(builds["avx2"], "_set_int4_reach_cap"):
+        if _has_fixed_int4(builds):
             avx2 = builds["avx2"]
             fns["avx2-int4-fixed"] = lambda: _with_reach_cap(
                 avx2, 2, lambda: avx2.ternary_linear(x, prepared4, scale4, bias, in_f, out_f, False))
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     print("# ratio = time / fp32 time (lower is better)\n")
     columns = (list(builds) + ([f"{b}-int8" for b in builds] if args.int8 else [])
                + ([f"{b}-int4" for b in builds] if args.int4 else [])
-               + (["avx2-int4-fixed"] if args.int4 and hasattr(builds.get("avx2"), "_set_int4_reach_cap") else []))
+               + (["avx2-int4-fixed"] if args.int4 and _has_fixed_int4(builds) else []))
     build_head = "".join(f" {b} ms | {b}/fp32 |" for b in columns)
     print(f"| layer (in x out) | M | threads | fp32 ms |{build_head} best/fp32 min | unpack/fp32 | qdyn/fp32 |")
     print("|---|---|---|---|" + "---|---|" * len(columns) + "---|---|---|")

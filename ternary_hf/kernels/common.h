@@ -134,8 +134,8 @@ constexpr int32_t kInt4Zero = 8;
 // of one k pair per step (k % 4 in {0, 1}, or in {2, 3}), each at most 15 |q| (codes <= 15), so it cannot
 // saturate while the lane's sum(|q|) stays <= kInt4LaneBudget: that is the exact bound the tile widens at.
 // reach[kb] = how many blocks from block kb on fit within the budget on both lane kinds (at least 2 where
-// that many remain: 2 x 8 x 127 <= kInt4LaneBudget), capped at `cap` (<= kInt4MaxReach; 2 = the fixed
-// widening every 2 blocks, for benchmarks). kInt4MaxReach is the tile's panel chunk (ternary_cpu.cpp's
+// that many remain: 2 x 8 x 127 <= kInt4LaneBudget), capped at `cap` (2 to kInt4MaxReach, which
+// _set_int4_reach_cap checks; 2 = the fixed widening every 2 blocks, for benchmarks). kInt4MaxReach is the tile's panel chunk (ternary_cpu.cpp's
 // kWidenBlocks): the tile widens at the end of every chunk anyway, so a longer reach would never be used.
 constexpr int32_t kInt4LaneBudget = 32767 / (2 * kInt4Zero - 1);
 constexpr int64_t kInt4MaxReach = 16;
@@ -169,7 +169,6 @@ inline void int4_block_sums(const int8_t* q, int64_t kblocks, uint32_t* sums) {
 inline void int4_reach_row(const int8_t* q, int64_t kblocks, uint8_t* reach, int64_t cap = kInt4MaxReach) {
   // The window stays within the budget, so a half never exceeds budget + one block + the offset below.
   static_assert(0x7FFF + 8 * 127 < 0x10000 && kInt4LaneBudget <= 0x7FFF, "the packed halves must not carry");
-  cap = std::min(std::max<int64_t>(cap, 2), kInt4MaxReach);
   thread_local std::vector<uint32_t> sums;  // grow-only: one row at a time per thread
   if (static_cast<int64_t>(sums.size()) < kblocks) sums.resize(kblocks);
   int4_block_sums(q, kblocks, sums.data());
