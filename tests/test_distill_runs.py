@@ -206,6 +206,7 @@ def test_a_teacher_that_is_not_a_model_is_one_cli_line_before_any_work(tmp_path,
         assert main(["distill", str(teacher), str(tmp_path / "out"), "--data", str(data), "--steps", "1"]) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"error: cannot load the teacher {teacher}"), err
+        assert ("no such folder" in err) == (teacher.name == "missing"), err
         assert not (tmp_path / "out.work").exists()
 
 

@@ -53,16 +53,26 @@ __all__ = ["distill", "evaluate_student", "load_teacher", "replay_teacher_cache"
 _FRESH_HINT = "pass --fresh (fresh=True in Python) to discard them and start over"
 
 
+def _names_a_missing_folder(name: str | os.PathLike) -> bool:
+    """True for a path the user clearly meant as a folder (absolute, ``./``, ``../``, ``~``) that does not exist."""
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    return not path.exists() and (isinstance(name, os.PathLike) or path.is_absolute() or text.startswith((".", "~")))
+
+
 def load_teacher(teacher: str | os.PathLike) -> tuple[Any, nn.Module, Any]:
     """``(sentence_transformer, hf_model, tokenizer)`` for a float teacher folder or repo id."""
     from sentence_transformers import SentenceTransformer
 
+    hint = ("Give a float sentence-transformers or transformers model folder "
+            "(ternary-hf fetch-model gets the bundled one)")
+    if _names_a_missing_folder(teacher):  # else sentence-transformers reads it as a repo id and says so
+        raise MissingInputError(f"cannot load the teacher {teacher}: no such folder. {hint}")
     try:
         st = SentenceTransformer(str(teacher), device="cpu")
-    except (OSError, ValueError) as exc:  # no such folder, not a model, or a repo id while offline
+    except (OSError, ValueError) as exc:  # not a model, or a repo id while offline
         why = " ".join(str(exc).split()).rstrip(".")
-        raise MissingInputError(f"cannot load the teacher {teacher}: {why}. Give a float sentence-transformers or "
-                                "transformers model folder (ternary-hf fetch-model gets the bundled one)") from None
+        raise MissingInputError(f"cannot load the teacher {teacher}: {why}. {hint}") from None
     transformer = st[0]
     model = transformer.auto_model
     if getattr(model, "is_quantized", False):
