@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 from conftest import tiny_sentences
@@ -88,6 +89,29 @@ def test_replay_refills_the_cache_as_the_run_filled_it():
     assert rebuilt.replay(batches, teacher) == 0  # everything cached: no teacher forward
 
 
+def test_the_journal_gives_back_the_rows_up_to_the_checkpoint_and_drops_later_ones(tmp_path):
+    live = TeacherCache(10**6)
+    other = TeacherCache(10**6)
+    assert live.flush(tmp_path, 0) is not None  # nothing cached yet: an empty journal still marks step 0
+    sizes = {}
+    for step, (index, lengths) in zip((2, 4, 6), (([0, 1], [2, 3]), ([2, 3], [4, 1]), ([4], [5])), strict=True):
+        live.add(*_batch(index, lengths, seed=step))
+        assert live.flush(tmp_path, step) == tmp_path / f"p0-{step}.safetensors"
+        sizes[step] = (len(live), live.nbytes)
+    assert live.flush(tmp_path, 6) is None  # the second save of a step (time budget): the file is kept
+    other.add(*_batch([7], [2], seed=9))
+    other.flush(tmp_path, 6, process=1)
+
+    resumed = TeacherCache(10**6)
+    assert resumed.restore(tmp_path, 4) == (4, True)  # texts 0-3; the step-6 journal had no checkpoint
+    assert (len(resumed), resumed.nbytes) == sizes[4]
+    for key in range(4):
+        assert torch.equal(resumed._rows[key], live._rows[key])
+    assert not (tmp_path / "p0-6.safetensors").exists() and (tmp_path / "p1-6.safetensors").exists()
+    assert TeacherCache(10**6).restore(tmp_path, 5) == (4, False)  # no journal of step 5: replay the rest
+    assert TeacherCache(10**6).restore(tmp_path / "missing", 4) == (0, False)
+
+
 def test_the_cache_is_off_for_losses_that_need_more_than_the_last_hidden_state():
     assert cache_supported(DistillConfig()) is None
     assert cache_supported(DistillConfig(bank_similarity=1.0)) is None
@@ -95,7 +119,9 @@ def test_the_cache_is_off_for_losses_that_need_more_than_the_last_hidden_state()
         assert cache_supported(DistillConfig(**kwargs)) is not None, kwargs
 
 
-def test_later_epochs_skip_the_teacher_and_a_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path):
+def test_later_epochs_skip_the_teacher_and_a_resumed_run_ends_with_the_same_weights(tiny_st_dir, tmp_path,
+                                                                                    monkeypatch):
+    real_replay = TeacherCache.replay
     texts = tiny_sentences(24)  # 3 batches of 8: steps 4-6 are the second epoch
     cfg = DistillConfig(max_steps=6, **FAST)
     full = distill(tiny_st_dir, tmp_path / "full", texts=texts, config=cfg, show_progress_bar=False)
@@ -103,12 +129,24 @@ def test_later_epochs_skip_the_teacher_and_a_resumed_run_ends_with_the_same_weig
     assert info["teacher_cache"]["texts"] == 24
     assert (info["teacher_cache"]["batches_served"], info["teacher_cache"]["teacher_forwards"]) == (3, 3)
 
-    distill(tiny_st_dir, tmp_path / "resumed", texts=texts, config=cfg, stop_after=4, show_progress_bar=False)
-    distill(tiny_st_dir, tmp_path / "resumed", texts=texts, config=cfg, show_progress_bar=False)
-    a = load_file(str(tmp_path / "full" / "model.safetensors"))
-    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    # Resumed from the journal (no teacher forward to refill), and from replaying the batches when the
+    # journal is gone (a run checkpointed before journals existed): the same weights either way.
+    replays = []
+    monkeypatch.setattr(TeacherCache, "replay", lambda self, *a, **k: replays.append(1) or real_replay(self, *a, **k))
+    for name, keep_journal in (("resumed", True), ("replayed", False)):
+        distill(tiny_st_dir, tmp_path / name, texts=texts, config=cfg, stop_after=4, show_progress_bar=False)
+        journal = tmp_path / f"{name}.work" / "teacher_cache"
+        assert sorted(p.name for p in journal.iterdir()) == ["p0-3.safetensors", "p0-4.safetensors"]
+        if not keep_journal:
+            shutil.rmtree(journal)
+        replays.clear()
+        distill(tiny_st_dir, tmp_path / name, texts=texts, config=cfg, show_progress_bar=False)
+        assert len(replays) == (0 if keep_journal else 1)
+        assert not journal.exists()  # a finished run frees the disk
+        a = load_file(str(tmp_path / "full" / "model.safetensors"))
+        b = load_file(str(tmp_path / name / "model.safetensors"))
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
 
     # Without the cache the first epoch is the same computation; later steps differ only by the
     # float16 rounding of the cached targets.

@@ -136,9 +136,10 @@ class _Loop:
     """One session of a run (state shared by the step, logging, evaluation and checkpoint methods)."""
 
     def __init__(self, accelerator, cfg: DistillConfig, work_dir: Path, loss_fn: LossFn,
-                 evaluate: Callable[[nn.Module, int], dict[str, float]] | None, stop_after: int | None):
+                 evaluate: Callable[[nn.Module, int], dict[str, float]] | None, stop_after: int | None,
+                 on_save: Callable[[int], None] | None = None):
         self.accelerator, self.cfg, self.work_dir = accelerator, cfg, work_dir
-        self.loss_fn, self.evaluate, self.stop_after = loss_fn, evaluate, stop_after
+        self.loss_fn, self.evaluate, self.stop_after, self.on_save = loss_fn, evaluate, stop_after, on_save
         self.clock = TrainingClock(cfg.max_minutes)
         self.step = self.first_step = self.micro = 0
         self.last_loss, self.running = float("nan"), None
@@ -227,6 +228,8 @@ class _Loop:
             acc.wait_for_everyone()
 
     def save(self) -> None:
+        if self.on_save is not None:
+            self.on_save(self.step)
         save_checkpoint(self.accelerator, self.work_dir, self.step,
                         {"elapsed_s": self.clock.elapsed(), "loss": self.last_loss,
                          "stopped_by_time_budget": self.out_of_time})
@@ -234,7 +237,7 @@ class _Loop:
 
 def train(accelerator, cfg: DistillConfig, model: nn.Module, loader, loss_fn: LossFn, *, work_dir: Path,
           resume_from: Checkpoint | None = None, checkpoint_objects: Sequence[Any] = (),
-          on_resume: Callable[[Any, int], None] | None = None,
+          on_resume: Callable[[Any, int], None] | None = None, on_save: Callable[[int], None] | None = None,
           evaluate: Callable[[nn.Module, int], dict[str, float]] | None = None,
           stop_after: int | None = None, show_progress_bar: bool = True, desc: str = "distilling") -> LoopResult:
     """Train ``model`` on ``loader``'s batches with ``loss_fn`` until the step cap, the time budget or
@@ -245,12 +248,14 @@ def train(accelerator, cfg: DistillConfig, model: nn.Module, loader, loss_fn: Lo
         checkpoint_objects: stateful objects saved with each checkpoint (``state_dict`` / ``load_state_dict``).
         on_resume: ``on_resume(prepared_loader, batches_done)`` after a resume, before the clock starts
             (rebuilding in-memory state such as a teacher cache is not training time).
+        on_save: ``on_save(step)`` on every process before each checkpoint is written (state kept
+            beside the checkpoints, such as the teacher cache's journal).
         evaluate: ``evaluate(unwrapped_model, step) -> {metric: value}`` every ``cfg.eval_every`` steps,
             on the main process, logged to ``evals.csv``.
     """
     from tqdm.auto import tqdm
 
-    loop = _Loop(accelerator, cfg, Path(work_dir), loss_fn, evaluate, stop_after)
+    loop = _Loop(accelerator, cfg, Path(work_dir), loss_fn, evaluate, stop_after, on_save)
     loop.prepare(model, loader, checkpoint_objects, resume_from)
     batches = loop.batches()
     # with a time budget tqdm's own step-based "remaining" would be wrong; the postfix has the real ETA

@@ -11,19 +11,29 @@ MSE over real tokens, the pooled losses, the bank); :func:`cache_supported` says
 case. Padding positions of a served batch are zeros, which the masked losses never read.
 
 Exact resume: the cached value of a text is the one computed in the batch it first appeared in
-(a batch's padding changes the float rounding of the teacher's output). A resumed run
-rebuilds the cache by re-running the teacher on exactly the batches that filled it before the
-checkpoint (:meth:`TeacherCache.replay`), so its targets, and so its weights, are bit for bit those
-of an uninterrupted run.
+(a batch's padding changes the float rounding of the teacher's output). At every checkpoint the rows
+added since the one before are written to the run's work dir (:meth:`TeacherCache.flush`: one
+safetensors journal file per checkpoint and process), and a resumed run reads back the files up to
+its checkpoint (:meth:`TeacherCache.restore`) instead of running the teacher again on every batch it
+had done. Batches whose rows are not in a journal (a run checkpointed before journals existed)
+are refilled by re-running the teacher on exactly the batches that filled them
+(:meth:`TeacherCache.replay`). Either way the targets, and so the weights, are bit for bit those of
+an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 
+from ..utils.io import atomic_write_bytes
+
 __all__ = ["TeacherCache", "cache_supported"]
+
+_JOURNAL = re.compile(r"p(\d+)-(\d+)\.safetensors")
 
 
 def cache_supported(cfg) -> str | None:
@@ -49,6 +59,7 @@ class TeacherCache:
         self.nbytes = 0
         self.hits = self.misses = 0
         self._rows: dict[int, torch.Tensor] = {}
+        self._unsaved: list[int] = []  # added since the last flush
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -85,6 +96,7 @@ class TeacherCache:
             if self.nbytes + size > self.max_bytes:
                 return
             self._rows[key] = stored
+            self._unsaved.append(key)
             self.nbytes += size
 
     def replay(self, batches: Iterable[dict[str, torch.Tensor]], teacher: Callable[..., object],
@@ -103,3 +115,47 @@ class TeacherCache:
             self.add(index, inputs["attention_mask"], out.last_hidden_state)
             forwards += 1
         return forwards
+
+    def flush(self, folder: str | Path, step: int, process: int = 0) -> Path | None:
+        """Write the rows added since the last flush to ``folder`` as the journal of ``step`` (one
+        file per process, written even when empty: its presence says that the journals hold every
+        row up to ``step``). Call before the checkpoint of ``step`` is saved, so that a checkpoint
+        never relies on a journal that is not on disk. A second save of the same step (the final
+        save of a time budget) adds nothing and keeps the file; returns ``None`` then."""
+        path = Path(folder) / f"p{process}-{step}.safetensors"
+        if not self._unsaved and path.exists():
+            return None
+        from safetensors.torch import save
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save({str(key): self._rows[key] for key in self._unsaved}))
+        self._unsaved.clear()
+        return path
+
+    def restore(self, folder: str | Path, step: int, process: int = 0) -> tuple[int, bool]:
+        """Read this process's journals up to ``step`` (the checkpoint resumed from) back into the cache.
+
+        Journals of later steps (written before a kill, with no checkpoint after them) are deleted:
+        the resumed run recomputes their rows. Returns how many texts were read and whether the
+        journals are complete (the one of ``step`` exists, so every row up to it was written);
+        when they are not (a run checkpointed before journals existed), :meth:`replay` adds the rest.
+        """
+        journals = []
+        for path in Path(folder).glob(f"p{process}-*.safetensors"):
+            match = _JOURNAL.fullmatch(path.name)
+            if match is None or int(match.group(1)) != process:
+                continue
+            if int(match.group(2)) > step:
+                path.unlink(missing_ok=True)
+            else:
+                journals.append((int(match.group(2)), path))
+        from safetensors.torch import load_file
+
+        read = 0
+        for _, path in sorted(journals):
+            for key, value in load_file(str(path)).items():
+                if int(key) not in self._rows:
+                    self._rows[int(key)] = value
+                    self.nbytes += value.numel() * value.element_size()
+                    read += 1
+        return read, any(journal_step == step for journal_step, _ in journals)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -50,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["distill", "evaluate_student", "load_teacher", "replay_teacher_cache", "student_pipeline"]
 
+#: the teacher cache's journal in the work dir (:meth:`TeacherCache.flush`), read back on a resume
+TEACHER_CACHE_JOURNAL = "teacher_cache"
 _FRESH_HINT = "pass --fresh (fresh=True in Python) to discard them and start over"
 
 
@@ -81,12 +84,20 @@ def load_teacher(teacher: str | os.PathLike) -> tuple[Any, nn.Module, Any]:
 
 
 def replay_teacher_cache(cache: TeacherCache, loader, teacher_model: nn.Module, n_batches: int, accelerator,
-                         show: bool) -> None:
-    """Refill the teacher cache after a resume from this process's first ``n_batches`` batches (read
-    from the loader's batch sampler, so neither the RNG nor Accelerate's dataloader state moves)."""
+                         show: bool, journal: Path | None = None, step: int = 0) -> None:
+    """Refill the teacher cache after a resume at ``step``: from its journal in ``journal`` (see
+    :meth:`TeacherCache.restore`), and where that is incomplete by re-running the teacher on this
+    process's first ``n_batches`` batches (read from the loader's batch sampler, so neither the RNG
+    nor Accelerate's dataloader state moves)."""
     import itertools
 
     from tqdm.auto import tqdm
+
+    if journal is not None:
+        read, complete = cache.restore(journal, step, accelerator.process_index)
+        if complete:
+            accelerator.print(f"teacher cache restored: {read} texts from its journal")
+            return
 
     def batches():
         for indices in itertools.islice(iter(loader.batch_sampler), n_batches):
@@ -326,12 +337,16 @@ def _distill(teacher: str | os.PathLike, output_dir: str | os.PathLike, texts: A
     teacher_model.to(accelerator.device)
     bank = TeacherBank(cfg.bank_size) if cfg.bank_similarity else None
     cache = _teacher_cache(cfg, accelerator)
-    refill = None if cache is None or is_finished(cfg, run.latest) else (
-        lambda prepared, n: replay_teacher_cache(cache, prepared, teacher_model, n, accelerator, show_progress_bar))
+    journal = work_dir / TEACHER_CACHE_JOURNAL
+    if run.latest is None:  # a fresh start: an earlier run's journal does not hold this run's targets
+        _discard_journal(journal, accelerator)
+    refill = save_journal = None
+    if cache is not None and not is_finished(cfg, run.latest):
+        refill, save_journal = _cache_hooks(cache, journal, teacher_model, accelerator, cfg, show_progress_bar)
     result = train(accelerator, cfg, student, loader, TextLoss(cfg, teacher_model, accelerator, cache, bank, forcing),
                    work_dir=work_dir, resume_from=run.latest, checkpoint_objects=[bank] if bank is not None else [],
-                   on_resume=refill, evaluate=_periodic_evaluation(teacher_st, cfg), stop_after=stop_after,
-                   show_progress_bar=show_progress_bar)
+                   on_resume=refill, on_save=save_journal, evaluate=_periodic_evaluation(teacher_st, cfg),
+                   stop_after=stop_after, show_progress_bar=show_progress_bar)
     if forcing is not None:
         forcing.remove()
     if result.finished and accelerator.is_main_process:
@@ -342,6 +357,8 @@ def _distill(teacher: str | os.PathLike, output_dir: str | os.PathLike, texts: A
                 "teacher_cache": _cache_record(cache), "run_id": run.record.run_id,
                 "sessions": run.sessions}
         finalize(result.model, teacher_st, output_dir, tcfg, info=info, overwrite=overwrite)
+    if result.finished:  # its rows are only needed to resume; free the disk
+        _discard_journal(journal, accelerator)
     accelerator.wait_for_everyone()
     return DistillResult(str(output_dir if result.finished else work_dir), result.steps, result.seconds,
                          result.final_loss, result.losses, result.session_seconds)
@@ -367,6 +384,26 @@ def _text_batches(corpus: list[str], tokenizer: Any, cfg: DistillConfig, process
             logger.warning("long views (--long-length %d): no training text is longer than --max-length %d tokens, "
                            "so every batch is a short one", long_length, cfg.max_length)
     return torch.utils.data.DataLoader(IndexedTexts(items), batch_sampler=order, collate_fn=collate)
+
+
+def _cache_hooks(cache: TeacherCache, journal: Path, teacher_model: nn.Module, accelerator, cfg: DistillConfig,
+                 show: bool):
+    """``(on_resume, on_save)`` for :func:`~.loop.train`: refill the cache on a resume, journal it at each save."""
+
+    def refill(prepared_loader, n_batches: int) -> None:
+        replay_teacher_cache(cache, prepared_loader, teacher_model, n_batches, accelerator, show, journal,
+                             n_batches // cfg.gradient_accumulation_steps)
+
+    def save_journal(step: int) -> None:
+        cache.flush(journal, step, accelerator.process_index)
+
+    return refill, save_journal
+
+
+def _discard_journal(journal: Path, accelerator) -> None:
+    if accelerator.is_main_process:
+        shutil.rmtree(journal, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def _cache_record(cache: TeacherCache | None) -> dict[str, Any] | None:
