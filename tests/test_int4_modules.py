@@ -149,6 +149,34 @@ def test_fast_forward_runs_the_int4_block_in_the_kernel_encoder(tiny_model_dirs,
     assert torch.allclose(tiny_hidden(model, kind)[mask], fast[mask], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["bert", "mpnet"])
+def test_the_kernel_path_holds_each_weight_once(tiny_model_dirs, kind):
+    # Packed int4 bytes stay (they are the checkpoint); beside them only the kernel's panels, one copy per
+    # GEMM: no unpacked int8 values (one byte per weight) in the layers or the plan, no layer-owned panels
+    # beside a concatenated copy.
+    from ternary_hf import kernels
+
+    if not (kernels.cpu_kernel_available() and kernels.int8_weights_available()):
+        pytest.skip("no CPU kernel with int8 weights here")
+    model = quantized_tiny(tiny_model_dirs[kind], int4_modules=[FIRST[kind]])
+    out = tiny_hidden(model, kind)
+    gemms = [g for layer in model.__dict__["_ternary_fast_forward"].layers for g in (layer.qkv, layer.o, layer.up,
+                                                                                      layer.down)]
+    assert all(g.prepared is not None and g._int8_values is None for g in gemms)
+    assert all(m._values is None for m in model.modules() if isinstance(m, Int4Linear))
+    for gemm in gemms:
+        if len(gemm.modules) == 1:  # the layer's own panels, not a copy of them
+            assert gemm.prepared.data_ptr() == gemm.modules[0].kernel_weight(kernels).data_ptr()
+        else:
+            assert all(m._prepared is None for m in gemm.modules)
+    # the torch paths still find what they need (and keep it, since they multiply it on every call)
+    layer = next(m for m in model.modules() if isinstance(m, Int4Linear))
+    x = torch.randn(3, layer.in_features)
+    assert torch.equal(layer(x), int8_linear(x, layer.int8_values(), layer.weight_scale, layer.bias))
+    assert layer._values is not None
+    assert torch.equal(tiny_hidden(model, kind), out)
+
+
 def test_int4_blocks_name_the_first_encoder_blocks(tiny_model_dirs):
     bert = AutoModel.from_pretrained(tiny_model_dirs["bert"])
     assert with_int4_blocks(TernaryConfig(), bert, 1).int4_modules == ["encoder.layer.0"]

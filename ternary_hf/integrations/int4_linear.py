@@ -47,15 +47,23 @@ class Int4Linear(Int8Linear):
         values, scale = quantize_weight_int4(weight)
         return {"weight": pack_int4(values), "weight_scale": scale}
 
-    def int8_values(self) -> torch.Tensor:
-        """The unpacked values ``(out_features, in_features)`` as int8, kept until the weight changes."""
+    def int8_values(self, keep: bool = True) -> torch.Tensor:
+        """The unpacked values ``(out_features, in_features)`` as int8.
+
+        ``keep``: hold them until the weight changes, for the torch path, which multiplies them on
+        every call. Callers that use them once (the kernel's panels, dequantization) pass ``False``:
+        kept, they would double the layer's memory (one byte per weight beside the packed half byte
+        and the kernel's copy)."""
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
-        if self._values is None or self._values[0] != key:
-            self._values = (key, unpack_int4(self.weight, self.in_features))
-        return self._values[1]
+        if self._values is not None and self._values[0] == key:
+            return self._values[1]
+        values = unpack_int4(self.weight, self.in_features)
+        if keep:
+            self._values = (key, values)
+        return values
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return dequantize_int8(self.int8_values(), self.weight_scale, dtype)
+        return dequantize_int8(self.int8_values(keep=False), self.weight_scale, dtype)
 
     def extra_repr(self) -> str:
         return super().extra_repr().replace("weights=int8", "weights=int4")

@@ -89,8 +89,9 @@ class Int8Linear(nn.Module):
         """A float ``nn.Linear`` computing ``s_w * W_q`` (activation quantization is dropped)."""
         return float_linear(self, dtype)
 
-    def int8_values(self) -> torch.Tensor:
-        """The weight as int8 values ``(out_features, in_features)`` (the stored ``weight`` itself)."""
+    def int8_values(self, keep: bool = True) -> torch.Tensor:
+        """The weight as int8 values ``(out_features, in_features)`` (the stored ``weight`` itself;
+        ``keep`` matters for formats that unpack, :class:`~.int4_linear.Int4Linear`)."""
         return self.weight
 
     def kernel_weight(self, kernels) -> torch.Tensor:
@@ -98,7 +99,7 @@ class Int8Linear(nn.Module):
         once and kept until the weight changes (data pointer, version or device)."""
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
         if self._prepared is None or self._prepared[0] != key:
-            self._prepared = (key, getattr(kernels, self.KERNEL_PREPARE)(self.int8_values()))
+            self._prepared = (key, getattr(kernels, self.KERNEL_PREPARE)(self.int8_values(keep=False)))
         return self._prepared[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -170,13 +170,17 @@ class TernaryLinear(nn.Module):
         """A float ``nn.Linear`` computing ``scale * T`` (activation quantization is dropped)."""
         return float_linear(self, dtype)
 
-    def kernel_weight(self, kernels) -> torch.Tensor:
+    def kernel_weight(self, kernels, keep: bool = True) -> torch.Tensor:
         """The weight in the CPU kernel's layout (the 2-bit panels of ``kernels.prepare_weight``),
-        prepared once and kept until the weight changes (data pointer, version or device)."""
+        prepared once and kept until the weight changes (data pointer, version or device); with
+        ``keep=False`` not kept (the fast forward concatenates several layers' panels into its own)."""
         key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
-        if self._prepared is None or self._prepared[0] != key:
-            self._prepared = (key, kernels.prepare_weight(self.weight, self.in_features))
-        return self._prepared[1]
+        if self._prepared is not None and self._prepared[0] == key:
+            return self._prepared[1]
+        prepared = kernels.prepare_weight(self.weight, self.in_features)
+        if keep:
+            self._prepared = (key, prepared)
+        return prepared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = kernel_forward(self, x)

@@ -104,19 +104,30 @@ class _Linear:
                                    for m in modules]).contiguous() if has_bias else None
 
     def _prepare(self, kernels: Any) -> None:
+        """The kernel's panels of this GEMM, held once: a single layer's are its own (shared with
+        ``kernel_weight``), several layers' are concatenated from copies neither the layers nor this
+        object keep (the int8 values and the layers' panels would otherwise stay beside the result)."""
         self._concat_scale_and_bias()
         with torch.no_grad():
-            if self.int8:  # the parts' own layout where they share one (int4 codes), else int8 bytes
+            if len(self.modules) == 1:
+                self.prepared = self.modules[0].kernel_weight(kernels)
+            elif self.int8:  # the parts' own layout where they share one (int4 codes), else int8 bytes
                 kinds = {m.KERNEL_PREPARE for m in self.modules}
                 prepare = kinds.pop() if len(kinds) == 1 else Int8Linear.KERNEL_PREPARE
-                self.prepared = getattr(kernels, prepare)(self.int8_values())
+                self.prepared = getattr(kernels, prepare)(self._concat_int8_values(keep=False))
             else:
-                self.prepared = torch.cat([m.kernel_weight(kernels) for m in self.modules]).contiguous()
+                self.prepared = torch.cat([m.kernel_weight(kernels, keep=False) for m in self.modules]).contiguous()
+
+    def _concat_int8_values(self, keep: bool) -> torch.Tensor:
+        if len(self.modules) == 1:
+            return self.modules[0].int8_values(keep=keep)
+        return torch.cat([m.int8_values(keep=False) for m in self.modules]).contiguous()
 
     def int8_values(self) -> torch.Tensor:
+        """The int8 layers' concatenated weights for the torch path, kept (it multiplies them on every call)."""
         if self._int8_values is None:
             self._concat_scale_and_bias()
-            self._int8_values = torch.cat([m.int8_values() for m in self.modules]).contiguous()
+            self._int8_values = self._concat_int8_values(keep=True)
         return self._int8_values
 
     def __call__(self, x: torch.Tensor, kernels: Any) -> torch.Tensor:
