@@ -43,6 +43,33 @@ def test_retrieval_metrics_perfect_ranking_scores_one_and_no_relevant_item_score
         ev.retrieval_metrics(np.zeros((2, 3), dtype=int), [0], corpus_labels, k=3)
 
 
+def test_per_query_scores_average_to_the_metrics():
+    corpus_labels = [0, 1, 0, 2]
+    hits = np.array([[0, 1, 2], [0, 2, 1]])
+    precision, ndcg = ev.retrieval_scores(hits, [0, 1], corpus_labels, k=3)
+    assert precision == pytest.approx([2 / 3, 1 / 3]) and ndcg[1] == pytest.approx(0.5)
+    assert (float(precision.mean()), float(ndcg.mean())) == ev.retrieval_metrics(hits, [0, 1], corpus_labels, k=3)
+
+
+def test_retention_interval_is_paired_and_says_how_far_the_sample_moves_it():
+    rng = np.random.default_rng(1)
+    teacher = rng.random(400)
+    assert ev.retention_interval(teacher, teacher) == (100.0, 100.0)  # paired: the same model has no spread
+    assert ev.retention_interval(0.9 * teacher, teacher) == pytest.approx((90.0, 90.0))
+    student = teacher.copy()
+    student[:40] = 0.0  # 10% of the queries lost: retention ~90%, and another sample moves it
+    low, high = ev.retention_interval(student, teacher, seed=3)
+    point = 100 * student.mean() / teacher.mean()
+    assert low < point < high and 2 < high - low < 10
+    assert ev.retention_interval(student, teacher, seed=3) == (low, high)  # seeded
+    low_few, high_few = ev.retention_interval(student[::8], teacher[::8], seed=3)
+    assert high_few - low_few > high - low  # fewer items, wider
+    assert ev.retention_interval(student[:1], teacher[:1]) is None
+    assert ev.retention_interval(np.zeros(5), np.zeros(5)) is None
+    with pytest.raises(ValueError, match="paired"):
+        ev.retention_interval(student, teacher[:10])
+
+
 def test_topk_overlap_ignores_order_within_the_top_k():
     a = np.array([[1, 2, 3], [4, 5, 6]])
     b = np.array([[3, 2, 1], [4, 9, 8]])
@@ -148,6 +175,10 @@ def test_model_against_itself_keeps_everything(self_result):
     for row in self_result.metrics:
         if row.task != "teacher-agreement":
             assert row.retention == pytest.approx(100.0)
+    # metrics that are means over queries / test texts carry the interval of their retention
+    assert {key for key, row in rows.items() if row.retention_ci is not None} == {
+        ("20ng-retrieval", "p@10"), ("20ng-retrieval", "ndcg@10"), ("movie-sentiment", "accuracy")}
+    assert rows["20ng-retrieval", "ndcg@10"].retention_ci == pytest.approx((100.0, 100.0))
     assert rows["teacher-agreement", "spearman_pair_similarity"].student == pytest.approx(1.0, abs=1e-6)
     assert rows["teacher-agreement", "mean_cosine"].student == pytest.approx(1.0, abs=1e-5)
     assert rows["teacher-agreement", "top10_overlap"].student == pytest.approx(1.0)
@@ -175,7 +206,8 @@ def test_a_damaged_student_shows_lower_agreement_and_retention(minilm, noisy_min
     assert result.get("teacher-agreement", "mean_cosine").student < 0.95
     assert result.get("teacher-agreement", "spearman_pair_similarity").student < 0.95
     assert result.get("teacher-agreement", "top10_overlap").student < 0.8
-    assert result.get("20ng-retrieval", "ndcg@10").retention < 95
+    ndcg = result.get("20ng-retrieval", "ndcg@10")
+    assert ndcg.retention < 95 and ndcg.retention_ci[0] < ndcg.retention < ndcg.retention_ci[1]
     # same subsets as in self_result: the teacher column is the teacher's own score
     assert result.get("20ng-retrieval", "ndcg@10").teacher == self_result.get("20ng-retrieval", "ndcg@10").teacher
 
@@ -209,8 +241,11 @@ def test_json_round_trip_and_table(self_result, tmp_path):
     assert back.metrics == self_result.metrics and back.name == "minilm-self"
     table = self_result.to_table()
     header = table.splitlines()[3]
-    assert header.split() == ["task", "metric", "teacher", "student", "retention"]
-    assert "20ng-retrieval" in table and "100.0%" in table and "mean retention: 100.0%" in table
+    assert header.split() == ["task", "metric", "teacher", "student", "retention", "95%", "interval"]
+    assert "20ng-retrieval" in table and "100.0-100.0%" in table and "mean retention: 100.0%" in table
+    assert back.get("20ng-retrieval", "p@10").retention_ci == pytest.approx((100.0, 100.0))
+    old = dict(data, metrics=[{k: v for k, v in m.items() if k != "retention_ci"} for m in data["metrics"]])
+    assert ev.EvaluationResult.from_dict(old).get("20ng-retrieval", "p@10").retention_ci is None  # earlier JSON
 
 
 def test_nan_is_written_as_null():

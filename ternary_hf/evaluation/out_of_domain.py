@@ -29,7 +29,7 @@ import numpy as np
 
 from ..search import exact_search
 from .encoders import Encoder
-from .metrics import K, recall_at_k, retrieval_metrics
+from .metrics import K, recall_scores, retrieval_scores
 from .task_data import SkipTask, Task, TaskData
 
 __all__ = ["LENGTH_BUCKETS", "OUT_OF_DOMAIN_TASKS"]
@@ -38,8 +38,8 @@ __all__ = ["LENGTH_BUCKETS", "OUT_OF_DOMAIN_TASKS"]
 LENGTH_BUCKETS = (32, 64, 128, 256)
 
 
-def _pair_retrieval(name: str) -> Callable[[Encoder, TaskData], dict[str, float]]:
-    def run(enc: Encoder, data: TaskData) -> dict[str, float]:
+def _pair_retrieval(name: str) -> Callable[[Encoder, TaskData], dict[str, np.ndarray]]:
+    def run(enc: Encoder, data: TaskData) -> dict[str, np.ndarray]:  # per query: the rows get their intervals
         queries, docs = data.pairs(name)
         if len(docs) < 2:
             raise SkipTask(f"{name}: {len(docs)} document(s) is too few to rank; raise --limit")
@@ -47,8 +47,8 @@ def _pair_retrieval(name: str) -> Callable[[Encoder, TaskData], dict[str, float]
         _, hits = exact_search(enc.encode(docs.texts, f"{name} documents"),
                                enc.encode(queries.texts, f"{name} queries"), k)
         assert queries.labels is not None and docs.labels is not None
-        _, ndcg = retrieval_metrics(hits, queries.labels, docs.labels, k=k)
-        return {f"ndcg@{K}": ndcg, f"recall@{K}": recall_at_k(hits, queries.labels, docs.labels, k=k)}
+        _, ndcg = retrieval_scores(hits, queries.labels, docs.labels, k=k)
+        return {f"ndcg@{K}": ndcg, f"recall@{K}": recall_scores(hits, queries.labels, docs.labels, k=k)}
 
     return run
 

@@ -28,12 +28,17 @@ __all__ = ["EvaluationResult", "MetricResult", "load_results"]
 
 @dataclass
 class MetricResult:
-    """One number of one task, for the student and (when evaluated) the teacher."""
+    """One number of one task, for the student and (when evaluated) the teacher.
+
+    ``retention_ci``: for a metric that is a mean over items (queries, test texts), the 95% bootstrap
+    interval of the retention over the sampling of those items
+    (:func:`~ternary_hf.evaluation.metrics.retention_interval`), else ``None``."""
 
     task: str
     metric: str
     student: float | None
     teacher: float | None = None
+    retention_ci: tuple[float, float] | None = None
 
     @property
     def retention(self) -> float | None:
@@ -105,7 +110,9 @@ class EvaluationResult:
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in fields}
         kwargs["metrics"] = [
-            MetricResult(m["task"], m["metric"], m.get("student"), m.get("teacher")) for m in data["metrics"]
+            MetricResult(m["task"], m["metric"], m.get("student"), m.get("teacher"),
+                         tuple(m["retention_ci"]) if m.get("retention_ci") else None)
+            for m in data["metrics"]
         ]
         return cls(**kwargs)
 
@@ -118,9 +125,11 @@ class EvaluationResult:
         return cls.from_dict(json.loads(text))
 
     def to_table(self) -> str:
-        """A fixed-width text table: task, metric, teacher, student, retention %."""
+        """A fixed-width text table: task, metric, teacher, student, retention % (and its 95% interval)."""
         with_teacher = self.teacher is not None
+        with_ci = with_teacher and any(r.retention_ci is not None for r in self.metrics)
         header = ["task", "metric"] + (["teacher", "student", "retention"] if with_teacher else ["score"])
+        header += ["95% interval"] if with_ci else []
         lines = []
         for r in self.metrics:
             cells = [r.task, r.metric]
@@ -129,6 +138,8 @@ class EvaluationResult:
                 cells += [_fmt(r.teacher), _fmt(r.student), "" if ret is None else f"{ret:.1f}%"]
             else:
                 cells.append(_fmt(r.student))
+            if with_ci:
+                cells.append("" if r.retention_ci is None else "{:.1f}-{:.1f}%".format(*r.retention_ci))
             lines.append(cells)
         return "\n".join([*self._heading(), "", format_table(header, lines, left=2), *self._footer()])
 

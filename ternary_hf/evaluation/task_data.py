@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..data import TextDataset, load_dataset
 from ..data.ood import load_retrieval_pairs, long_texts
 from .encoders import Encoder
@@ -53,10 +55,14 @@ class TaskData:
 @dataclass(frozen=True)
 class Task:
     """One task: a description, and either ``score`` (one model: run for student and teacher alike) or
-    ``compare`` (the student against the teacher; needs a teacher, runs after the other tasks)."""
+    ``compare`` (the student against the teacher; needs a teacher, runs after the other tasks).
+
+    ``score`` gives a metric that is a mean over items (queries, test texts) as its per-item values
+    (a 1-D array), so that the result can say how far the retention would move on another sample of
+    the items; any other metric as a float."""
 
     description: str
-    score: Callable[[Encoder, TaskData], dict[str, float]] | None = None
+    score: Callable[[Encoder, TaskData], dict[str, float | np.ndarray]] | None = None
     compare: Callable[[Encoder, Encoder, TaskData, list[str]], dict[str, float]] | None = None
 
     @property

@@ -54,7 +54,7 @@ from ..utils.progress import bar_switch
 from ..utils.threads import torch_threads
 from .encoders import Encoder, load_model, model_fingerprint, short_name, state_dict_bytes
 from .environment import environment
-from .metrics import K, retrieval_metrics, sentence_pairs, topk_overlap
+from .metrics import K, retention_interval, retrieval_scores, sentence_pairs, topk_overlap
 from .out_of_domain import OUT_OF_DOMAIN_TASKS
 from .results import EvaluationResult, MetricResult
 from .task_data import SkipTask, Task, TaskData
@@ -81,9 +81,9 @@ def _retrieval_hits(enc: Encoder, data: TaskData) -> tuple[np.ndarray, list[int]
     return hits, queries.labels, corpus.labels
 
 
-def _retrieval(enc: Encoder, data: TaskData) -> dict[str, float]:
+def _retrieval(enc: Encoder, data: TaskData) -> dict[str, float | np.ndarray]:
     hits, q_labels, c_labels = _retrieval_hits(enc, data)
-    p, ndcg = retrieval_metrics(hits, q_labels, c_labels, k=hits.shape[1])
+    p, ndcg = retrieval_scores(hits, q_labels, c_labels, k=hits.shape[1])
     return {f"p@{K}": p, f"ndcg@{K}": ndcg}
 
 
@@ -110,7 +110,7 @@ def _select_c(x: np.ndarray, y: np.ndarray, seed: int) -> float:
 def _classification(name: str) -> Callable[[Encoder, TaskData], dict[str, float]]:
     def run(enc: Encoder, data: TaskData) -> dict[str, float]:
         from sklearn.linear_model import LogisticRegression
-        from sklearn.metrics import accuracy_score, f1_score
+        from sklearn.metrics import f1_score
 
         train, test = data.get(name, "train"), data.get(name, "test")
         assert train.labels is not None and test.labels is not None
@@ -122,7 +122,7 @@ def _classification(name: str) -> Callable[[Encoder, TaskData], dict[str, float]
         clf = LogisticRegression(C=c, max_iter=_LOGREG_MAX_ITER).fit(x_train, train.labels)
         pred = clf.predict(x_test)
         return {
-            "accuracy": float(accuracy_score(test.labels, pred)),
+            "accuracy": (np.asarray(pred) == np.asarray(test.labels)).astype(np.float64),  # per test text
             "macro_f1": float(f1_score(test.labels, pred, average="macro", zero_division=0)),
         }
 
@@ -305,9 +305,23 @@ def _run_tasks(task_list: list[str], encoders: dict[str, Encoder], data: TaskDat
             notes.append(str(skip))
             continue
         for metric, value in per_role["student"].items():
-            rows.append(MetricResult(name, metric, value, per_role.get("teacher", {}).get(metric)))
+            rows.append(_metric_row(name, metric, value, per_role.get("teacher", {}).get(metric), data.seed))
     bar.close()
     return rows
+
+
+def _metric_row(task: str, metric: str, student: float | np.ndarray | None, teacher: float | np.ndarray | None,
+                seed: int) -> MetricResult:
+    """A table row from the two models' scores. A task gives a metric that is a mean over items as the
+    per-item values (an array): the row gets their means and, with both models, the retention's interval."""
+    interval = None
+    if isinstance(student, np.ndarray) and isinstance(teacher, np.ndarray):
+        interval = retention_interval(student, teacher, seed)
+
+    def mean(value: float | np.ndarray | None) -> float | None:
+        return float(np.mean(value)) if isinstance(value, np.ndarray) else value
+
+    return MetricResult(task, metric, mean(student), mean(teacher), interval)
 
 
 def _evaluate(model: Any, teacher: Any, task_list: list[str], data: TaskData, batch_size: int,
