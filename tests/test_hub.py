@@ -875,6 +875,12 @@ def test_eval_results_parser_is_tolerant():
     assert [(r["task"], r["retention"]) for r in rows] == [("tasks/sts", "75.0%"), ("tasks/r8", "95.0%")]
     rows, _ = load_eval_results([{"name": "nq", "teacher": {"main_score": 0.5}, "student": {"main_score": 0.4}}])
     assert rows[0]["task"] == "nq" and rows[0]["retention"] == "80.0%"
+    rows, _ = load_eval_results({"metrics": [  # ternary_hf.evaluation's interval, in percent
+        {"task": "ood-docs-retrieval", "metric": "ndcg@10", "student": 0.7, "teacher": 0.72,
+         "retention_ci": [95.04, 99.31]},
+        {"task": "r8", "metric": "macro_f1", "student": 0.8, "teacher": 0.8, "retention_ci": None},
+        {"task": "x", "metric": "y", "student": 0.5, "teacher": 0.5, "retention_ci": ["bad", 1]}]})
+    assert [r["retention"] for r in rows] == ["97.2% (95.0-99.3%)", "100.0%", "100.0%"]
     assert load_eval_results({"unrelated": [1, 2, 3]}) == ([], [])
 
 

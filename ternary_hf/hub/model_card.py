@@ -158,12 +158,16 @@ def _as_row(name: str, row: dict[str, Any]) -> dict[str, str] | None:
     def show(x: float | None) -> str:
         return "" if x is None else f"{x:.4f}"
 
+    shown = "" if retention is None else f"{100 * retention:.1f}%"
+    interval = [_number(v) for v in row.get("retention_ci") or ()]  # percent, as the evaluation writes it
+    if shown and len(interval) == 2 and None not in interval:
+        shown += f" ({interval[0]:.1f}-{interval[1]:.1f}%)"
     return {
         "task": _fmt(task),
         "metric": _fmt(row.get("metric") or row.get("metric_name") or ""),
         "teacher": show(teacher),
         "student": show(student),
-        "retention": "" if retention is None else f"{100 * retention:.1f}%",
+        "retention": shown,
     }
 
 
