@@ -72,7 +72,7 @@ def _encode_check(folder: Path) -> np.ndarray:
     return emb
 
 
-_ROW = re.compile(r"^(\S+)\s+(\S+)\s+(-|-?\d+\.\d+)\s+(-?\d+\.\d+)\s*(\d+\.\d+%)?\s*$")
+_ROW = re.compile(r"^(\S+)\s+(\S+)\s+(-|-?\d+\.\d+)\s+(-?\d+\.\d+)\s*(\d+\.\d+%)?\s*(?:(\d+\.\d+)-(\d+\.\d+)%)?\s*$")
 
 
 def parse_eval_table(stdout: str) -> dict[tuple[str, str], tuple[float | None, float, float | None]]:
@@ -86,6 +86,8 @@ def parse_eval_table(stdout: str) -> dict[tuple[str, str], tuple[float | None, f
             break
         teacher = None if m.group(3) == "-" else float(m.group(3))
         retention = float(m.group(5)[:-1]) if m.group(5) else None
+        if m.group(6):  # the retention's 95% interval over the evaluation sample
+            assert retention is not None and float(m.group(6)) <= float(m.group(7)), line
         rows[m.group(1), m.group(2)] = (teacher, float(m.group(4)), retention)
     assert rows, f"no table rows in:\n{stdout}"
     return rows
