@@ -107,8 +107,8 @@ def _select_c(x: np.ndarray, y: np.ndarray, seed: int) -> float:
     return float(_LOGREG_CS[int(np.argmax(scores))])
 
 
-def _classification(name: str) -> Callable[[Encoder, TaskData], dict[str, float]]:
-    def run(enc: Encoder, data: TaskData) -> dict[str, float]:
+def _classification(name: str) -> Callable[[Encoder, TaskData], dict[str, float | np.ndarray]]:
+    def run(enc: Encoder, data: TaskData) -> dict[str, float | np.ndarray]:
         from sklearn.linear_model import LogisticRegression
         from sklearn.metrics import f1_score
 

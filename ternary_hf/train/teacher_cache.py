@@ -33,7 +33,7 @@ from ..utils.io import atomic_write_bytes
 
 __all__ = ["TeacherCache", "cache_supported"]
 
-_JOURNAL = re.compile(r"p(\d+)-(\d+)\.safetensors")
+_JOURNAL = re.compile(r"p\d+-(\d+)\.safetensors")
 
 
 def cache_supported(cfg) -> str | None:
@@ -142,13 +142,13 @@ class TeacherCache:
         """
         journals = []
         for path in Path(folder).glob(f"p{process}-*.safetensors"):
-            match = _JOURNAL.fullmatch(path.name)
-            if match is None or int(match.group(1)) != process:
+            match = _JOURNAL.fullmatch(path.name)  # the glob fixed the process; this reads the step
+            if match is None:
                 continue
-            if int(match.group(2)) > step:
+            if int(match.group(1)) > step:
                 path.unlink(missing_ok=True)
             else:
-                journals.append((int(match.group(2)), path))
+                journals.append((int(match.group(1)), path))
         from safetensors.torch import load_file
 
         read = 0

@@ -114,20 +114,21 @@ class _Linear:
             elif self.int8:  # the parts' own layout where they share one (int4 codes), else int8 bytes
                 kinds = {m.KERNEL_PREPARE for m in self.modules}
                 prepare = kinds.pop() if len(kinds) == 1 else Int8Linear.KERNEL_PREPARE
-                self.prepared = getattr(kernels, prepare)(self._concat_int8_values(keep=False))
+                self.prepared = getattr(kernels, prepare)(self._concat_int8_values())
             else:
                 self.prepared = torch.cat([m.kernel_weight(kernels, keep=False) for m in self.modules]).contiguous()
 
-    def _concat_int8_values(self, keep: bool) -> torch.Tensor:
+    def _concat_int8_values(self) -> torch.Tensor:
+        """The layers' int8 values side by side, none of them kept by its layer (the caller keeps what it needs)."""
         if len(self.modules) == 1:
-            return self.modules[0].int8_values(keep=keep)
+            return self.modules[0].int8_values(keep=False)
         return torch.cat([m.int8_values(keep=False) for m in self.modules]).contiguous()
 
     def int8_values(self) -> torch.Tensor:
         """The int8 layers' concatenated weights for the torch path, kept (it multiplies them on every call)."""
         if self._int8_values is None:
             self._concat_scale_and_bias()
-            self._int8_values = self._concat_int8_values(keep=True)
+            self._int8_values = self._concat_int8_values()
         return self._int8_values
 
     def __call__(self, x: torch.Tensor, kernels: Any) -> torch.Tensor:
