@@ -6,7 +6,9 @@ Each path trains its own copy of the same student on the same batches of the def
 interleaved rounds (so load on a shared machine hits them alike). "kernel" is what ``distill`` does
 on a CPU with the compiled kernel: latent weights ternarized by one C++ pass, forward on the int8 x
 ternary kernel, and the input gradient on the same kernel (``int8_grad_input``). "kernel-float-grad"
-is the same with the input gradient in float32 (``int8_grad_input=False``). "torch" is the
+is the same with the input gradient in float32 (``int8_grad_input=False``). "kernel-int-torch" is the
+kernel path with the int4 / int8 blocks' layers on the torch path (``FakeIntLinear.use_kernel = False``:
+``F.linear`` in float32 on the rounded weight, how they trained before 2026-12-07 evening). "torch" is the
 device-agnostic path (``TERNARY_HF_DISABLE_KERNEL=1``): ``ternarize()`` with NumPy's sort,
 fake-quantized activations, ``F.linear``. Prints seconds per step split into teacher forward, student
 forward, backward and optimizer step, and the ratios; and, for the teacher cache (``teacher_cache_gb``),
@@ -21,7 +23,7 @@ import os
 import platform
 import time
 
-PATHS = ("kernel", "kernel-float-grad", "torch")
+PATHS = ("kernel", "kernel-int-torch", "kernel-float-grad", "torch")
 PARTS = ("teacher", "student", "backward", "optimizer")
 
 
@@ -33,6 +35,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8, help="steps per path per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--all-ternary", action="store_true",
+                        help="every block ternary (default: the distillation default's int4 blocks)")
     args = parser.parse_args()
 
     import torch
@@ -44,7 +48,7 @@ def main() -> None:
     from ternary_hf.train.config import DistillConfig
     from ternary_hf.train.data import batch_order, load_texts
     from ternary_hf.train.losses import distillation_loss
-    from ternary_hf.train.student import build_student, set_int8_grad_input
+    from ternary_hf.train.student import FakeIntLinear, build_student, set_int8_grad_input, with_int4_blocks
     from ternary_hf.train.teacher_cache import TeacherCache
     from ternary_hf.train.text_distill import load_teacher
 
@@ -60,14 +64,17 @@ def main() -> None:
     order = batch_order([len(t) for t in texts], args.batch_size, n_batches, seed=0)
     batches = [dict(tokenizer([texts[i] for i in b], padding=True, truncation=True, max_length=args.max_length,
                               return_tensors="pt")) for b in order]
-    student = build_student(teacher_model, TernaryConfig()).train()
+    config = TernaryConfig() if args.all_ternary else with_int4_blocks(
+        TernaryConfig(), teacher_model, cfg.int4_blocks, cfg.int4_last_blocks)
+    student = build_student(teacher_model, config, quantized_int_layers=cfg.int_blocks_qat).train()
+    print(f"student: {'all ternary' if args.all_ternary else f'int4 modules {config.int4_modules}'}")
     for module in student.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
     runs = {}
     for path in PATHS:
         model = copy.deepcopy(student)
-        set_int8_grad_input(model, path == "kernel")
+        set_int8_grad_input(model, path in ("kernel", "kernel-int-torch"))
         runs[path] = (model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4))
     totals = {path: dict.fromkeys(PARTS, 0.0) for path in PATHS}
     tokens = 0
@@ -80,6 +87,7 @@ def main() -> None:
             os.environ["TERNARY_HF_DISABLE_KERNEL"] = "1"
         else:
             os.environ.pop("TERNARY_HF_DISABLE_KERNEL", None)
+        FakeIntLinear.use_kernel = path != "kernel-int-torch"
         t0 = time.perf_counter()
         with torch.no_grad():
             teacher_out = teacher_model(**batch)

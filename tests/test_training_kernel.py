@@ -4,17 +4,19 @@ inference layer."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from ternary_hf import TernaryLinear, kernels
+from ternary_hf import Int4Linear, Int8Linear, TernaryLinear, kernels
 from ternary_hf.quant.functional import quantize_activations_int8
 from ternary_hf.quant.packing import pack_ternary
 from ternary_hf.quant.ternarize import ternarize
-from ternary_hf.train.student import FakeTernaryLinear, _training_kernels, set_int8_grad_input
+from ternary_hf.train.student import FakeIntLinear, FakeTernaryLinear, _training_kernels, set_int8_grad_input
 
 
 @pytest.fixture(scope="module")
@@ -148,4 +150,52 @@ def test_int8_input_gradient_is_the_int8_product_and_leaves_the_weight_gradient_
     torch.testing.assert_close(grads[True][0], expected, rtol=1e-5, atol=1e-6)
     assert torch.count_nonzero(grads[True][0][1, 2]) == 0
     error = (grads[True][0] - grads[False][0]).norm() / grads[False][0].norm()
+    assert 0 < error < 0.02
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int_student_layer_on_the_kernel_equals_the_inference_layer_and_the_torch_gradients(
+        kernel_ready, monkeypatch, bits):
+    # The int4 / int8 blocks' student layers (FakeIntLinear) run the finalized layer's own product on the
+    # kernel, as the ternary ones do: same forward bit for bit, same gradients as the torch path up to float
+    # rounding, and with the int8 input gradient the int8 product by definition.
+    if not kernels.int8_weights_available():
+        pytest.skip("the kernel build here does not multiply int8 weights")
+    torch.manual_seed(bits)
+    layer = FakeIntLinear(nn.Linear(70, 45), bits, quantize_activations=True)
+    x = (torch.randn(2, 9, 70) * 3).requires_grad_(True)
+    grad_out = torch.randn(2, 9, 45)
+    assert _training_kernels(x, layer) is kernels
+    reference = copy.deepcopy(layer)  # the same latent weights and search state, for the torch path
+
+    out = layer(x)
+    out.backward(grad_out)
+    fast = (out.detach(), x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone())
+    inference = (Int4Linear if bits == 4 else Int8Linear).from_linear(layer.to_linear(), quantize_activations=True)
+    assert torch.equal(fast[0], inference(x.detach()))  # the first forward searched: the finalized rule
+    layer.eval()
+    assert torch.equal(layer(x.detach()), inference(x.detach()))
+
+    x.grad = None
+    monkeypatch.setenv("TERNARY_HF_DISABLE_KERNEL", "1")
+    assert _training_kernels(x, reference) is None
+    ref = reference(x)
+    ref.backward(grad_out)
+    torch.testing.assert_close(fast[0], ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[1], x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[2], reference.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fast[3], reference.bias.grad, rtol=1e-5, atol=1e-5)
+    if bits == 4:
+        assert int(layer.forwards) == int(reference.forwards) == 1  # eval forwards are not counted
+
+    monkeypatch.delenv("TERNARY_HF_DISABLE_KERNEL")
+    layer.train()
+    assert set_int8_grad_input(layer, True) == 1
+    x.grad = None
+    layer(x).backward(grad_out)
+    values = inference.int8_values()
+    q, s = quantize_activations_int8(grad_out.reshape(-1, 45) * inference.weight_scale)
+    expected = ((q @ values.float()) * s).reshape(2, 9, 70)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-6)
+    error = (x.grad - fast[1]).norm() / fast[1].norm()
     assert 0 < error < 0.02

@@ -12,12 +12,14 @@ On CPU with the compiled kernel (:mod:`ternary_hf.kernels`) and int8 activations
 forward *is* the inference layer's: its latent weight is ternarized by one C++ pass (bit for bit the
 same values and scales as :func:`~ternary_hf.ternarize.ternarize` for the default calibrated
 per-channel rule), put in the kernel's layout and multiplied by the same CPU kernel the finalized
-model uses; the backward is the straight-through estimator in float32 (``grad_x = grad_y @ (s_w T)``,
-``grad_W = grad_y.T @ (q(x) s_x)``). Elsewhere (GPU, float activations, no compiler) the plain torch
-forward below computes the same thing up to float rounding.
+model uses (an int8 / int4 layer likewise: its rounded values as the kernel's int8 or int4 panels, where
+the kernel build multiplies int8 weights); the backward is the straight-through estimator in float32
+(``grad_x = grad_y @ (s_w T)``, ``grad_W = grad_y.T @ (q(x) s_x)``). Elsewhere (GPU, float activations,
+no compiler) the plain torch forward below computes the same thing up to float rounding.
 
 ``int8_grad_input`` (:func:`set_int8_grad_input`) also runs the input gradient on the kernel:
-``grad_x = grad_y @ (s_w T)`` is ``(grad_y * s_w) @ T``, an int8 x ternary product like the forward,
+``grad_x = grad_y @ (s_w T)`` is ``(grad_y * s_w) @ T``, an int8 x ternary (int4, int8) product like the
+forward,
 with the rows of ``grad_y * s_w`` quantized per token to int8 (SwitchBack's split, arXiv 2304.13013:
 int8 for the input gradient, float for the weight gradient, whose sums over every token are where
 precision matters). Faster than the float32 product at a small relative error on the input gradient
@@ -77,8 +79,8 @@ class FakeTernaryLinear(nn.Module):
         if kernels is not None:
             values, scale = self._ternary_values(kernels)
             prepared = kernels.prepare_from_values(values)
-            return _KernelTernaryLinear.apply(x, self.weight, self.bias, values, scale, prepared,
-                                              self.int8_grad_input)
+            return _KernelQuantLinear.apply(x, self.weight, self.bias, values, scale, prepared,
+                                            self.int8_grad_input, "ternary")
         w = self.quantized_weight() + (self.weight - self.weight.detach())  # exact value, identity gradient
         if self.quantize_activations:
             x = fake_quantize_int8(x)
@@ -97,7 +99,7 @@ class FakeTernaryLinear(nn.Module):
         return _plain_linear(self.weight, self.bias)
 
 
-def _training_kernels(x: torch.Tensor, layer: FakeTernaryLinear):
+def _training_kernels(x: torch.Tensor, layer: nn.Module):
     """The kernel module when this layer's forward can run on it (CPU, float32, int8 activations)."""
     if not (layer.quantize_activations and x.device.type == "cpu" and x.dtype == torch.float32
             and layer.weight.dtype == torch.float32 and layer.in_features > 0 and layer.out_features > 0
@@ -108,11 +110,12 @@ def _training_kernels(x: torch.Tensor, layer: FakeTernaryLinear):
     return kernels if kernels.cpu_kernel_available() else None
 
 
-class _KernelTernaryLinear(torch.autograd.Function):
-    """Forward: the inference kernel on the freshly ternarized weight. Backward: straight-through."""
+class _KernelQuantLinear(torch.autograd.Function):
+    """Forward: the inference kernel on the freshly rounded weight (``kind``: "ternary", "int4" or "int8",
+    its panels ``prepared`` from ``values``). Backward: straight-through."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, values, scale, prepared, int8_grad_input=False):
+    def forward(ctx, x, weight, bias, values, scale, prepared, int8_grad_input=False, kind="ternary"):
         from ..kernels import fake_quantize_int8_cpu, ternary_linear_cpu
 
         out_features, in_features = values.shape
@@ -125,6 +128,7 @@ class _KernelTernaryLinear(torch.autograd.Function):
         ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
         ctx.int8_grad_input = int8_grad_input
+        ctx.kind = kind
         return y.reshape(*x.shape[:-1], out_features)
 
     @staticmethod
@@ -133,32 +137,45 @@ class _KernelTernaryLinear(torch.autograd.Function):
         g = grad_y.reshape(-1, values.shape[0])
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = (_int8_input_grad(g, values, scale) if ctx.int8_grad_input
-                      else g @ dequantize_ternary(values, scale)).reshape(ctx.x_shape)
+            if ctx.int8_grad_input:
+                grad_x = _int8_input_grad(g, values, scale, ctx.kind)
+            elif ctx.kind == "ternary":
+                grad_x = g @ dequantize_ternary(values, scale)
+            else:
+                grad_x = g @ dequantize_int8(values, scale, g.dtype)
+            grad_x = grad_x.reshape(ctx.x_shape)
         if ctx.needs_input_grad[1]:
             grad_w = g.t() @ xq
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = g.sum(0)
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 _UNIT_SCALE = torch.ones(1)
 
 
-def _int8_input_grad(g: torch.Tensor, values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``g @ (s_w T)`` on the int8 kernel: ``(g * s_w)`` quantized per row, times ``T`` (given to the
-    kernel as the weight ``T.T``: the product's inputs are the layer's outputs)."""
-    from ..kernels import prepare_from_values, ternary_linear_cpu
+def _kernel_panels(kernels, values: torch.Tensor, kind: str) -> torch.Tensor:
+    """``values`` (rounded weights, int8 ``(out, in)``) in the kernel's layout for ``kind``."""
+    if kind == "ternary":
+        return kernels.prepare_from_values(values)
+    return kernels.prepare_int4_weight(values) if kind == "int4" else kernels.prepare_int8_weight(values)
+
+
+def _int8_input_grad(g: torch.Tensor, values: torch.Tensor, scale: torch.Tensor, kind: str = "ternary") -> torch.Tensor:
+    """``g @ (s_w W)`` on the int8 kernel: ``(g * s_w)`` quantized per row, times ``W`` (given to the
+    kernel as the weight ``W.T``: the product's inputs are the layer's outputs)."""
+    from .. import kernels
 
     out_features, in_features = values.shape
-    transposed = prepare_from_values(values.t().contiguous())
-    return ternary_linear_cpu((g * scale).contiguous(), transposed, _UNIT_SCALE, None, out_features, in_features)
+    transposed = _kernel_panels(kernels, values.t().contiguous(), kind)
+    return kernels.ternary_linear_cpu((g * scale).contiguous(), transposed, _UNIT_SCALE, None, out_features,
+                                      in_features)
 
 
 def set_int8_grad_input(model: nn.Module, enabled: bool) -> int:
     """Switch the int8 input gradient (module docstring) on or off for every student layer of
     ``model``; returns how many layers were set. Only the CPU kernel path uses it."""
-    layers = [m for m in model.modules() if isinstance(m, FakeTernaryLinear)]
+    layers = [m for m in model.modules() if isinstance(m, (FakeTernaryLinear, FakeIntLinear))]
     for layer in layers:
         layer.int8_grad_input = bool(enabled)
     return len(layers)
@@ -179,6 +196,9 @@ class FakeIntLinear(nn.Module):
     evaluated student is exactly its finalized model.
     """
 
+    #: run on the CPU kernel where it applies; False keeps the torch path (``bench_train_step.py`` times both)
+    use_kernel = True
+
     def __init__(self, linear: nn.Linear, bits: int, quantize_activations: bool, search_every: int = 32):
         super().__init__()
         if bits not in (4, 8):
@@ -190,12 +210,18 @@ class FakeIntLinear(nn.Module):
         if bits == 4:  # buffers, so that a resumed run searches at the same steps as an uninterrupted one
             self.register_buffer("clip", torch.ones(self.out_features, device=self.weight.device))
             self.register_buffer("forwards", torch.zeros((), dtype=torch.int64, device=self.weight.device))
+        #: input gradient on the int8 kernel (kernel path only; see the module docstring)
+        self.int8_grad_input = False
 
     def quantized_weight(self) -> torch.Tensor:
         """The rounded weight the forward multiplies, dequantized (no gradient)."""
         with torch.no_grad():
-            values, scale = quantize_weight_int8(self.weight) if self.bits == 8 else self._int4()
-            return dequantize_int8(values, scale, self.weight.dtype)
+            return dequantize_int8(*self._rounded(), self.weight.dtype)
+
+    def _rounded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 values, float32 scale) of the finalized layer's rule."""
+        with torch.no_grad():
+            return quantize_weight_int8(self.weight) if self.bits == 8 else self._int4()
 
     def _int4(self) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.weight.detach().to(torch.float32)
@@ -210,12 +236,20 @@ class FakeIntLinear(nn.Module):
         return torch.round(w / scale[:, None]).clamp_(-INT4_MAX, INT4_MAX).to(torch.int8), scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.quantized_weight() + (self.weight - self.weight.detach())  # rounded value, identity gradient
+        kernels = _training_kernels(x, self) if self.use_kernel else None
+        if kernels is not None and not kernels.int8_weights_available():
+            kernels = None  # a build without int8 weights (compiled by an older ternary-hf)
+        if kernels is not None:  # the finalized layer's own product: int8 x int4 / int8 on the kernel
+            values, scale = self._rounded()
+            kind = f"int{self.bits}"
+            prepared = _kernel_panels(kernels, values, kind)
+            y = _KernelQuantLinear.apply(x, self.weight, self.bias, values, scale, prepared, self.int8_grad_input, kind)
+        else:
+            w = self.quantized_weight() + (self.weight - self.weight.detach())  # rounded value, identity gradient
+            y = F.linear(fake_quantize_int8(x) if self.quantize_activations else x, w, self.bias)
         if self.training and self.bits == 4:
             self.forwards += 1
-        if self.quantize_activations:
-            x = fake_quantize_int8(x)
-        return F.linear(x, w, self.bias)
+        return y
 
     def to_linear(self) -> nn.Linear:
         """The latent weights as a plain ``nn.Linear`` (what the quantizer then rounds)."""
