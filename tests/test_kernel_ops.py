@@ -23,7 +23,8 @@ def _prepared(n: int, k: int, seed: int) -> torch.Tensor:
     return kernels.prepare_weight(pack_ternary(torch.randint(-1, 2, (n, k), generator=g)), k)
 
 
-OPS = ["ternary_linear", "ternary_accumulators", "ternarize_calibrated", "prepare_from_values", "fake_quantize_int8"]
+OPS = ["ternary_linear", "ternary_accumulators", "ternarize_calibrated", "prepare_from_values",
+       "prepare_int_from_values", "fake_quantize_int8"]
 
 
 def test_every_entry_point_is_a_registered_operator() -> None:
@@ -43,6 +44,10 @@ def test_opcheck_passes(kernel_ready, m: int, k: int, n: int) -> None:
         (ops.ternary_accumulators.default, (x, prepared, k, n)),
         (ops.ternarize_calibrated.default, (torch.randn(n, k, generator=g),)),
         (ops.prepare_from_values.default, (torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8),)),
+        (ops.prepare_from_values.default, (torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8), True)),
+        (ops.prepare_int_from_values.default, (torch.randint(-7, 8, (n, k), generator=g, dtype=torch.int8), 4)),
+        (ops.prepare_int_from_values.default,
+         (torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8), 8, True)),
         (ops.fake_quantize_int8.default, (x,)),
     ]
     for op, args in cases:
@@ -58,6 +63,9 @@ def test_meta_tensors_give_the_output_shapes_without_a_kernel() -> None:
     assert acc.shape == (5, 45) and acc.dtype == torch.int32
     values = torch.empty(45, 37, dtype=torch.int8, device="meta")
     assert torch.ops.ternary_hf.prepare_from_values(values).shape == (3, 3, 64)
+    assert torch.ops.ternary_hf.prepare_from_values(values, True).shape == (3, 3, 64)
+    int4 = torch.ops.ternary_hf.prepare_int_from_values(torch.empty(45, 20, dtype=torch.int8, device="meta"), 4, True)
+    assert int4.shape == (2, 3, 256) and int4.dtype == torch.int8
     v, s = torch.ops.ternary_hf.ternarize_calibrated(torch.empty(45, 37, device="meta"))
     assert v.shape == (45, 37) and v.dtype == torch.int8 and s.shape == (45,)
     with pytest.raises(ValueError, match="prepare_weight"):  # the fake checks shapes like the kernel

@@ -71,9 +71,35 @@ def test_cpp_ternarization_on_real_layer_shapes_and_bad_input(kernel_ready):
 def test_layout_from_values_equals_the_load_time_layout(kernel_ready, shape):
     values = torch.randint(-1, 2, shape, dtype=torch.int8, generator=torch.Generator().manual_seed(sum(shape)))
     assert torch.equal(kernels.prepare_from_values(values), kernels.prepare_weight(pack_ternary(values), shape[1]))
+    transposed = kernels.prepare_weight(pack_ternary(values.t().contiguous()), shape[0])
+    assert torch.equal(kernels.prepare_from_values(values, transpose=True), transposed)
     values[0, 0] = 2
-    with pytest.raises(ValueError, match="-1, 0 or \\+1"):
-        kernels.prepare_from_values(values)
+    for transpose in (False, True):
+        with pytest.raises(ValueError, match="-1, 0 or \\+1"):
+            kernels.prepare_from_values(values, transpose)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (16, 16), (17, 33), (384, 1536), (50, 7)])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int_layout_from_values_equals_the_load_time_layout(kernel_ready, shape, bits):
+    # The trainer's one-pass panels of its int4 / int8 layers (and of their transpose, for the input
+    # gradient) are exactly the panels the finalized layer is loaded with.
+    limit = 7 if bits == 4 else 127
+    g = torch.Generator().manual_seed(sum(shape) + bits)
+    values = torch.randint(-limit, limit + 1, shape, dtype=torch.int8, generator=g)
+    reference = kernels.prepare_int4_weight if bits == 4 else kernels.prepare_int8_weight
+    for transpose in (False, True):
+        expected = reference(values.t().contiguous() if transpose else values)
+        got = kernels.prepare_int_from_values(values, bits, transpose)
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+    values[-1, -1] = limit + 1 if bits == 4 else -128
+    for transpose in (False, True):
+        with pytest.raises(ValueError, match=f"int{bits} values must lie in"):
+            kernels.prepare_int_from_values(values, bits, transpose)
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        kernels.prepare_int_from_values(values, 2)
+    with pytest.raises(ValueError, match="int8 CPU tensor"):
+        kernels.prepare_int_from_values(values.to(torch.int16), bits)
 
 
 def test_fake_quantization_equals_the_reference_rule_bit_for_bit(kernel_ready):

@@ -89,6 +89,7 @@ __all__ = [
     "training_ops_available",
     "ternarize_calibrated_cpu",
     "prepare_from_values",
+    "prepare_int_from_values",
     "fake_quantize_int8_cpu",
     "PANEL_COLS",
     "BLOCK_K",
@@ -187,11 +188,24 @@ def ternarize_calibrated_cpu(weight: torch.Tensor) -> tuple[torch.Tensor, torch.
     return values, scale
 
 
-def prepare_from_values(values: torch.Tensor) -> torch.Tensor:
-    """int8 ternary values ``(out, in)`` -> the kernel layout, as ``prepare_weight(pack_ternary(values), in)``.
+def prepare_from_values(values: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """int8 ternary values ``(out, in)`` -> the kernel layout, as ``prepare_weight(pack_ternary(values), in)``;
+    ``transpose``: the layout of ``values.T`` (read in place, no transposed copy).
 
     Operator ``ternary_hf::prepare_from_values``."""
-    return torch.ops.ternary_hf.prepare_from_values(values)
+    return torch.ops.ternary_hf.prepare_from_values(values, transpose)
+
+
+def prepare_int_from_values(values: torch.Tensor, bits: int, transpose: bool = False) -> torch.Tensor:
+    """int4 (``bits=4``, values in [-7, 7]) or int8 (``bits=8``, [-127, 127]) values ``(out, in)`` -> the
+    panels of :func:`~ternary_hf.kernels.layout.prepare_int4_weight` / ``prepare_int8_weight`` in one
+    compiled pass (the trainer rebuilds them every step); ``transpose``: the panels of ``values.T``.
+
+    Raises:
+        ValueError: on another dtype or shape, or a value outside the range.
+
+    Operator ``ternary_hf::prepare_int_from_values``."""
+    return torch.ops.ternary_hf.prepare_int_from_values(values, bits, transpose)
 
 
 def fake_quantize_int8_cpu(x: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,8 @@ Operators (``torch.ops.ternary_hf.<name>``), each with the contract of its Pytho
 
 * ``ternary_linear(x, prepared, weight_scale, bias, in_features, out_features, gelu=False)``
 * ``ternary_accumulators(x, prepared, in_features, out_features)`` (int32, for tests)
-* ``ternarize_calibrated(weight) -> (values, scale)``, ``prepare_from_values(values)``,
-  ``fake_quantize_int8(x)`` (the trainer's ops)
+* ``ternarize_calibrated(weight) -> (values, scale)``, ``prepare_from_values(values, transpose)``,
+  ``prepare_int_from_values(values, bits, transpose)``, ``fake_quantize_int8(x)`` (the trainer's ops)
 
 Outside a compiled region the Python wrappers call the implementations below directly rather than
 through the dispatcher: a dispatcher round trip costs about as much as a whole batch-1 layer.
@@ -127,15 +127,33 @@ _define("ternarize_calibrated(Tensor weight) -> (Tensor, Tensor)", _ternarize_ca
         _ternarize_calibrated_fake)
 
 
-def _prepare_from_values_impl(values: torch.Tensor) -> torch.Tensor:
-    return require_module().prepare_from_values(values.contiguous())
+def _prepare_from_values_impl(values: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    return require_module().prepare_from_values(values.contiguous(), transpose)
 
 
-def _prepare_from_values_fake(values):
-    return values.new_empty(prepared_shape(values.shape[1], values.shape[0]), dtype=torch.uint8)
+def _panel_shape(values: torch.Tensor, transpose: bool, int8: bool) -> tuple[int, int, int]:
+    out_features, in_features = values.shape[::-1] if transpose else values.shape
+    return prepared_shape(in_features, out_features, int8=int8)
 
 
-_define("prepare_from_values(Tensor values) -> Tensor", _prepare_from_values_impl, _prepare_from_values_fake)
+def _prepare_from_values_fake(values, transpose=False):
+    return values.new_empty(_panel_shape(values, transpose, False), dtype=torch.uint8)
+
+
+_define("prepare_from_values(Tensor values, bool transpose=False) -> Tensor", _prepare_from_values_impl,
+        _prepare_from_values_fake)
+
+
+def _prepare_int_from_values_impl(values: torch.Tensor, bits: int, transpose: bool = False) -> torch.Tensor:
+    return require_module().prepare_int_from_values(values.contiguous(), bits, transpose)
+
+
+def _prepare_int_from_values_fake(values, bits, transpose=False):
+    return values.new_empty(_panel_shape(values, transpose, True), dtype=torch.int8 if bits == 4 else torch.uint8)
+
+
+_define("prepare_int_from_values(Tensor values, int bits, bool transpose=False) -> Tensor",
+        _prepare_int_from_values_impl, _prepare_int_from_values_fake)
 
 
 def _fake_quantize_int8_impl(x: torch.Tensor) -> torch.Tensor:

@@ -19,10 +19,12 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -138,42 +140,123 @@ std::vector<torch::Tensor> ternarize_calibrated(const torch::Tensor& weight) {
   return {values, scale};
 }
 
-// int8 ternary values (out_features, in_features) -> the kernel's panel layout (see ternary_cpu.cpp).
-torch::Tensor prepare_from_values(const torch::Tensor& values) {
+// The (out_features, in_features) matrix the panel builders below lay out: `values` itself, or its transpose
+// (the weight of the trainer's input gradient, grad_x = grad_y @ W, which reads W's columns as output
+// features) read in place, so the transposed panels cost no transposed copy.
+struct MatrixView {
+  const int8_t* v;
+  int64_t n_out, k, ld;
+  bool transpose;
+};
+
+MatrixView matrix_view(const torch::Tensor& values, bool transpose, const char* what) {
   TORCH_CHECK_VALUE(values.device().is_cpu() && values.scalar_type() == torch::kInt8 && values.dim() == 2 &&
                         values.is_contiguous(),
-                    "prepare_from_values: values must be a contiguous 2-D int8 CPU tensor of -1/0/+1");
-  const int64_t n_out = values.size(0), k = values.size(1);
-  const int64_t n_pan = ceil_div(n_out, kNR), n_kb = ceil_div(k, kKB);
-  auto out = torch::empty({n_pan, n_kb, kBlockBytes}, values.options().dtype(torch::kUInt8));
-  const int8_t* v = values.data_ptr<int8_t>();
-  uint8_t* o = out.data_ptr<uint8_t>();
-  std::atomic<bool> bad{false};
+                    what, ": values must be a contiguous 2-D int8 CPU tensor");
+  const int64_t rows = values.size(0), cols = values.size(1);
+  return {values.data_ptr<int8_t>(), transpose ? cols : rows, transpose ? rows : cols, cols, transpose};
+}
+
+// Block (p, kb) of the matrix as 16 x 16 int values into tile[c][kk] (row 16p + c, input 16kb + kk), 0 past
+// its edges; returns the block's smallest and largest value (the callers' range check).
+template <bool Transpose>
+inline void load_block(const MatrixView& m, int64_t p, int64_t kb, int8_t (&tile)[kNR][kKB], int& lo, int& hi) {
+  const int64_t r0 = p * kNR, c0 = kb * kKB;
+  if (r0 + kNR <= m.n_out && c0 + kKB <= m.k) {  // a whole block: 16 runs of 16 contiguous bytes
+    for (int64_t a = 0; a < 16; ++a) {
+      const int8_t* src = Transpose ? m.v + (c0 + a) * m.ld + r0 : m.v + (r0 + a) * m.ld + c0;
+      for (int64_t b = 0; b < 16; ++b) {
+        (Transpose ? tile[b][a] : tile[a][b]) = src[b];
+        lo = std::min<int>(lo, src[b]);
+        hi = std::max<int>(hi, src[b]);
+      }
+    }
+    return;
+  }
+  for (int64_t c = 0; c < kNR; ++c) {  // an edge block: zeros (the code of 0) past the matrix
+    for (int64_t kk = 0; kk < kKB; ++kk) {
+      const int64_t row = r0 + c, col = c0 + kk;
+      int8_t value = 0;
+      if (row < m.n_out && col < m.k) value = Transpose ? m.v[col * m.ld + row] : m.v[row * m.ld + col];
+      tile[c][kk] = value;
+      lo = std::min<int>(lo, value);
+      hi = std::max<int>(hi, value);
+    }
+  }
+}
+
+// Calls fill(block index, tile) for every block of the matrix, in parallel over panels; returns the range of
+// the values met.
+template <typename Fill>
+std::pair<int, int> for_each_block(const MatrixView& m, int64_t n_pan, int64_t n_kb, const Fill& fill) {
+  std::atomic<int> lo_all{0}, hi_all{0};
   at::parallel_for(0, n_pan, 1, [&](int64_t p0, int64_t p1) {
+    int lo = 0, hi = 0;
+    alignas(64) int8_t tile[kNR][kKB];
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t kb = 0; kb < n_kb; ++kb) {
-        uint8_t* block = o + (p * n_kb + kb) * kBlockBytes;
-        for (int64_t c = 0; c < kNR; ++c) {  // c = 8v + j
-          const int64_t row = p * kNR + c;
-          const int64_t vv = c / 8, j = c % 8;
-          for (int64_t i = 0; i < 4; ++i) {
-            uint8_t byte = 0;
-            for (int64_t s = 0; s < 4; ++s) {
-              const int64_t col = kb * kKB + 4 * s + i;
-              int code = 1;  // padding: the code of 0
-              if (row < n_out && col < k) {
-                code = v[row * k + col] + 1;
-                if (code < 0 || code > 2) bad.store(true, std::memory_order_relaxed);
-              }
-              byte |= static_cast<uint8_t>((code & 3) << (2 * s));
-            }
-            block[32 * vv + 4 * j + i] = byte;
-          }
+        if (m.transpose) {
+          load_block<true>(m, p, kb, tile, lo, hi);
+        } else {
+          load_block<false>(m, p, kb, tile, lo, hi);
         }
+        fill(p * n_kb + kb, tile);
+      }
+    }
+    int seen = lo_all.load();
+    while (lo < seen && !lo_all.compare_exchange_weak(seen, lo)) {
+    }
+    seen = hi_all.load();
+    while (hi > seen && !hi_all.compare_exchange_weak(seen, hi)) {
+    }
+  });
+  return {lo_all.load(), hi_all.load()};
+}
+
+// int8 ternary values (out_features, in_features), or their transpose -> the kernel's 2-bit panel layout
+// (see ternary_cpu.cpp).
+torch::Tensor prepare_from_values(const torch::Tensor& values, bool transpose) {
+  const MatrixView m = matrix_view(values, transpose, "prepare_from_values");
+  const int64_t n_pan = ceil_div(m.n_out, kNR), n_kb = ceil_div(m.k, kKB);
+  auto out = torch::empty({n_pan, n_kb, kBlockBytes}, values.options().dtype(torch::kUInt8));
+  uint8_t* o = out.data_ptr<uint8_t>();
+  const auto range = for_each_block(m, n_pan, n_kb, [&](int64_t b, const int8_t (&tile)[kNR][kKB]) {
+    uint8_t* block = o + b * kBlockBytes;
+    for (int64_t c = 0; c < kNR; ++c) {  // c = 8v + j: byte 32 v + 4 j + i = 4 c + i holds k = 4 s + i at bits 2 s
+      for (int64_t i = 0; i < 4; ++i) {
+        uint8_t byte = 0;
+        for (int64_t s = 0; s < 4; ++s) byte |= static_cast<uint8_t>(((tile[c][4 * s + i] + 1) & 3) << (2 * s));
+        block[4 * c + i] = byte;
       }
     }
   });
-  TORCH_CHECK_VALUE(!bad.load(), "prepare_from_values: values must all be -1, 0 or +1");
+  TORCH_CHECK_VALUE(range.first >= -1 && range.second <= 1, "prepare_from_values: values must all be -1, 0 or +1");
+  return out;
+}
+
+// int4 values in [-7, 7] (bits 4) or int8 values in [-127, 127] (bits 8), (out_features, in_features) or their
+// transpose -> the byte panels of layout.py prepare_int4_weight / prepare_int8_weight (w + kInt4Zero as int8,
+// w + kInt8Zero as uint8; byte 64 s + 32 v + 4 j + i of a block holds output 8 v + j, input 4 s + i), in one
+// pass. The trainer rebuilds them every step for the int4 / int8 blocks, forward and (transposed) input gradient.
+torch::Tensor prepare_int_from_values(const torch::Tensor& values, int64_t bits, bool transpose) {
+  TORCH_CHECK_VALUE(bits == 4 || bits == 8, "prepare_int_from_values: bits must be 4 or 8, got ", bits);
+  const MatrixView m = matrix_view(values, transpose, "prepare_int_from_values");
+  const int limit = bits == 4 ? 7 : 127;
+  const int zero = bits == 4 ? kInt4Zero : kInt8Zero;
+  const int64_t n_pan = ceil_div(m.n_out, kNR), n_kb = ceil_div(m.k, kKB);
+  auto out = torch::empty({n_pan, n_kb, kDecodedBlockBytes},
+                          values.options().dtype(bits == 4 ? torch::kInt8 : torch::kUInt8));
+  uint8_t* o = static_cast<uint8_t*>(out.data_ptr());
+  const auto range = for_each_block(m, n_pan, n_kb, [&](int64_t b, const int8_t (&tile)[kNR][kKB]) {
+    uint8_t* block = o + b * kDecodedBlockBytes;
+    for (int64_t s = 0; s < 4; ++s) {
+      for (int64_t c = 0; c < kNR; ++c) {  // c = 8 v + j
+        for (int64_t i = 0; i < 4; ++i) block[64 * s + 4 * c + i] = static_cast<uint8_t>(tile[c][4 * s + i] + zero);
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(range.first >= -limit && range.second <= limit, "prepare_int_from_values: int", bits,
+                    " values must lie in [", -limit, ", ", limit, "]");
   return out;
 }
 
@@ -225,8 +308,12 @@ void register_training_ops(pybind11::module_& m) {
   m.def("ternarize_calibrated", &ternarize_calibrated,
         "(values int8, scale float32) of ternarize(w, 'calibrated', 'channel'), bit for bit", py::arg("weight"),
         py::call_guard<py::gil_scoped_release>());
-  m.def("prepare_from_values", &prepare_from_values, "int8 ternary values -> the kernel's panel layout",
-        py::arg("values"), py::call_guard<py::gil_scoped_release>());
+  m.def("prepare_from_values", &prepare_from_values,
+        "int8 ternary values (or their transpose) -> the kernel's panel layout", py::arg("values"),
+        py::arg("transpose") = false, py::call_guard<py::gil_scoped_release>());
+  m.def("prepare_int_from_values", &prepare_int_from_values,
+        "int4 / int8 values (or their transpose) -> the kernel's byte panels", py::arg("values"), py::arg("bits"),
+        py::arg("transpose") = false, py::call_guard<py::gil_scoped_release>());
   m.def("fake_quantize_int8", &fake_quantize_int8, "q(x) * s_x with the kernel's per-token int8 rule",
         py::arg("x"), py::call_guard<py::gil_scoped_release>());
 }

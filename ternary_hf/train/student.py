@@ -78,7 +78,7 @@ class FakeTernaryLinear(nn.Module):
         kernels = _training_kernels(x, self)
         if kernels is not None:
             values, scale = self._ternary_values(kernels)
-            prepared = kernels.prepare_from_values(values)
+            prepared = _kernel_panels(kernels, values, "ternary")
             return _KernelQuantLinear.apply(x, self.weight, self.bias, values, scale, prepared,
                                             self.int8_grad_input, "ternary")
         w = self.quantized_weight() + (self.weight - self.weight.detach())  # exact value, identity gradient
@@ -154,11 +154,12 @@ class _KernelQuantLinear(torch.autograd.Function):
 _UNIT_SCALE = torch.ones(1)
 
 
-def _kernel_panels(kernels, values: torch.Tensor, kind: str) -> torch.Tensor:
-    """``values`` (rounded weights, int8 ``(out, in)``) in the kernel's layout for ``kind``."""
+def _kernel_panels(kernels, values: torch.Tensor, kind: str, transpose: bool = False) -> torch.Tensor:
+    """``values`` (rounded weights, int8 ``(out, in)``), or ``values.T``, in the kernel's layout for ``kind``:
+    one compiled pass each, since every step rebuilds them (forward, and transposed for the input gradient)."""
     if kind == "ternary":
-        return kernels.prepare_from_values(values)
-    return kernels.prepare_int4_weight(values) if kind == "int4" else kernels.prepare_int8_weight(values)
+        return kernels.prepare_from_values(values, transpose)
+    return kernels.prepare_int_from_values(values, 4 if kind == "int4" else 8, transpose)
 
 
 def _int8_input_grad(g: torch.Tensor, values: torch.Tensor, scale: torch.Tensor, kind: str = "ternary") -> torch.Tensor:
@@ -167,7 +168,7 @@ def _int8_input_grad(g: torch.Tensor, values: torch.Tensor, scale: torch.Tensor,
     from .. import kernels
 
     out_features, in_features = values.shape
-    transposed = _kernel_panels(kernels, values.t().contiguous(), kind)
+    transposed = _kernel_panels(kernels, values, kind, transpose=True)
     return kernels.ternary_linear_cpu((g * scale).contiguous(), transposed, _UNIT_SCALE, None, out_features,
                                       in_features)
 
