@@ -150,12 +150,18 @@ def test_student_layer_on_the_kernel_equals_the_inference_layer_and_the_torch_gr
     assert _training_kernels(x, layer) is None
     ref = layer(x)
     ref.backward(grad_out)
+    _assert_close_to_torch_path(fast, ref, x, layer)
+
+
+
+def _assert_close_to_torch_path(fast: tuple, ref: torch.Tensor, x: torch.Tensor, layer: nn.Module) -> None:
+    """The kernel path's (output, input grad, weight grad[, bias grad]) equal the torch path's up to float
+    rounding: ``ref`` and the gradients in ``x`` and ``layer`` after its backward."""
     torch.testing.assert_close(fast[0], ref.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast[1], x.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fast[2], layer.weight.grad, rtol=1e-5, atol=1e-5)
-    if bias:
+    if layer.bias is not None:
         torch.testing.assert_close(fast[3], layer.bias.grad, rtol=1e-5, atol=1e-5)
-
 
 def test_int8_input_gradient_is_the_int8_product_and_leaves_the_weight_gradient_float(kernel_ready):
     layer = _layer_pair(70, 45, True, 1)
@@ -207,10 +213,7 @@ def test_int_student_layer_on_the_kernel_equals_the_inference_layer_and_the_torc
     assert _training_kernels(x, reference) is None
     ref = reference(x)
     ref.backward(grad_out)
-    torch.testing.assert_close(fast[0], ref.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast[1], x.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast[2], reference.weight.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(fast[3], reference.bias.grad, rtol=1e-5, atol=1e-5)
+    _assert_close_to_torch_path(fast, ref, x, reference)
     if bits == 4:
         assert int(layer.forwards) == int(reference.forwards) == 1  # eval forwards are not counted
 
